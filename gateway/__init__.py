@@ -1,0 +1,3 @@
+"""Civic telephony and messaging gateway."""
+
+__version__ = "0.1.0"

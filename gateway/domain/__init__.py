@@ -1,0 +1,1 @@
+"""Pure domain core: dataclasses in, decisions out. Imports no I/O library."""

@@ -1,0 +1,88 @@
+"""Ports: the small interfaces between the gateway core and the outside world.
+
+One `typing.Protocol` per port. Adapters implement them; only the composition root
+(`gateway/app.py`) knows which implementation is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from gateway.domain.models import LetteringOutcome, LetteringRequest
+
+
+class LetteringCarrier(Protocol):
+    """A carrier (or app-push provider) that shows caller-ID lettering on a ringing phone.
+
+    `letter` must return within the adapter's own deadline and never raise for carrier-side
+    problems: timeouts, 5xx and garbage answers are `LetteringResult.TEMPORARY_ERROR`.
+    It is only ever called by the outbox guard (`gateway/outbox.py`).
+    """
+
+    name: str
+
+    async def letter(self, request: LetteringRequest) -> LetteringOutcome: ...
+
+    async def close(self) -> None: ...
+
+
+class SessionKind(StrEnum):
+    CONNECTED = "connected"  # TCP up, banner read
+    AUTHENTICATED = "authenticated"  # Login accepted
+    AUTH_FAILED = "auth_failed"  # Login rejected (wrong user/secret)
+    RESYNC_STARTED = "resync_started"  # CoreShowChannels sent; events before this are older
+    RESYNCED = "resynced"  # `channels` holds every live channel at the PBX
+    PBX_RESTARTED = "pbx_restarted"  # FullyBooted Uptime shows Asterisk restarted since last session
+    LOST = "lost"  # connection closed or replaced (EOF, error, silent peer)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionChange:
+    kind: SessionKind
+    detail: str = ""
+    channels: Sequence[Mapping[str, str]] = field(default=())  # CoreShowChannel events (RESYNCED)
+    uptime: int | None = None  # FullyBooted Uptime, when known
+
+
+class AmiListener(Protocol):
+    """Receives what one PBX connection reads.
+
+    Both methods are called from the event loop, synchronously, in the order the bytes
+    arrived: they must not block (Asterisk drops a consumer that stalls for 100 ms).
+    """
+
+    def ami_event(self, pbx: str, event: Mapping[str, str], at: float) -> None:
+        """One AMI event (header names as sent, first value of repeated headers).
+
+        `at` is epoch seconds: the event's `Timestamp` header when the PBX sends one
+        (manager.conf `timestampevents = yes`), else the time it was read.
+        """
+        ...
+
+    def ami_session(self, pbx: str, change: SessionChange, at: float) -> None: ...
+
+
+class OutboxStore(Protocol):
+    """Shared state behind the outbox guard (Redis in production).
+
+    `claim` decides atomically, for all gateways sharing the store, whether a message may
+    be sent: it checks opt-out, the per-recipient rate limit and claims the dedupe key.
+    """
+
+    async def claim(self, *, dedupe_key: str, recipient_hash: str, ttl_s: int,
+                    rate_limit: int, rate_window_s: int) -> str:
+        """Return "ok", "duplicate", "opted_out" or "rate_limited". Raises StoreUnavailable."""
+        ...
+
+    async def record(self, *, dedupe_key: str, fields: Mapping[str, Any]) -> None:
+        """Store the outcome of a claimed send (audit trail). Best effort."""
+        ...
+
+
+class DecisionSink(Protocol):
+    """Where the pipeline reports its decisions (replay JSON lines, demo console, logs)."""
+
+    def decision(self, record: Mapping[str, Any]) -> None: ...

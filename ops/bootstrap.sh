@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what the gateway needs on a fresh Debian machine with Python 3.11:
+# Debian's redis-server (demo and tests start private instances of it) and a
+# virtualenv in .venv with the project and its development tools.
+# Idempotent and quick when nothing changed: it is the first half of both README commands.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v redis-server >/dev/null 2>&1; then
+    echo "bootstrap: installing Debian's redis-server" >&2
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends redis-server >&2
+    # Debian starts a system-wide instance; the gateway never uses it (it starts its own).
+fi
+
+PY=${PYTHON:-python3}
+stamp=.venv/.bootstrap-stamp
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "bootstrap: creating .venv and installing the project" >&2
+    "$PY" -m venv .venv
+    .venv/bin/python -m pip install -q --upgrade pip >&2
+    .venv/bin/python -m pip install -q -e '.[dev]' >&2
+    echo "$want" > "$stamp"
+fi
