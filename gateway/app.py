@@ -1,0 +1,149 @@
+"""Composition root: the one place that knows which adapters exist and wires them.
+
+`Gateway` owns the Redis client, the carriers, the outbox, the call pipeline, one AMI
+client per PBX and the HTTP listener, and starts/stops them in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from adapters.carrier_http import HttpCarrier
+from adapters.sandbox import SandboxCarrier
+from gateway.config import GatewayConfig, PbxConfig
+from gateway.domain.rules import Rules
+from gateway.errors import ConfigError, RulesError, StoreUnavailable
+from gateway.outbox import Outbox
+from gateway.pbx.client import AmiSettings, PbxClient
+from gateway.pbx.mapping import TRACKED_EVENTS
+from gateway.pipeline import CallPipeline
+from gateway.ports import DecisionSink, LetteringCarrier
+from gateway.rules import load_rules
+from gateway.store import RedisOutboxStore, connect
+
+log = logging.getLogger(__name__)
+
+
+def build_carrier(name: str, spec: Mapping[str, Any], environ: Mapping[str, str]) -> LetteringCarrier:
+    kind = spec.get("kind")
+    if kind == "sandbox":
+        return SandboxCarrier.from_spec(name, spec)
+    if kind == "http":
+        return HttpCarrier.from_spec(name, spec, environ)
+    raise ConfigError(f"carrier {name!r}: unknown kind {kind!r} (sandbox, http)")
+
+
+class RulesHolder:
+    """The live rules; a reload that fails keeps the last good rules in place."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.rules: Rules = load_rules(directory)
+        self.loaded_at = time.time()
+        self.last_error = ""
+
+    def get(self) -> Rules:
+        return self.rules
+
+    def reload(self) -> bool:
+        try:
+            rules = load_rules(self.directory)
+        except RulesError as exc:
+            self.last_error = str(exc)
+            log.error("rules reload failed, keeping version %s:\n%s", self.rules.version, exc)
+            return False
+        self.rules, self.loaded_at, self.last_error = rules, time.time(), ""
+        log.info("rules reloaded: version %s", rules.version)
+        return True
+
+    def status(self) -> dict[str, Any]:
+        return {"version": self.rules.version, "loaded_at": self.loaded_at, "last_error": self.last_error,
+                "extensions": self.rules.directory.extension_count()}
+
+
+@dataclass
+class Overrides:
+    """What `demo`, `replay` and tests change in a loaded configuration."""
+
+    redis_url: str | None = None
+    rules_dir: Path | None = None
+    pbx_address: tuple[str, int] | None = None  # point every PBX at this AMI server
+    carriers: dict[str, LetteringCarrier] = field(default_factory=dict)  # prebuilt adapters by name
+    ami: dict[str, Any] = field(default_factory=dict)  # AmiSettings field overrides (backoff, ping)
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, sink: DecisionSink, *, environ: Mapping[str, str] | None = None,
+                 overrides: Overrides | None = None) -> None:
+        self.config = config
+        self.sink = sink
+        self.environ = dict(os.environ if environ is None else environ)
+        self.over = overrides or Overrides()
+        self.rules = RulesHolder(self.over.rules_dir or config.rules_dir)
+        redis_url = self.over.redis_url or config.resolved_redis_url(self.environ)
+        if not redis_url:
+            raise ConfigError(f"no Redis: set {config.redis_url_env} or redis.url in {config.source}")
+        self.redis_url = redis_url
+        self.redis = connect(redis_url)
+        self.store = RedisOutboxStore(self.redis)
+        carriers: dict[str, LetteringCarrier] = {}
+        for name, spec in config.carriers.items():
+            carriers[name] = self.over.carriers.get(name) or build_carrier(name, spec, self.environ)
+        for name, carrier in self.over.carriers.items():
+            carriers.setdefault(name, carrier)
+        self.carriers = carriers
+        self.outbox = Outbox(self.store, carriers, hash_key=config.number_key(self.environ),
+                             dedupe_ttl_s=config.dedupe_ttl_s)
+        self.pipeline = CallPipeline(self.rules.get, self.outbox, sink,
+                                     trunks={p.name: p.trunks for p in config.pbxes})
+        self.clients = [PbxClient(self._ami_settings(p), self.pipeline, TRACKED_EVENTS) for p in config.pbxes]
+        self._tasks: list[asyncio.Task[None]] = []
+        self.started_at = time.time()
+
+    def _ami_settings(self, pbx: PbxConfig) -> AmiSettings:
+        host, port = self.over.pbx_address or (pbx.host, pbx.port)
+        settings = AmiSettings(name=pbx.name, host=host, port=port, username=pbx.username,
+                               secret=pbx.secret(self.environ), ping_interval_s=pbx.ping_interval_s,
+                               ping_timeout_s=pbx.ping_timeout_s, backoff_max_s=pbx.backoff_max_s)
+        return replace(settings, **self.over.ami) if self.over.ami else settings
+
+    async def start(self) -> None:
+        """Check Redis, then connect every PBX (each reconnects on its own from now on)."""
+        try:
+            await self.store.ping()
+        except StoreUnavailable as exc:
+            log.error("redis not reachable at start (%s); lettering fails closed until it is", exc)
+        for client in self.clients:
+            self._tasks.append(asyncio.get_running_loop().create_task(client.run(), name=f"ami-{client.name}"))
+
+    async def stop(self, drain_timeout: float = 5.0) -> None:
+        for client in self.clients:
+            await client.stop()
+        await self.pipeline.drain(drain_timeout)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for carrier in self.carriers.values():
+            await carrier.close()
+        await self.redis.aclose()
+
+    async def health(self) -> dict[str, Any]:
+        """Every component's state; `ready` is what /health turns into 200 or 503."""
+        redis: dict[str, Any]
+        try:
+            redis = {"reachable": True, "latency_ms": round(await self.store.ping(), 3)}
+        except StoreUnavailable as exc:
+            redis = {"reachable": False, "error": str(exc)}
+        pbx = [c.status() for c in self.clients]
+        ready = redis["reachable"] and all(p.get("authenticated") for p in pbx)
+        return {
+            "ready": ready, "uptime_s": round(time.time() - self.started_at, 1), "pbx": pbx, "redis": redis,
+            "rules": self.rules.status(), "pipeline": self.pipeline.status(),
+        }

@@ -1,0 +1,139 @@
+"""`gateway` command line (also `python -m gateway`).
+
+Exit codes: 0 ok, 1 the check or run failed, 2 bad configuration, rules or arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway.config import GatewayConfig
+from gateway.errors import GatewayError
+
+log = logging.getLogger("gateway")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gateway", description="Civic telephony and messaging gateway")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the gateway (AMI clients, lettering, health endpoints)")
+    run.add_argument("--config", type=Path, help="gateway.yaml (default: the embedded demo configuration)")
+
+    demo = sub.add_parser("demo", help="run everything on the embedded default with recorded PBX traffic")
+    demo.add_argument("--config", type=Path)
+    demo.add_argument("--rules", type=Path, help="rules directory (default: the project's rules/)")
+    demo.add_argument("--duration", type=float, help="stop after this many seconds")
+    demo.add_argument("--http-port", type=int, help="health endpoint port (default from config; 0 = any)")
+    demo.add_argument("--speed", default="real", help="'real' or a multiplier such as 4")
+
+    rp = sub.add_parser("replay", help="push recorded AMI through the real pipeline, print decisions")
+    rp.add_argument("files", nargs="+", type=Path, metavar="FILE.ami")
+    rp.add_argument("--rules", type=Path, help="rules directory (default: the project's rules/)")
+    rp.add_argument("--config", type=Path)
+    rp.add_argument("--json", action="store_true", help="one JSON object per line (the default output)")
+    rp.add_argument("--outcome", action="append", default=[], metavar="E164=RESULT",
+                    help="sandbox carrier answer for a number, e.g. +821012345678=unsupported_device")
+
+    rules = sub.add_parser("rules", help="check or generate the telecom team's rules")
+    rsub = rules.add_subparsers(dest="rules_command", required=True)
+    check = rsub.add_parser("check", help="validate rules/*.yaml; non-zero exit on any problem")
+    check.add_argument("dir", nargs="?", type=Path, default=Path("rules"))
+    gen = rsub.add_parser("generate-directory", help="print a realistic directory.yaml for N phones")
+    gen.add_argument("--phones", type=int, default=4000)
+    gen.add_argument("--seed", type=int, default=7)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except GatewayError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from gateway.config import load_config
+    from gateway.logs import setup_logging
+
+    if args.command == "rules":
+        if args.rules_command == "check":
+            from gateway.rules import cmd_rules_check
+
+            return cmd_rules_check(args.dir, sys.stdout)
+        from gateway.directory_gen import cmd_generate_directory
+
+        return cmd_generate_directory(args.phones, sys.stdout, seed=args.seed)
+
+    config = load_config(args.config)
+    if args.command == "replay":
+        from gateway.domain.models import LetteringResult
+        from gateway.replay import replay
+
+        setup_logging("WARNING", json_lines=True)
+        outcomes: dict[str, LetteringResult] = {}
+        for item in args.outcome:
+            number, _, result = item.partition("=")
+            try:
+                outcomes[number] = LetteringResult(result)
+            except ValueError:
+                raise SystemExit(f"gateway replay: bad --outcome {item!r}") from None
+        return _run_async(replay(args.files, config, rules_dir=args.rules, out=sys.stdout, outcomes=outcomes))
+    if args.command == "demo":
+        from gateway.demo import run_demo
+
+        setup_logging("WARNING", json_lines=False)
+        return _run_async(run_demo(config, duration_s=args.duration, http_port=args.http_port,
+                                   speed=args.speed, rules_dir=args.rules))
+    setup_logging(config.log_level, json_lines=config.log_json)
+    return _run_async(_run(config))
+
+
+def _run_async(coro: object) -> int:
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency; keep working without it
+        runner = asyncio.run
+    result = runner(coro)  # type: ignore[arg-type]
+    return int(result)
+
+
+async def _run(config: GatewayConfig) -> int:
+    from gateway.app import Gateway
+    from gateway.http import HttpServer, make_app
+    from gateway.sinks import LogSink
+
+    gateway = Gateway(config, LogSink(logging.getLogger("gateway.decisions")))
+    http = HttpServer(make_app(gateway.health), config.http_host, config.http_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGHUP, gateway.rules.reload)
+    host, port = await http.start()
+    await gateway.start()
+    log.info("gateway running: %d pbx, health on http://%s:%d/health, rules %s", len(gateway.clients), host, port,
+             gateway.rules.rules.version)
+    await stop.wait()
+    log.info("stopping")
+    await http.stop()
+    await gateway.stop()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

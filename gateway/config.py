@@ -1,0 +1,151 @@
+"""gateway.yaml: infrastructure settings (AMI hosts, Redis, listeners, carriers).
+
+Secrets are never in the file: it names the environment variables that hold them.
+Every error names the file, the line and the key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import ConfigError, RulesError
+from gateway.rules import file_label, load_yaml, validate
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_CONFIG = PACKAGE_DIR / "data" / "gateway.default.yaml"
+PROJECT_RULES = PACKAGE_DIR.parent / "rules"
+
+_NAME = {"type": "string", "pattern": "^[A-Za-z0-9_.-]+$",
+         "x-message": "{value!r} is not a valid name (letters, digits, '_', '.', '-')"}
+_ENV = {"type": "string", "pattern": "^[A-Z_][A-Z0-9_]*$",
+        "x-message": "{value!r} is not an environment variable name"}
+_SECONDS = {"type": "number", "exclusiveMinimum": 0}
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["pbx"],
+    "properties": {
+        "pbx": {
+            "type": "array", "minItems": 1,
+            "items": {
+                "type": "object", "additionalProperties": False,
+                "required": ["name", "host", "username", "secret_env"],
+                "properties": {
+                    "name": _NAME, "host": {"type": "string", "minLength": 1},
+                    "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                    "username": {"type": "string", "minLength": 1}, "secret_env": _ENV,
+                    "trunks": {"type": "array", "items": {"type": "string", "minLength": 1}},
+                    "ping_interval_s": _SECONDS, "ping_timeout_s": _SECONDS,
+                    "backoff_max_s": _SECONDS,
+                },
+            },
+        },
+        "redis": {"type": "object", "additionalProperties": False,
+                  "properties": {"url": {"type": "string"}, "url_env": _ENV}},
+        "http": {"type": "object", "additionalProperties": False,
+                 "properties": {"host": {"type": "string"},
+                                "port": {"type": "integer", "minimum": 0, "maximum": 65535}}},
+        "rules_dir": {"type": "string"},
+        "carriers": {"type": "object", "minProperties": 1,
+                     "additionalProperties": {"type": "object", "required": ["kind"],
+                                              "properties": {"kind": {"enum": ["sandbox", "http"]}}}},
+        "outbox": {"type": "object", "additionalProperties": False,
+                   "properties": {"number_key_env": _ENV,
+                                  "dedupe_ttl_s": {"type": "integer", "minimum": 60}}},
+        "log": {"type": "object", "additionalProperties": False,
+                "properties": {"json": {"type": "boolean"},
+                               "level": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR"]}}},
+    },
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PbxConfig:
+    name: str
+    host: str
+    port: int
+    username: str
+    secret_env: str
+    trunks: tuple[str, ...]
+    ping_interval_s: float = 5.0
+    ping_timeout_s: float = 5.0
+    backoff_max_s: float = 30.0
+
+    def secret(self, environ: Mapping[str, str]) -> str:
+        value = environ.get(self.secret_env)
+        if not value:
+            raise ConfigError(f"pbx {self.name!r}: environment variable {self.secret_env} (AMI secret) is not set")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    source: str
+    pbxes: tuple[PbxConfig, ...]
+    redis_url: str
+    redis_url_env: str
+    http_host: str
+    http_port: int
+    rules_dir: Path
+    carriers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    number_key_env: str = "GATEWAY_NUMBER_KEY"
+    dedupe_ttl_s: int = 21600
+    log_json: bool = True
+    log_level: str = "INFO"
+
+    def resolved_redis_url(self, environ: Mapping[str, str]) -> str:
+        """The Redis URL from the environment variable, else the file; "" if neither."""
+        return environ.get(self.redis_url_env, "") or self.redis_url
+
+    def number_key(self, environ: Mapping[str, str]) -> bytes:
+        value = environ.get(self.number_key_env, "")
+        if len(value) < 16:
+            raise ConfigError(f"environment variable {self.number_key_env} must hold a secret of at least "
+                              "16 characters (it keys the hashes of citizens' numbers)")
+        return value.encode()
+
+
+def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Load and validate gateway.yaml (the embedded default when `path` is None)."""
+    source = path or DEFAULT_CONFIG
+    label = file_label(source)
+    try:
+        data, lines = load_yaml(source, label)
+    except RulesError as exc:
+        raise ConfigError(str(exc)) from exc
+    problems = validate(data, SCHEMA, lines, label)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    env = os.environ if environ is None else environ
+    names = [p["name"] for p in data["pbx"]]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{label}: pbx names must be unique, got {names}")
+    if "rules_dir" in data:
+        rules_dir = (source.parent / data["rules_dir"]).resolve()
+    else:
+        rules_dir = Path(env.get("GATEWAY_RULES", "")) if env.get("GATEWAY_RULES") else PROJECT_RULES
+    redis = data.get("redis", {})
+    http = data.get("http", {})
+    outbox = data.get("outbox", {})
+    log = data.get("log", {})
+    return GatewayConfig(
+        source=label,
+        pbxes=tuple(PbxConfig(name=p["name"], host=p["host"], port=p.get("port", 5038), username=p["username"],
+                              secret_env=p["secret_env"], trunks=tuple(p.get("trunks", ())),
+                              ping_interval_s=float(p.get("ping_interval_s", 5.0)),
+                              ping_timeout_s=float(p.get("ping_timeout_s", 5.0)),
+                              backoff_max_s=float(p.get("backoff_max_s", 30.0)))
+                    for p in data["pbx"]),
+        redis_url=redis.get("url", ""), redis_url_env=redis.get("url_env", "REDIS_URL"),
+        http_host=http.get("host", "127.0.0.1"), http_port=int(http.get("port", 8080)),
+        rules_dir=rules_dir,
+        carriers=data.get("carriers") or {"sandbox": {"kind": "sandbox"}},
+        number_key_env=outbox.get("number_key_env", "GATEWAY_NUMBER_KEY"),
+        dedupe_ttl_s=int(outbox.get("dedupe_ttl_s", 21600)),
+        log_json=bool(log.get("json", True)), log_level=log.get("level", "INFO"),
+    )

@@ -1,0 +1,93 @@
+"""`gateway demo`: the whole call pipeline on the embedded default, no setup needed.
+
+Starts a Redis (REDIS_URL, else a private redis-server), the built-in AMI server playing
+every recorded transcript in a loop at real speed (fresh call ids each round), sandbox
+carriers, the gateway and its health endpoints; prints each call and lettering as it
+happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from gateway.amiserver import TRANSCRIPTS_DIR, AmiServer, Transcript
+from gateway.app import Gateway, Overrides
+from gateway.config import GatewayConfig
+from gateway.domain.models import LetteringResult
+from gateway.http import HttpServer, make_app
+from gateway.redisproc import RedisProcess
+from gateway.replay import demo_environ, sandbox_carriers
+from gateway.sinks import ConsoleSink
+
+# The order a visitor learns most from: ordinary calls first, the odd cases after.
+DEMO_ORDER = [
+    "answered_mobile", "landline", "inbound_from_citizen", "busy", "internal", "no_answer",
+    "blind_transfer", "inbound_queue_korean_name", "answered_callee_hangs_up", "rejected", "caller_cancels",
+    "unavailable", "invalid_number", "blind_transfer_ami", "coreshowchannels", "originate_phone_no_answer",
+    "restart_during_call", "restart_reconnect", "login_failed",
+]
+
+# One recorded citizen's phone cannot show lettering (as an iPhone would answer).
+DEMO_OUTCOMES = {"+821098765432": LetteringResult.UNSUPPORTED_DEVICE}
+
+
+def demo_transcripts(directory: Path = TRANSCRIPTS_DIR) -> list[Transcript]:
+    names = [n for n in DEMO_ORDER if (directory / f"{n}.ami").exists()]
+    names += sorted(p.stem for p in directory.glob("*.ami") if p.stem not in names)
+    return [Transcript.load(directory / f"{n}.ami") for n in names]
+
+
+async def run_demo(config: GatewayConfig, *, out: TextIO = sys.stdout, duration_s: float | None = None,
+                   http_port: int | None = None, speed: str = "real", rules_dir: Path | None = None) -> int:
+    environ = demo_environ(config, os.environ)
+    redis_proc: RedisProcess | None = None
+    redis_url = config.resolved_redis_url(environ)
+    if not redis_url:
+        redis_proc = RedisProcess().start()
+        redis_url = redis_proc.url
+        print(f"demo: started a private redis-server on {redis_url}", file=out)
+    pbx = config.pbxes[0]
+    server = AmiServer(demo_transcripts(), username=pbx.username, secret=pbx.secret(environ),
+                       speed="real" if speed == "real" else float(speed), loop_forever=True)
+    sink = ConsoleSink(out)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        host, port = await server.start()
+        print(f"demo: built-in AMI server replaying {len(server.plans)} recorded sessions on {host}:{port}",
+              file=out)
+        gateway = Gateway(config, sink, environ=environ, overrides=Overrides(
+            redis_url=redis_url, rules_dir=rules_dir, pbx_address=(host, port),
+            carriers=sandbox_carriers(config, DEMO_OUTCOMES),
+            ami={"backoff_initial_s": 0.2, "backoff_max_s": 2.0, "auth_backoff_initial_s": 1.0,
+                 "auth_backoff_max_s": 5.0}))
+        http = HttpServer(make_app(gateway.health), config.http_host,
+                          config.http_port if http_port is None else http_port)
+        h_host, h_port = await http.start()
+        print(f"demo: health at http://{h_host}:{h_port}/healthz and /health  (Ctrl-C to stop)", file=out)
+        await gateway.start()
+        try:
+            if duration_s is None:
+                await stop.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), duration_s)
+        finally:
+            await http.stop()
+            await gateway.stop()
+    finally:
+        await server.stop()
+        if redis_proc is not None:
+            redis_proc.cleanup()
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(sink.counts.items()))
+    print(f"demo: stopped ({counts})", file=out)
+    return 0

@@ -1,0 +1,53 @@
+"""HTTP edge: health endpoints (and, later, webhooks and the staff API).
+
+`GET /healthz`: the process is alive. `GET /health`: every component's state as JSON,
+503 while the gateway is not ready (a PBX not logged in, Redis unreachable).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+HealthSource = Callable[[], Awaitable[dict[str, Any]]]
+
+
+def make_app(health: HealthSource) -> web.Application:
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"alive": True})
+
+    async def health_full(_: web.Request) -> web.Response:
+        state = await health()
+        return web.json_response(state, status=200 if state.get("ready") else 503,
+                                 dumps=_dumps)
+
+    app = web.Application(client_max_size=64 * 1024)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/health", health_full)
+    return app
+
+
+def _dumps(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, ensure_ascii=False, default=str)
+
+
+class HttpServer:
+    def __init__(self, app: web.Application, host: str, port: int) -> None:
+        self.runner = web.AppRunner(app, access_log=None)
+        self.host, self.port = host, port
+
+    async def start(self) -> tuple[str, int]:
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.host, self.port)
+        await site.start()
+        server = site._server  # aiohttp does not expose the bound port otherwise
+        if server is not None and getattr(server, "sockets", None):
+            self.port = server.sockets[0].getsockname()[1]
+        return self.host, self.port
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()

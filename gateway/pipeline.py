@@ -1,0 +1,167 @@
+"""The call pipeline: AMI events -> tracker -> lettering policy -> outbox -> decisions.
+
+Implements `AmiListener` for any number of PBXes (one tracker each). Everything on the
+event path is synchronous and pure except the outbox call, which runs as a task so the
+AMI reader is never held up by Redis or a carrier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from gateway.domain.calls import CallEnded, CallTracker, ExternalDial, TrackerOutput
+from gateway.domain.lettering import Letter, Skip, decide
+from gateway.domain.numbers import NumberPlan, mask
+from gateway.domain.rules import Rules
+from gateway.outbox import Outbox, Outgoing, Verdict
+from gateway.pbx.mapping import channel_listed, to_leg_event
+from gateway.ports import DecisionSink, SessionChange, SessionKind
+
+log = logging.getLogger(__name__)
+
+
+def plan_of(rules: Rules) -> NumberPlan:
+    return NumberPlan(outside_line_prefixes=rules.lettering.outside_line_prefixes,
+                      extension_pattern=rules.lettering.extension_pattern)
+
+
+class CallPipeline:
+    """Turns the AMI streams of several PBXes into lettering and call records."""
+
+    def __init__(self, rules: Callable[[], Rules], outbox: Outbox, sink: DecisionSink, *,
+                 trunks: Mapping[str, tuple[str, ...]], expire_every_s: float = 60.0) -> None:
+        self._rules = rules
+        self.outbox = outbox
+        self.sink = sink
+        self._trunks = dict(trunks)
+        self._trackers: dict[str, CallTracker] = {}
+        self._plan_for: Rules | None = None
+        self._plan = plan_of(rules())
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._last_expiry = time.monotonic()
+        self._expire_every_s = expire_every_s
+        self.events_handled = 0
+        self.dial_latencies_ms: list[float] = []  # AMI receipt -> adapter call, bounded below
+
+    # -------------------------------------------------------------- listener
+    def tracker(self, pbx: str) -> CallTracker:
+        tracker = self._trackers.get(pbx)
+        rules = self._rules()
+        if rules is not self._plan_for:
+            self._plan_for, self._plan = rules, plan_of(rules)
+            for existing in self._trackers.values():
+                existing.plan = self._plan
+        if tracker is None:
+            tracker = CallTracker(pbx, self._plan, self._trunks.get(pbx, ()))
+            self._trackers[pbx] = tracker
+        return tracker
+
+    def ami_event(self, pbx: str, event: Mapping[str, str], at: float) -> None:
+        self.events_handled += 1
+        received = time.perf_counter()
+        leg_event = to_leg_event(event, at)
+        if leg_event is not None:
+            self._apply(self.tracker(pbx).handle(leg_event), received)
+        elif event.get("Event") == "Shutdown":
+            log.warning("pbx %s is shutting down (restart=%s)", pbx, event.get("Restart", "?"))
+        now = time.monotonic()
+        if now - self._last_expiry > self._expire_every_s:
+            self._last_expiry = now
+            self._apply(self.tracker(pbx).expire(at), received)
+
+    def ami_session(self, pbx: str, change: SessionChange, at: float) -> None:
+        tracker = self.tracker(pbx)
+        received = time.perf_counter()
+        if change.kind is SessionKind.RESYNC_STARTED:
+            tracker.resync_started()
+        elif change.kind is SessionKind.RESYNCED:
+            listed = [item for item in (channel_listed(c, at) for c in change.channels) if item is not None]
+            log.info("pbx %s resynced: %d live channels, %d calls tracked", pbx, len(listed), tracker.live_calls)
+            self._apply(tracker.resynced(at, listed), received)
+        elif change.kind is SessionKind.PBX_RESTARTED:
+            log.warning("pbx %s restarted (uptime %s): ending its %d tracked calls", pbx, change.uptime,
+                        tracker.live_calls)
+            self._apply(tracker.pbx_restarted(at), received)
+        self.sink.decision({"event": "pbx", "pbx": pbx, "state": change.kind.value, "detail": change.detail})
+
+    # -------------------------------------------------------------- decisions
+    def _apply(self, outputs: list[TrackerOutput], received: float) -> None:
+        for output in outputs:
+            if isinstance(output, ExternalDial):
+                self._on_dial(output, received)
+            elif isinstance(output, CallEnded):
+                self._on_ended(output)
+
+    def _on_dial(self, dial: ExternalDial, received: float) -> None:
+        decision = decide(dial, self._rules())
+        if isinstance(decision, Skip):
+            self._skipped(decision.pbx, decision.call_id, decision.reason, decision.to)
+            return
+        task = asyncio.get_running_loop().create_task(self._letter(decision, received))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _letter(self, letter: Letter, received: float) -> None:
+        request = letter.request
+        policy = self._rules().lettering
+        try:
+            delivery = await self.outbox.deliver(Outgoing(
+                pbx=request.pbx, call_id=request.call_id, action="lettering", recipient=request.to,
+                provider=letter.provider, payload=request, rate_limit=policy.rate_limit_count,
+                rate_window_s=policy.rate_limit_window_s))
+        except Exception:  # a bug must not kill the AMI reader; it is logged with its traceback
+            log.exception("lettering for call %s failed", request.call_id)
+            return
+        if delivery.verdict is not Verdict.SENT or delivery.outcome is None:
+            self._skipped(request.pbx, request.call_id, delivery.verdict.value, request.to)
+            return
+        if len(self.dial_latencies_ms) < 100_000:
+            self.dial_latencies_ms.append((delivery.started - received) * 1000)
+        self.sink.decision({
+            "event": "lettering", "pbx": request.pbx, "call": request.call_id, "extension": request.extension,
+            "to": request.to, "provider": delivery.outcome.provider, "organisation": request.organisation,
+            "department": request.department, "text": request.text, "result": delivery.outcome.result.value,
+            "detail": delivery.outcome.detail,
+        })
+
+    def _skipped(self, pbx: str, call_id: str, reason: str, to: str = "") -> None:
+        log.info("call %s on %s not lettered: %s %s", call_id, pbx, reason, mask(to))
+        record: dict[str, Any] = {"event": "skipped", "pbx": pbx, "call": call_id, "reason": reason}
+        if to:
+            record["to"] = to
+        self.sink.decision(record)
+
+    def _on_ended(self, ended: CallEnded) -> None:
+        r = ended.record
+        log.info("call %s on %s ended: %s %s -> %s %s (%s) talk %.1fs", r.call_id, r.pbx, r.direction,
+                 r.extension, mask(r.party), r.disposition, r.cause, r.talk_seconds)
+        if ended.external_dials == 0:
+            reason = r.direction.value if r.party else "not_dialed"
+            if r.direction.value == "outbound":
+                reason = "not_dialed"  # the desk phone never reached the outside number
+            self._skipped(r.pbx, r.call_id, reason)
+        self.sink.decision({
+            "event": "call", "pbx": r.pbx, "call": r.call_id, "direction": r.direction.value,
+            "extension": r.extension, "party": r.party, "disposition": r.disposition.value,
+            "talk_seconds": round(r.talk_seconds), "cause": r.cause, "started_at": round(r.started_at, 3),
+            "answered_at": round(r.answered_at, 3) if r.answered_at else None, "ended_at": round(r.ended_at, 3),
+            "transfers": [{"kind": t.kind, "to": t.to} for t in r.transfers], "recovered": r.recovered,
+        })
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Wait for in-flight lettering (graceful shutdown, end of a replay)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "events_handled": self.events_handled,
+            "in_flight": len(self._tasks),
+            "calls": {pbx: t.live_calls for pbx, t in self._trackers.items()},
+            "outbox": dict(self.outbox.counts),
+        }
+

@@ -1,0 +1,90 @@
+"""`gateway replay FILE.ami...`: recorded AMI through the real pipeline, as fast as possible.
+
+A built-in AMI server on loopback plays the files (one AMI session each, in order) with
+their recorded timing compressed to nothing (it stamps each event with its recorded time,
+as Asterisk does with `timestampevents = yes`); the real AMI client, tracker, policy and
+outbox guard process them with sandbox carriers and a Redis (REDIS_URL, else a throwaway
+redis-server). One JSON object per decision goes to stdout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TextIO
+
+from adapters.sandbox import SandboxCarrier
+from gateway.amiserver import AmiServer, Transcript
+from gateway.app import Gateway, Overrides
+from gateway.config import GatewayConfig
+from gateway.domain.models import LetteringResult
+from gateway.errors import ConfigError
+from gateway.ports import LetteringCarrier
+from gateway.redisproc import RedisProcess
+from gateway.sinks import JsonLinesSink
+
+FAST_RECONNECT = {
+    "backoff_initial_s": 0.01, "backoff_max_s": 0.05, "auth_backoff_initial_s": 0.01,
+    "auth_backoff_max_s": 0.05, "connect_timeout_s": 2.0,
+}
+
+
+def demo_environ(config: GatewayConfig, base: Mapping[str, str]) -> dict[str, str]:
+    """Secrets for a self-contained run: a fresh AMI secret shared with the built-in
+    server and a fresh number-hash key unless the environment provides one."""
+    environ = dict(base)
+    for pbx in config.pbxes:
+        environ[pbx.secret_env] = secrets.token_urlsafe(18)
+    if len(environ.get(config.number_key_env, "")) < 16:
+        environ[config.number_key_env] = secrets.token_urlsafe(24)
+    return environ
+
+
+def sandbox_carriers(config: GatewayConfig, outcomes: Mapping[str, LetteringResult]) -> dict[str, LetteringCarrier]:
+    return {name: SandboxCarrier(name=name, outcomes=dict(outcomes)) for name in config.carriers}
+
+
+async def replay(files: Sequence[Path], config: GatewayConfig, *, rules_dir: Path | None, out: TextIO,
+                 outcomes: Mapping[str, LetteringResult] | None = None, timeout_s: float = 60.0) -> int:
+    for f in files:
+        if not f.is_file():
+            raise ConfigError(f"{f}: no such transcript")
+    transcripts = [Transcript.load(f) for f in files]
+    config = replace(config, pbxes=config.pbxes[:1])  # one recorded PBX at a time
+    environ = demo_environ(config, os.environ)
+    redis_proc: RedisProcess | None = None
+    redis_url = config.resolved_redis_url(environ)
+    if not redis_url:
+        redis_proc = RedisProcess().start()
+        redis_url = redis_proc.url
+    pbx = config.pbxes[0]
+    server = AmiServer(transcripts, username=pbx.username, secret=pbx.secret(environ), speed="fast")
+    sink = JsonLinesSink(out)
+    try:
+        host, port = await server.start()
+        gateway = Gateway(config, sink, environ=environ, overrides=Overrides(
+            redis_url=redis_url, rules_dir=rules_dir, pbx_address=(host, port),
+            carriers=sandbox_carriers(config, outcomes or {}), ami=FAST_RECONNECT))
+        await gateway.start()
+        try:
+            await asyncio.wait_for(server.wait_done(), timeout_s)
+            # The server closed its last session; wait until the client has read it all.
+            deadline = time.monotonic() + 10
+            while any(c.status().get("connected") for c in gateway.clients) and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        except TimeoutError:
+            print(f"replay: timed out after {timeout_s}s", file=sys.stderr)
+            return 1
+        finally:
+            await gateway.stop()
+    finally:
+        await server.stop()
+        if redis_proc is not None:
+            redis_proc.cleanup()
+    return 0
