@@ -11,8 +11,9 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
@@ -100,15 +101,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     return _run_async(_run(config))
 
 
-def _run_async(coro: object) -> int:
-    try:
-        import uvloop
+def _run_async(coro: Coroutine[Any, Any, int]) -> int:
+    """Run on uvloop: the AMI reader must never stall (Asterisk drops slow consumers)."""
+    import uvloop
 
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a dependency; keep working without it
-        runner = asyncio.run
-    result = runner(coro)  # type: ignore[arg-type]
-    return int(result)
+    return uvloop.run(coro)
 
 
 async def _run(config: GatewayConfig) -> int:

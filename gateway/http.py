@@ -44,9 +44,11 @@ class HttpServer:
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.host, self.port)
         await site.start()
-        server = site._server  # aiohttp does not expose the bound port otherwise
-        if server is not None and getattr(server, "sockets", None):
-            self.port = server.sockets[0].getsockname()[1]
+        # aiohttp does not expose the port it bound when asked for port 0.
+        for address in self.runner.addresses:
+            if isinstance(address, tuple) and len(address) >= 2:
+                self.port = int(address[1])
+                break
         return self.host, self.port
 
     async def stop(self) -> None:

@@ -76,7 +76,8 @@ async def replay(files: Sequence[Path], config: GatewayConfig, *, rules_dir: Pat
             await asyncio.wait_for(server.wait_done(), timeout_s)
             # The server closed its last session; wait until the client has read it all.
             deadline = time.monotonic() + 10
-            while any(c.status().get("connected") for c in gateway.clients) and time.monotonic() < deadline:
+            # Polls the AMI clients' own state; they expose no event for "read to EOF".
+            while any(c.status().get("connected") for c in gateway.clients) and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
         except TimeoutError:
             print(f"replay: timed out after {timeout_s}s", file=sys.stderr)

@@ -85,7 +85,7 @@ class RedisOutboxStore:
         return result.decode() if isinstance(result, bytes) else str(result)
 
     async def record(self, *, dedupe_key: str, fields: Mapping[str, Any]) -> None:
-        entry: dict[str | bytes, str | bytes | int | float] = {"key": dedupe_key, "ts": f"{time.time():.3f}"}
+        entry: dict[Any, Any] = {"key": dedupe_key, "ts": f"{time.time():.3f}"}
         entry.update({k: str(v) for k, v in fields.items()})
         try:
             await self.client.xadd(AUDIT_STREAM, entry, maxlen=AUDIT_MAXLEN, approximate=True)

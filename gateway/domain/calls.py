@@ -616,16 +616,13 @@ class CallTracker:
             party = wanted
             extension = self._extension_of(origin) if origin else ""
         disposition, cause = self._disposition(call, target, origin)
-        if call.end_cause and disposition is not Disposition.ANSWERED:
-            cause = call.end_cause
-        elif call.end_cause:
+        if (call.end_cause and disposition is not Disposition.ANSWERED) or call.end_cause:
             cause = call.end_cause
         talk = 0.0
         if target is not None and call.answered_at is not None:
-            if target.bridged_ever:
-                talk = target.talk_total
-            else:
-                talk = max(0.0, (target.ended_at or at) - call.answered_at)
+            # Bridged time is what the citizen really talked; without bridge events
+            # (filtered in manager.conf) fall back to answer -> hangup.
+            talk = target.talk_total if target.bridged_ever else max(0.0, (target.ended_at or at) - call.answered_at)
         ended = max((lg.ended_at or at) for lg in call.legs.values()) if call.legs else at
         return CallRecord(
             pbx=self.pbx, call_id=call.id, direction=direction, extension=extension,

@@ -28,7 +28,7 @@ class Department:
     postcall: str | None  # post-call content id, None if none
 
 
-class DirectoryConflict(ValueError):  # noqa: N818 - the name is part of the agreed API
+class DirectoryConflict(ValueError):
     """Two entries of a directory claim the same extension.
 
     ``index`` and ``other_index`` are positions in the entry sequence given to `Directory`
