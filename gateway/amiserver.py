@@ -4,6 +4,12 @@ Used by `gateway demo`, `gateway replay`, the tests and the benchmarks: the gate
 client talks to it over real TCP exactly as it talks to Asterisk. Everything it sends is
 recorded bytes; the few answers it composes (Pong, Goodbye, login answers, the
 CoreShowChannels list) reuse the shape of recorded blocks with the ActionID substituted.
+
+The server plays one PBX across its sessions: the live-channel table (for
+CoreShowChannels) survives a dropped connection, FullyBooted uptimes never go backwards
+unless a recorded restart came first (`PbxClock`), and loops get fresh Uniqueids. In fast
+mode it waits, after the login and before closing, until the client has been quiet for a
+moment, so a client's resync is answered where a real PBX would answer it.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Sequence
@@ -28,6 +35,11 @@ _EOL = b"\r\n"
 _BANNER = b"Asterisk Call Manager/"
 #: Per loop_forever cycle, Uniqueid/Linkedid epochs move forward by this many seconds.
 CYCLE_ID_OFFSET = 1_000_000
+#: End of a transcript: close once the client was quiet this long (bounded by LINGER_MAX_S).
+LINGER_QUIET_S = 0.1
+LINGER_MAX_S = 1.0
+#: Fast mode: after the login, replay the call once the client was quiet this long.
+SETTLE_QUIET_S = 0.05
 _ID_RE = re.compile(rb"(?im)^([A-Za-z-]*(?:Uniqueid|Linkedid): )(\d+)(\.\d+)\r?$")
 
 Speed = Literal["real", "fast"] | float
@@ -235,12 +247,13 @@ def _templates() -> _Templates:
 _SNAPSHOT = (b"Channel", b"ChannelState", b"ChannelStateDesc", b"CallerIDNum", b"CallerIDName",
              b"ConnectedLineNum", b"ConnectedLineName", b"Language", b"AccountCode", b"Context",
              b"Exten", b"Priority", b"Uniqueid", b"Linkedid")
+_LOGIN_EVENTS = frozenset({"FullyBooted", "SuccessfulAuth"})
 _TABLE_EVENTS = frozenset({b"Newchannel", b"Newstate", b"NewCallerid", b"NewConnectedLine", b"Newexten",
                            b"BridgeEnter", b"BridgeLeave", b"Hangup"})
 
 
 class ChannelTable:
-    """The live channels of a replay, kept from replayed events, for CoreShowChannels."""
+    """The live channels of the replayed PBX, kept from replayed events, for CoreShowChannels."""
 
     def __init__(self) -> None:
         self._channels: dict[bytes, dict[bytes, bytes]] = {}  # by Uniqueid, in creation order
@@ -305,6 +318,46 @@ class ChannelTable:
         return b"".join(out)
 
 
+class PbxClock:
+    """Keeps FullyBooted ``Uptime`` consistent across the sessions one server replays.
+
+    Transcripts were recorded at different moments of one Asterisk's life and may be
+    replayed in any order or looped: their recorded uptimes would then go backwards,
+    which a client rightly reads as a PBX restart. Unless a recorded restart (a
+    ``Shutdown`` event) came first, the uptime sent is never less than the last one sent
+    plus the wall time since.
+    """
+
+    def __init__(self) -> None:
+        self._uptime: int | None = None
+        self._at = 0.0
+        self._restarted = False
+
+    def apply(self, block: bytes) -> bytes:
+        """Rewrite a FullyBooted frame when needed; note Shutdown frames."""
+        if block.startswith(b"Event: Shutdown\r\n"):
+            self._restarted = True
+            return block
+        if not block.startswith(b"Event: FullyBooted\r\n"):
+            return block
+        value = header(block, b"Uptime")
+        if value is None or not value.isdigit():
+            return block
+        recorded = int(value)
+        now = time.monotonic()
+        sent = recorded
+        if self._uptime is not None and not self._restarted:
+            sent = max(recorded, self._uptime + math.ceil(now - self._at))
+        self._uptime, self._at, self._restarted = sent, now, False
+        if sent == recorded:
+            return block
+        out = with_header(block, b"Uptime", str(sent).encode())
+        reload = header(block, b"LastReload")
+        if reload is not None and reload.isdigit():
+            out = with_header(out, b"LastReload", str(int(reload) + sent - recorded).encode())
+        return out
+
+
 def add_timestamp(block: bytes, epoch: float) -> bytes:
     """Insert ``Timestamp:`` after the Privilege line, as Asterisk's timestampevents does."""
     start = block.find(b"\r\nPrivilege: ")
@@ -349,6 +402,7 @@ class AmiServer:
         # The PBX's live channels. They belong to the server, not to a connection: a client
         # that reconnects after a network blip must find the calls that are still up.
         self.channels = ChannelTable()
+        self.clock = PbxClock()
         self._next = 0
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
@@ -444,7 +498,7 @@ class _Connection:
         self.closing = asyncio.Event()
         self.replay = _Replay(plan, offset, time.time(), blocks=plan.transcript.body)
         self.replay_task: asyncio.Task[None] | None = None
-        self.started_mono = time.monotonic()
+        self.last_activity = time.monotonic()  # last action read or block written
 
     async def run(self) -> None:
         transcript = self.replay.plan.transcript
@@ -490,6 +544,7 @@ class _Connection:
         logged_in = False
         while True:
             raw = await self.reader.readuntil(_EOF)
+            self.last_activity = time.monotonic()
             if self.silent:
                 continue  # a hung PBX reads and says nothing
             action = parse_action(raw)
@@ -549,6 +604,7 @@ class _Connection:
         server = self.server
         loop = asyncio.get_running_loop()
         replay = self.replay
+        settled = False
         while True:
             plan = replay.plan
             blocks = replay.blocks
@@ -561,13 +617,18 @@ class _Connection:
                 if plan.silent_after is not None and replay.sent >= plan.silent_after:
                     self.silent = True
                     return
+                if server.fast and not settled and block.event_name not in _LOGIN_EVENTS:
+                    # The recording has most of a second between the login and the call;
+                    # a fast replay keeps only the part a client needs: its resync.
+                    settled = True
+                    await self.linger(SETTLE_QUIET_S)
                 if not server.fast:
                     delay = start + (block.t - t0) / server.multiplier - loop.time()
                     if delay > 0:
                         await asyncio.sleep(delay)
                 elif n % 8 == 7:
                     await asyncio.sleep(0)  # let the client (maybe on this loop) read
-                data = fresh_ids(block.raw, replay.offset)
+                data = server.clock.apply(fresh_ids(block.raw, replay.offset))
                 if server.add_timestamps and block.is_event:
                     data = add_timestamp(data, replay.epoch + block.t)
                 replay.clock_t = block.t
@@ -575,9 +636,10 @@ class _Connection:
                 await self.write(data)
                 replay.sent += 1
                 server.blocks_sent += 1
+                self.last_activity = time.monotonic()
             if plan.transcript.ends_with_close or not server.loop_forever:
                 # Asterisk closes a moment after Shutdown / Goodbye; a finished replay closes too.
-                await asyncio.sleep(0.1 / server.multiplier if not server.fast else 0)
+                await self.linger()
                 self.closing.set()
                 return
             nxt = self._continue_on_this_connection(replay)
@@ -585,6 +647,23 @@ class _Connection:
                 self.closing.set()
                 return
             replay = self.replay = nxt
+
+    async def linger(self, quiet_s: float = 0.0) -> None:
+        """Wait until the connection was quiet for `quiet_s` (at most LINGER_MAX_S).
+
+        Used before closing at the end of a transcript, and in fast mode after the login,
+        so that a client's login-time actions (its resync) are answered in the place
+        where a real PBX would answer them: a fast replay collapses the recorded seconds
+        that give a client that time.
+        """
+        quiet_s = quiet_s or LINGER_QUIET_S
+        deadline = time.monotonic() + LINGER_MAX_S
+        while True:
+            now = time.monotonic()
+            quiet = now - self.last_activity
+            if quiet >= quiet_s or now >= deadline:
+                return
+            await asyncio.sleep(min(quiet_s - quiet, deadline - now))
 
     def _continue_on_this_connection(self, done: _Replay) -> _Replay | None:
         """With loop_forever, the next session continues on the open connection."""
@@ -597,5 +676,7 @@ class _Connection:
                 self.server.sessions_started += 1
                 last_t = done.blocks[-1].t if done.blocks else 0.0
                 epoch = done.epoch + last_t + 1.0
-                return _Replay(plan, offset, epoch, blocks=plan.transcript.body)
+                # FullyBooted and SuccessfulAuth answer a login that does not happen here.
+                body = tuple(b for b in plan.transcript.body if b.event_name not in _LOGIN_EVENTS)
+                return _Replay(plan, offset, epoch, blocks=body)
         return None

@@ -14,7 +14,7 @@ import contextlib
 import copy
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,10 +30,6 @@ log = logging.getLogger(__name__)
 #: How much smaller than expected a FullyBooted Uptime may be before we call it a restart
 #: (Uptime has one-second resolution and the clocks of two hosts are involved).
 UPTIME_TOLERANCE_S = 5.0
-
-#: The longest we wait for FullyBooted after login before resyncing without it (a PBX
-#: that is still booting sends it later; a login without the `system` class never does).
-FULLY_BOOTED_WAIT_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,17 +339,27 @@ class PbxClient:
         return False
 
     async def _check_restart(self) -> None:
-        """Wait briefly for FullyBooted; emit PBX_RESTARTED when its Uptime went backwards."""
+        """Wait for this session's FullyBooted; emit PBX_RESTARTED when its Uptime went backwards.
+
+        Asterisk queues FullyBooted at login (when the login's event mask has `system` and
+        the PBX is booted), and a session's frames arrive in order: so a Ping sent now is
+        answered after it. The Pong is the barrier: no FullyBooted before it means none
+        is coming now (a booting PBX sends it later, and `_on_fully_booted` checks it then).
+        """
         booted = self._fully_booted
         if booted is None:
             return
-        try:
-            uptime = await asyncio.wait_for(asyncio.shield(booted), min(FULLY_BOOTED_WAIT_S,
-                                                                        self.settings.action_timeout_s))
-        except TimeoutError:
-            booted.cancel()  # a late FullyBooted is then checked when it arrives
-            return
-        self._apply_uptime(uptime, time.time())
+        if not booted.done():
+            barrier = asyncio.ensure_future(self._send({"Action": "Ping"}, self.settings.action_timeout_s))
+            await asyncio.wait({booted, barrier}, return_when=asyncio.FIRST_COMPLETED)
+            if not booted.done():
+                booted.cancel()
+                barrier.result()  # raises AmiTimeout / AmiError: the session is not usable
+                return
+            if not barrier.done():
+                self._tasks.add(barrier)  # let it finish; stop()/teardown cancel it
+                barrier.add_done_callback(_discard_result(self._tasks))
+        self._apply_uptime(booted.result(), time.time())
 
     async def _resync(self) -> list[dict[str, str]]:
         answer = await self._send({"Action": "CoreShowChannels"}, self.settings.action_timeout_s,
@@ -492,3 +498,14 @@ def _plain(message: Any) -> dict[str, str]:
     for key, value in message.items():
         out[key] = value[0] if isinstance(value, list) else value
     return out
+
+
+def _discard_result(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Future[Any]], None]:
+    """A done-callback that forgets a background task and swallows its outcome."""
+
+    def done(task: asyncio.Future[Any]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()
+
+    return done
