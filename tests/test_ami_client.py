@@ -306,3 +306,14 @@ async def test_loop_forever_replays_with_fresh_ids() -> None:
         assert K.LOST not in rec.kinds()  # one connection, the replay goes on
         assert server.sessions_started >= 3
         assert server.blocks_sent > 100
+
+
+async def test_sessions_replayed_out_of_recording_order_do_not_look_like_a_restart() -> None:
+    # landline was recorded after answered_mobile: its Uptime (recorded) is larger.
+    server = server_for([Transcript.named("landline"), Transcript.named("answered_mobile")])
+    async with running(server) as (_client, rec, _):
+        await until(lambda: rec.kinds().count(K.RESYNCED) >= 2)
+        uptimes = [c.uptime for c in rec.changes() if c.kind is K.RESYNCED]
+        assert uptimes[0] is not None and uptimes[1] is not None
+        assert uptimes[1] >= uptimes[0] > 70
+        assert K.PBX_RESTARTED not in rec.kinds()
