@@ -51,6 +51,9 @@ async def _replay(files: list[Path], redis_url: str, monkeypatch: pytest.MonkeyP
                   outcomes: Mapping[str, LetteringResult] | None = None,
                   rules_dir: Path = RULES) -> list[dict[str, Any]]:
     monkeypatch.setenv("REDIS_URL", redis_url)
+    if "GATEWAY_NUMBER_KEY" not in os.environ:
+        # A fixed key, as in production: the hashes (dedupe, opt-out) must match across runs.
+        monkeypatch.setenv("GATEWAY_NUMBER_KEY", "test-number-key-0123456789")
     out = io.StringIO()
     rc = await replay(files, load_config(), rules_dir=rules_dir, out=out, outcomes=outcomes)
     assert rc == 0

@@ -359,7 +359,7 @@ class PbxClient:
             if not barrier.done():
                 self._tasks.add(barrier)  # let it finish; stop()/teardown cancel it
                 barrier.add_done_callback(_discard_result(self._tasks))
-        self._apply_uptime(booted.result(), time.time())
+        # The Uptime itself was checked when FullyBooted arrived (`_on_fully_booted`).
 
     async def _resync(self) -> list[dict[str, str]]:
         answer = await self._send({"Action": "CoreShowChannels"}, self.settings.action_timeout_s,
@@ -415,12 +415,13 @@ class PbxClient:
             uptime = int(event.get("Uptime", ""))
         except ValueError:
             return
+        # Checked here, synchronously, so that PBX_RESTARTED reaches the listener before any
+        # event that follows FullyBooted in the stream: calls of the new PBX life must not be
+        # ended by news about the old one.
+        self._apply_uptime(uptime, at)
         booted = self._fully_booted
         if booted is not None and not booted.done():
-            # The session is waiting for it (`_check_restart`), to report in order.
-            booted.set_result(uptime)
-        else:
-            self._apply_uptime(uptime, at)
+            booted.set_result(uptime)  # releases `_check_restart`'s barrier
 
     def _apply_uptime(self, uptime: int, at: float) -> None:
         """Compare a session's FullyBooted Uptime with what the last session predicts."""
