@@ -21,7 +21,8 @@ def test_default_config_loads() -> None:
 
 @pytest.mark.parametrize(("text", "where"), [
     ("pbx:\n  - name: a\n    host: h\n    username: u\n    secret_env: s\n", "gateway.yaml:5: pbx[0].secret_env"),
-    ("pbx:\n  - name: a\n    host: h\n    username: u\n    secret_env: S\n    port: 99999\n", "gateway.yaml:6: pbx[0].port"),
+    ("pbx:\n  - name: a\n    host: h\n    username: u\n    secret_env: S\n    port: 99999\n",
+     "gateway.yaml:6: pbx[0].port"),
     ("pbx: []\n", "gateway.yaml:1: pbx"),
     ("pbx:\n  - name: a\n    host: h\n    username: u\n    secret_env: S\nredis: {urll: x}\n", "urll"),
     ("pbx:\n  - {name: a, host: h, username: u, secret_env: S}\n  - {name: a, host: h, username: u, secret_env: S}\n",

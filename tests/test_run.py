@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from aiohttp import ClientError, ClientSession
 
@@ -52,7 +53,7 @@ log: {{json: true, level: INFO}}
                                                 stderr=asyncio.subprocess.PIPE)
     try:
         await asyncio.wait_for(asyncio.gather(*(s.wait_done() for s in servers)), 30)
-        health: dict[str, object] = {}
+        health: dict[str, Any] = {}
         async with ClientSession() as session:
             for _ in range(200):
                 try:
@@ -64,7 +65,7 @@ log: {{json: true, level: INFO}}
                     break
                 except ClientError:
                     await asyncio.sleep(0.05)
-        assert [p["name"] for p in health["pbx"]] == ["main-hall", "annex"]  # type: ignore[index]
+        assert [p["name"] for p in health["pbx"]] == ["main-hall", "annex"]
         await asyncio.sleep(0.5)  # let the last decisions be logged
         proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(proc.communicate(), 30)
