@@ -11,7 +11,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from gateway.domain.models import LetteringOutcome, LetteringRequest
+from gateway.domain.models import (
+    AlimtalkRequest,
+    LetteringOutcome,
+    LetteringRequest,
+    SendOutcome,
+    SmsRequest,
+)
 
 
 class LetteringCarrier(Protocol):
@@ -86,3 +92,28 @@ class DecisionSink(Protocol):
     """Where the pipeline reports its decisions (replay JSON lines, demo console, logs)."""
 
     def decision(self, record: Mapping[str, Any]) -> None: ...
+
+
+class AlimtalkProvider(Protocol):
+    """Kakao Alimtalk through a Korean messaging provider (NHN Cloud, Solapi, ...).
+
+    Like every adapter: never raises for provider problems, returns a typed `SendOutcome`,
+    honours a hard deadline, and passes `idempotency_key` to the provider so that a retried
+    or redelivered job never reaches the citizen twice. Called only by the outbox guard.
+    """
+
+    name: str
+
+    async def send_alimtalk(self, request: AlimtalkRequest) -> SendOutcome: ...
+
+    async def close(self) -> None: ...
+
+
+class SmsProvider(Protocol):
+    """SMS/LMS from the city's registered sender numbers. Same rules as `AlimtalkProvider`."""
+
+    name: str
+
+    async def send_sms(self, request: SmsRequest) -> SendOutcome: ...
+
+    async def close(self) -> None: ...

@@ -100,3 +100,79 @@ class CallRecord:
     trunk: str = ""
     transfers: tuple[Transfer, ...] = field(default=())
     recovered: bool = False  # rebuilt from CoreShowChannels after a reconnect
+
+
+# ------------------------------------------------------------------ messaging (Alimtalk, SMS)
+
+
+class SendResult(StrEnum):
+    """Typed answer of a messaging provider (Alimtalk, SMS/LMS)."""
+
+    ACCEPTED = "accepted"  # the provider took the message; a delivery report may follow
+    NOT_KAKAO_USER = "not_kakao_user"  # no KakaoTalk / not reachable by Alimtalk: SMS can fix it
+    BLOCKED = "blocked"  # the citizen blocked the channel or the account is dormant: SMS can fix it
+    OPTED_OUT = "opted_out"  # refused at the provider (080 opt-out list): never retry, record it
+    INVALID_NUMBER = "invalid_number"
+    REJECTED = "rejected"  # permanent: template mismatch, unregistered sender, bad request
+    TEMPORARY_ERROR = "temporary_error"  # timeout, 5xx, garbage, rate limit: retry later
+
+
+@dataclass(frozen=True, slots=True)
+class Button:
+    """A web-link button of an Alimtalk message."""
+
+    name: str
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class SmsRequest:
+    """An SMS or LMS to one citizen. `text` is already EUC-KR-safe (see domain.smstext)."""
+
+    idempotency_key: str  # stable across retries: the provider must not deliver twice
+    to: str  # E.164
+    sender: str  # the city's pre-registered sender number, E.164
+    text: str
+    title: str = ""  # LMS subject; ignored for SMS
+    kind: str = "sms"  # "sms" (<= 90 bytes EUC-KR) or "lms" (<= 2,000 bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class AlimtalkRequest:
+    """A Kakao Alimtalk message from a pre-approved template, with SMS/LMS fallback (대체발송)."""
+
+    idempotency_key: str
+    to: str  # E.164
+    template_code: str
+    variables: tuple[tuple[str, str], ...]  # template parameters, in template order
+    buttons: tuple[Button, ...] = ()
+    fallback: SmsRequest | None = None  # sent by the provider when Alimtalk cannot be delivered
+
+
+@dataclass(frozen=True, slots=True)
+class SendOutcome:
+    result: SendResult
+    provider: str
+    reference: str = ""  # the provider's message/request id (delivery reports refer to it)
+    detail: str = ""
+
+
+class ReportStatus(StrEnum):
+    """Delivery state of a message, in the order it can only move forward."""
+
+    QUEUED = "queued"
+    SENT = "sent"  # handed to the provider
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReport:
+    """One delivery report from a provider's webhook."""
+
+    provider: str
+    reference: str  # the provider's message id, as in `SendOutcome.reference`
+    status: ReportStatus
+    at: float  # epoch seconds
+    detail: str = ""
+    fallback_used: bool = False  # delivered by the SMS/LMS fallback instead of Alimtalk
