@@ -1,0 +1,561 @@
+"""NHN Cloud KakaoTalk Bizmessage: Alimtalk with SMS/LMS fallback (대체발송), and its webhook.
+
+Documentation followed (NHN Cloud, Notification > KakaoTalk Bizmessage):
+
+- "AlimTalk > API v2.3 Guide", *Send Replacement Message Request*:
+  ``POST /alimtalk/v2.3/appkeys/{appkey}/messages``, headers ``X-Secret-Key`` and the
+  optional ``X-NC-API-IDEMPOTENCY-KEY`` ("if a request is made with the same key for 10
+  minutes, the request will be failed"); body ``senderKey`` (40 chars), ``templateCode``
+  (<= 20), optional ``requestDate`` (omitted: sent at once), ``recipientList[]`` (<= 1,000)
+  with ``recipientNo`` (<= 15), ``templateParameter`` (#{key} -> value),
+  ``resendParameter{isResend, resendType SMS|LMS, resendTitle, resendContent,
+  resendSendNo}``, ``buttons[]``, ``recipientGroupingKey`` (<= 100). Response
+  ``header{resultCode, resultMessage, isSuccessful}`` and ``message{requestId,
+  senderGroupingKey, sendResults[]{recipientSeq, recipientNo, resultCode, resultMessage,
+  recipientGroupingKey}}``. The guide's domain is now
+  https://kakaotalk-bizmessage.api.nhncloudservice.com; the older
+  https://api-alimtalk.cloud.toast.com (our default, as in gateway.yaml) still serves it.
+- "Error Codes": API codes (0 success, -1005 same idempotency key within 10 minutes,
+  -1003 invalid SMS sender number, -3003 no such template, -3004/-3049 template
+  parameter mismatch, -3301 unsubscribed recipient, -4019/-5000 invalid recipient number,
+  -4200 invalid resend message, -9999 system error, ...) and Kakao's delivery result codes
+  (1000 success, 3018 not deliverable: inactive user or USIM mismatch, 3019 not a
+  KakaoTalk user, 3020 Alimtalk refused by the user, 3021 KakaoTalk too old, 3008 bad
+  phone number, ...). These are NHN's equivalents of Solapi's 3104 (-> 3019/3018) and
+  3107 (-> 3020); the 080 opt-out (Solapi 1061/2061) is -3301 here and -6001 in SMS.
+- "Webhook > API Guide": POST with header ``X-Toast-Webhook-Signature`` = the signature
+  string typed into the console (a shared secret, not an HMAC of the body), body
+  ``{hooksId, webhookConfigId, productName, appKey, event, hooks[]}``; for event
+  ``MESSAGE_RESULT_UPDATE`` each hook has ``kakaoMessageType``, ``requestId``,
+  ``recipientSeq``, ``requestDate``, ``createDate``, ``receiveDate``, ``recipientNo``,
+  ``resultCode`` (string), grouping keys, ``_links`` and ``hookId``.
+
+Where the documentation is silent, this adapter assumes (and says so in its answers):
+
+- Buttons. In v2.3's *replacement* send, a recipient's ``buttons[]`` carry only
+  ``ordering`` (and plugin/bot options): a button's type, name and links (``WL``,
+  ``linkMo``, ``linkPc``) are fixed by the approved template, with ``#{variables}`` in the
+  link filled from ``templateParameter``. Those fields exist only in the *full message*
+  send (``/raw-messages``), which needs the whole rendered body we do not have. So each
+  `Button` is sent as ``{"ordering": n}`` (1-based, request order = template order): NHN
+  then refuses a request naming more buttons than the template has (-3011/-3033) instead
+  of silently sending a message without them. `Button.url` must be what the template's
+  link renders to; the adapter cannot send it.
+- ``sendResults[].resultCode`` has no table of its own: it is read with the API table and,
+  when NHN reports a Kakao delivery code synchronously, with the delivery table.
+- When a fallback was requested and Kakao cannot deliver (not a user, blocked), NHN's SMS
+  service sends the fallback itself; the outcome is then ACCEPTED (detail says so), so the
+  gateway never sends a second SMS of its own.
+- A repeated idempotency key is answered -1005 with no requestId: the first request
+  reached NHN, so it is ACCEPTED (detail "duplicate"), never sent again. The key protects
+  for 10 minutes only; the outbox's own dedupe covers longer redeliveries.
+- The webhook documents no resend fields. If a hook carries the message-query fields
+  ``resendStatus`` (RSC01-RSC05) / ``resendResultCode``, they are used for
+  `fallback_used`; otherwise a failed Alimtalk is reported FAILED and the fallback SMS is
+  reported by the SMS product's own webhook under its own request id.
+- Only Korean numbers: ``recipientNo``/``resendSendNo`` are national ("01012345678",
+  "0221331234", "15881234"); anything else is INVALID_NUMBER without a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import re
+import time
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
+from typing import Any, cast
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_fixed
+
+from gateway.domain.models import (
+    AlimtalkRequest,
+    DeliveryReport,
+    ReportStatus,
+    SendOutcome,
+    SendResult,
+)
+from gateway.domain.numbers import display, mask
+from gateway.errors import CarrierError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api-alimtalk.cloud.toast.com"
+MESSAGES_PATH = "/alimtalk/v2.3/appkeys/{appkey}/messages"
+SECRET_HEADER = "X-Secret-Key"
+IDEMPOTENCY_HEADER = "X-NC-API-IDEMPOTENCY-KEY"
+SIGNATURE_HEADER = "X-Toast-Webhook-Signature"
+GROUPING_KEY_MAX = 100  # recipientGroupingKey, documented maximum
+#: Korea has no daylight saving time: a fixed offset is exact for NHN's local timestamps.
+KST = timezone(timedelta(hours=9))
+
+_R = SendResult
+DUPLICATE_CODE = -1005
+#: API result codes (header.resultCode, sendResults[].resultCode) that are not refusals.
+API_CODES: Mapping[int, SendResult] = {
+    0: _R.ACCEPTED,
+    -3301: _R.OPTED_OUT,  # "The unsubscribed recipient are found."
+    -4019: _R.INVALID_NUMBER,  # "Invalid recipient number."
+    -5000: _R.INVALID_NUMBER,  # "RecipientNo is invalid."
+    -7000: _R.TEMPORARY_ERROR,  # "Vender request API is failed."
+    -9999: _R.TEMPORARY_ERROR,  # "System error."
+}
+#: Kakao delivery result codes (webhook resultCode; sometimes sendResults[].resultCode).
+KAKAO_CODES: Mapping[int, SendResult] = {
+    1000: _R.ACCEPTED,
+    1020: _R.INVALID_NUMBER,  # phone number invalid or missing
+    3008: _R.INVALID_NUMBER,  # phone number error
+    3018: _R.NOT_KAKAO_USER,  # cannot deliver: inactive user (7 days), USIM mismatch, sanctioned
+    3019: _R.NOT_KAKAO_USER,  # not a KakaoTalk user
+    3020: _R.BLOCKED,  # the user refuses Alimtalk
+    3021: _R.NOT_KAKAO_USER,  # KakaoTalk version too old
+    2001: _R.TEMPORARY_ERROR, 3000: _R.TEMPORARY_ERROR, 3006: _R.TEMPORARY_ERROR,
+    3010: _R.TEMPORARY_ERROR, 3012: _R.TEMPORARY_ERROR, 9998: _R.TEMPORARY_ERROR,
+    9999: _R.TEMPORARY_ERROR,
+}
+_FALLBACK_FIXES = frozenset({_R.NOT_KAKAO_USER, _R.BLOCKED})
+
+_SPEC_KEYS = frozenset({"kind", "base_url", "appkey_env", "secret_env", "sender_key_env", "deadline_ms"})
+_MAX_BODY = 256 * 1024
+_MIN_RETRY_S = 0.1
+_RETRY_WAIT_S = 0.02
+_KEEPALIVE_S = 15.0
+_NATIONAL_RECIPIENT = re.compile(r"0\d{8,10}")
+_NATIONAL_SENDER = re.compile(r"0\d{8,10}|1\d{7}")
+
+
+class ReportRejected(ValueError):
+    """A webhook body that must not be trusted or cannot be read; `str()` says why."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def national(e164: str, *, sender: bool = False) -> str | None:
+    """`+821012345678` -> `01012345678` (`+8215881234` -> `15881234` for senders); None if not KR."""
+    if not e164.startswith("+82"):
+        return None
+    digits = display(e164).replace("-", "").replace(" ", "")
+    pattern = _NATIONAL_SENDER if sender else _NATIONAL_RECIPIENT
+    return digits if pattern.fullmatch(digits) else None
+
+
+def _never_sent(exc: BaseException) -> bool:
+    # Only a refused/unreachable connection is safe to retry: nothing reached NHN.
+    return isinstance(exc, aiohttp.ClientConnectorError) and not isinstance(
+        exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientConnectorSSLError
+    )
+
+
+def _parse_json(payload: bytes) -> dict[str, Any] | None:
+    if len(payload) > _MAX_BODY:
+        return None
+    try:
+        data = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return cast(dict[str, Any], data) if isinstance(data, dict) else None
+
+
+def _as_int(value: Any) -> int | None:
+    """A result code as int: NHN documents Integer in answers, String in webhooks."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"-?\d{1,9}", value.strip()):
+        return int(value)
+    return None
+
+
+def _env(where: str, spec: Mapping[str, Any], key: str, environ: Mapping[str, str]) -> str:
+    """The secret named by `spec[key]`; CarrierError names the key or the variable, never the value."""
+    var = spec.get(key)
+    if not var or not isinstance(var, str):
+        raise CarrierError(f"{where}: {key} is missing (name of the environment variable)")
+    value = environ.get(var)
+    if value is None:
+        raise CarrierError(f"{where}: environment variable {var} is not set ({key})")
+    if not value.strip():
+        raise CarrierError(f"{where}: environment variable {var} is empty ({key})")
+    return value.strip()
+
+
+def _base_url(where: str, spec: Mapping[str, Any], default: str) -> str:
+    base_url = spec.get("base_url", default)
+    if not isinstance(base_url, str) or not base_url:
+        raise CarrierError(f"{where}: base_url must be a non-empty string")
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise CarrierError(f"{where}: base_url must be an http(s) URL with a host, got {base_url!r}")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise CarrierError(f"{where}: base_url must not contain credentials, a query or a fragment")
+    return base_url
+
+
+def _deadline_s(where: str, spec: Mapping[str, Any]) -> float:
+    deadline_ms = spec.get("deadline_ms", 3000)
+    if isinstance(deadline_ms, bool) or not isinstance(deadline_ms, int | float) or not 0 < deadline_ms <= 30_000:
+        raise CarrierError(f"{where}: deadline_ms must be a number in (0, 30000], got {deadline_ms!r}")
+    return float(deadline_ms) / 1000
+
+
+def _check_header_value(where: str, what: str, value: str) -> None:
+    if not value or any(c in value for c in "\r\n\x00"):
+        # Checked early so a bad value can never surface later in an aiohttp error message.
+        raise CarrierError(f"{where}: {what} is empty or contains a line break or NUL")
+
+
+# --------------------------------------------------------------------------- adapter
+
+
+class NhnAlimtalk:
+    """An `AlimtalkProvider` for NHN Cloud KakaoTalk Bizmessage (see the module docstring).
+
+    One keep-alive session (created on first use unless injected; an injected session is
+    not closed by `close()`); a hard deadline per send; one quick retry only when the
+    connection could not be opened; never raises for provider problems.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        appkey: str,
+        secret_key: str,
+        sender_key: str,
+        *,
+        deadline_s: float = 3.0,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        where = f"alimtalk provider {name!r}"
+        if deadline_s <= 0:
+            raise CarrierError(f"{where}: deadline must be positive, got {deadline_s}")
+        for what, value in (("appkey", appkey), ("secret key", secret_key), ("sender key", sender_key)):
+            _check_header_value(where, what, value)
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        self.deadline_s = deadline_s
+        self._appkey = appkey
+        self._secret = secret_key  # private, kept out of __repr__: never logged
+        self._sender_key = sender_key
+        self._session = session
+        self._owns_session = session is None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"NhnAlimtalk(name={self.name!r}, base_url={self.base_url!r}, deadline_s={self.deadline_s})"
+
+    @classmethod
+    def from_spec(cls, name: str, spec: Mapping[str, Any], environ: Mapping[str, str]) -> NhnAlimtalk:
+        """Build from a gateway.yaml provider entry; CarrierError names the bad key or variable.
+
+        `{"kind": "nhn", "base_url": "https://api-alimtalk.cloud.toast.com",
+        "appkey_env": "NHN_ALIMTALK_APPKEY", "secret_env": "NHN_ALIMTALK_SECRET",
+        "sender_key_env": "NHN_ALIMTALK_SENDER_KEY", "deadline_ms": 3000}`.
+        """
+        where = f"alimtalk provider {name!r}"
+        unknown = sorted(set(spec) - _SPEC_KEYS)
+        if unknown:
+            raise CarrierError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}")
+        if spec.get("kind", "nhn") != "nhn":
+            raise CarrierError(f"{where}: kind must be 'nhn', got {spec.get('kind')!r}")
+        base_url = _base_url(where, spec, DEFAULT_BASE_URL)
+        deadline_s = _deadline_s(where, spec)
+        appkey = _env(where, spec, "appkey_env", environ)
+        secret = _env(where, spec, "secret_env", environ)
+        sender_key = _env(where, spec, "sender_key_env", environ)
+        return cls(name, base_url, appkey, secret, sender_key, deadline_s=deadline_s)
+
+    # ------------------------------------------------------------------ public API
+
+    async def send_alimtalk(self, request: AlimtalkRequest) -> SendOutcome:
+        """Send one Alimtalk (with its fallback); never raises for provider problems."""
+        started = time.monotonic()
+        try:
+            outcome = await self._send(request, started)
+        except Exception:  # a bug must not break the job: log it, report a retryable failure
+            log.exception("alimtalk %s key=%s: unexpected error", self.name, request.idempotency_key)
+            outcome = self._outcome(_R.TEMPORARY_ERROR, detail="internal error")
+        log.info(
+            "alimtalk %s key=%s to=%s template=%s result=%s ref=%s detail=%s in %.0f ms",
+            self.name, request.idempotency_key, mask(request.to), request.template_code,
+            outcome.result.value, outcome.reference, outcome.detail, (time.monotonic() - started) * 1000,
+        )
+        return outcome
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._owns_session and self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+    def render_body(self, request: AlimtalkRequest) -> dict[str, Any]:
+        """The documented JSON body for `request`; ValueError when a number is not Korean."""
+        recipient_no = national(request.to)
+        if recipient_no is None:
+            raise ValueError("recipient is not a Korean number")
+        recipient: dict[str, Any] = {
+            "recipientNo": recipient_no,
+            "templateParameter": dict(request.variables),
+            "resendParameter": self._resend(request),
+            "recipientGroupingKey": request.idempotency_key[:GROUPING_KEY_MAX],
+        }
+        if request.buttons:
+            recipient["buttons"] = [{"ordering": i} for i, _ in enumerate(request.buttons, start=1)]
+        return {"senderKey": self._sender_key, "templateCode": request.template_code, "recipientList": [recipient]}
+
+    # ------------------------------------------------------------------ internals
+
+    @staticmethod
+    def _resend(request: AlimtalkRequest) -> dict[str, Any]:
+        fallback = request.fallback
+        if fallback is None:
+            # Explicit: the console's default may be "resend", and we did not ask for it.
+            return {"isResend": False}
+        send_no = national(fallback.sender, sender=True)
+        if send_no is None:
+            raise ValueError("fallback sender is not a Korean number")
+        resend: dict[str, Any] = {
+            "isResend": True,
+            "resendType": "LMS" if fallback.kind == "lms" else "SMS",
+            "resendContent": fallback.text,
+            "resendSendNo": send_no,
+        }
+        if fallback.kind == "lms" and fallback.title:
+            resend["resendTitle"] = fallback.title
+        return resend
+
+    def _outcome(self, result: SendResult, reference: str = "", detail: str = "") -> SendOutcome:
+        return SendOutcome(result=result, provider=self.name, reference=reference, detail=detail)
+
+    def _session_for_use(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=50, keepalive_timeout=_KEEPALIVE_S, ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=self.deadline_s)
+            )
+        return self._session
+
+    async def _send(self, request: AlimtalkRequest, started: float) -> SendOutcome:
+        if self._closed:
+            return self._outcome(_R.TEMPORARY_ERROR, detail="provider closed")
+        try:
+            body = self.render_body(request)
+        except ValueError as exc:
+            # A citizen's bad number is INVALID_NUMBER; a bad fallback sender is our own error.
+            invalid = str(exc).startswith("recipient")
+            return self._outcome(_R.INVALID_NUMBER if invalid else _R.REJECTED, detail=str(exc))
+        session = self._session_for_use()
+        url = self.base_url + MESSAGES_PATH.format(appkey=quote(self._appkey, safe=""))
+        headers = {
+            SECRET_HEADER: self._secret,
+            IDEMPOTENCY_HEADER: request.idempotency_key,
+            "Content-Type": "application/json;charset=UTF-8",
+            "Accept": "application/json",
+        }
+        data = json.dumps(body, ensure_ascii=False).encode()
+        try:
+            status, payload = await _post_with_deadline(
+                session, url, data, headers, started=started, deadline_s=self.deadline_s
+            )
+        except TimeoutError:
+            return self._outcome(_R.TEMPORARY_ERROR, detail=f"timeout after {self.deadline_s * 1000:.0f} ms")
+        except aiohttp.ClientConnectorError as exc:
+            return self._outcome(_R.TEMPORARY_ERROR, detail=f"connect failed: {exc.os_error}")
+        except aiohttp.ClientError as exc:
+            return self._outcome(_R.TEMPORARY_ERROR, detail=f"connection error: {type(exc).__name__}")
+        return self._interpret(status, payload, has_fallback=request.fallback is not None)
+
+    def _interpret(self, status: int, payload: bytes, *, has_fallback: bool) -> SendOutcome:
+        data = _parse_json(payload)
+        http_error = _http_status_outcome(status)
+        if http_error is not None:
+            return self._outcome(*http_error)
+        header = data.get("header") if data is not None else None
+        if not isinstance(header, dict) or not isinstance(header.get("isSuccessful"), bool):
+            return self._outcome(_R.TEMPORARY_ERROR, detail=f"http {status}: answer is not NHN's JSON")
+        code = _as_int(header.get("resultCode"))
+        message = str(header.get("resultMessage") or "")[:200]
+        body = data.get("message") if data is not None else None
+        request_id = body.get("requestId") if isinstance(body, dict) else None
+        results = body.get("sendResults") if isinstance(body, dict) else None
+        first = results[0] if isinstance(results, list) and results and isinstance(results[0], dict) else None
+        if not header["isSuccessful"] and first is None:
+            return self._outcome(*_api_code_outcome(code, message))
+        if first is None or not isinstance(request_id, str) or not request_id:
+            return self._outcome(_R.TEMPORARY_ERROR, detail=f"code {code}: answer has no sendResults/requestId")
+        seq = _as_int(first.get("recipientSeq"))
+        reference = f"{request_id}:{seq}" if seq is not None else request_id
+        r_code = _as_int(first.get("resultCode"))
+        r_message = str(first.get("resultMessage") or "")[:200]
+        result, detail = _recipient_outcome(r_code, r_message)
+        if has_fallback and result in _FALLBACK_FIXES:
+            return self._outcome(_R.ACCEPTED, reference, f"{detail}; SMS/LMS fallback sent by NHN")
+        return self._outcome(result, reference, detail)
+
+
+def _http_status_outcome(status: int) -> tuple[SendResult, str, str] | None:
+    """(result, reference, detail) for an HTTP status that alone decides, else None."""
+    if status in (401, 403):
+        return _R.REJECTED, "", f"http {status}: auth"
+    if status in (408, 429) or status >= 500:
+        return _R.TEMPORARY_ERROR, "", f"http {status}"
+    if status >= 400:
+        return _R.REJECTED, "", f"http {status}"
+    if not 200 <= status < 300:
+        return _R.REJECTED, "", f"unexpected http {status}"  # a redirect: the base URL is wrong
+    return None
+
+
+def _api_code_outcome(code: int | None, message: str) -> tuple[SendResult, str, str]:
+    """A failed request (header.isSuccessful false) as (result, reference, detail)."""
+    if code == DUPLICATE_CODE:
+        detail = f"code {code}: duplicate of an earlier request with this idempotency key, not sent again"
+        return _R.ACCEPTED, "", detail
+    result = API_CODES.get(code, _R.REJECTED) if code is not None else _R.TEMPORARY_ERROR
+    if result is _R.ACCEPTED:  # isSuccessful false with code 0 is contradictory
+        result = _R.TEMPORARY_ERROR
+    return result, "", f"code {code}: {message}" if message else f"code {code}"
+
+
+def _recipient_outcome(code: int | None, message: str) -> tuple[SendResult, str]:
+    if code is None:
+        return _R.TEMPORARY_ERROR, "recipient result has no resultCode"
+    if code == DUPLICATE_CODE:
+        return _R.ACCEPTED, f"code {code}: duplicate, not sent again"
+    result = API_CODES.get(code) or KAKAO_CODES.get(code) or _R.REJECTED
+    note = "" if code in API_CODES or code in KAKAO_CODES else "unknown "
+    return result, f"{note}code {code}: {message}" if message else f"{note}code {code}"
+
+
+async def _post_with_deadline(
+    session: aiohttp.ClientSession, url: str, data: bytes, headers: Mapping[str, str],
+    *, started: float, deadline_s: float,
+) -> tuple[int, bytes]:
+    """POST within what is left of the deadline; one retry only if the connection never opened."""
+    deadline = started + deadline_s
+
+    def out_of_time(state: RetryCallState) -> bool:
+        return state.attempt_number >= 2 or deadline - time.monotonic() < _MIN_RETRY_S
+
+    async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
+        async for attempt in AsyncRetrying(
+            stop=out_of_time, wait=wait_fixed(_RETRY_WAIT_S), retry=retry_if_exception(_never_sent), reraise=True
+        ):
+            with attempt:
+                remaining = max(deadline - time.monotonic(), 0.001)
+                async with session.post(
+                    url, data=data, headers=headers, allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=remaining),
+                ) as resp:
+                    return resp.status, await resp.content.read(_MAX_BODY + 1)
+    raise TimeoutError  # unreachable: AsyncRetrying either returns or re-raises
+
+
+# --------------------------------------------------------------------------- webhook
+
+#: Kakao delivery result codes that are not final failures.
+_REPORT_SENT = frozenset({"3005"})  # sent, receipt not confirmed (kept up to 3 days)
+_REPORT_QUEUED = frozenset({"4161"})  # message being processed
+#: resendStatus of the message record: RSC01 no resend, RSC02 resend due, RSC03 resending,
+#: RSC04 resend succeeded, RSC05 resend failed.
+_RESEND_STATUS: Mapping[str, ReportStatus] = {
+    "RSC03": ReportStatus.SENT, "RSC04": ReportStatus.DELIVERED, "RSC05": ReportStatus.FAILED,
+}
+_DATE_FORMATS = ("%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S",
+                 "%Y-%m-%d %H:%M", "%Y-%m-%d")
+
+
+def verify_signature(headers: Mapping[str, str], expected_signature: str) -> None:
+    """Raise ReportRejected unless the webhook carries the configured signature string."""
+    if not expected_signature:
+        # Fail closed: without a configured signature anybody could forge delivery reports.
+        raise ReportRejected("no webhook signature is configured")
+    received = next((v for k, v in headers.items() if k.lower() == SIGNATURE_HEADER.lower()), None)
+    if received is None:
+        raise ReportRejected(f"missing {SIGNATURE_HEADER} header")
+    if not hmac.compare_digest(received.encode(), expected_signature.encode()):
+        raise ReportRejected(f"wrong {SIGNATURE_HEADER}")
+
+
+def _timestamp(hook: Mapping[str, Any]) -> float:
+    """Epoch seconds of a hook: receiveDate, else createDate, else requestDate (KST)."""
+    for key in ("receiveDate", "createDate", "requestDate"):
+        value = hook.get(key)
+        if not isinstance(value, str) or not value.strip():
+            continue
+        for fmt in _DATE_FORMATS:
+            try:
+                return datetime.strptime(value.strip(), fmt).replace(tzinfo=KST).timestamp()
+            except ValueError:
+                continue
+        raise ReportRejected(f"hook {key} is not a date: {value[:40]!r}")
+    raise ReportRejected("hook has no receiveDate, createDate or requestDate")
+
+
+def _report(provider: str, index: int, hook: Any) -> DeliveryReport | None:
+    if not isinstance(hook, dict):
+        raise ReportRejected(f"hooks[{index}] is not an object")
+    kind = hook.get("kakaoMessageType")
+    if isinstance(kind, str) and not kind.startswith("ALIMTALK"):
+        return None  # FriendTalk / brand messages of the same account are not ours
+    request_id = hook.get("requestId")
+    seq = _as_int(hook.get("recipientSeq"))
+    code = hook.get("resultCode")
+    if not isinstance(request_id, str) or not request_id or seq is None:
+        raise ReportRejected(f"hooks[{index}] lacks requestId or recipientSeq")
+    if isinstance(code, int) and not isinstance(code, bool):
+        code = str(code)
+    if not isinstance(code, str) or not code:
+        raise ReportRejected(f"hooks[{index}] lacks resultCode")
+    if code == "1000":
+        status = ReportStatus.DELIVERED
+    elif code in _REPORT_SENT:
+        status = ReportStatus.SENT
+    elif code in _REPORT_QUEUED:
+        status = ReportStatus.QUEUED
+    else:
+        status = ReportStatus.FAILED
+    meaning = KAKAO_CODES.get(int(code)) if code.isdigit() else None
+    detail = f"code {code}" + (f" ({meaning.value})" if meaning and meaning is not _R.ACCEPTED else "")
+    fallback_used = False
+    resend = hook.get("resendStatus")
+    if status is ReportStatus.FAILED and isinstance(resend, str) and resend in _RESEND_STATUS:
+        status = _RESEND_STATUS[resend]
+        fallback_used = True
+        resend_code = hook.get("resendResultCode")
+        detail += f"; fallback {resend}" + (f" code {resend_code}" if resend_code else "")
+    return DeliveryReport(
+        provider=provider, reference=f"{request_id}:{seq}", status=status, at=_timestamp(hook),
+        detail=detail, fallback_used=fallback_used,
+    )
+
+
+def parse_report(
+    headers: Mapping[str, str], body: bytes, expected_signature: str, *, provider: str = "nhn"
+) -> list[DeliveryReport]:
+    """Delivery reports from one KakaoTalk Bizmessage webhook POST.
+
+    Verifies `X-Toast-Webhook-Signature` (constant-time), then reads the documented
+    envelope. Events other than MESSAGE_RESULT_UPDATE (template status, ...) and hooks of
+    other Kakao message types give no report. Reports come back in body order: putting
+    them in delivery order is the caller's job. Raises ReportRejected (a ValueError).
+    """
+    verify_signature(headers, expected_signature)
+    data = _parse_json(body)
+    if data is None:
+        raise ReportRejected("body is not a JSON object")
+    hooks = data.get("hooks")
+    event = data.get("event")
+    if not isinstance(event, str) or not isinstance(hooks, list):
+        raise ReportRejected("body lacks event or hooks[]")
+    if event != "MESSAGE_RESULT_UPDATE":
+        return []
+    reports = [_report(provider, i, hook) for i, hook in enumerate(hooks)]
+    return [r for r in reports if r is not None]

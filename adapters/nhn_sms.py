@@ -1,0 +1,395 @@
+"""NHN Cloud Notification SMS (API v3.0): SMS and LMS from the city's registered numbers.
+
+Documentation followed (NHN Cloud, Notification > SMS):
+
+- "API v3.0 Guide": ``POST /sms/v3.0/appKeys/{appKey}/sender/sms`` (body ``body``,
+  ``sendNo`` <= 13, ``recipientList[]{recipientNo, recipientGroupingKey}``,
+  ``senderGroupingKey`` <= 100) and ``POST /sms/v3.0/appKeys/{appKey}/sender/mms`` for an
+  LMS ("long MMS without attachment": ``title`` required, standard 40 bytes; ``body``
+  standard 2,000 bytes), header ``X-Secret-Key``. Answer ``header{isSuccessful,
+  resultCode, resultMessage}`` and ``body.data{requestId, statusCode,
+  sendResultList[]{recipientNo, resultCode, resultMessage, recipientSeq,
+  recipientGroupingKey}}``. Text is sent as EUC-KR: see `gateway.domain.smstext`.
+- "Result codes": -2312 sender number empty or not registered, -2313 sender number
+  blocked, -6001 recipient refused through the 080 opt-out service, -2018/-2019 recipient
+  number empty/invalid, -2015 title or body too long, -2023 characters EUC-KR cannot
+  carry (emoji), -2021 queue failure, -9999 system error. These are NHN's equivalents of
+  Solapi's 1062, 1061/2061 and 1029.
+- "Webhook": header ``X-Toast-Webhook-Signature`` (the string configured in the console),
+  envelope ``{hooksId, webhookConfigId, productName, appKey, event, hooks[]}``; event
+  ``UNSUBSCRIBE`` ("광고 문자 수신 번호 등록") has hooks ``{hookId, recipientNo,
+  unsubscribeNo, enterpriseName, createdDateTime}``.
+
+Assumptions and choices:
+
+- The SMS v3.0 send API documents no idempotency header (only KakaoTalk Bizmessage does).
+  None is sent, and the adapter never re-sends anything that may have reached NHN: the
+  only retry is for a connection that could not be opened. Duplicates across retries and
+  redeliveries are stopped by the outbox's atomic dedupe claim in Redis; the message's
+  idempotency key travels as ``senderGroupingKey`` and ``recipientGroupingKey`` (both
+  searchable in NHN's list API), so a suspected duplicate can be found and audited.
+- Per-recipient ``resultCode`` uses the same API code table as the header.
+- An LMS without a title gets the first line of its text, cut to 40 EUC-KR bytes, since
+  NHN requires ``title``.
+- Only Korean numbers (LMS cannot go abroad anyway); anything else is INVALID_NUMBER
+  without a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import re
+import time
+from collections.abc import Mapping
+from typing import Any, cast
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_fixed
+
+from gateway.domain.models import SendOutcome, SendResult, SmsRequest
+from gateway.domain.numbers import display, mask
+from gateway.domain.smstext import encoded_length
+from gateway.errors import CarrierError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api-sms.cloud.toast.com"
+SMS_PATH = "/sms/v3.0/appKeys/{appkey}/sender/sms"
+LMS_PATH = "/sms/v3.0/appKeys/{appkey}/sender/mms"
+SECRET_HEADER = "X-Secret-Key"
+SIGNATURE_HEADER = "X-Toast-Webhook-Signature"
+GROUPING_KEY_MAX = 100
+TITLE_MAX_BYTES = 40
+
+_R = SendResult
+#: API result codes (header.resultCode and sendResultList[].resultCode).
+API_CODES: Mapping[int, tuple[SendResult, str]] = {
+    0: (_R.ACCEPTED, "accepted"),
+    -2312: (_R.REJECTED, "sender number is not registered with NHN (발신번호 사전등록)"),
+    -2313: (_R.REJECTED, "sender number is blocked at NHN"),
+    -6001: (_R.OPTED_OUT, "recipient refused through the 080 opt-out service"),
+    -2018: (_R.INVALID_NUMBER, "recipient number is empty"),
+    -2019: (_R.INVALID_NUMBER, "recipient number is invalid"),
+    -2015: (_R.REJECTED, "title or body exceeds the maximum bytes"),
+    -2023: (_R.REJECTED, "title or body has characters EUC-KR cannot carry"),
+    -2021: (_R.TEMPORARY_ERROR, "NHN queue failure"),
+    -9999: (_R.TEMPORARY_ERROR, "NHN system error"),
+}
+
+_SPEC_KEYS = frozenset({"kind", "base_url", "appkey_env", "secret_env", "deadline_ms"})
+_MAX_BODY = 256 * 1024
+_MIN_RETRY_S = 0.1
+_RETRY_WAIT_S = 0.02
+_KEEPALIVE_S = 15.0
+_NATIONAL_RECIPIENT = re.compile(r"0\d{8,10}")
+_NATIONAL_SENDER = re.compile(r"0\d{8,10}|1\d{7}")
+
+
+class ReportRejected(ValueError):
+    """A webhook body that must not be trusted or cannot be read; `str()` says why."""
+
+
+def national(e164: str, *, sender: bool = False) -> str | None:
+    """`+821012345678` -> `01012345678` (`+8215881234` -> `15881234` for senders); None if not KR."""
+    if not e164.startswith("+82"):
+        return None
+    digits = display(e164).replace("-", "").replace(" ", "")
+    return digits if (_NATIONAL_SENDER if sender else _NATIONAL_RECIPIENT).fullmatch(digits) else None
+
+
+def lms_title(text: str) -> str:
+    """A default LMS title: the first non-empty line, cut to 40 EUC-KR bytes."""
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    while line and encoded_length(line) > TITLE_MAX_BYTES:
+        line = line[:-1]
+    return line.rstrip()
+
+
+def _never_sent(exc: BaseException) -> bool:
+    return isinstance(exc, aiohttp.ClientConnectorError) and not isinstance(
+        exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientConnectorSSLError
+    )
+
+
+def _parse_json(payload: bytes) -> dict[str, Any] | None:
+    if len(payload) > _MAX_BODY:
+        return None
+    try:
+        data = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return cast(dict[str, Any], data) if isinstance(data, dict) else None
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"-?\d{1,9}", value.strip()):
+        return int(value)
+    return None
+
+
+def _env(where: str, spec: Mapping[str, Any], key: str, environ: Mapping[str, str]) -> str:
+    var = spec.get(key)
+    if not var or not isinstance(var, str):
+        raise CarrierError(f"{where}: {key} is missing (name of the environment variable)")
+    value = environ.get(var)
+    if value is None:
+        raise CarrierError(f"{where}: environment variable {var} is not set ({key})")
+    if not value.strip():
+        raise CarrierError(f"{where}: environment variable {var} is empty ({key})")
+    return value.strip()
+
+
+class NhnSms:
+    """An `SmsProvider` for NHN Cloud SMS v3.0 (see the module docstring).
+
+    Same behaviour as every adapter: one keep-alive session, a hard deadline, a single
+    retry only when the connection never opened, never raises for provider problems,
+    numbers masked and secrets absent from logs.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        appkey: str,
+        secret_key: str,
+        *,
+        deadline_s: float = 3.0,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        where = f"sms provider {name!r}"
+        if deadline_s <= 0:
+            raise CarrierError(f"{where}: deadline must be positive, got {deadline_s}")
+        for what, value in (("appkey", appkey), ("secret key", secret_key)):
+            if not value or any(c in value for c in "\r\n\x00"):
+                raise CarrierError(f"{where}: {what} is empty or contains a line break or NUL")
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        self.deadline_s = deadline_s
+        self._appkey = appkey
+        self._secret = secret_key  # private, kept out of __repr__
+        self._session = session
+        self._owns_session = session is None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"NhnSms(name={self.name!r}, base_url={self.base_url!r}, deadline_s={self.deadline_s})"
+
+    @classmethod
+    def from_spec(cls, name: str, spec: Mapping[str, Any], environ: Mapping[str, str]) -> NhnSms:
+        """Build from a gateway.yaml provider entry; CarrierError names the bad key or variable.
+
+        `{"kind": "nhn", "base_url": "https://api-sms.cloud.toast.com",
+        "appkey_env": "NHN_SMS_APPKEY", "secret_env": "NHN_SMS_SECRET", "deadline_ms": 3000}`.
+        """
+        where = f"sms provider {name!r}"
+        unknown = sorted(set(spec) - _SPEC_KEYS)
+        if unknown:
+            raise CarrierError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}")
+        if spec.get("kind", "nhn") != "nhn":
+            raise CarrierError(f"{where}: kind must be 'nhn', got {spec.get('kind')!r}")
+        base_url = spec.get("base_url", DEFAULT_BASE_URL)
+        parts = urlsplit(base_url) if isinstance(base_url, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise CarrierError(f"{where}: base_url must be an http(s) URL with a host, got {base_url!r}")
+        if parts.username or parts.password or parts.query or parts.fragment:
+            raise CarrierError(f"{where}: base_url must not contain credentials, a query or a fragment")
+        deadline_ms = spec.get("deadline_ms", 3000)
+        if isinstance(deadline_ms, bool) or not isinstance(deadline_ms, int | float) or not 0 < deadline_ms <= 30_000:
+            raise CarrierError(f"{where}: deadline_ms must be a number in (0, 30000], got {deadline_ms!r}")
+        appkey = _env(where, spec, "appkey_env", environ)
+        secret = _env(where, spec, "secret_env", environ)
+        return cls(name, str(base_url), appkey, secret, deadline_s=float(deadline_ms) / 1000)
+
+    # ------------------------------------------------------------------ public API
+
+    async def send_sms(self, request: SmsRequest) -> SendOutcome:
+        """Send one SMS or LMS (by `request.kind`); never raises for provider problems."""
+        started = time.monotonic()
+        try:
+            outcome = await self._send(request, started)
+        except Exception:
+            log.exception("sms %s key=%s: unexpected error", self.name, request.idempotency_key)
+            outcome = self._outcome(_R.TEMPORARY_ERROR, detail="internal error")
+        log.info(
+            "sms %s key=%s kind=%s to=%s result=%s ref=%s detail=%s in %.0f ms",
+            self.name, request.idempotency_key, request.kind, mask(request.to), outcome.result.value,
+            outcome.reference, outcome.detail, (time.monotonic() - started) * 1000,
+        )
+        return outcome
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._owns_session and self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+    def render(self, request: SmsRequest) -> tuple[str, dict[str, Any]]:
+        """(path, documented JSON body) for `request`; ValueError for a bad kind or number."""
+        if request.kind not in ("sms", "lms"):
+            raise ValueError(f"kind must be 'sms' or 'lms', got {request.kind!r}")
+        recipient_no = national(request.to)
+        if recipient_no is None:
+            raise ValueError("recipient is not a Korean number")
+        send_no = national(request.sender, sender=True)
+        if send_no is None:
+            raise ValueError("sender is not a Korean number")
+        key = request.idempotency_key[:GROUPING_KEY_MAX]
+        body: dict[str, Any] = {
+            "body": request.text,
+            "sendNo": send_no,
+            "senderGroupingKey": key,
+            "recipientList": [{"recipientNo": recipient_no, "recipientGroupingKey": key}],
+        }
+        if request.kind == "lms":
+            body["title"] = request.title or lms_title(request.text)
+            return LMS_PATH.format(appkey=quote(self._appkey, safe="")), body
+        return SMS_PATH.format(appkey=quote(self._appkey, safe="")), body
+
+    # ------------------------------------------------------------------ internals
+
+    def _outcome(self, result: SendResult, reference: str = "", detail: str = "") -> SendOutcome:
+        return SendOutcome(result=result, provider=self.name, reference=reference, detail=detail)
+
+    def _session_for_use(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=50, keepalive_timeout=_KEEPALIVE_S, ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=self.deadline_s)
+            )
+        return self._session
+
+    async def _send(self, request: SmsRequest, started: float) -> SendOutcome:
+        if self._closed:
+            return self._outcome(_R.TEMPORARY_ERROR, detail="provider closed")
+        try:
+            path, body = self.render(request)
+        except ValueError as exc:
+            # A citizen's bad number is INVALID_NUMBER; a bad sender or kind is our own error.
+            invalid = str(exc).startswith("recipient")
+            return self._outcome(_R.INVALID_NUMBER if invalid else _R.REJECTED, detail=str(exc))
+        session = self._session_for_use()
+        headers = {
+            SECRET_HEADER: self._secret,
+            "Content-Type": "application/json;charset=UTF-8",
+            "Accept": "application/json",
+        }
+        data = json.dumps(body, ensure_ascii=False).encode()
+        deadline = started + self.deadline_s
+
+        def out_of_time(state: RetryCallState) -> bool:
+            return state.attempt_number >= 2 or deadline - time.monotonic() < _MIN_RETRY_S
+
+        try:
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
+                async for attempt in AsyncRetrying(
+                    stop=out_of_time, wait=wait_fixed(_RETRY_WAIT_S), retry=retry_if_exception(_never_sent),
+                    reraise=True,
+                ):
+                    with attempt:
+                        remaining = max(deadline - time.monotonic(), 0.001)
+                        async with session.post(
+                            self.base_url + path, data=data, headers=headers, allow_redirects=False,
+                            timeout=aiohttp.ClientTimeout(total=remaining),
+                        ) as resp:
+                            status, payload = resp.status, await resp.content.read(_MAX_BODY + 1)
+        except TimeoutError:
+            return self._outcome(_R.TEMPORARY_ERROR, detail=f"timeout after {self.deadline_s * 1000:.0f} ms")
+        except aiohttp.ClientConnectorError as exc:
+            return self._outcome(_R.TEMPORARY_ERROR, detail=f"connect failed: {exc.os_error}")
+        except aiohttp.ClientError as exc:
+            return self._outcome(_R.TEMPORARY_ERROR, detail=f"connection error: {type(exc).__name__}")
+        return self._interpret(status, payload, send_no=str(body["sendNo"]))
+
+    def _interpret(self, status: int, payload: bytes, *, send_no: str) -> SendOutcome:
+        if status in (401, 403):
+            return self._outcome(_R.REJECTED, detail=f"http {status}: auth")
+        if status in (408, 429) or status >= 500:
+            return self._outcome(_R.TEMPORARY_ERROR, detail=f"http {status}")
+        if status >= 400 or not 200 <= status < 300:
+            return self._outcome(_R.REJECTED, detail=f"http {status}")
+        data = _parse_json(payload)
+        header = data.get("header") if data is not None else None
+        if not isinstance(header, dict) or not isinstance(header.get("isSuccessful"), bool):
+            return self._outcome(_R.TEMPORARY_ERROR, detail=f"http {status}: answer is not NHN's JSON")
+        body = data.get("body") if data is not None else None
+        inner = body.get("data") if isinstance(body, dict) else None
+        request_id = inner.get("requestId") if isinstance(inner, dict) else None
+        results = inner.get("sendResultList") if isinstance(inner, dict) else None
+        first = results[0] if isinstance(results, list) and results and isinstance(results[0], dict) else None
+        if not header["isSuccessful"] or first is None:
+            code = _as_int(header.get("resultCode"))
+            if header["isSuccessful"]:
+                return self._outcome(_R.TEMPORARY_ERROR, detail=f"code {code}: answer has no sendResultList")
+            return self._outcome(*self._code_outcome(code, header.get("resultMessage"), send_no))
+        seq = _as_int(first.get("recipientSeq"))
+        reference = f"{request_id}:{seq}" if isinstance(request_id, str) and seq is not None else ""
+        result, _, detail = self._code_outcome(_as_int(first.get("resultCode")), first.get("resultMessage"), send_no)
+        if result is _R.ACCEPTED and not reference:
+            return self._outcome(_R.TEMPORARY_ERROR, detail="accepted without requestId/recipientSeq")
+        return self._outcome(result, reference, detail)
+
+    @staticmethod
+    def _code_outcome(code: int | None, message: Any, send_no: str) -> tuple[SendResult, str, str]:
+        if code is None:
+            return _R.TEMPORARY_ERROR, "", "answer has no resultCode"
+        result, meaning = API_CODES.get(code, (_R.REJECTED, "unknown code"))
+        if code == -2312:
+            meaning = f"sender number {send_no} is not registered with NHN (발신번호 사전등록)"
+        text = f"code {code}: {meaning}"
+        if isinstance(message, str) and message and message != "SUCCESS":
+            text += f" ({message[:200]})"
+        return result, "", text
+
+
+# --------------------------------------------------------------------------- webhook
+
+
+def _e164(national_no: str) -> str | None:
+    digits = re.sub(r"[\s-]", "", national_no)
+    if re.fullmatch(r"01\d{8,9}", digits):
+        return "+82" + digits[1:]
+    if re.fullmatch(r"821\d{8,9}", digits):
+        return "+" + digits
+    return None
+
+
+def parse_unsubscribe(headers: Mapping[str, str], body: bytes, expected_signature: str) -> list[str]:
+    """E.164 numbers that opted out through NHN's 080 service, from one SMS webhook POST.
+
+    Verifies `X-Toast-Webhook-Signature` (constant-time) first. Events other than
+    UNSUBSCRIBE give []. A hook whose number cannot be read rejects the whole body rather
+    than drop an opt-out silently. Raises ReportRejected (a ValueError).
+    """
+    if not expected_signature:
+        raise ReportRejected("no webhook signature is configured")
+    received = next((v for k, v in headers.items() if k.lower() == SIGNATURE_HEADER.lower()), None)
+    if received is None:
+        raise ReportRejected(f"missing {SIGNATURE_HEADER} header")
+    if not hmac.compare_digest(received.encode(), expected_signature.encode()):
+        raise ReportRejected(f"wrong {SIGNATURE_HEADER}")
+    data = _parse_json(body)
+    if data is None:
+        raise ReportRejected("body is not a JSON object")
+    event, hooks = data.get("event"), data.get("hooks")
+    if not isinstance(event, str) or not isinstance(hooks, list):
+        raise ReportRejected("body lacks event or hooks[]")
+    if event != "UNSUBSCRIBE":
+        return []
+    numbers: list[str] = []
+    for i, hook in enumerate(hooks):
+        number = hook.get("recipientNo") if isinstance(hook, dict) else None
+        e164 = _e164(number) if isinstance(number, str) else None
+        if e164 is None:
+            raise ReportRejected(f"hooks[{i}].recipientNo is not a Korean mobile number")
+        if e164 not in numbers:
+            numbers.append(e164)
+    return numbers
