@@ -23,6 +23,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
@@ -101,6 +102,19 @@ class Transcript:
     def named(cls, name: str) -> Transcript:
         """Load one of the transcripts shipped with the gateway."""
         return cls.load(TRANSCRIPTS_DIR / f"{name}.ami")
+
+    @property
+    def recorded_epoch(self) -> float | None:
+        """Wall time at recorded t = 0, from the first `EventTV` header (SuccessfulAuth), if any."""
+        for block in self.blocks:
+            value = header(block.raw, b"EventTV")
+            if value:
+                try:
+                    stamp = datetime.strptime(value.decode(), "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+                except ValueError:
+                    return None
+                return stamp - block.t
+        return None
 
     @property
     def banner(self) -> bytes:
@@ -496,7 +510,10 @@ class _Connection:
         self.lock = asyncio.Lock()
         self.silent = False
         self.closing = asyncio.Event()
-        self.replay = _Replay(plan, offset, time.time(), blocks=plan.transcript.body)
+        # A fast replay stamps events with the time they were recorded (deterministic output:
+        # quiet hours, holidays); a timed replay plays "now".
+        recorded = plan.transcript.recorded_epoch if server.fast else None
+        self.replay = _Replay(plan, offset, recorded or time.time(), blocks=plan.transcript.body)
         self.replay_task: asyncio.Task[None] | None = None
         self.last_activity = time.monotonic()  # last action read or block written
 

@@ -16,17 +16,24 @@ from pathlib import Path
 from typing import Any
 
 from adapters.carrier_http import HttpCarrier
+from adapters.nhn_alimtalk import NhnAlimtalk
+from adapters.nhn_sms import NhnSms
 from adapters.sandbox import SandboxCarrier
+from adapters.sandbox_messaging import SandboxAlimtalk, SandboxSms
 from gateway.config import GatewayConfig, PbxConfig
+from gateway.domain.postcall import MessagingRules
 from gateway.domain.rules import Rules
 from gateway.errors import ConfigError, RulesError, StoreUnavailable
+from gateway.jobs import Enqueuer, dead_letter_counts, make_broker
+from gateway.messaging_rules import load_messaging
 from gateway.outbox import Outbox
 from gateway.pbx.client import AmiSettings, PbxClient
 from gateway.pbx.mapping import TRACKED_EVENTS
 from gateway.pipeline import CallPipeline
-from gateway.ports import DecisionSink, LetteringCarrier
+from gateway.ports import AlimtalkProvider, DecisionSink, LetteringCarrier, SmsProvider
 from gateway.rules import load_rules
 from gateway.store import RedisOutboxStore, connect
+from gateway.worker import WorkerRuntime, declare_actors
 
 log = logging.getLogger(__name__)
 
@@ -40,26 +47,49 @@ def build_carrier(name: str, spec: Mapping[str, Any], environ: Mapping[str, str]
     raise ConfigError(f"carrier {name!r}: unknown kind {kind!r} (sandbox, http)")
 
 
+def build_alimtalk(name: str, spec: Mapping[str, Any], environ: Mapping[str, str]) -> AlimtalkProvider:
+    kind = spec.get("kind")
+    if kind == "sandbox":
+        return SandboxAlimtalk.from_spec(name, spec)
+    if kind == "nhn":
+        return NhnAlimtalk.from_spec(name, spec, environ)
+    raise ConfigError(f"alimtalk provider {name!r}: unknown kind {kind!r} (sandbox, nhn)")
+
+
+def build_sms(name: str, spec: Mapping[str, Any], environ: Mapping[str, str]) -> SmsProvider:
+    kind = spec.get("kind")
+    if kind == "sandbox":
+        return SandboxSms.from_spec(name, spec)
+    if kind == "nhn":
+        return NhnSms.from_spec(name, spec, environ)
+    raise ConfigError(f"sms provider {name!r}: unknown kind {kind!r} (sandbox, nhn)")
+
+
 class RulesHolder:
     """The live rules; a reload that fails keeps the last good rules in place."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.rules: Rules = load_rules(directory)
+        self.messaging: MessagingRules = load_messaging(directory, self.rules.directory)
         self.loaded_at = time.time()
         self.last_error = ""
 
     def get(self) -> Rules:
         return self.rules
 
+    def get_messaging(self) -> MessagingRules:
+        return self.messaging
+
     def reload(self) -> bool:
         try:
             rules = load_rules(self.directory)
+            messaging = load_messaging(self.directory, rules.directory)
         except RulesError as exc:
             self.last_error = str(exc)
             log.error("rules reload failed, keeping version %s:\n%s", self.rules.version, exc)
             return False
-        self.rules, self.loaded_at, self.last_error = rules, time.time(), ""
+        self.rules, self.messaging, self.loaded_at, self.last_error = rules, messaging, time.time(), ""
         log.info("rules reloaded: version %s", rules.version)
         return True
 
@@ -76,6 +106,9 @@ class Overrides:
     rules_dir: Path | None = None
     pbx_address: tuple[str, int] | None = None  # point every PBX at this AMI server
     carriers: dict[str, LetteringCarrier] = field(default_factory=dict)  # prebuilt adapters by name
+    alimtalk: dict[str, AlimtalkProvider] = field(default_factory=dict)
+    sms: dict[str, SmsProvider] = field(default_factory=dict)
+    queue_namespace: str | None = None
     ami: dict[str, Any] = field(default_factory=dict)  # AmiSettings field overrides (backoff, ping)
 
 
@@ -101,8 +134,14 @@ class Gateway:
         self.carriers = carriers
         self.outbox = Outbox(self.store, carriers, hash_key=config.number_key(self.environ),
                              dedupe_ttl_s=config.dedupe_ttl_s)
+        self.sealer = config.sealer(self.environ)
+        self.broker = make_broker(redis_url, namespace=self.over.queue_namespace or config.queue_namespace)
+        self.enqueuer = Enqueuer(self.broker, self.sealer)
+        alimtalk_provider = next(iter(self.over.alimtalk or config.alimtalk), "")
         self.pipeline = CallPipeline(self.rules.get, self.outbox, sink,
-                                     trunks={p.name: p.trunks for p in config.pbxes})
+                                     trunks={p.name: p.trunks for p in config.pbxes},
+                                     messaging=self.rules.get_messaging, enqueuer=self.enqueuer,
+                                     alimtalk_provider=alimtalk_provider)
         self.clients = [PbxClient(self._ami_settings(p), self.pipeline, TRACKED_EVENTS) for p in config.pbxes]
         self._tasks: list[asyncio.Task[None]] = []
         self.started_at = time.time()
@@ -132,6 +171,7 @@ class Gateway:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for carrier in self.carriers.values():
             await carrier.close()
+        self.enqueuer.close()
         await self.redis.aclose()
 
     async def health(self) -> dict[str, Any]:
@@ -143,7 +183,37 @@ class Gateway:
             redis = {"reachable": False, "error": str(exc)}
         pbx = [c.status() for c in self.clients]
         ready = redis["reachable"] and all(p.get("authenticated") for p in pbx)
+        queues: dict[str, Any] = {"enqueued": self.enqueuer.enqueued, "enqueue_failed": self.enqueuer.failed}
+        if redis["reachable"]:
+            try:
+                queues["dead_letters"] = await asyncio.to_thread(dead_letter_counts, self.broker)
+            except Exception as exc:  # health must answer even when a queue cannot be read
+                queues["error"] = str(exc)
         return {
             "ready": ready, "uptime_s": round(time.time() - self.started_at, 1), "pbx": pbx, "redis": redis,
-            "rules": self.rules.status(), "pipeline": self.pipeline.status(),
+            "rules": self.rules.status(), "pipeline": self.pipeline.status(), "queues": queues,
         }
+
+
+def build_worker(config: GatewayConfig, *, environ: Mapping[str, str], redis_url: str,
+                 sink: DecisionSink | None = None, overrides: Overrides | None = None) -> tuple[Any, WorkerRuntime]:
+    """The broker with its actors and the runtime they use (`gateway worker`, replay, demo)."""
+    over = overrides or Overrides()
+    sealer = config.sealer(environ)
+    broker = make_broker(redis_url, namespace=over.queue_namespace or config.queue_namespace)
+    holder = RulesHolder(over.rules_dir or config.rules_dir)
+    alimtalk = {n: over.alimtalk.get(n) or build_alimtalk(n, s, environ) for n, s in config.alimtalk.items()}
+    sms = {n: over.sms.get(n) or build_sms(n, s, environ) for n, s in config.sms.items()}
+    alimtalk.update({n: p for n, p in over.alimtalk.items() if n not in alimtalk})
+    sms.update({n: p for n, p in over.sms.items() if n not in sms})
+    hash_key = config.number_key(environ)
+
+    def outbox() -> Outbox:
+        # Built on the worker's own event loop (the async Redis client belongs to it).
+        return Outbox(RedisOutboxStore(connect(redis_url, timeout_s=2.0)), {}, hash_key=hash_key,
+                      dedupe_ttl_s=config.dedupe_ttl_s, alimtalk=alimtalk, sms=sms,
+                      device_memory_s=holder.messaging.device_memory_days * 86400)
+
+    runtime = WorkerRuntime(outbox, sealer, Enqueuer(broker, sealer), sink)
+    declare_actors(broker, runtime)
+    return broker, runtime

@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,17 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--json", action="store_true", help="one JSON object per line (the default output)")
     rp.add_argument("--outcome", action="append", default=[], metavar="E164=RESULT",
                     help="sandbox carrier answer for a number, e.g. +821012345678=unsupported_device")
+    rp.add_argument("--messaging-outcome", action="append", default=[], metavar="E164=RESULT",
+                    help="sandbox Alimtalk/SMS answer for a number, e.g. +821012345678=not_kakao_user")
+
+    wk = sub.add_parser("worker", help="run the queue workers (post-call content, Alimtalk, SMS)")
+    wk.add_argument("--config", type=Path)
+    wk.add_argument("--threads", type=int)
+
+    dl = sub.add_parser("deadletters", help="list or re-drive messages that exhausted their retries")
+    dl.add_argument("action", choices=["list", "redrive"])
+    dl.add_argument("--queue", choices=["call_notice", "postcall", "sms"])
+    dl.add_argument("--config", type=Path)
 
     rules = sub.add_parser("rules", help="check or generate the telecom team's rules")
     rsub = rules.add_subparsers(dest="rules_command", required=True)
@@ -79,18 +91,21 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     if args.command == "replay":
-        from gateway.domain.models import LetteringResult
+        from gateway.domain.models import LetteringResult, SendResult
         from gateway.replay import replay
 
         setup_logging("WARNING", json_lines=True)
-        outcomes: dict[str, LetteringResult] = {}
-        for item in args.outcome:
-            number, _, result = item.partition("=")
-            try:
-                outcomes[number] = LetteringResult(result)
-            except ValueError:
-                raise SystemExit(f"gateway replay: bad --outcome {item!r}") from None
-        return _run_async(replay(args.files, config, rules_dir=args.rules, out=sys.stdout, outcomes=outcomes))
+        outcomes = {n: LetteringResult(r) for n, r in _pairs(args.outcome, LetteringResult)}
+        messaging = {n: SendResult(r) for n, r in _pairs(args.messaging_outcome, SendResult)}
+        return _run_async(replay(args.files, config, rules_dir=args.rules, out=sys.stdout, outcomes=outcomes,
+                                 messaging_outcomes=messaging))
+    if args.command == "worker":
+        from gateway.worker import run_worker
+
+        setup_logging(config.log_level, json_lines=config.log_json)
+        return run_worker(config, threads=args.threads)
+    if args.command == "deadletters":
+        return _deadletters(config, args.action, args.queue)
     if args.command == "demo":
         from gateway.demo import run_demo
 
@@ -99,6 +114,35 @@ def _dispatch(args: argparse.Namespace) -> int:
                                    speed=args.speed, rules_dir=args.rules))
     setup_logging(config.log_level, json_lines=config.log_json)
     return _run_async(_run(config))
+
+
+def _pairs(items: list[str], kind: type[StrEnum]) -> list[tuple[str, str]]:
+    """`E164=RESULT` options, checked against the result type."""
+    out: list[tuple[str, str]] = []
+    for item in items:
+        number, _, result = item.partition("=")
+        if result not in {k.value for k in kind}:
+            raise SystemExit(f"gateway: bad {item!r}: results are {', '.join(k.value for k in kind)}")
+        out.append((number, result))
+    return out
+
+
+def _deadletters(config: GatewayConfig, action: str, queue: str | None) -> int:
+    import json
+    import os
+
+    from gateway.jobs import dead_letters, make_broker, redrive
+
+    url = config.resolved_redis_url(os.environ)
+    if not url:
+        raise SystemExit(f"gateway deadletters: set {config.redis_url_env}")
+    broker = make_broker(url, namespace=config.queue_namespace)
+    if action == "list":
+        for item in dead_letters(broker, queue):
+            print(json.dumps(item, ensure_ascii=False))
+        return 0
+    print(f"re-driven: {redrive(broker, queue)}")
+    return 0
 
 
 def _run_async(coro: Coroutine[Any, Any, int]) -> int:

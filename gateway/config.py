@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.crypto import Sealer
 from gateway.errors import ConfigError, RulesError
 from gateway.rules import file_label, load_yaml, validate
 
@@ -54,8 +55,17 @@ SCHEMA: dict[str, Any] = {
         "carriers": {"type": "object", "minProperties": 1,
                      "additionalProperties": {"type": "object", "required": ["kind"],
                                               "properties": {"kind": {"enum": ["sandbox", "http"]}}}},
+        "alimtalk": {"type": "object", "minProperties": 1,
+                     "additionalProperties": {"type": "object", "required": ["kind"],
+                                              "properties": {"kind": {"enum": ["sandbox", "nhn"]}}}},
+        "sms": {"type": "object", "minProperties": 1,
+                "additionalProperties": {"type": "object", "required": ["kind"],
+                                         "properties": {"kind": {"enum": ["sandbox", "nhn"]}}}},
+        "worker": {"type": "object", "additionalProperties": False,
+                   "properties": {"threads": {"type": "integer", "minimum": 1, "maximum": 64},
+                                  "namespace": {"type": "string", "pattern": "^[a-z0-9-]+$"}}},
         "outbox": {"type": "object", "additionalProperties": False,
-                   "properties": {"number_key_env": _ENV,
+                   "properties": {"number_key_env": _ENV, "data_key_env": _ENV,
                                   "dedupe_ttl_s": {"type": "integer", "minimum": 60}}},
         "log": {"type": "object", "additionalProperties": False,
                 "properties": {"json": {"type": "boolean"},
@@ -94,7 +104,12 @@ class GatewayConfig:
     rules_dir: Path
     carriers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     number_key_env: str = "GATEWAY_NUMBER_KEY"
+    data_key_env: str = "GATEWAY_DATA_KEY"
     dedupe_ttl_s: int = 21600
+    alimtalk: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    sms: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    worker_threads: int = 4
+    queue_namespace: str = "gw"
     log_json: bool = True
     log_level: str = "INFO"
 
@@ -108,6 +123,9 @@ class GatewayConfig:
             raise ConfigError(f"environment variable {self.number_key_env} must hold a secret of at least "
                               "16 characters (it keys the hashes of citizens' numbers)")
         return value.encode()
+
+    def sealer(self, environ: Mapping[str, str]) -> Sealer:
+        return Sealer.from_env(environ.get(self.data_key_env, ""), self.data_key_env)
 
 
 def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> GatewayConfig:
@@ -146,6 +164,10 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
         rules_dir=rules_dir,
         carriers=data.get("carriers") or {"sandbox": {"kind": "sandbox"}},
         number_key_env=outbox.get("number_key_env", "GATEWAY_NUMBER_KEY"),
+        data_key_env=outbox.get("data_key_env", "GATEWAY_DATA_KEY"),
+        alimtalk=data.get("alimtalk") or {}, sms=data.get("sms") or {},
+        worker_threads=int((data.get("worker") or {}).get("threads", 4)),
+        queue_namespace=(data.get("worker") or {}).get("namespace", "gw"),
         dedupe_ttl_s=int(outbox.get("dedupe_ttl_s", 21600)),
         log_json=bool(log.get("json", True)), log_level=log.get("level", "INFO"),
     )

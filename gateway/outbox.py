@@ -1,4 +1,8 @@
-"""THE outbox guard: the one function every message to a citizen passes through.
+"""THE outbox guard: every message to a citizen passes through it.
+
+Lettering (real time) goes through `Outbox.deliver`; durable messages (post-call content,
+Alimtalk, SMS) are admitted by `Outbox.admit` before they are queued and handed to their
+provider by `Outbox.send` in a worker. Adapters are called nowhere else.
 
 `Outbox.deliver` checks, in one atomic Redis step shared by every gateway: opt-out,
 dedupe per call and action (`SET NX` with TTL, so two gateways following the same PBX
@@ -17,10 +21,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from gateway.domain.models import LetteringOutcome, LetteringRequest, LetteringResult
+from gateway.domain.models import (
+    AlimtalkRequest,
+    LetteringOutcome,
+    LetteringRequest,
+    LetteringResult,
+    SendOutcome,
+    SendResult,
+    SmsRequest,
+)
 from gateway.domain.numbers import mask
 from gateway.errors import StoreUnavailable
-from gateway.ports import LetteringCarrier, OutboxStore
+from gateway.ports import AlimtalkProvider, LetteringCarrier, OutboxStore, SmsProvider
 from gateway.store import number_hash
 
 log = logging.getLogger(__name__)
@@ -34,6 +46,10 @@ class Verdict(StrEnum):
     STORE_UNAVAILABLE = "store_unavailable"
     NO_CARRIER = "no_carrier"  # the rules name a provider the gateway has no adapter for
     INVALID_RECIPIENT = "invalid_recipient"
+    KNOWN_NO_LETTERING = "known_no_lettering"  # this phone cannot show lettering: use Alimtalk
+    CAPPED = "capped"  # frequency cap (e.g. one post-call message per department per 7 days)
+    ADMITTED = "admitted"  # a durable message passed the guard and may be queued
+    ALREADY_SENT = "already_sent"  # a redelivered job whose message the provider already accepted
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,19 +73,58 @@ class Delivery:
     started: float = 0.0  # perf_counter when the adapter was called (latency measurements)
 
 
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A durable message (post-call content, Alimtalk, SMS) asking to be queued."""
+
+    pbx: str
+    call_id: str
+    action: str  # "call_notice", "postcall", "sms_fallback", ...
+    recipient: str  # E.164
+    cap_key: str = ""  # frequency-cap key ("postcall:<department>"), "" for none
+    cap_ttl_s: int = 0
+    rate_limit: int = 0
+    rate_window_s: int = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedMessage:
+    """A message taken off a queue by a worker, ready for its provider."""
+
+    key: str  # idempotency key: the dedupe key of its admission; sent to the provider
+    pbx: str
+    call_id: str
+    action: str
+    recipient: str
+    provider: str
+    alimtalk: AlimtalkRequest | None = None
+    sms: SmsRequest | None = None
+
+
 class Outbox:
     def __init__(self, store: OutboxStore, carriers: Mapping[str, LetteringCarrier], *,
-                 hash_key: bytes, dedupe_ttl_s: int = 6 * 3600) -> None:
+                 hash_key: bytes, dedupe_ttl_s: int = 6 * 3600,
+                 alimtalk: Mapping[str, AlimtalkProvider] | None = None,
+                 sms: Mapping[str, SmsProvider] | None = None, device_memory_s: int = 30 * 86400) -> None:
         self.store = store
         self.carriers = dict(carriers)
+        self.alimtalk = dict(alimtalk or {})
+        self.sms = dict(sms or {})
         self.hash_key = hash_key
         self.dedupe_ttl_s = dedupe_ttl_s
+        self.device_memory_s = device_memory_s
         self.counts: dict[str, int] = {}
 
     def _count(self, name: str) -> None:
         self.counts[name] = self.counts.get(name, 0) + 1
 
+    def key_for(self, pbx: str, call_id: str, action: str, recipient: str) -> str:
+        """The dedupe (and provider idempotency) key of one action of one call to one citizen."""
+        return f"{pbx}:{call_id}:{action}:{number_hash(self.hash_key, recipient)}"
+
+    # ------------------------------------------------------------ real time: lettering
     async def deliver(self, message: Outgoing) -> Delivery:
+        """Lettering: guard and send at once (the phone is ringing)."""
         if not message.recipient.startswith("+"):
             self._count(Verdict.INVALID_RECIPIENT)
             return Delivery(Verdict.INVALID_RECIPIENT)
@@ -79,16 +134,19 @@ class Outbox:
             self._count(Verdict.NO_CARRIER)
             return Delivery(Verdict.NO_CARRIER)
         recipient_hash = number_hash(self.hash_key, message.recipient)
-        dedupe_key = f"{message.pbx}:{message.call_id}:{message.action}:{recipient_hash}"
+        dedupe_key = self.key_for(message.pbx, message.call_id, message.action, message.recipient)
         try:
             claim = await self.store.claim(dedupe_key=dedupe_key, recipient_hash=recipient_hash,
                                            ttl_s=self.dedupe_ttl_s, rate_limit=message.rate_limit,
-                                           rate_window_s=message.rate_window_s)
+                                           rate_window_s=message.rate_window_s, check_no_lettering=True)
         except StoreUnavailable as exc:
             log.error("outbox store unavailable, %s to %s for call %s not sent: %s", message.action,
                       mask(message.recipient), message.call_id, exc)
             self._count(Verdict.STORE_UNAVAILABLE)
             return Delivery(Verdict.STORE_UNAVAILABLE)
+        if claim == "ok_no_lettering":
+            self._count(Verdict.KNOWN_NO_LETTERING)
+            return Delivery(Verdict.KNOWN_NO_LETTERING)
         if claim != "ok":
             verdict = Verdict(claim)
             log.info("%s to %s for call %s not sent: %s", message.action, mask(message.recipient),
@@ -100,11 +158,73 @@ class Outbox:
         self._count(f"{Verdict.SENT}:{outcome.result}")
         log.info("%s to %s for call %s via %s: %s %s", message.action, mask(message.recipient),
                  message.call_id, outcome.provider, outcome.result, outcome.detail)
+        if outcome.result is LetteringResult.UNSUPPORTED_DEVICE:
+            await self.store.remember_no_lettering(recipient_hash, self.device_memory_s)
         await self.store.record(dedupe_key=dedupe_key, fields={
             "action": message.action, "recipient": recipient_hash, "provider": outcome.provider,
             "result": outcome.result, "reference": outcome.reference, "detail": outcome.detail[:200],
         })
         return Delivery(Verdict.SENT, outcome, started)
 
+    # ------------------------------------------------------- durable: admit, then send
+    async def admit(self, admission: Admission) -> Verdict:
+        """Decide whether a durable message may be queued (opt-out, dedupe, cap, rate limit)."""
+        if not admission.recipient.startswith("+"):
+            self._count(Verdict.INVALID_RECIPIENT)
+            return Verdict.INVALID_RECIPIENT
+        recipient_hash = number_hash(self.hash_key, admission.recipient)
+        key = self.key_for(admission.pbx, admission.call_id, admission.action, admission.recipient)
+        cap_key = f"{admission.cap_key}:{recipient_hash}" if admission.cap_key else ""
+        try:
+            claim = await self.store.claim(dedupe_key=key, recipient_hash=recipient_hash, ttl_s=self.dedupe_ttl_s,
+                                           rate_limit=admission.rate_limit, rate_window_s=admission.rate_window_s,
+                                           cap_key=cap_key, cap_ttl_s=admission.cap_ttl_s)
+        except StoreUnavailable as exc:
+            log.error("outbox store unavailable, %s to %s for call %s not queued: %s", admission.action,
+                      mask(admission.recipient), admission.call_id, exc)
+            self._count(Verdict.STORE_UNAVAILABLE)
+            return Verdict.STORE_UNAVAILABLE
+        verdict = Verdict.ADMITTED if claim in ("ok", "ok_no_lettering") else Verdict(claim)
+        self._count(f"admit:{verdict}")
+        return verdict
 
-__all__ = ["Delivery", "LetteringResult", "Outbox", "Outgoing", "Verdict"]
+    async def send(self, message: QueuedMessage) -> SendOutcome | Verdict:
+        """Hand a queued message to its provider, once: the opt-out is checked again (it may
+        have come in while the message waited) and a message the provider already accepted
+        (a job redelivered after a crash) is not sent again."""
+        recipient_hash = number_hash(self.hash_key, message.recipient)
+        status = await self.store.check_send(recipient_hash=recipient_hash, idempotency_key=message.key)
+        if status != "ok":
+            verdict = Verdict(status)
+            self._count(f"send:{verdict}")
+            log.info("%s to %s for call %s not sent: %s", message.action, mask(message.recipient),
+                     message.call_id, verdict)
+            return verdict
+        if message.alimtalk is not None:
+            provider_a = self.alimtalk.get(message.provider)
+            if provider_a is None:
+                self._count(Verdict.NO_CARRIER)
+                return Verdict.NO_CARRIER
+            outcome = await provider_a.send_alimtalk(message.alimtalk)
+        elif message.sms is not None:
+            provider_s = self.sms.get(message.provider)
+            if provider_s is None:
+                self._count(Verdict.NO_CARRIER)
+                return Verdict.NO_CARRIER
+            outcome = await provider_s.send_sms(message.sms)
+        else:
+            raise ValueError(f"queued message {message.key} carries nothing to send")
+        self._count(f"send:{message.action}:{outcome.result}")
+        log.info("%s to %s for call %s via %s: %s %s", message.action, mask(message.recipient), message.call_id,
+                 outcome.provider, outcome.result, outcome.detail)
+        if outcome.result is SendResult.ACCEPTED:
+            await self.store.mark_sent(idempotency_key=message.key, provider=outcome.provider,
+                                       reference=outcome.reference)
+        await self.store.record(dedupe_key=message.key, fields={
+            "action": message.action, "recipient": recipient_hash, "provider": outcome.provider,
+            "result": outcome.result, "reference": outcome.reference, "detail": outcome.detail[:200],
+        })
+        return outcome
+
+
+__all__ = ["Admission", "Delivery", "LetteringResult", "Outbox", "Outgoing", "QueuedMessage", "Verdict"]

@@ -10,14 +10,35 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from gateway.domain.calls import CallEnded, CallTracker, ExternalDial, TrackerOutput
 from gateway.domain.lettering import Letter, Skip, decide
-from gateway.domain.numbers import NumberPlan, mask
+from gateway.domain.models import (
+    AlimtalkRequest,
+    CallRecord,
+    Direction,
+    Disposition,
+    LetteringRequest,
+    LetteringResult,
+    NumberKind,
+    SmsRequest,
+)
+from gateway.domain.numbers import NumberPlan, display, mask
+from gateway.domain.postcall import (
+    MessagingRules,
+    PostcallPlan,
+    call_notice_sms,
+    call_notice_variables,
+    plan_postcall,
+    postcall_sms,
+    postcall_variables,
+)
 from gateway.domain.rules import Rules
-from gateway.outbox import Outbox, Outgoing, Verdict
+from gateway.domain.smstext import choose
+from gateway.jobs import Enqueuer
+from gateway.outbox import Admission, Outbox, Outgoing, QueuedMessage, Verdict
 from gateway.pbx.mapping import channel_listed, to_leg_event
 from gateway.ports import DecisionSink, SessionChange, SessionKind
 
@@ -33,8 +54,13 @@ class CallPipeline:
     """Turns the AMI streams of several PBXes into lettering and call records."""
 
     def __init__(self, rules: Callable[[], Rules], outbox: Outbox, sink: DecisionSink, *,
-                 trunks: Mapping[str, tuple[str, ...]], expire_every_s: float = 60.0) -> None:
+                 trunks: Mapping[str, tuple[str, ...]], expire_every_s: float = 60.0,
+                 messaging: Callable[[], MessagingRules] | None = None, enqueuer: Enqueuer | None = None,
+                 alimtalk_provider: str = "") -> None:
         self._rules = rules
+        self._messaging = messaging or MessagingRules
+        self.enqueuer = enqueuer
+        self.alimtalk_provider = alimtalk_provider
         self.outbox = outbox
         self.sink = sink
         self._trunks = dict(trunks)
@@ -101,7 +127,10 @@ class CallPipeline:
         if isinstance(decision, Skip):
             self._skipped(decision.pbx, decision.call_id, decision.reason, decision.to)
             return
-        task = asyncio.get_running_loop().create_task(self._letter(decision, received))
+        self._spawn(self._letter(decision, received))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -116,6 +145,11 @@ class CallPipeline:
         except Exception:  # a bug must not kill the AMI reader; it is logged with its traceback
             log.exception("lettering for call %s failed", request.call_id)
             return
+        if delivery.verdict is Verdict.KNOWN_NO_LETTERING:
+            # This phone answered `unsupported_device` before: straight to the Alimtalk call notice.
+            self._skipped(request.pbx, request.call_id, delivery.verdict.value, request.to)
+            await self._call_notice(request)
+            return
         if delivery.verdict is not Verdict.SENT or delivery.outcome is None:
             self._skipped(request.pbx, request.call_id, delivery.verdict.value, request.to)
             return
@@ -127,6 +161,8 @@ class CallPipeline:
             "department": request.department, "text": request.text, "result": delivery.outcome.result.value,
             "detail": delivery.outcome.detail,
         })
+        if delivery.outcome.result is LetteringResult.UNSUPPORTED_DEVICE:
+            await self._call_notice(request)
 
     def _skipped(self, pbx: str, call_id: str, reason: str, to: str = "") -> None:
         log.info("call %s on %s not lettered: %s %s", call_id, pbx, reason, mask(to))
@@ -144,6 +180,9 @@ class CallPipeline:
             if r.direction.value == "outbound":
                 reason = "not_dialed"  # the desk phone never reached the outside number
             self._skipped(r.pbx, r.call_id, reason)
+        if (r.direction is Direction.OUTBOUND and r.disposition is Disposition.ANSWERED
+                and r.party_kind is NumberKind.MOBILE and self.enqueuer is not None):
+            self._spawn(self._postcall(r))
         self.sink.decision({
             "event": "call", "pbx": r.pbx, "call": r.call_id, "direction": r.direction.value,
             "extension": r.extension, "party": r.party, "disposition": r.disposition.value,
@@ -151,6 +190,67 @@ class CallPipeline:
             "answered_at": round(r.answered_at, 3) if r.answered_at else None, "ended_at": round(r.ended_at, 3),
             "transfers": [{"kind": t.kind, "to": t.to} for t in r.transfers], "recovered": r.recovered,
         })
+
+    # -------------------------------------------------------- durable messages
+    async def _call_notice(self, request: LetteringRequest) -> None:
+        """The lettering an iPhone cannot show, as a Kakao Alimtalk (SMS/LMS as fallback)."""
+        rules = self._messaging()
+        record: dict[str, Any] = {"event": "alimtalk", "pbx": request.pbx, "call": request.call_id,
+                                  "to": request.to, "purpose": "call_notice", "template": rules.call_notice_template}
+        if self.enqueuer is None or not self.alimtalk_provider:
+            self.sink.decision({**record, "result": "not_configured"})
+            return
+        policy = self._rules().lettering
+        verdict = await self.outbox.admit(Admission(request.pbx, request.call_id, "call_notice", request.to,
+                                                    rate_limit=policy.rate_limit_count,
+                                                    rate_window_s=policy.rate_limit_window_s))
+        if verdict is not Verdict.ADMITTED:
+            self.sink.decision({**record, "result": verdict.value})
+            return
+        key = self.outbox.key_for(request.pbx, request.call_id, "call_notice", request.to)
+        shown = display(request.caller_number) if request.caller_number else ""
+        fallback = None
+        if rules.provider_resend and request.caller_number:
+            kind, text = choose(call_notice_sms(request.organisation, request.department, request.text, shown))
+            fallback = SmsRequest(key, request.to, request.caller_number, text, f"[{request.organisation}]", kind)
+        alimtalk = AlimtalkRequest(key, request.to, rules.call_notice_template,
+                                   call_notice_variables(request.organisation, request.department, request.text,
+                                                         request.caller_number, shown), fallback=fallback)
+        ok = await self.enqueuer.enqueue("call_notice", QueuedMessage(
+            key, request.pbx, request.call_id, "call_notice", request.to, self.alimtalk_provider, alimtalk=alimtalk))
+        self.sink.decision({**record, "result": "queued" if ok else "enqueue_failed"})
+
+    async def _postcall(self, r: CallRecord) -> None:
+        department = self._rules().directory.lookup(r.extension) if r.extension else None
+        rules = self._messaging()
+        plan = plan_postcall(r, department, rules, r.ended_at)
+        record: dict[str, Any] = {"event": "postcall", "pbx": r.pbx, "call": r.call_id, "to": r.party,
+                                  "content": department.postcall if department else None}
+        if not isinstance(plan, PostcallPlan):
+            self.sink.decision({**record, "result": plan.reason})
+            return
+        assert self.enqueuer is not None
+        verdict = await self.outbox.admit(Admission(
+            r.pbx, r.call_id, "postcall", r.party, cap_key=f"postcall:{plan.department.id}",
+            cap_ttl_s=rules.frequency_cap_days * 86400))
+        if verdict is not Verdict.ADMITTED:
+            self.sink.decision({**record, "result": verdict.value})
+            return
+        key = self.outbox.key_for(r.pbx, r.call_id, "postcall", r.party)
+        dept, content = plan.department, plan.content
+        fallback = None
+        if rules.provider_resend and dept.caller_number:
+            kind, text = choose(postcall_sms(content, dept))
+            fallback = SmsRequest(key, r.party, dept.caller_number, text, content.title, kind)
+        alimtalk = AlimtalkRequest(key, r.party, rules.postcall_template, postcall_variables(content, dept),
+                                   content.buttons, fallback)
+        # Quiet hours are judged on the call's own clock (the PBX's), the delay applied from now.
+        delay = (plan.not_before - r.ended_at) if plan.not_before else 0.0
+        ok = await self.enqueuer.enqueue("postcall", QueuedMessage(
+            key, r.pbx, r.call_id, "postcall", r.party, self.alimtalk_provider, alimtalk=alimtalk),
+            delay_s=delay)
+        result = ("deferred" if delay > 0 else "queued") if ok else "enqueue_failed"
+        self.sink.decision({**record, "result": result, **({"delay_s": round(delay)} if delay > 0 else {})})
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Wait for in-flight lettering (graceful shutdown, end of a replay)."""

@@ -75,16 +75,27 @@ class OutboxStore(Protocol):
     """Shared state behind the outbox guard (Redis in production).
 
     `claim` decides atomically, for all gateways sharing the store, whether a message may
-    be sent: it checks opt-out, the per-recipient rate limit and claims the dedupe key.
+    be admitted: opt-out, dedupe key, optional frequency cap, per-recipient rate limit.
+    `check_send`/`mark_sent` protect the moment a queued message is handed to a provider.
+    Every method raises `StoreUnavailable` when the store cannot answer.
     """
 
-    async def claim(self, *, dedupe_key: str, recipient_hash: str, ttl_s: int,
-                    rate_limit: int, rate_window_s: int) -> str:
-        """Return "ok", "duplicate", "opted_out" or "rate_limited". Raises StoreUnavailable."""
+    async def claim(self, *, dedupe_key: str, recipient_hash: str, ttl_s: int, rate_limit: int,
+                    rate_window_s: int, cap_key: str = "", cap_ttl_s: int = 0,
+                    check_no_lettering: bool = False) -> str:
+        """"ok", "ok_no_lettering", "duplicate", "opted_out", "capped" or "rate_limited"."""
         ...
 
+    async def check_send(self, *, recipient_hash: str, idempotency_key: str) -> str:
+        """"ok", "opted_out" or "already_sent"."""
+        ...
+
+    async def mark_sent(self, *, idempotency_key: str, provider: str, reference: str, ttl_s: int = ...) -> None: ...
+
+    async def remember_no_lettering(self, recipient_hash: str, ttl_s: int) -> None: ...
+
     async def record(self, *, dedupe_key: str, fields: Mapping[str, Any]) -> None:
-        """Store the outcome of a claimed send (audit trail). Best effort."""
+        """Append the outcome of a send to the audit trail. Best effort."""
         ...
 
 

@@ -20,14 +20,17 @@ from pathlib import Path
 from typing import TextIO
 
 from adapters.sandbox import SandboxCarrier
+from adapters.sandbox_messaging import SandboxAlimtalk, SandboxSms
 from gateway.amiserver import AmiServer, Transcript
-from gateway.app import Gateway, Overrides
+from gateway.app import Gateway, Overrides, build_worker
 from gateway.config import GatewayConfig
-from gateway.domain.models import LetteringResult
+from gateway.crypto import Sealer
+from gateway.domain.models import LetteringResult, SendResult
 from gateway.errors import ConfigError
 from gateway.ports import LetteringCarrier
 from gateway.redisproc import RedisProcess
 from gateway.sinks import JsonLinesSink
+from gateway.worker import start_worker, wait_idle
 
 FAST_RECONNECT = {
     "backoff_initial_s": 0.01, "backoff_max_s": 0.05, "auth_backoff_initial_s": 0.01,
@@ -43,7 +46,16 @@ def demo_environ(config: GatewayConfig, base: Mapping[str, str]) -> dict[str, st
         environ[pbx.secret_env] = secrets.token_urlsafe(18)
     if len(environ.get(config.number_key_env, "")) < 16:
         environ[config.number_key_env] = secrets.token_urlsafe(24)
+    if not environ.get(config.data_key_env):
+        environ[config.data_key_env] = Sealer.new_key_spec()
     return environ
+
+
+def sandbox_messaging(config: GatewayConfig, outcomes: Mapping[str, SendResult]) -> Overrides:
+    """Sandbox twins for every Alimtalk and SMS provider the configuration names."""
+    spec = {"kind": "sandbox", "outcomes": {k: v.value for k, v in outcomes.items()}}
+    return Overrides(alimtalk={n: SandboxAlimtalk.from_spec(n, spec) for n in config.alimtalk or {"sandbox": {}}},
+                     sms={n: SandboxSms.from_spec(n, spec) for n in config.sms or {"sandbox": {}}})
 
 
 def sandbox_carriers(config: GatewayConfig, outcomes: Mapping[str, LetteringResult]) -> dict[str, LetteringCarrier]:
@@ -51,7 +63,8 @@ def sandbox_carriers(config: GatewayConfig, outcomes: Mapping[str, LetteringResu
 
 
 async def replay(files: Sequence[Path], config: GatewayConfig, *, rules_dir: Path | None, out: TextIO,
-                 outcomes: Mapping[str, LetteringResult] | None = None, timeout_s: float = 60.0) -> int:
+                 outcomes: Mapping[str, LetteringResult] | None = None,
+                 messaging_outcomes: Mapping[str, SendResult] | None = None, timeout_s: float = 60.0) -> int:
     for f in files:
         if not f.is_file():
             raise ConfigError(f"{f}: no such transcript")
@@ -66,11 +79,18 @@ async def replay(files: Sequence[Path], config: GatewayConfig, *, rules_dir: Pat
     pbx = config.pbxes[0]
     server = AmiServer(transcripts, username=pbx.username, secret=pbx.secret(environ), speed="fast")
     sink = JsonLinesSink(out)
+    # Jobs of this replay live in their own namespace: never mixed with a live deployment's queues.
+    messaging = sandbox_messaging(config, messaging_outcomes or {})
+    messaging.queue_namespace = f"gw-replay-{secrets.token_hex(4)}"
+    broker, runtime = build_worker(config, environ=environ, redis_url=redis_url, sink=sink,
+                                   overrides=replace(messaging, rules_dir=rules_dir))
+    worker = start_worker(broker, threads=2, idle_ms=100)
     try:
         host, port = await server.start()
         gateway = Gateway(config, sink, environ=environ, overrides=Overrides(
             redis_url=redis_url, rules_dir=rules_dir, pbx_address=(host, port),
-            carriers=sandbox_carriers(config, outcomes or {}), ami=FAST_RECONNECT))
+            carriers=sandbox_carriers(config, outcomes or {}), ami=FAST_RECONNECT,
+            alimtalk=messaging.alimtalk, queue_namespace=messaging.queue_namespace))
         await gateway.start()
         try:
             await asyncio.wait_for(server.wait_done(), timeout_s)
@@ -79,12 +99,17 @@ async def replay(files: Sequence[Path], config: GatewayConfig, *, rules_dir: Pat
             # Polls the AMI clients' own state; they expose no event for "read to EOF".
             while any(c.status().get("connected") for c in gateway.clients) and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
+            for client in gateway.clients:
+                await client.stop()  # the recording is over: no reconnect attempts
+            await gateway.pipeline.drain()
+            await wait_idle(broker, runtime, timeout_s=timeout_s)
         except TimeoutError:
             print(f"replay: timed out after {timeout_s}s", file=sys.stderr)
             return 1
         finally:
             await gateway.stop()
     finally:
+        await asyncio.to_thread(worker.stop)
         await server.stop()
         if redis_proc is not None:
             redis_proc.cleanup()

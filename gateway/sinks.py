@@ -13,7 +13,8 @@ from gateway.domain.numbers import mask
 class JsonLinesSink:
     """One JSON object per line: the public contract of `gateway replay --json`."""
 
-    def __init__(self, out: TextIO, *, kinds: frozenset[str] = frozenset({"call", "lettering", "skipped"})) -> None:
+    def __init__(self, out: TextIO, *, kinds: frozenset[str] = frozenset(
+            {"call", "lettering", "skipped", "postcall", "alimtalk", "sent", "sms"})) -> None:
         self.out = out
         self.kinds = kinds
         self.records: list[Mapping[str, Any]] = []

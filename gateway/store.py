@@ -29,18 +29,38 @@ PREFIX = "gw:"
 AUDIT_STREAM = PREFIX + "audit"
 AUDIT_MAXLEN = 200_000
 
-# KEYS: opt-out key, dedupe key, rate key. ARGV: dedupe ttl ms, rate limit, window s, claim value.
+# KEYS: opt-out, dedupe, rate, cap, no-lettering-device flag (the last two may be the unused
+# NONE key). ARGV: dedupe ttl ms, rate limit, window s, claim value, cap ttl ms.
 _CLAIM = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 'opted_out' end
 if not redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[1]) then return 'duplicate' end
+if KEYS[4] ~= KEYS[6] then
+  if not redis.call('SET', KEYS[4], ARGV[4], 'NX', 'PX', ARGV[5]) then return 'capped' end
+end
 local limit = tonumber(ARGV[2])
 if limit > 0 then
   local n = redis.call('INCR', KEYS[3])
   if n == 1 then redis.call('EXPIRE', KEYS[3], ARGV[3]) end
   if n > limit then return 'rate_limited' end
 end
+if KEYS[5] ~= KEYS[6] and redis.call('EXISTS', KEYS[5]) == 1 then return 'ok_no_lettering' end
 return 'ok'
 """
+
+# Delivery state only moves forward (reports arrive out of order). KEYS: state hash.
+# ARGV: new rank, new status, at, detail. Returns 'updated', 'stale' or 'unknown'.
+_REPORT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'unknown' end
+local rank = tonumber(redis.call('HGET', KEYS[1], 'rank') or '0')
+if tonumber(ARGV[1]) <= rank then return 'stale' end
+redis.call('HSET', KEYS[1], 'rank', ARGV[1], 'status', ARGV[2], 'at', ARGV[3], 'detail', ARGV[4])
+return 'updated'
+"""
+NONE_KEY = PREFIX + "none"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def number_hash(key: bytes, e164: str) -> str:
@@ -50,6 +70,19 @@ def number_hash(key: bytes, e164: str) -> str:
 
 def optout_key(recipient_hash: str) -> str:
     return f"{PREFIX}optout:{recipient_hash}"
+
+
+def no_lettering_key(recipient_hash: str) -> str:
+    """Set when a citizen's phone answered `unsupported_device`: the next call goes to Alimtalk."""
+    return f"{PREFIX}nolettering:{recipient_hash}"
+
+
+def sent_key(idempotency_key: str) -> str:
+    return f"{PREFIX}sent:{idempotency_key}"
+
+
+def message_key(provider: str, reference: str) -> str:
+    return f"{PREFIX}msg:{provider}:{reference}"
 
 
 def connect(url: str, *, timeout_s: float = 0.25) -> aioredis.Redis:
@@ -71,18 +104,66 @@ class RedisOutboxStore:
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
         self._claim = client.register_script(_CLAIM)
+        self._report = client.register_script(_REPORT)
 
-    async def claim(self, *, dedupe_key: str, recipient_hash: str, ttl_s: int,
-                    rate_limit: int, rate_window_s: int) -> str:
+    async def claim(self, *, dedupe_key: str, recipient_hash: str, ttl_s: int, rate_limit: int,
+                    rate_window_s: int, cap_key: str = "", cap_ttl_s: int = 0,
+                    check_no_lettering: bool = False) -> str:
         window = max(1, rate_window_s)
         bucket = int(time.time() // window)
         keys = [optout_key(recipient_hash), PREFIX + "dedupe:" + dedupe_key,
-                f"{PREFIX}rate:{recipient_hash}:{bucket}"]
+                f"{PREFIX}rate:{recipient_hash}:{bucket}", PREFIX + "cap:" + cap_key if cap_key else NONE_KEY,
+                no_lettering_key(recipient_hash) if check_no_lettering else NONE_KEY, NONE_KEY]
+        args: list[int | str] = [ttl_s * 1000, rate_limit, window, str(time.time()), max(1, cap_ttl_s) * 1000]
         try:
-            result = await self._claim(keys=keys, args=[ttl_s * 1000, rate_limit, window, str(time.time())])
+            result = await self._claim(keys=keys, args=args)
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
         return result.decode() if isinstance(result, bytes) else str(result)
+
+    async def check_send(self, *, recipient_hash: str, idempotency_key: str) -> str:
+        """At send time (a queued job): "ok", "opted_out" or "already_sent"."""
+        try:
+            opted, sent = await self.client.mget([optout_key(recipient_hash), sent_key(idempotency_key)])
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+        if opted is not None:
+            return "opted_out"
+        return "already_sent" if sent is not None else "ok"
+
+    async def mark_sent(self, *, idempotency_key: str, provider: str, reference: str, ttl_s: int = 14 * 86400) -> None:
+        """Remember a provider accepted this message (a redelivered job must not resend it) and
+        open its delivery state for reports."""
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.set(sent_key(idempotency_key), f"{provider}:{reference}", ex=ttl_s)
+                if reference:
+                    state = message_key(provider, reference)
+                    pipe.hset(state, mapping={"key": idempotency_key, "rank": 1, "status": "sent",
+                                              "at": f"{time.time():.3f}"})
+                    pipe.expire(state, ttl_s)
+                await pipe.execute()
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+
+    async def remember_no_lettering(self, recipient_hash: str, ttl_s: int) -> None:
+        try:
+            await self.client.set(no_lettering_key(recipient_hash), "1", ex=ttl_s)
+        except RedisError as exc:
+            log.warning("device memory not stored: %s", exc)
+
+    async def apply_report(self, *, provider: str, reference: str, rank: int, status: str, at: float,
+                           detail: str) -> str:
+        try:
+            result = await self._report(keys=[message_key(provider, reference)],
+                                        args=[rank, status, f"{at:.3f}", detail[:200]])
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+        return result.decode() if isinstance(result, bytes) else str(result)
+
+    async def message_state(self, provider: str, reference: str) -> dict[str, str]:
+        raw = await self.client.hgetall(message_key(provider, reference))
+        return {_text(k): _text(v) for k, v in raw.items()}
 
     async def record(self, *, dedupe_key: str, fields: Mapping[str, Any]) -> None:
         entry: dict[Any, Any] = {"key": dedupe_key, "ts": f"{time.time():.3f}"}

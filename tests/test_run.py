@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import ClientError, ClientSession
 
 from gateway.amiserver import AmiServer, Transcript
+from gateway.crypto import Sealer
 from gateway.redisproc import RedisProcess, free_port
 from tests.conftest import ROOT, RULES
 
@@ -43,11 +44,11 @@ rules_dir: {RULES}
 redis: {{url_env: TEST_REDIS_URL}}
 http: {{host: 127.0.0.1, port: {http_port}}}
 carriers: {{sandbox: {{kind: sandbox}}}}
-outbox: {{number_key_env: TEST_NUMBER_KEY}}
+outbox: {{number_key_env: TEST_NUMBER_KEY, data_key_env: TEST_DATA_KEY}}
 log: {{json: true, level: INFO}}
 """, encoding="utf-8")
     env = dict(os.environ, TEST_AMI_SECRET=secret, TEST_REDIS_URL=redis_server.url,
-               TEST_NUMBER_KEY="number-key-for-tests-0123")
+               TEST_NUMBER_KEY="number-key-for-tests-0123", TEST_DATA_KEY=Sealer.new_key_spec())
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", "run", "--config", str(config),
                                                 cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.PIPE)

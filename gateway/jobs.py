@@ -1,0 +1,230 @@
+"""Durable jobs on dramatiq's Redis broker: what may wait goes here, so a crash, a restart or a
+provider outage loses nothing.
+
+* msgpack encoding of small payloads (ids and values, the citizen's number sealed with AES-GCM);
+* queues named for what they carry: `call_notice` (Alimtalk for phones that cannot show
+  lettering), `postcall` (post-call content, deferred out of quiet hours), `sms` (SMS/LMS
+  fallback);
+* retries that end: explicit `max_retries`, backoff and `max_age` per queue (dramatiq's
+  defaults, 20 retries over 7 days, are wrong for a call notice);
+* enqueuing from the event loop through a small executor with a timeout (`send()` is
+  synchronous and would block the AMI reader for seconds on a hung Redis);
+* dead letters (`<queue>.XQ`) listed and re-driven by `gateway deadletters`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import dramatiq
+import msgpack
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.encoder import Encoder, MessageData
+from dramatiq.errors import DecodeError
+from dramatiq.middleware import AgeLimit, AsyncIO, Callbacks, CurrentMessage, Retries, ShutdownNotifications, TimeLimit
+
+from gateway.crypto import Sealer
+from gateway.domain.models import AlimtalkRequest, Button, SmsRequest
+from gateway.outbox import QueuedMessage
+
+log = logging.getLogger(__name__)
+
+
+
+def actor_name(queue: str) -> str:
+    """One actor per queue, each with its queue's retry budget."""
+    return f"deliver_{queue}"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSpec:
+    name: str
+    max_retries: int
+    min_backoff_ms: int
+    max_backoff_ms: int
+    max_age_ms: int  # a message older than this is dropped to the dead letters, not sent
+    time_limit_ms: int = 60_000
+
+
+QUEUES: dict[str, QueueSpec] = {
+    # The citizen's phone rang minutes ago: a call notice is useless after half an hour.
+    "call_notice": QueueSpec("call_notice", max_retries=6, min_backoff_ms=2_000, max_backoff_ms=120_000,
+                             max_age_ms=30 * 60_000),
+    # Post-call content may wait out the night (deferred to 08:00) and a provider outage.
+    "postcall": QueueSpec("postcall", max_retries=8, min_backoff_ms=30_000, max_backoff_ms=30 * 60_000,
+                          max_age_ms=36 * 3600_000),
+    "sms": QueueSpec("sms", max_retries=6, min_backoff_ms=5_000, max_backoff_ms=10 * 60_000,
+                     max_age_ms=6 * 3600_000),
+}
+
+
+class MsgpackEncoder(Encoder):
+    """dramatiq has no msgpack encoder; producers and workers must both use this one."""
+
+    def encode(self, data: MessageData) -> bytes:
+        packed: bytes = msgpack.packb(data, use_bin_type=True)
+        return packed
+
+    def decode(self, data: bytes) -> MessageData:
+        try:
+            decoded = msgpack.unpackb(data, raw=False)
+        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+            raise DecodeError(f"not a msgpack message: {exc}", data, exc) from None  # type: ignore[no-untyped-call]
+        if not isinstance(decoded, dict):
+            raise DecodeError("message is not a map", data, None)  # type: ignore[no-untyped-call]
+        return decoded
+
+
+def make_broker(redis_url: str, *, namespace: str = "gw", heartbeat_timeout_ms: int = 60_000) -> RedisBroker:
+    """The broker both the gateway (producer) and `gateway worker` use."""
+    dramatiq.set_encoder(MsgpackEncoder())
+    middleware = [AgeLimit(), TimeLimit(), ShutdownNotifications(), Callbacks(), CurrentMessage(),
+                  Retries(max_retries=0), AsyncIO()]
+    broker = RedisBroker(  # type: ignore[no-untyped-call]
+        url=redis_url, namespace=namespace, middleware=middleware,
+                         heartbeat_timeout=heartbeat_timeout_ms, socket_timeout=5, socket_connect_timeout=5)
+    for queue in QUEUES:
+        broker.declare_queue(queue)
+    return broker
+
+
+def actor_options(queue: str) -> dict[str, Any]:
+    spec = QUEUES[queue]
+    return {"max_retries": spec.max_retries, "min_backoff": spec.min_backoff_ms, "max_backoff": spec.max_backoff_ms,
+            "max_age": spec.max_age_ms, "time_limit": spec.time_limit_ms}
+
+
+# ------------------------------------------------------------------ payloads
+
+
+def encode_message(message: QueuedMessage, sealer: Sealer) -> dict[str, Any]:
+    """A queued message as a small msgpack-able dict; the citizen's number sealed."""
+    payload: dict[str, Any] = {"v": 1, "key": message.key, "pbx": message.pbx, "call": message.call_id,
+                               "action": message.action, "provider": message.provider,
+                               "to": sealer.seal(message.recipient, message.key.encode())}
+    if message.alimtalk is not None:
+        a = message.alimtalk
+        payload["alimtalk"] = {"template": a.template_code, "vars": [list(v) for v in a.variables],
+                               "buttons": [[b.name, b.url] for b in a.buttons],
+                               "fallback": _sms_fields(a.fallback) if a.fallback else None}
+    if message.sms is not None:
+        payload["sms"] = _sms_fields(message.sms)
+    return payload
+
+
+def _sms_fields(sms: SmsRequest) -> dict[str, str]:
+    return {"sender": sms.sender, "text": sms.text, "title": sms.title, "kind": sms.kind}
+
+
+def decode_message(payload: Mapping[str, Any], sealer: Sealer) -> QueuedMessage:
+    if payload.get("v") != 1:
+        raise ValueError(f"unknown payload version {payload.get('v')!r}")
+    key = str(payload["key"])
+    to = sealer.open(str(payload["to"]), key.encode())
+
+    def sms(fields: Mapping[str, str]) -> SmsRequest:
+        return SmsRequest(idempotency_key=key, to=to, sender=fields["sender"], text=fields["text"],
+                          title=fields.get("title", ""), kind=fields.get("kind", "sms"))
+
+    alimtalk = None
+    if payload.get("alimtalk"):
+        a = payload["alimtalk"]
+        alimtalk = AlimtalkRequest(idempotency_key=key, to=to, template_code=a["template"],
+                                   variables=tuple((str(k), str(v)) for k, v in a["vars"]),
+                                   buttons=tuple(Button(n, u) for n, u in a.get("buttons", [])),
+                                   fallback=sms(a["fallback"]) if a.get("fallback") else None)
+    return QueuedMessage(key=key, pbx=str(payload["pbx"]), call_id=str(payload["call"]), action=str(payload["action"]),
+                         recipient=to, provider=str(payload["provider"]), alimtalk=alimtalk,
+                         sms=sms(payload["sms"]) if payload.get("sms") else None)
+
+
+# ------------------------------------------------------------------ enqueuing
+
+
+class Enqueuer:
+    """Puts messages on the broker from the event loop without ever blocking it."""
+
+    def __init__(self, broker: RedisBroker, sealer: Sealer, *, timeout_s: float = 2.0, workers: int = 2) -> None:
+        self.broker = broker
+        self.sealer = sealer
+        self.timeout_s = timeout_s
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="enqueue")
+        self.enqueued = 0
+        self.failed = 0
+
+    async def enqueue(self, queue: str, message: QueuedMessage, *, delay_s: float = 0.0) -> bool:
+        """True once the message is in Redis; False (counted, logged) if it could not be put there."""
+        delay_ms = int(delay_s * 1000) if delay_s > 0 else None
+        dm: dramatiq.Message[Any] = dramatiq.Message(queue_name=queue, actor_name=actor_name(queue),
+                              args=(encode_message(message, self.sealer),),
+                              kwargs={}, options=actor_options(queue))
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(loop.run_in_executor(self._executor, self._put, dm, delay_ms), self.timeout_s)
+        except (TimeoutError, redis.RedisError, OSError) as exc:
+            self.failed += 1
+            log.error("could not enqueue %s for call %s on %s: %s", message.action, message.call_id, queue,
+                      str(exc) or type(exc).__name__)
+            return False
+        self.enqueued += 1
+        return True
+
+    def _put(self, message: dramatiq.Message[Any], delay_ms: int | None) -> None:
+        self.broker.enqueue(message, delay=delay_ms)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+# ------------------------------------------------------------------ dead letters
+
+
+def dead_letters(broker: RedisBroker, queue: str | None = None) -> list[dict[str, Any]]:
+    """Messages that exhausted their retries or their age: one dict per message."""
+    out: list[dict[str, Any]] = []
+    client: Any = broker.client  # redis-py's sync return types are unions of everything
+    for name in [queue] if queue else sorted(QUEUES):
+        xq = f"{broker.namespace}:{name}.XQ"
+        for raw_id, score in client.zrange(xq, 0, -1, withscores=True):
+            raw = client.hget(xq + ".msgs", raw_id)
+            if raw is None:
+                continue
+            message = dramatiq.Message.decode(raw)
+            payload = message.args[0] if message.args else {}
+            out.append({"queue": name, "id": message.message_id, "dead_at": score / 1000,
+                        "action": payload.get("action"), "call": payload.get("call"), "pbx": payload.get("pbx"),
+                        "retries": message.options.get("retries", 0),
+                        "error": str(message.options.get("traceback", "")).strip().splitlines()[-1:]})
+    return out
+
+
+def dead_letter_counts(broker: RedisBroker) -> dict[str, int]:
+    return {name: int(broker.client.zcard(f"{broker.namespace}:{name}.XQ")) for name in sorted(QUEUES)}
+
+
+def redrive(broker: RedisBroker, queue: str | None = None) -> int:
+    """Put dead letters back on their queue with a fresh retry budget; returns how many."""
+    count = 0
+    client: Any = broker.client
+    for name in [queue] if queue else sorted(QUEUES):
+        xq = f"{broker.namespace}:{name}.XQ"
+        for raw_id in client.zrange(xq, 0, -1):
+            raw = client.hget(xq + ".msgs", raw_id)
+            if raw is None:
+                continue
+            message = dramatiq.Message.decode(raw)
+            options = {k: v for k, v in message.options.items()
+                       if k not in ("retries", "traceback", "redis_message_id", "requeue_timestamp")}
+            broker.enqueue(dataclasses.replace(message, options=options, message_timestamp=int(time.time() * 1000)))
+            client.zrem(xq, raw_id)
+            client.hdel(xq + ".msgs", raw_id)
+            count += 1
+    return count

@@ -1,0 +1,239 @@
+"""`gateway worker`: the dramatiq actors that hand queued messages to their providers.
+
+Each queue has one actor (`deliver_<queue>`). An actor opens the sealed number, passes the
+message through the outbox guard (`Outbox.send`: opt-out again, never twice) and acts on
+the typed outcome: temporary errors are retried by dramatiq (bounded, then dead-lettered),
+permanent ones are recorded, and an Alimtalk that cannot reach a citizen who has no
+KakaoTalk becomes an SMS/LMS job. A circuit breaker per provider stops hammering a provider
+that is down; its messages wait in the queue instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker
+
+from gateway.crypto import Sealer, SealError
+from gateway.domain.models import SendOutcome, SendResult, SmsRequest
+from gateway.domain.numbers import mask
+from gateway.errors import GatewayError, StoreUnavailable
+from gateway.jobs import QUEUES, Enqueuer, actor_name, actor_options, decode_message
+from gateway.outbox import Admission, Outbox, QueuedMessage, Verdict
+from gateway.ports import DecisionSink
+
+log = logging.getLogger(__name__)
+
+# Results an SMS can fix: the citizen is not reachable on KakaoTalk.
+SMS_CAN_FIX = frozenset({SendResult.NOT_KAKAO_USER, SendResult.BLOCKED})
+
+
+class TemporaryFailure(GatewayError):
+    """Raised inside an actor so that dramatiq retries the message later."""
+
+
+class UnreadableJob(GatewayError):
+    """A payload that cannot be decoded: retrying cannot help, it goes to the dead letters."""
+
+
+class CircuitBreaker:
+    """Opens after `threshold` consecutive temporary failures; lets one trial through after `cooldown_s`."""
+
+    def __init__(self, threshold: int = 5, cooldown_s: float = 30.0, clock: Callable[[], float] = time.monotonic):
+        self.threshold = threshold
+        self.cooldown_s = cooldown_s
+        self.clock = clock
+        self.failures = 0
+        self.opened_at: float | None = None
+
+    @property
+    def state(self) -> str:
+        if self.opened_at is None:
+            return "closed"
+        return "half_open" if self.clock() - self.opened_at >= self.cooldown_s else "open"
+
+    def allow(self) -> bool:
+        return self.state != "open"
+
+    def success(self) -> None:
+        self.failures, self.opened_at = 0, None
+
+    def failure(self) -> None:
+        self.failures += 1
+        if self.failures >= self.threshold:
+            self.opened_at = self.clock()
+
+
+class WorkerRuntime:
+    """Everything the actors need. Built lazily on the worker's event loop (the async Redis
+    client and the providers' HTTP sessions belong to the loop that uses them)."""
+
+    def __init__(self, build_outbox: Callable[[], Outbox], sealer: Sealer, enqueuer: Enqueuer,
+                 sink: DecisionSink | None = None) -> None:
+        self._build_outbox = build_outbox
+        self._outbox: Outbox | None = None
+        self.sealer = sealer
+        self.enqueuer = enqueuer
+        self.sink = sink
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self.handled = 0
+        self.in_flight = 0
+        self._lock = threading.Lock()
+
+    @property
+    def outbox(self) -> Outbox:
+        if self._outbox is None:
+            self._outbox = self._build_outbox()
+        return self._outbox
+
+    def _emit(self, record: Mapping[str, Any]) -> None:
+        if self.sink is not None:
+            with self._lock:
+                self.sink.decision(record)
+
+    async def handle(self, queue: str, payload: Mapping[str, Any]) -> None:
+        with self._lock:
+            self.in_flight += 1
+        try:
+            await self._handle(queue, payload)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+                self.handled += 1
+
+    async def _handle(self, queue: str, payload: Mapping[str, Any]) -> None:
+        try:
+            message = decode_message(payload, self.sealer)
+        except (SealError, KeyError, ValueError, TypeError) as exc:
+            # A payload we cannot read will not become readable by retrying: dead-letter it.
+            log.error("unreadable %s job %s: %s", queue, payload.get("key", "?"), exc)
+            raise UnreadableJob(f"unreadable job: {exc}") from None
+        breaker = self.breakers.setdefault(message.provider, CircuitBreaker())
+        if not breaker.allow():
+            raise TemporaryFailure(f"provider {message.provider} circuit open")
+        try:
+            result = await self.outbox.send(message)
+        except StoreUnavailable as exc:
+            raise TemporaryFailure(str(exc)) from exc
+        if isinstance(result, Verdict):
+            self._report(message, result.value, "")
+            return
+        self._report(message, result.result.value, result.reference, result)
+        if result.result is SendResult.TEMPORARY_ERROR:
+            breaker.failure()
+            raise TemporaryFailure(f"{result.provider}: {result.detail}")
+        breaker.success()
+        if message.alimtalk is not None and result.result in SMS_CAN_FIX:
+            await self._sms_fallback(message, result)
+
+    async def _sms_fallback(self, message: QueuedMessage, outcome: SendOutcome) -> None:
+        alimtalk = message.alimtalk
+        assert alimtalk is not None
+        fallback = alimtalk.fallback
+        if fallback is None or not self.outbox.sms:
+            log.warning("%s to %s: %s and no SMS fallback configured", message.action, mask(message.recipient),
+                        outcome.result)
+            return
+        action = f"{message.action}_sms"
+        verdict = await self.outbox.admit(Admission(message.pbx, message.call_id, action, message.recipient))
+        if verdict is not Verdict.ADMITTED:
+            self._report_sms(message, action, verdict.value)
+            return
+        key = self.outbox.key_for(message.pbx, message.call_id, action, message.recipient)
+        sms = SmsRequest(idempotency_key=key, to=message.recipient, sender=fallback.sender, text=fallback.text,
+                         title=fallback.title, kind=fallback.kind)
+        provider = next(iter(self.outbox.sms))
+        queued = QueuedMessage(key=key, pbx=message.pbx, call_id=message.call_id, action=action,
+                               recipient=message.recipient, provider=provider, sms=sms)
+        ok = await self.enqueuer.enqueue("sms", queued)
+        if not ok:
+            # The worker raises so the Alimtalk job is retried later: Alimtalk answers the same,
+            # and the admission is already claimed, so only the enqueue is attempted again.
+            raise TemporaryFailure("SMS fallback could not be queued")
+        self._report_sms(message, action, "queued")
+
+    def _report(self, message: QueuedMessage, result: str, reference: str,
+                outcome: SendOutcome | None = None) -> None:
+        channel = "alimtalk" if message.alimtalk is not None else (message.sms.kind if message.sms else "?")
+        self._emit({"event": "sent", "pbx": message.pbx, "call": message.call_id, "action": message.action,
+                    "channel": channel, "to": message.recipient, "provider": message.provider, "result": result,
+                    "reference": reference, "detail": outcome.detail if outcome else ""})
+
+    def _report_sms(self, message: QueuedMessage, action: str, result: str) -> None:
+        self._emit({"event": "sms", "pbx": message.pbx, "call": message.call_id, "action": action,
+                    "to": message.recipient, "result": result})
+
+
+def declare_actors(broker: RedisBroker, runtime: WorkerRuntime) -> dict[str, dramatiq.Actor[Any, Any]]:
+    """Bind one async actor per queue to `broker`, all delegating to `runtime`."""
+    actors: dict[str, dramatiq.Actor[Any, Any]] = {}
+    for queue in QUEUES:
+        async def deliver(payload: dict[str, Any], _queue: str = queue) -> None:
+            await runtime.handle(_queue, payload)
+
+        deliver.__name__ = actor_name(queue)
+        options = actor_options(queue)
+        decorate = dramatiq.actor(broker=broker, actor_name=actor_name(queue), queue_name=queue,
+                                  throws=(UnreadableJob,), **options)
+        actors[queue] = decorate(deliver)
+    return actors
+
+
+def start_worker(broker: RedisBroker, *, threads: int = 4, idle_ms: int = 200) -> dramatiq.Worker:
+    worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=idle_ms)
+    worker.start()
+    return worker
+
+
+async def wait_idle(broker: RedisBroker, runtime: WorkerRuntime, *, timeout_s: float = 30.0,
+                    settle_s: float = 0.3) -> bool:
+    """Wait until every queue is empty (delayed messages aside) and no job is running."""
+    client: Any = broker.client
+    deadline = time.monotonic() + timeout_s
+    quiet_since: float | None = None
+    while time.monotonic() < deadline:
+        try:
+            pending = sum(int(client.llen(f"{broker.namespace}:{q}")) for q in QUEUES)
+            acks = sum(int(client.scard(k)) for k in client.scan_iter(f"{broker.namespace}:__acks__.*"))
+        except redis.RedisError as exc:
+            log.warning("cannot see the queues (%s); not waiting for them", exc)
+            return False
+        if pending == 0 and acks == 0 and runtime.in_flight == 0:
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since >= settle_s:
+                return True
+        else:
+            quiet_since = None
+        await asyncio.sleep(0.05)
+    return False
+
+
+def run_worker(config: Any, *, threads: int | None = None) -> int:
+    """`gateway worker`: consume the queues until SIGTERM/SIGINT, then finish running jobs."""
+    import os
+    import signal
+
+    from gateway.app import build_worker
+    from gateway.sinks import LogSink
+
+    url = config.resolved_redis_url(os.environ)
+    if not url:
+        raise GatewayError(f"no Redis: set {config.redis_url_env} or redis.url in {config.source}")
+    broker, _runtime = build_worker(config, environ=os.environ, redis_url=url,
+                                    sink=LogSink(logging.getLogger("gateway.decisions")))
+    worker = start_worker(broker, threads=threads or config.worker_threads, idle_ms=1000)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    log.info("worker running: queues %s, %d threads", ", ".join(QUEUES), threads or config.worker_threads)
+    stop.wait()
+    log.info("worker stopping")
+    worker.stop(timeout=20_000)
+    return 0
