@@ -31,8 +31,9 @@ from gateway.pbx.client import AmiSettings, PbxClient
 from gateway.pbx.mapping import TRACKED_EVENTS
 from gateway.pipeline import CallPipeline
 from gateway.ports import AlimtalkProvider, DecisionSink, LetteringCarrier, SmsProvider
+from gateway.reports import ReportIntake, build_parsers
 from gateway.rules import load_rules
-from gateway.store import RedisOutboxStore, connect
+from gateway.store import RedisOutboxStore, connect, warm_up
 from gateway.worker import WorkerRuntime, declare_actors
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,7 @@ class Gateway:
         self.broker = make_broker(redis_url, namespace=self.over.queue_namespace or config.queue_namespace)
         self.enqueuer = Enqueuer(self.broker, self.sealer)
         alimtalk_provider = next(iter(self.over.alimtalk or config.alimtalk), "")
+        self.reports = ReportIntake(build_parsers(config.webhooks, self.environ), self.store)
         self.pipeline = CallPipeline(self.rules.get, self.outbox, sink,
                                      trunks={p.name: p.trunks for p in config.pbxes},
                                      messaging=self.rules.get_messaging, enqueuer=self.enqueuer,
@@ -157,6 +159,7 @@ class Gateway:
         """Check Redis, then connect every PBX (each reconnects on its own from now on)."""
         try:
             await self.store.ping()
+            await warm_up(self.redis)
         except StoreUnavailable as exc:
             log.error("redis not reachable at start (%s); lettering fails closed until it is", exc)
         for client in self.clients:

@@ -61,6 +61,11 @@ SCHEMA: dict[str, Any] = {
         "sms": {"type": "object", "minProperties": 1,
                 "additionalProperties": {"type": "object", "required": ["kind"],
                                          "properties": {"kind": {"enum": ["sandbox", "nhn"]}}}},
+        "webhooks": {"type": "object",
+                     "additionalProperties": {"type": "object", "additionalProperties": False,
+                                              "required": ["kind", "signature_env"],
+                                              "properties": {"kind": {"enum": ["nhn", "sandbox"]},
+                                                             "signature_env": _ENV}}},
         "worker": {"type": "object", "additionalProperties": False,
                    "properties": {"threads": {"type": "integer", "minimum": 1, "maximum": 64},
                                   "namespace": {"type": "string", "pattern": "^[a-z0-9-]+$"}}},
@@ -108,6 +113,7 @@ class GatewayConfig:
     dedupe_ttl_s: int = 21600
     alimtalk: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     sms: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    webhooks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     worker_threads: int = 4
     queue_namespace: str = "gw"
     log_json: bool = True
@@ -165,7 +171,7 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
         carriers=data.get("carriers") or {"sandbox": {"kind": "sandbox"}},
         number_key_env=outbox.get("number_key_env", "GATEWAY_NUMBER_KEY"),
         data_key_env=outbox.get("data_key_env", "GATEWAY_DATA_KEY"),
-        alimtalk=data.get("alimtalk") or {}, sms=data.get("sms") or {},
+        alimtalk=data.get("alimtalk") or {}, sms=data.get("sms") or {}, webhooks=data.get("webhooks") or {},
         worker_threads=int((data.get("worker") or {}).get("threads", 4)),
         queue_namespace=(data.get("worker") or {}).get("namespace", "gw"),
         dedupe_ttl_s=int(outbox.get("dedupe_ttl_s", 21600)),

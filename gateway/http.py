@@ -11,10 +11,13 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.errors import StoreUnavailable
+from gateway.reports import ReportIntake, UnknownProvider
+
 HealthSource = Callable[[], Awaitable[dict[str, Any]]]
 
 
-def make_app(health: HealthSource) -> web.Application:
+def make_app(health: HealthSource, reports: ReportIntake | None = None) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"alive": True})
 
@@ -23,9 +26,28 @@ def make_app(health: HealthSource) -> web.Application:
         return web.json_response(state, status=200 if state.get("ready") else 503,
                                  dumps=_dumps)
 
-    app = web.Application(client_max_size=64 * 1024)
+    async def report(request: web.Request) -> web.Response:
+        if reports is None:
+            raise web.HTTPNotFound(text="delivery reports are not configured")
+        provider = request.match_info["provider"]
+        body = await request.read()
+        try:
+            counts = await reports.handle(provider, request.headers, body)
+        except UnknownProvider as exc:
+            return web.json_response({"error": str(exc)}, status=404)
+        except ValueError as exc:  # ReportRejected: forged or unreadable
+            status = 401 if "signature" in str(exc).lower() else 400
+            return web.json_response({"error": str(exc)}, status=status)
+        except StoreUnavailable:
+            # The provider retries on 5xx: nothing is lost while Redis is down.
+            return web.json_response({"error": "temporarily unavailable"}, status=503)
+        return web.json_response(counts)
+
+    # Webhook bodies are small; a larger one is refused with 413 before it is read.
+    app = web.Application(client_max_size=256 * 1024)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/health", health_full)
+    app.router.add_post("/webhooks/report/{provider}", report)
     return app
 
 

@@ -52,8 +52,8 @@ def parser() -> argparse.ArgumentParser:
                    help="gateway log level; records are formatted as in production and dropped (default WARNING)")
     p.add_argument("--redis-max-connections", type=int,
                    help="what-if: the gateway's Redis pool size (default: redis-py's, 100, as in production)")
-    p.add_argument("--gc-freeze", action="store_true",
-                   help="what-if: gc.freeze() once the Gateway is built (not done in production)")
+    p.add_argument("--no-gc-freeze", dest="gc_freeze", action="store_false",
+                   help="what-if: skip the gc.freeze() that `gateway run` does once it is built")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help=f"results directory (default {RESULTS_DIR})")
     p.add_argument("--skip-ingest", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--skip-latency", action="store_true", help=argparse.SUPPRESS)

@@ -148,11 +148,11 @@ class Setup:
     rules: Rules
     redis_url: str
     gateway_url: str  # what the Gateway gets (what-if: with a larger pool)
-    gc_freeze: bool  # what-if: gc.freeze() once the Gateway is built
+    gc_freeze: bool  # gc.freeze() once the Gateway is built, as `gateway run` does
 
     @classmethod
     def make(cls, rules: Rules, redis_url: str, *, redis_max_connections: int | None = None,
-             gc_freeze: bool = False) -> Setup:
+             gc_freeze: bool = True) -> Setup:
         config = load_config(None)
         config = replace(config, pbxes=config.pbxes[:1])
         gateway_url = redis_url if redis_max_connections is None else (
