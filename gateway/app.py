@@ -203,7 +203,8 @@ def build_worker(config: GatewayConfig, *, environ: Mapping[str, str], redis_url
     """The broker with its actors and the runtime they use (`gateway worker`, replay, demo)."""
     over = overrides or Overrides()
     sealer = config.sealer(environ)
-    broker = make_broker(redis_url, namespace=over.queue_namespace or config.queue_namespace)
+    broker = make_broker(redis_url, namespace=over.queue_namespace or config.queue_namespace,
+                         heartbeat_timeout_ms=config.heartbeat_timeout_ms, maintenance_chance=config.maintenance_chance)
     holder = RulesHolder(over.rules_dir or config.rules_dir)
     alimtalk = {n: over.alimtalk.get(n) or build_alimtalk(n, s, environ) for n, s in config.alimtalk.items()}
     sms = {n: over.sms.get(n) or build_sms(n, s, environ) for n, s in config.sms.items()}

@@ -68,7 +68,9 @@ SCHEMA: dict[str, Any] = {
                                                              "signature_env": _ENV}}},
         "worker": {"type": "object", "additionalProperties": False,
                    "properties": {"threads": {"type": "integer", "minimum": 1, "maximum": 64},
-                                  "namespace": {"type": "string", "pattern": "^[a-z0-9-]+$"}}},
+                                  "namespace": {"type": "string", "pattern": "^[a-z0-9-]+$"},
+                                  "heartbeat_timeout_ms": {"type": "integer", "minimum": 1000},
+                                  "maintenance_chance": {"type": "integer", "minimum": 1, "maximum": 1_000_000}}},
         "outbox": {"type": "object", "additionalProperties": False,
                    "properties": {"number_key_env": _ENV, "data_key_env": _ENV,
                                   "dedupe_ttl_s": {"type": "integer", "minimum": 60}}},
@@ -116,6 +118,9 @@ class GatewayConfig:
     webhooks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     worker_threads: int = 4
     queue_namespace: str = "gw"
+    # A killed worker's jobs are re-queued once its heartbeat is this old (dramatiq: 60 s).
+    heartbeat_timeout_ms: int = 60_000
+    maintenance_chance: int = 1000
     log_json: bool = True
     log_level: str = "INFO"
 
@@ -174,6 +179,8 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
         alimtalk=data.get("alimtalk") or {}, sms=data.get("sms") or {}, webhooks=data.get("webhooks") or {},
         worker_threads=int((data.get("worker") or {}).get("threads", 4)),
         queue_namespace=(data.get("worker") or {}).get("namespace", "gw"),
+        heartbeat_timeout_ms=int((data.get("worker") or {}).get("heartbeat_timeout_ms", 60_000)),
+        maintenance_chance=int((data.get("worker") or {}).get("maintenance_chance", 1000)),
         dedupe_ttl_s=int(outbox.get("dedupe_ttl_s", 21600)),
         log_json=bool(log.get("json", True)), log_level=log.get("level", "INFO"),
     )

@@ -13,17 +13,19 @@ import contextlib
 import os
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
 from gateway.amiserver import TRANSCRIPTS_DIR, AmiServer, Transcript
-from gateway.app import Gateway, Overrides
+from gateway.app import Gateway, Overrides, build_worker
 from gateway.config import GatewayConfig
-from gateway.domain.models import LetteringResult
+from gateway.domain.models import LetteringResult, SendResult
 from gateway.http import HttpServer, make_app
 from gateway.redisproc import RedisProcess
-from gateway.replay import demo_environ, sandbox_carriers
+from gateway.replay import demo_environ, sandbox_carriers, sandbox_messaging
 from gateway.sinks import ConsoleSink
+from gateway.worker import start_worker
 
 # The order a visitor learns most from: ordinary calls first, the odd cases after.
 DEMO_ORDER = [
@@ -33,8 +35,10 @@ DEMO_ORDER = [
     "restart_during_call", "restart_reconnect", "login_failed",
 ]
 
-# One recorded citizen's phone cannot show lettering (as an iPhone would answer).
-DEMO_OUTCOMES = {"+821098765432": LetteringResult.UNSUPPORTED_DEVICE}
+# One recorded citizen's phone cannot show lettering (as an iPhone would answer) and has no
+# KakaoTalk either, so the demo shows the whole fallback chain for that number.
+DEMO_OUTCOMES = {"+821000000000": LetteringResult.UNSUPPORTED_DEVICE}
+DEMO_MESSAGING_OUTCOMES = {"+821000000000": SendResult.NOT_KAKAO_USER}
 
 
 def demo_transcripts(directory: Path = TRANSCRIPTS_DIR) -> list[Transcript]:
@@ -67,8 +71,14 @@ async def run_demo(config: GatewayConfig, *, out: TextIO = sys.stdout, duration_
         host, port = await server.start()
         print(f"demo: built-in AMI server replaying {len(server.plans)} recorded sessions on {host}:{port}",
               file=out)
+        messaging = sandbox_messaging(config, DEMO_MESSAGING_OUTCOMES)
+        messaging.queue_namespace = "gw-demo"
+        broker, _runtime = build_worker(config, environ=environ, redis_url=redis_url, sink=sink,
+                                        overrides=replace(messaging, rules_dir=rules_dir))
+        worker = start_worker(broker, threads=2, idle_ms=200)
         gateway = Gateway(config, sink, environ=environ, overrides=Overrides(
             redis_url=redis_url, rules_dir=rules_dir, pbx_address=(host, port),
+            alimtalk=messaging.alimtalk, queue_namespace=messaging.queue_namespace,
             carriers=sandbox_carriers(config, DEMO_OUTCOMES),
             ami={"backoff_initial_s": 0.2, "backoff_max_s": 2.0, "auth_backoff_initial_s": 1.0,
                  "auth_backoff_max_s": 5.0}))
@@ -91,6 +101,7 @@ async def run_demo(config: GatewayConfig, *, out: TextIO = sys.stdout, duration_
         finally:
             await http.stop()
             await gateway.stop()
+            await asyncio.to_thread(worker.stop)
     finally:
         await server.stop()
         if redis_proc is not None:

@@ -83,14 +83,16 @@ class MsgpackEncoder(Encoder):
         return decoded
 
 
-def make_broker(redis_url: str, *, namespace: str = "gw", heartbeat_timeout_ms: int = 60_000) -> RedisBroker:
+def make_broker(redis_url: str, *, namespace: str = "gw", heartbeat_timeout_ms: int = 60_000,
+                maintenance_chance: int = 1000) -> RedisBroker:
     """The broker both the gateway (producer) and `gateway worker` use."""
     dramatiq.set_encoder(MsgpackEncoder())
     middleware = [AgeLimit(), TimeLimit(), ShutdownNotifications(), Callbacks(), CurrentMessage(),
                   Retries(max_retries=0), AsyncIO()]
     broker = RedisBroker(  # type: ignore[no-untyped-call]
         url=redis_url, namespace=namespace, middleware=middleware,
-                         heartbeat_timeout=heartbeat_timeout_ms, socket_timeout=5, socket_connect_timeout=5)
+                         heartbeat_timeout=heartbeat_timeout_ms, maintenance_chance=maintenance_chance,
+                         socket_timeout=5, socket_connect_timeout=5)
     for queue in QUEUES:
         broker.declare_queue(queue)
     return broker

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Mapping
 from typing import Any, TextIO
 
@@ -11,20 +12,25 @@ from gateway.domain.numbers import mask
 
 
 class JsonLinesSink:
-    """One JSON object per line: the public contract of `gateway replay --json`."""
+    """One JSON object per line: the public contract of `gateway replay --json`.
+
+    Thread-safe: the queue worker reports from its own thread."""
 
     def __init__(self, out: TextIO, *, kinds: frozenset[str] = frozenset(
             {"call", "lettering", "skipped", "postcall", "alimtalk", "sent", "sms"})) -> None:
         self.out = out
         self.kinds = kinds
         self.records: list[Mapping[str, Any]] = []
+        self._lock = threading.Lock()
 
     def decision(self, record: Mapping[str, Any]) -> None:
         if record.get("event") not in self.kinds:
             return
-        self.records.append(record)
-        self.out.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self.out.flush()
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        with self._lock:
+            self.records.append(record)
+            self.out.write(line)
+            self.out.flush()
 
 
 class ConsoleSink:
@@ -33,14 +39,16 @@ class ConsoleSink:
     def __init__(self, out: TextIO) -> None:
         self.out = out
         self.counts: dict[str, int] = {}
+        self._lock = threading.Lock()
 
     def decision(self, record: Mapping[str, Any]) -> None:
         kind = str(record.get("event"))
-        self.counts[kind] = self.counts.get(kind, 0) + 1
         line = self._format(kind, record)
-        if line:
-            self.out.write(line + "\n")
-            self.out.flush()
+        with self._lock:
+            self.counts[kind] = self.counts.get(kind, 0) + 1
+            if line:
+                self.out.write(line + "\n")
+                self.out.flush()
 
     @staticmethod
     def _format(kind: str, r: Mapping[str, Any]) -> str:
@@ -52,6 +60,16 @@ class ConsoleSink:
         if kind == "lettering":
             return (f"[lettering] {r['pbx']} #{r['call']} ext {r['extension']} → {mask(str(r['to']))} via "
                     f"{r['provider']}: {r['result']} | {r['organisation']} {r['department']} | {r['text']}")
+        if kind == "postcall":
+            return f"[postcall]  {r['pbx']} #{r['call']} → {mask(str(r['to']))} content {r['content']}: {r['result']}"
+        if kind == "alimtalk":
+            return (f"[alimtalk]  {r['pbx']} #{r['call']} → {mask(str(r['to']))} {r['purpose']} "
+                    f"({r['template']}): {r['result']}")
+        if kind == "sent":
+            return (f"[sent]      {r['pbx']} #{r['call']} {r['action']} as {r['channel']} → {mask(str(r['to']))} "
+                    f"via {r['provider']}: {r['result']} {r.get('detail', '')}".rstrip())
+        if kind == "sms":
+            return f"[sms]       {r['pbx']} #{r['call']} {r['action']} → {mask(str(r['to']))}: {r['result']}"
         if kind == "skipped":
             return f"[skipped]   {r['pbx']} #{r['call']} no lettering: {r['reason']}"
         if kind == "pbx":
