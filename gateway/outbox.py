@@ -98,7 +98,7 @@ class QueuedMessage:
     recipient: str
     provider: str
     alimtalk: AlimtalkRequest | None = None
-    sms: SmsRequest | None = None
+    sms: SmsRequest | None = None  # with `alimtalk`: the SMS/LMS to queue if Alimtalk cannot reach
 
 
 class Outbox:

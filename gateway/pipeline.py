@@ -209,15 +209,19 @@ class CallPipeline:
             return
         key = self.outbox.key_for(request.pbx, request.call_id, "call_notice", request.to)
         shown = display(request.caller_number) if request.caller_number else ""
+        # The SMS/LMS text goes along either way: the provider sends it itself (대체발송) when asked
+        # to, otherwise the worker queues it when Alimtalk cannot reach the citizen.
         fallback = None
-        if rules.provider_resend and request.caller_number:
-            kind, text = choose(call_notice_sms(request.organisation, request.department, request.text, shown))
+        if request.caller_number:
+            kind, text = choose(call_notice_sms(request.text, shown))
             fallback = SmsRequest(key, request.to, request.caller_number, text, f"[{request.organisation}]", kind)
         alimtalk = AlimtalkRequest(key, request.to, rules.call_notice_template,
                                    call_notice_variables(request.organisation, request.department, request.text,
-                                                         request.caller_number, shown), fallback=fallback)
+                                                         request.caller_number, shown),
+                                   fallback=fallback if rules.provider_resend else None)
         ok = await self.enqueuer.enqueue("call_notice", QueuedMessage(
-            key, request.pbx, request.call_id, "call_notice", request.to, self.alimtalk_provider, alimtalk=alimtalk))
+            key, request.pbx, request.call_id, "call_notice", request.to, self.alimtalk_provider, alimtalk=alimtalk,
+            sms=fallback))
         self.sink.decision({**record, "result": "queued" if ok else "enqueue_failed"})
 
     async def _postcall(self, r: CallRecord) -> None:
@@ -239,15 +243,15 @@ class CallPipeline:
         key = self.outbox.key_for(r.pbx, r.call_id, "postcall", r.party)
         dept, content = plan.department, plan.content
         fallback = None
-        if rules.provider_resend and dept.caller_number:
+        if dept.caller_number:
             kind, text = choose(postcall_sms(content, dept))
             fallback = SmsRequest(key, r.party, dept.caller_number, text, content.title, kind)
         alimtalk = AlimtalkRequest(key, r.party, rules.postcall_template, postcall_variables(content, dept),
-                                   content.buttons, fallback)
+                                   content.buttons, fallback if rules.provider_resend else None)
         # Quiet hours are judged on the call's own clock (the PBX's), the delay applied from now.
         delay = (plan.not_before - r.ended_at) if plan.not_before else 0.0
         ok = await self.enqueuer.enqueue("postcall", QueuedMessage(
-            key, r.pbx, r.call_id, "postcall", r.party, self.alimtalk_provider, alimtalk=alimtalk),
+            key, r.pbx, r.call_id, "postcall", r.party, self.alimtalk_provider, alimtalk=alimtalk, sms=fallback),
             delay_s=delay)
         result = ("deferred" if delay > 0 else "queued") if ok else "enqueue_failed"
         self.sink.decision({**record, "result": result, **({"delay_s": round(delay)} if delay > 0 else {})})

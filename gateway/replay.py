@@ -56,8 +56,11 @@ def demo_environ(config: GatewayConfig, base: Mapping[str, str]) -> dict[str, st
 def sandbox_messaging(config: GatewayConfig, outcomes: Mapping[str, SendResult]) -> Overrides:
     """Sandbox twins for every Alimtalk and SMS provider the configuration names."""
     spec = {"kind": "sandbox", "outcomes": {k: v.value for k, v in outcomes.items()}}
+    # KakaoTalk-only answers mean nothing to an SMS provider: there the number gets its SMS.
+    kakao_only = {SendResult.NOT_KAKAO_USER, SendResult.BLOCKED}
+    sms_spec = {"kind": "sandbox", "outcomes": {k: v.value for k, v in outcomes.items() if v not in kakao_only}}
     return Overrides(alimtalk={n: SandboxAlimtalk.from_spec(n, spec) for n in config.alimtalk or {"sandbox": {}}},
-                     sms={n: SandboxSms.from_spec(n, spec) for n in config.sms or {"sandbox": {}}})
+                     sms={n: SandboxSms.from_spec(n, sms_spec) for n in config.sms or {"sandbox": {}}})
 
 
 def sandbox_carriers(config: GatewayConfig, outcomes: Mapping[str, LetteringResult]) -> dict[str, LetteringCarrier]:

@@ -29,7 +29,7 @@ class UnknownProvider(GatewayError):
     """No report parser is configured under this name."""
 
 
-def sandbox_parser(secret: str) -> Parser:
+def sandbox_parser(secret: str, provider: str = "sandbox") -> Parser:
     """Reports of the sandbox twins: `{"reports": [{"reference", "status", "at", "detail"}]}`
     with the shared secret in `X-Sandbox-Signature`."""
 
@@ -39,7 +39,7 @@ def sandbox_parser(secret: str) -> Parser:
             raise ReportRejected("bad or missing signature")
         try:
             data = json.loads(body.decode("utf-8"))
-            return [DeliveryReport("sandbox", str(r["reference"]), ReportStatus(r["status"]), float(r["at"]),
+            return [DeliveryReport(provider, str(r["reference"]), ReportStatus(r["status"]), float(r["at"]),
                                    str(r.get("detail", "")), bool(r.get("fallback_used", False)))
                     for r in data["reports"]]
         except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
@@ -60,7 +60,7 @@ def build_parsers(specs: Mapping[str, Mapping[str, Any]], environ: Mapping[str, 
                 return nhn_parse_report(headers, body, _s, provider=_n)
             parsers[name] = nhn
         elif spec.get("kind") == "sandbox":
-            parsers[name] = sandbox_parser(secret)
+            parsers[name] = sandbox_parser(secret, name)
         else:
             raise ConfigError(f"webhooks.{name}: unknown kind {spec.get('kind')!r} (nhn, sandbox)")
     return parsers

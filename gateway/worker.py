@@ -136,7 +136,7 @@ class WorkerRuntime:
     async def _sms_fallback(self, message: QueuedMessage, outcome: SendOutcome) -> None:
         alimtalk = message.alimtalk
         assert alimtalk is not None
-        fallback = alimtalk.fallback
+        fallback = message.sms or alimtalk.fallback
         if fallback is None or not self.outbox.sms:
             log.warning("%s to %s: %s and no SMS fallback configured", message.action, mask(message.recipient),
                         outcome.result)

@@ -345,11 +345,13 @@ class FakeNhnServer:
         if key and now - self._keys.get(key, -1e9) < self.idempotency_window_s:
             duplicate = "The same 'X-NC-API-IDEMPOTENCY-KEY' was used within the last 10 minute."
             return self._refuse(record, -1005, duplicate)
-        if key:
-            self._keys[key] = now
         recipient = body["recipientList"][0]
         to = e164(recipient["recipientNo"])
         behaviour = self.behaviours.get(to, self.default)
+        # An outage answer (5xx, garbage) models a request that never reached NHN's processing:
+        # it does not consume the idempotency key. A slow answer is being processed: it does.
+        if key and (behaviour == "slow" or (behaviour not in {"garbage"} and not _HTTP_STATUS.fullmatch(behaviour))):
+            self._keys[key] = now
         misbehaviour = await self._misbehave(request, behaviour, record)
         if misbehaviour is not None:
             return misbehaviour

@@ -102,9 +102,11 @@ def call_notice_variables(organisation: str, department: str, guide: str, caller
             ("callback", display_number))
 
 
-def call_notice_sms(organisation: str, department: str, guide: str, display_number: str) -> str:
-    callback = f" 문의 {display_number}" if display_number else ""
-    return f"[{organisation}] {department}에서 전화드렸습니다. {guide}.{callback}"
+def call_notice_sms(lettering_text: str, display_number: str) -> str:
+    """The SMS twin of the call notice: exactly what the lettering would have shown, plus the
+    number to call back (it fits in one 90-byte SMS for the usual texts)."""
+    text = lettering_text.rstrip(". ")
+    return f"{text}. 문의 {display_number}" if display_number else f"{text}."
 
 
 def postcall_variables(content: Content, department: Department) -> tuple[tuple[str, str], ...]:

@@ -1,0 +1,360 @@
+"""Durable messaging end to end: the gateway admits and queues, the worker delivers to a fake
+NHN Cloud on loopback; faults (worker SIGKILL, Redis killed and restarted, provider down) lose
+nothing and never deliver twice; delivery reports only move forward."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import dramatiq
+import pytest
+from aiohttp import ClientSession
+
+from adapters.nhn_alimtalk import NhnAlimtalk
+from adapters.nhn_sms import NhnSms
+from adapters.sandbox_messaging import SandboxAlimtalk, SandboxSms
+from gateway.app import Overrides, build_worker
+from gateway.config import load_config
+from gateway.crypto import Sealer
+from gateway.domain.models import AlimtalkRequest, LetteringResult, SendResult, SmsRequest
+from gateway.http import HttpServer, make_app
+from gateway.jobs import Enqueuer, actor_name, dead_letters, encode_message, make_broker, redrive
+from gateway.outbox import QueuedMessage
+from gateway.redisproc import RedisProcess
+from gateway.replay import replay
+from gateway.reports import ReportIntake, sandbox_parser
+from gateway.store import RedisOutboxStore, connect
+from gateway.worker import start_worker, wait_idle
+from tests.conftest import ROOT, RULES
+from tests.fake_nhn import FakeNhnServer
+from tests.transcripts import TRANSCRIPTS
+
+NUMBER = "+821012345678"
+KEYS = {"GATEWAY_NUMBER_KEY": "test-number-key-0123456789", "GATEWAY_DATA_KEY": Sealer.new_key_spec()}
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> Iterator[dict[str, str]]:
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    for k, v in KEYS.items():
+        monkeypatch.setenv(k, v)
+    yield dict(os.environ)
+
+
+async def _replay(files: list[str], **kwargs: Any) -> list[dict[str, Any]]:
+    out = io.StringIO()
+    rc = await replay([TRANSCRIPTS / f"{f}.ami" for f in files], load_config(), out=out,
+                      rules_dir=kwargs.pop("rules_dir", RULES), **kwargs)
+    assert rc == 0
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def _events(got: list[dict[str, Any]], kind: str, **match: Any) -> list[dict[str, Any]]:
+    return [e for e in got if e["event"] == kind and all(e.get(k) == v for k, v in match.items())]
+
+
+async def test_android_gets_lettering_then_postcall(env: dict[str, str]) -> None:
+    got = await _replay(["answered_mobile"])
+    assert [e["result"] for e in _events(got, "lettering")] == ["delivered"]
+    assert [e["result"] for e in _events(got, "postcall")] == ["queued"]
+    (sent,) = _events(got, "sent", action="postcall")
+    assert sent["channel"] == "alimtalk" and sent["result"] == "accepted"
+    assert _events(got, "alimtalk") == []  # no call notice for a phone that shows lettering
+
+
+async def test_iphone_gets_alimtalk_call_notice_and_is_remembered(env: dict[str, str]) -> None:
+    iphone = {NUMBER: LetteringResult.UNSUPPORTED_DEVICE}
+    got = await _replay(["answered_mobile", "answered_callee_hangs_up"], outcomes=iphone)
+    assert [e["result"] for e in _events(got, "lettering")] == ["unsupported_device"]  # asked the carrier once
+    notices = _events(got, "sent", action="call_notice")
+    assert len(notices) == 2 and {n["result"] for n in notices} == {"accepted"}
+    assert _events(got, "skipped", reason="known_no_lettering")  # the 2nd call went to Alimtalk at once
+    assert [e["result"] for e in _events(got, "postcall")] == ["queued", "capped"]  # one per 7 days
+
+
+async def test_no_kakaotalk_gets_sms_from_the_gateway(env: dict[str, str], tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES, rules)
+    text = (rules / "messaging.yaml").read_text(encoding="utf-8").replace("provider_resend: true",
+                                                                           "provider_resend: false")
+    (rules / "messaging.yaml").write_text(text, encoding="utf-8")
+    got = await _replay(["answered_mobile"], rules_dir=rules, outcomes={NUMBER: LetteringResult.UNSUPPORTED_DEVICE},
+                        messaging_outcomes={NUMBER: SendResult.NOT_KAKAO_USER})
+    assert {e["result"] for e in _events(got, "sent", channel="alimtalk")} == {"not_kakao_user"}
+    assert sorted(e["action"] for e in _events(got, "sms")) == ["call_notice_sms", "postcall_sms"]
+    texts = {e["action"]: e for e in _events(got, "sent") if e["channel"] in ("sms", "lms")}
+    assert texts["call_notice_sms"]["result"] == "accepted" and texts["postcall_sms"]["result"] == "accepted"
+    assert texts["call_notice_sms"]["channel"] == "sms"  # short enough for 90 EUC-KR bytes
+    assert texts["postcall_sms"]["channel"] == "lms"  # the content text is longer
+
+
+async def test_no_kakaotalk_gets_lms_fallback(env: dict[str, str]) -> None:
+    got = await _replay(["answered_mobile"], outcomes={NUMBER: LetteringResult.UNSUPPORTED_DEVICE},
+                        messaging_outcomes={NUMBER: SendResult.NOT_KAKAO_USER})
+    # The provider was asked for 대체발송 and did it: the citizen got the notice as SMS/LMS.
+    for sent in _events(got, "sent", channel="alimtalk"):
+        assert sent["result"] == "accepted" and "fallback" in sent["detail"]
+
+
+# ------------------------------------------------------------------ the real NHN adapter
+
+
+@pytest.fixture
+async def nhn() -> Any:
+    server = FakeNhnServer(registered_senders=frozenset({"0319002000", "0319002100"}))
+    await server.start()
+    yield server
+    await server.stop()
+
+
+def _nhn_overrides(nhn: FakeNhnServer, **kwargs: Any) -> Overrides:
+    return Overrides(
+        alimtalk={"nhn": NhnAlimtalk("nhn", nhn.base_url, nhn.alimtalk_appkey, nhn.alimtalk_secret, nhn.sender_key)},
+        sms={"nhn-sms": NhnSms("nhn-sms", nhn.base_url, nhn.sms_appkey, nhn.sms_secret)}, **kwargs)
+
+
+def _message(outbox_key: str, *, to: str = NUMBER, kind: str = "alimtalk") -> QueuedMessage:
+    sms = SmsRequest(outbox_key, to, "+82319002000", "[한빛시청] 여권 발급 안내", "여권", "sms")
+    if kind == "sms":
+        return QueuedMessage(outbox_key, "pbx", outbox_key, "sms_test", to, "nhn-sms", sms=sms)
+    alimtalk = AlimtalkRequest(outbox_key, to, "HB_POSTCALL_01", (("title", "여권 발급 안내"),), fallback=sms)
+    return QueuedMessage(outbox_key, "pbx", outbox_key, "postcall", to, "nhn", alimtalk=alimtalk)
+
+
+async def test_worker_delivers_through_nhn_with_resend(env: dict[str, str], redis_url: str, nhn: FakeNhnServer) -> None:
+    config = load_config()
+    nhn.behave("+821055550001", "not_kakao_user")
+    broker, runtime = build_worker(config, environ=env, redis_url=redis_url,
+                                   overrides=_nhn_overrides(nhn, queue_namespace="t-nhn"))
+    enqueuer = Enqueuer(broker, config.sealer(env))
+    worker = start_worker(broker, threads=2, idle_ms=50)
+    try:
+        assert await enqueuer.enqueue("postcall", _message("k-1"))
+        assert await enqueuer.enqueue("postcall", _message("k-2", to="+821055550001"))
+        assert await enqueuer.enqueue("sms", _message("k-3", kind="sms"))
+        assert await wait_idle(broker, runtime, timeout_s=20)
+    finally:
+        await asyncio.to_thread(worker.stop)
+        enqueuer.close()
+    channels = sorted((d.channel, d.to) for d in nhn.deliveries)
+    assert channels == [("alimtalk", NUMBER), ("sms", NUMBER), ("sms-fallback", "+821055550001")]
+    assert all(r.error == "" for r in nhn.requests), [r.error for r in nhn.requests]
+
+
+WORKER_YAML = """
+pbx:
+  - {{name: city-hall, host: 127.0.0.1, username: gateway, secret_env: GATEWAY_AMI_SECRET, trunks: [carrier]}}
+rules_dir: {rules}
+redis: {{url_env: REDIS_URL}}
+carriers: {{sandbox: {{kind: sandbox}}}}
+alimtalk:
+  nhn: {{kind: nhn, base_url: "{base}", appkey_env: NHN_AT_APPKEY, secret_env: NHN_AT_SECRET,
+        sender_key_env: NHN_SENDER_KEY, deadline_ms: 5000}}
+sms:
+  nhn-sms: {{kind: nhn, base_url: "{base}", appkey_env: NHN_SMS_APPKEY, secret_env: NHN_SMS_SECRET}}
+worker: {{threads: 1, namespace: {namespace}, heartbeat_timeout_ms: 1500, maintenance_chance: 1000000}}
+log: {{json: true, level: INFO}}
+"""
+
+
+async def _spawn_worker(config_path: Path, env: dict[str, str], nhn: FakeNhnServer) -> asyncio.subprocess.Process:
+    env = dict(env, NHN_AT_APPKEY=nhn.alimtalk_appkey, NHN_AT_SECRET=nhn.alimtalk_secret,
+               NHN_SENDER_KEY=nhn.sender_key, NHN_SMS_APPKEY=nhn.sms_appkey, NHN_SMS_SECRET=nhn.sms_secret)
+    return await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", "worker", "--config",
+                                                str(config_path), cwd=ROOT, env=env,
+                                                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+
+
+async def _until(predicate: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_worker_sigkill_mid_job_delivers_exactly_once(env: dict[str, str], redis_url: str, tmp_path: Path,
+                                                            nhn: FakeNhnServer) -> None:
+    """The worker dies while NHN is answering; the job is redelivered to a new worker, which
+    sends it again with the same idempotency key: the citizen gets one message."""
+    nhn.slow_s = 1.5
+    nhn.behave(NUMBER, "slow")
+    config_path = tmp_path / "gateway.yaml"
+    config_path.write_text(WORKER_YAML.format(rules=RULES, base=nhn.base_url, namespace="t-kill"), encoding="utf-8")
+    config = load_config(config_path, env)
+    broker = make_broker(redis_url, namespace="t-kill")
+    enqueuer = Enqueuer(broker, config.sealer(env))
+    first = await _spawn_worker(config_path, env, nhn)
+    second: asyncio.subprocess.Process | None = None
+    try:
+        assert await enqueuer.enqueue("postcall", _message("kill-1"))
+        await _until(lambda: len(nhn.requests) == 1)
+        first.send_signal(signal.SIGKILL)
+        await first.wait()
+        await _until(lambda: len(nhn.deliveries) == 1)  # NHN finished the request the dead worker made
+        second = await _spawn_worker(config_path, env, nhn)
+        store = RedisOutboxStore(connect(redis_url, timeout_s=1.0))
+
+        async def sent() -> bool:
+            return await store.check_send(recipient_hash="x", idempotency_key="kill-1") == "already_sent"
+
+        deadline = time.monotonic() + 30
+        while not await sent():
+            assert time.monotonic() < deadline, "the redelivered job never completed"
+            await asyncio.sleep(0.1)
+        await store.client.aclose()
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+                await asyncio.wait_for(proc.wait(), 30)
+        enqueuer.close()
+    assert len(nhn.requests) == 2  # the dead worker's request and the redelivery
+    assert [r.code for r in nhn.requests][1] == -1005  # refused as a repeated idempotency key
+    assert len(nhn.deliveries) == 1
+
+
+async def test_redis_killed_and_restarted_loses_no_queued_message(env: dict[str, str], tmp_path: Path) -> None:
+    """Messages queued (and fsynced: AOF everysec) survive a Redis SIGKILL; after the restart the
+    worker delivers each exactly once."""
+    data = tmp_path / "redis"
+    data.mkdir()
+    proc = RedisProcess(appendonly=True, data_dir=data).start()
+    try:
+        config = load_config()
+        broker = make_broker(proc.url, namespace="t-restart")
+        enqueuer = Enqueuer(broker, config.sealer(env))
+        for i in range(20):
+            assert await enqueuer.enqueue("postcall", _message(f"r-{i}", to=f"+8210555500{i:02d}"))
+        enqueuer.close()
+        await asyncio.sleep(1.5)  # appendfsync everysec
+        proc.kill()
+        proc = RedisProcess(port=proc.port, appendonly=True, data_dir=data).start()
+        alimtalk = SandboxAlimtalk("sandbox-alimtalk")
+        broker, runtime = build_worker(config, environ=env, redis_url=proc.url, overrides=Overrides(
+            alimtalk={"sandbox-alimtalk": alimtalk}, sms={"sandbox-sms": SandboxSms("sandbox-sms")},
+            queue_namespace="t-restart"))
+        # Messages were enqueued for the provider named in the payload ("nhn"): route them to the twin.
+        runtime._build_outbox = _rename_provider(runtime._build_outbox, "nhn", "sandbox-alimtalk")
+        worker = start_worker(broker, threads=2, idle_ms=50)
+        try:
+            assert await wait_idle(broker, runtime, timeout_s=30)
+        finally:
+            await asyncio.to_thread(worker.stop)
+        assert sorted(d.idempotency_key for d in alimtalk.deliveries) == sorted(f"r-{i}" for i in range(20))
+    finally:
+        proc.cleanup()
+
+
+def _rename_provider(build: Any, old: str, new: str) -> Any:
+    def wrapped() -> Any:
+        outbox = build()
+        outbox.alimtalk[old] = outbox.alimtalk[new]
+        return outbox
+    return wrapped
+
+
+async def test_failing_provider_ends_in_dead_letters_and_can_be_redriven(env: dict[str, str], redis_url: str,
+                                                                        nhn: FakeNhnServer) -> None:
+    nhn.behave(NUMBER, "http503")
+    config = load_config()
+    broker, runtime = build_worker(config, environ=env, redis_url=redis_url,
+                                   overrides=_nhn_overrides(nhn, queue_namespace="t-dead"))
+    sealer = config.sealer(env)
+    payload = encode_message(_message("dead-1"), sealer)
+    # A small retry budget so the test does not wait for the production backoff.
+    message: dramatiq.Message[Any] = dramatiq.Message(
+        queue_name="postcall", actor_name=actor_name("postcall"), args=(payload,), kwargs={},
+        options={"max_retries": 2, "min_backoff": 10, "max_backoff": 20})
+    worker = start_worker(broker, threads=1, idle_ms=50)
+    try:
+        broker.enqueue(message)
+        await _until(lambda: len(dead_letters(broker, "postcall")) == 1, timeout=8)
+        (dead,) = dead_letters(broker, "postcall")
+        assert dead["action"] == "postcall" and dead["retries"] >= 2
+        assert NUMBER not in json.dumps(dead)  # the number stays sealed
+        assert len(nhn.requests) == 3 and nhn.deliveries == []
+        nhn.behave(NUMBER, "accepted")
+        assert redrive(broker, "postcall") == 1
+        await _until(lambda: len(nhn.deliveries) == 1)
+        assert dead_letters(broker, "postcall") == []
+    finally:
+        await asyncio.to_thread(worker.stop)
+    del runtime
+
+
+# ------------------------------------------------------------------ delivery reports
+
+
+async def test_delivery_reports_only_move_forward(redis_url: str) -> None:
+    store = RedisOutboxStore(connect(redis_url, timeout_s=1.0))
+    await store.mark_sent(idempotency_key="rep-1", provider="sbx", reference="R1")
+    intake = ReportIntake({"sbx": sandbox_parser("s3cret", "sbx")}, store)
+    server = HttpServer(make_app(_no_health, intake), "127.0.0.1", 0)
+    host, port = await server.start()
+    url = f"http://{host}:{port}/webhooks/report/sbx"
+    good = {"X-Sandbox-Signature": "s3cret"}
+
+    def body(*items: tuple[str, float]) -> bytes:
+        return json.dumps({"reports": [{"reference": "R1", "status": s, "at": t} for s, t in items]}).encode()
+
+    try:
+        async with ClientSession() as session:
+            async with session.post(url, data=body(("delivered", 20.0)), headers=good) as resp:
+                assert resp.status == 200 and (await resp.json())["updated"] == 1
+            async with session.post(url, data=body(("sent", 10.0)), headers=good) as resp:  # late, older
+                assert (await resp.json())["stale"] == 1
+            async with session.post(url, data=body(("delivered", 20.0)), headers=good) as resp:  # repeated
+                assert (await resp.json())["stale"] == 1
+            async with session.post(url, data=body(("failed", 30.0)), headers=good) as resp:  # terminal stays
+                assert (await resp.json())["stale"] == 1
+            async with session.post(url, data=body(("delivered", 1.0)), headers={"X-Sandbox-Signature": "x"}) as r:
+                assert r.status == 401
+            async with session.post(url, data=b"{not json", headers=good) as resp:
+                assert resp.status == 400
+            async with session.post(f"http://{host}:{port}/webhooks/report/other", data=b"{}") as resp:
+                assert resp.status == 404
+            async with session.post(url, data=b"x" * 300_000, headers=good) as resp:
+                assert resp.status == 413
+        state = await store.message_state("sbx", "R1")
+        assert state["status"] == "delivered"
+    finally:
+        await server.stop()
+        await store.client.aclose()
+
+
+async def test_delivery_report_while_redis_is_down_is_503(tmp_path: Path) -> None:
+    dead = RedisProcess().start()
+    store = RedisOutboxStore(connect(dead.url, timeout_s=0.2))
+    dead.kill()
+    server = HttpServer(make_app(_no_health, ReportIntake({"sbx": sandbox_parser("s")}, store)), "127.0.0.1", 0)
+    host, port = await server.start()
+    try:
+        async with ClientSession() as session:
+            data = json.dumps({"reports": [{"reference": "R", "status": "delivered", "at": 1}]}).encode()
+            async with session.post(f"http://{host}:{port}/webhooks/report/sbx", data=data,
+                                    headers={"X-Sandbox-Signature": "s"}) as resp:
+                assert resp.status == 503  # the provider retries later: nothing is lost
+    finally:
+        await server.stop()
+        await store.client.aclose()
+        dead.cleanup()
+
+
+async def _no_health() -> dict[str, Any]:
+    return {"ready": True}
+
+
+def test_replay_namespace_is_private(env: dict[str, str]) -> None:
+    """A replay never puts jobs on a live deployment's queues."""
+    assert replace(Overrides(), queue_namespace="x").queue_namespace == "x"
