@@ -10,20 +10,23 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from adapters.carrier_http import HttpCarrier
 from adapters.nhn_alimtalk import NhnAlimtalk
-from adapters.nhn_sms import NhnSms
+from adapters.nhn_sms import NhnSms, parse_unsubscribe
 from adapters.sandbox import SandboxCarrier
 from adapters.sandbox_messaging import SandboxAlimtalk, SandboxSms
 from gateway.config import GatewayConfig, PbxConfig
+from gateway.domain.numbers import NumberPlan
 from gateway.domain.postcall import MessagingRules
+from gateway.domain.routing import RoutingRules
 from gateway.domain.rules import Rules
 from gateway.errors import ConfigError, RulesError, StoreUnavailable
+from gateway.intake import Intake
 from gateway.jobs import Enqueuer, dead_letter_counts, make_broker
 from gateway.messaging_rules import load_messaging
 from gateway.outbox import Outbox
@@ -32,8 +35,10 @@ from gateway.pbx.mapping import TRACKED_EVENTS
 from gateway.pipeline import CallPipeline
 from gateway.ports import AlimtalkProvider, DecisionSink, LetteringCarrier, SmsProvider
 from gateway.reports import ReportIntake, build_parsers
+from gateway.routing_rules import ROUTING_FILE, load_routing
 from gateway.rules import load_rules
 from gateway.store import RedisOutboxStore, connect, warm_up
+from gateway.webhooks import InboundProvider, add_routes
 from gateway.worker import WorkerRuntime, declare_actors
 
 log = logging.getLogger(__name__)
@@ -46,6 +51,19 @@ def build_carrier(name: str, spec: Mapping[str, Any], environ: Mapping[str, str]
     if kind == "http":
         return HttpCarrier.from_spec(name, spec, environ)
     raise ConfigError(f"carrier {name!r}: unknown kind {kind!r} (sandbox, http)")
+
+
+def _secret(environ: Mapping[str, str], variable: str, where: str) -> str:
+    value = environ.get(variable, "")
+    if not value:
+        raise ConfigError(f"{where}: environment variable {variable} is not set")
+    return value
+
+
+def _unsubscribe_parser(secret: str) -> Callable[[Mapping[str, str], bytes], list[str]]:
+    def parse(headers: Mapping[str, str], body: bytes) -> list[str]:
+        return parse_unsubscribe(headers, body, secret)
+    return parse
 
 
 def build_alimtalk(name: str, spec: Mapping[str, Any], environ: Mapping[str, str]) -> AlimtalkProvider:
@@ -73,8 +91,16 @@ class RulesHolder:
         self.directory = directory
         self.rules: Rules = load_rules(directory)
         self.messaging: MessagingRules = load_messaging(directory, self.rules.directory)
+        self.routing: RoutingRules | None = self._routing()
         self.loaded_at = time.time()
         self.last_error = ""
+
+    def _routing(self) -> RoutingRules | None:
+        path = self.directory / ROUTING_FILE
+        return load_routing(path) if path.exists() else None
+
+    def get_routing(self) -> RoutingRules | None:
+        return self.routing
 
     def get(self) -> Rules:
         return self.rules
@@ -86,16 +112,19 @@ class RulesHolder:
         try:
             rules = load_rules(self.directory)
             messaging = load_messaging(self.directory, rules.directory)
+            routing = self._routing()
         except RulesError as exc:
             self.last_error = str(exc)
             log.error("rules reload failed, keeping version %s:\n%s", self.rules.version, exc)
             return False
-        self.rules, self.messaging, self.loaded_at, self.last_error = rules, messaging, time.time(), ""
+        self.rules, self.messaging, self.routing = rules, messaging, routing
+        self.loaded_at, self.last_error = time.time(), ""
         log.info("rules reloaded: version %s", rules.version)
         return True
 
     def status(self) -> dict[str, Any]:
-        return {"version": self.rules.version, "loaded_at": self.loaded_at, "last_error": self.last_error,
+        return {"version": self.rules.version, "routing_version": self.routing.version if self.routing else None,
+                "loaded_at": self.loaded_at, "last_error": self.last_error,
                 "extensions": self.rules.directory.extension_count()}
 
 
@@ -140,6 +169,17 @@ class Gateway:
         self.enqueuer = Enqueuer(self.broker, self.sealer)
         alimtalk_provider = next(iter(self.over.alimtalk or config.alimtalk), "")
         self.reports = ReportIntake(build_parsers(config.webhooks, self.environ), self.store)
+        sms_provider = next(iter(self.over.sms or config.sms), "")
+        self.intake = Intake(self.redis, routing=self.rules.get_routing, messaging=self.rules.get_messaging,
+                             sealer=self.sealer, hash_key=self.outbox.hash_key, outbox=self.outbox,
+                             enqueuer=self.enqueuer, sms_provider=sms_provider, sink=sink)
+        self.inbound = {name: InboundProvider(name, _secret(self.environ, spec["signature_env"], f"inbound.{name}"),
+                                              spec["public_url"]) for name, spec in config.inbound.items()}
+        self.unsubscribe = {name: _unsubscribe_parser(_secret(self.environ, spec["signature_env"],
+                                                              f"unsubscribe.{name}"))
+                            for name, spec in config.unsubscribe.items()}
+        self.api_token = self.environ.get(config.api_token_env, "")
+        self.draining = False
         self.pipeline = CallPipeline(self.rules.get, self.outbox, sink,
                                      trunks={p.name: p.trunks for p in config.pbxes},
                                      messaging=self.rules.get_messaging, enqueuer=self.enqueuer,
@@ -176,6 +216,13 @@ class Gateway:
             await carrier.close()
         self.enqueuer.close()
         await self.redis.aclose()
+
+    def http_routes(self, app: Any) -> None:
+        """The citizen-facing webhooks and the staff API on the gateway's HTTP listener."""
+        plan = NumberPlan(outside_line_prefixes=self.rules.rules.lettering.outside_line_prefixes,
+                          extension_pattern=self.rules.rules.lettering.extension_pattern)
+        add_routes(app, self.intake, self.inbound, api_token=self.api_token, unsubscribe=self.unsubscribe,
+                   plan=plan, draining=lambda: self.draining)
 
     async def health(self) -> dict[str, Any]:
         """Every component's state; `ready` is what /health turns into 200 or 503."""

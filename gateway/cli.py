@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import signal
 import sys
@@ -51,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     wk.add_argument("--config", type=Path)
     wk.add_argument("--threads", type=int)
 
+    oo = sub.add_parser("optout", help="refuse, allow again or look up messages to a citizen")
+    oo.add_argument("action", choices=["add", "remove", "status"])
+    oo.add_argument("number")
+    oo.add_argument("--config", type=Path)
+
     dl = sub.add_parser("deadletters", help="list or re-drive messages that exhausted their retries")
     dl.add_argument("action", choices=["list", "redrive"])
     dl.add_argument("--queue", choices=["call_notice", "postcall", "sms"])
@@ -60,6 +66,13 @@ def _parser() -> argparse.ArgumentParser:
     rsub = rules.add_subparsers(dest="rules_command", required=True)
     check = rsub.add_parser("check", help="validate rules/*.yaml; non-zero exit on any problem")
     check.add_argument("dir", nargs="?", type=Path, default=Path("rules"))
+    test = rsub.add_parser("test", help="show where a citizen's SMS would be routed, and why")
+    test.add_argument("--dir", type=Path, default=Path("rules"))
+    test.add_argument("--to", required=True, help="the city number texted")
+    test.add_argument("--from", dest="sender", required=True, help="the citizen's number")
+    test.add_argument("--at", required=True, help="ISO time; without a zone: Asia/Seoul")
+    test.add_argument("--thread", help="DEPT[@ISO]: the citizen replies to a message of this department")
+    test.add_argument("text")
     gen = rsub.add_parser("generate-directory", help="print a realistic directory.yaml for N phones")
     gen.add_argument("--phones", type=int, default=4000)
     gen.add_argument("--seed", type=int, default=7)
@@ -83,9 +96,12 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "rules":
         if args.rules_command == "check":
-            from gateway.rules import cmd_rules_check
+            return _rules_check(args.dir)
+        if args.rules_command == "test":
+            from gateway.routing_rules import cmd_rules_test
 
-            return cmd_rules_check(args.dir, sys.stdout)
+            return cmd_rules_test(args.dir, args.to, args.sender, args.at, args.text, sys.stdout,
+                                  thread_department=args.thread)
         from gateway.directory_gen import cmd_generate_directory
 
         return cmd_generate_directory(args.phones, sys.stdout, seed=args.seed)
@@ -107,6 +123,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_worker(config, threads=args.threads)
     if args.command == "deadletters":
         return _deadletters(config, args.action, args.queue)
+    if args.command == "optout":
+        return _run_async(_optout(config, args.action, args.number))
     if args.command == "demo":
         from gateway.demo import run_demo
 
@@ -126,6 +144,66 @@ def _pairs(items: list[str], kind: type[StrEnum]) -> list[tuple[str, str]]:
             raise SystemExit(f"gateway: bad {item!r}: results are {', '.join(k.value for k in kind)}")
         out.append((number, result))
     return out
+
+
+def _rules_check(directory: Path) -> int:
+    """Every rules file checked, every problem printed (file:line: key: message)."""
+    from gateway.errors import RulesError
+    from gateway.messaging_rules import load_messaging
+    from gateway.routing_rules import routing_problems
+    from gateway.rules import file_label, load_rules
+
+    problems: list[str] = []
+    summary = ""
+    try:
+        rules = load_rules(directory)
+        summary = (f"version {rules.version}, {len(rules.directory.departments)} departments, "
+                   f"{rules.directory.extension_count()} extensions")
+        try:
+            messaging = load_messaging(directory, rules.directory)
+            summary += f", {len(messaging.contents)} post-call contents"
+        except RulesError as exc:
+            problems += exc.problems
+    except RulesError as exc:
+        problems += exc.problems
+    problems += routing_problems(directory)
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"rules NOT OK: {len(problems)} problem{'s' if len(problems) != 1 else ''} in {file_label(directory)}")
+        return 1
+    print(f"rules OK: {summary}")
+    return 0
+
+
+async def _optout(config: GatewayConfig, action: str, number: str) -> int:
+    import os
+
+    from gateway.domain.numbers import NumberPlan, mask
+    from gateway.intake import OptOutRegistry
+    from gateway.store import connect
+
+    e164 = NumberPlan().classify(number).e164
+    if not e164.startswith("+"):
+        print(f"gateway optout: {mask(number)} is not a phone number", file=sys.stderr)
+        return 2
+    url = config.resolved_redis_url(os.environ)
+    if not url:
+        print(f"gateway optout: set {config.redis_url_env}", file=sys.stderr)
+        return 2
+    client = connect(url, timeout_s=2.0)
+    registry = OptOutRegistry(client, config.number_key(os.environ))
+    try:
+        if action == "status":
+            state = await registry.status(e164)
+            shown = f"opted out ({json.dumps(state, ensure_ascii=False)})" if state else "not opted out"
+            print(f"{mask(e164)}: {shown}")
+        else:
+            await registry.set(e164, action == "add", channel="cli", via=os.environ.get("USER", "cli"))
+            print(f"{mask(e164)}: {'opted out' if action == 'add' else 'opted in again'}")
+    finally:
+        await client.aclose()
+    return 0
 
 
 def _deadletters(config: GatewayConfig, action: str, queue: str | None) -> int:
@@ -159,7 +237,8 @@ async def _run(config: GatewayConfig) -> int:
     from gateway.sinks import LogSink
 
     gateway = Gateway(config, LogSink(logging.getLogger("gateway.decisions")))
-    http = HttpServer(make_app(gateway.health, gateway.reports), config.http_host, config.http_port)
+    app = make_app(gateway.health, gateway.reports, gateway.http_routes)
+    http = HttpServer(app, config.http_host, config.http_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

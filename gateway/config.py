@@ -66,6 +66,16 @@ SCHEMA: dict[str, Any] = {
                                               "required": ["kind", "signature_env"],
                                               "properties": {"kind": {"enum": ["nhn", "sandbox"]},
                                                              "signature_env": _ENV}}},
+        "inbound": {"type": "object",
+                    "additionalProperties": {"type": "object", "additionalProperties": False,
+                                             "required": ["kind", "signature_env", "public_url"],
+                                             "properties": {"kind": {"enum": ["generic"]}, "signature_env": _ENV,
+                                                            "public_url": {"type": "string", "pattern": "^https?://"}}}},
+        "unsubscribe": {"type": "object",
+                        "additionalProperties": {"type": "object", "additionalProperties": False,
+                                                 "required": ["kind", "signature_env"],
+                                                 "properties": {"kind": {"enum": ["nhn"]}, "signature_env": _ENV}}},
+        "api": {"type": "object", "additionalProperties": False, "properties": {"token_env": _ENV}},
         "worker": {"type": "object", "additionalProperties": False,
                    "properties": {"threads": {"type": "integer", "minimum": 1, "maximum": 64},
                                   "namespace": {"type": "string", "pattern": "^[a-z0-9-]+$"},
@@ -116,6 +126,9 @@ class GatewayConfig:
     alimtalk: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     sms: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     webhooks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    inbound: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    unsubscribe: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    api_token_env: str = "GATEWAY_API_TOKEN"
     worker_threads: int = 4
     queue_namespace: str = "gw"
     # A killed worker's jobs are re-queued once its heartbeat is this old (dramatiq: 60 s).
@@ -177,6 +190,8 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
         number_key_env=outbox.get("number_key_env", "GATEWAY_NUMBER_KEY"),
         data_key_env=outbox.get("data_key_env", "GATEWAY_DATA_KEY"),
         alimtalk=data.get("alimtalk") or {}, sms=data.get("sms") or {}, webhooks=data.get("webhooks") or {},
+        inbound=data.get("inbound") or {}, unsubscribe=data.get("unsubscribe") or {},
+        api_token_env=(data.get("api") or {}).get("token_env", "GATEWAY_API_TOKEN"),
         worker_threads=int((data.get("worker") or {}).get("threads", 4)),
         queue_namespace=(data.get("worker") or {}).get("namespace", "gw"),
         heartbeat_timeout_ms=int((data.get("worker") or {}).get("heartbeat_timeout_ms", 60_000)),

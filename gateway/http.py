@@ -17,7 +17,8 @@ from gateway.reports import ReportIntake, UnknownProvider
 HealthSource = Callable[[], Awaitable[dict[str, Any]]]
 
 
-def make_app(health: HealthSource, reports: ReportIntake | None = None) -> web.Application:
+def make_app(health: HealthSource, reports: ReportIntake | None = None,
+             extra: Callable[[web.Application], None] | None = None) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"alive": True})
 
@@ -48,6 +49,8 @@ def make_app(health: HealthSource, reports: ReportIntake | None = None) -> web.A
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/health", health_full)
     app.router.add_post("/webhooks/report/{provider}", report)
+    if extra is not None:
+        extra(app)
     return app
 
 

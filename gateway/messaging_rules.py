@@ -34,6 +34,10 @@ SCHEMA: dict[str, Any] = {
         "alimtalk": {"type": "object", "additionalProperties": False,
                      "properties": {"call_notice_template": _TEXT, "postcall_template": _TEXT,
                                     "provider_resend": {"type": "boolean"}}},
+        "optout": {"type": "object", "additionalProperties": False,
+                   "properties": {"keywords": {"type": "array", "minItems": 1, "items": _TEXT},
+                                  "optin_keywords": {"type": "array", "minItems": 1, "items": _TEXT},
+                                  "confirmation": _TEXT, "optin_confirmation": _TEXT}},
         "contents": {
             "type": "object",
             "propertyNames": {"pattern": "^[a-z0-9][a-z0-9-]*$"},
@@ -80,6 +84,11 @@ def load_messaging(directory: Path, departments: Directory | None = None) -> Mes
             line = line_of(lines, ("contents",)) if "contents" in data else 1
             raise RulesError([f"{label}:{line}: contents: no content for {', '.join(map(repr, missing))} "
                               "(named by postcall: in directory.yaml)"])
+    optout = data.get("optout") or {}
+
+    def words(items: list[str] | None, default: frozenset[str]) -> frozenset[str]:
+        return frozenset(w.strip().casefold() for w in items) if items else default
+
     quiet = data.get("quiet_hours") or {}
     alimtalk = data.get("alimtalk") or {}
     defaults = MessagingRules()
@@ -93,4 +102,8 @@ def load_messaging(directory: Path, departments: Directory | None = None) -> Mes
         postcall_template=alimtalk.get("postcall_template", defaults.postcall_template),
         provider_resend=alimtalk.get("provider_resend", defaults.provider_resend),
         contents=contents,
+        optout_keywords=words(optout.get("keywords"), defaults.optout_keywords),
+        optin_keywords=words(optout.get("optin_keywords"), defaults.optin_keywords),
+        optout_confirmation=optout.get("confirmation", defaults.optout_confirmation),
+        optin_confirmation=optout.get("optin_confirmation", defaults.optin_confirmation),
     )

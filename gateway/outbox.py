@@ -87,6 +87,14 @@ class Admission:
     rate_window_s: int = 3600
 
 
+# The one message an opted-out citizen still gets: the confirmation that the refusal was done.
+OPTOUT_CONFIRMATION = "opt_out_confirm"
+
+
+def optout_exempt(action: str) -> bool:
+    return action.startswith(OPTOUT_CONFIRMATION)
+
+
 @dataclass(frozen=True, slots=True)
 class QueuedMessage:
     """A message taken off a queue by a worker, ready for its provider."""
@@ -178,7 +186,8 @@ class Outbox:
         try:
             claim = await self.store.claim(dedupe_key=key, recipient_hash=recipient_hash, ttl_s=self.dedupe_ttl_s,
                                            rate_limit=admission.rate_limit, rate_window_s=admission.rate_window_s,
-                                           cap_key=cap_key, cap_ttl_s=admission.cap_ttl_s)
+                                           cap_key=cap_key, cap_ttl_s=admission.cap_ttl_s,
+                                           ignore_optout=optout_exempt(admission.action))
         except StoreUnavailable as exc:
             log.error("outbox store unavailable, %s to %s for call %s not queued: %s", admission.action,
                       mask(admission.recipient), admission.call_id, exc)
@@ -194,6 +203,8 @@ class Outbox:
         (a job redelivered after a crash) is not sent again."""
         recipient_hash = number_hash(self.hash_key, message.recipient)
         status = await self.store.check_send(recipient_hash=recipient_hash, idempotency_key=message.key)
+        if status == "opted_out" and optout_exempt(message.action):
+            status = "ok"
         if status != "ok":
             verdict = Verdict(status)
             self._count(f"send:{verdict}")

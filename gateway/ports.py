@@ -82,7 +82,7 @@ class OutboxStore(Protocol):
 
     async def claim(self, *, dedupe_key: str, recipient_hash: str, ttl_s: int, rate_limit: int,
                     rate_window_s: int, cap_key: str = "", cap_ttl_s: int = 0,
-                    check_no_lettering: bool = False) -> str:
+                    check_no_lettering: bool = False, ignore_optout: bool = False) -> str:
         """"ok", "ok_no_lettering", "duplicate", "opted_out", "capped" or "rate_limited"."""
         ...
 

@@ -48,8 +48,9 @@ def demo_environ(config: GatewayConfig, base: Mapping[str, str]) -> dict[str, st
         environ[config.number_key_env] = secrets.token_urlsafe(24)
     if not environ.get(config.data_key_env):
         environ[config.data_key_env] = Sealer.new_key_spec()
-    for spec in config.webhooks.values():
+    for spec in (*config.webhooks.values(), *config.inbound.values(), *config.unsubscribe.values()):
         environ.setdefault(spec["signature_env"], secrets.token_urlsafe(18))
+    environ.setdefault(config.api_token_env, secrets.token_urlsafe(18))
     return environ
 
 

@@ -126,10 +126,10 @@ class RedisOutboxStore:
 
     async def claim(self, *, dedupe_key: str, recipient_hash: str, ttl_s: int, rate_limit: int,
                     rate_window_s: int, cap_key: str = "", cap_ttl_s: int = 0,
-                    check_no_lettering: bool = False) -> str:
+                    check_no_lettering: bool = False, ignore_optout: bool = False) -> str:
         window = max(1, rate_window_s)
         bucket = int(time.time() // window)
-        keys = [optout_key(recipient_hash), PREFIX + "dedupe:" + dedupe_key,
+        keys = [NONE_KEY if ignore_optout else optout_key(recipient_hash), PREFIX + "dedupe:" + dedupe_key,
                 f"{PREFIX}rate:{recipient_hash}:{bucket}", PREFIX + "cap:" + cap_key if cap_key else NONE_KEY,
                 no_lettering_key(recipient_hash) if check_no_lettering else NONE_KEY, NONE_KEY]
         args: list[int | str] = [ttl_s * 1000, rate_limit, window, str(time.time()), max(1, cap_ttl_s) * 1000]

@@ -1,0 +1,297 @@
+"""Citizens' text messages: intake, opt-out, routing, the staff inbox and replies.
+
+`Intake.accept` is what both intake edges (HTTP webhook, SMTP relay) call. It returns only
+once the message is durable in Redis (one Lua step: idempotency key, thread, inbox entry),
+so the edge can answer 2xx/250; when Redis cannot be reached it raises `StoreUnavailable`
+and the edge answers 503/451 so the provider retries. A repeated provider message id is a
+duplicate: stored once, answered as success.
+
+The citizen's number and every text are sealed (AES-GCM) at rest; the thread id and the
+opt-out record are keyed by a keyed hash of the number, never the number itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import unicodedata
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway.crypto import Sealer
+from gateway.domain.models import SmsRequest
+from gateway.domain.numbers import mask
+from gateway.domain.postcall import MessagingRules
+from gateway.domain.routing import InboundSms, RoutingRules, ThreadContext, route
+from gateway.domain.smstext import choose
+from gateway.errors import GatewayError, StoreUnavailable
+from gateway.jobs import Enqueuer
+from gateway.outbox import Admission, Outbox, QueuedMessage, Verdict
+from gateway.ports import DecisionSink
+from gateway.store import PREFIX, number_hash, optout_key
+
+log = logging.getLogger(__name__)
+
+IDEMPOTENCY_TTL_S = 30 * 86400
+CONTACT_TTL_S = 30 * 86400
+
+# KEYS: idempotency, thread hash, thread messages, inbox stream.
+# ARGV: result, ttl, city number, sealed sender, sender hash, queue, at, sealed text, message id,
+#       provider, thread id, priority, rule, tags. Returns {1, result} when stored, {0, earlier result}.
+_ACCEPT = """
+local earlier = redis.call('GET', KEYS[1])
+if earlier then return {0, earlier} end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('HSET', KEYS[2], 'to', ARGV[3], 'sender', ARGV[4], 'sender_hash', ARGV[5], 'queue', ARGV[6],
+           'last_at', ARGV[7])
+redis.call('HSETNX', KEYS[2], 'created_at', ARGV[7])
+redis.call('HINCRBY', KEYS[2], 'count', 1)
+redis.call('XADD', KEYS[3], '*', 'dir', 'in', 'at', ARGV[7], 'text', ARGV[8], 'message_id', ARGV[9],
+           'provider', ARGV[10])
+redis.call('XADD', KEYS[4], '*', 'thread', ARGV[11], 'at', ARGV[7], 'priority', ARGV[12], 'rule', ARGV[13],
+           'tags', ARGV[14], 'message_id', ARGV[9])
+return {1, ARGV[1]}
+"""
+
+
+class InboundRejected(GatewayError):
+    """The message cannot be taken (not for one of our numbers, empty, ...)."""
+
+
+class OptedOut(GatewayError):
+    """A reply to a citizen who refused messages."""
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeResult:
+    status: str  # "accepted" or "duplicate"
+    thread: str
+    queue: str
+    optout: str = ""  # "opt_out" / "opt_in" when the message was such a keyword
+
+
+def keyword_of(text: str, rules: MessagingRules) -> str:
+    """"opt_out", "opt_in" or "" — exact-word matching like the big providers: the whole
+    message, trimmed and case-folded, is the keyword ("수신거부", "STOP"), not a word in a sentence."""
+    word = unicodedata.normalize("NFC", text).strip().strip(".!").casefold()
+    if word in rules.optout_keywords:
+        return "opt_out"
+    if word in rules.optin_keywords:
+        return "opt_in"
+    return ""
+
+
+class OptOutRegistry:
+    """Opt-outs keyed by the number's keyed hash, with an append-only audit stream."""
+
+    AUDIT = PREFIX + "optout:audit"
+
+    def __init__(self, client: aioredis.Redis, hash_key: bytes) -> None:
+        self.client: Any = client
+        self.hash_key = hash_key
+
+    async def set(self, e164: str, opted_out: bool, *, channel: str, via: str) -> None:
+        h = number_hash(self.hash_key, e164)
+        record = json.dumps({"at": round(time.time(), 3), "channel": channel, "via": via})
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                if opted_out:
+                    pipe.set(optout_key(h), record)
+                else:
+                    pipe.delete(optout_key(h))
+                pipe.xadd(self.AUDIT, {"number": h, "action": "opt_out" if opted_out else "opt_in",
+                                       "channel": channel, "via": via, "at": f"{time.time():.3f}"})
+                await pipe.execute()
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        log.info("%s %s via %s (%s)", mask(e164), "opted out" if opted_out else "opted in", channel, via)
+
+    async def status(self, e164: str) -> dict[str, Any] | None:
+        try:
+            raw = await self.client.get(optout_key(number_hash(self.hash_key, e164)))
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        return json.loads(raw) if raw else None
+
+
+class Intake:
+    def __init__(self, client: aioredis.Redis, *, routing: Callable[[], RoutingRules | None],
+                 messaging: Callable[[], MessagingRules], sealer: Sealer, hash_key: bytes,
+                 outbox: Outbox, enqueuer: Enqueuer | None, sms_provider: str, sink: DecisionSink) -> None:
+        # redis-py types every reply as a union of everything; this module reads bytes replies.
+        self.client: Any = client
+        self._routing = routing
+        self._messaging = messaging
+        self.sealer = sealer
+        self.hash_key = hash_key
+        self.outbox = outbox
+        self.enqueuer = enqueuer
+        self.sms_provider = sms_provider
+        self.sink = sink
+        self.optouts = OptOutRegistry(client, hash_key)
+        self._accept = client.register_script(_ACCEPT)
+
+    def thread_id(self, sender: str, city_number: str) -> str:
+        """One conversation per citizen and city number; not reversible to the number."""
+        digest = hashlib.sha256(number_hash(self.hash_key, sender).encode() + b"|" + city_number.encode())
+        return "t" + digest.hexdigest()[:20]
+
+    async def _thread_context(self, sender_hash: str) -> ThreadContext | None:
+        raw = await self.client.get(f"{PREFIX}contact:{sender_hash}")
+        if not raw:
+            return None
+        data = json.loads(raw)
+        return ThreadContext(str(data["department"]), float(data["at"]))
+
+    async def accept(self, sms: InboundSms) -> IntakeResult:
+        routing = self._routing()
+        if not sms.sender.startswith("+") or not sms.to.startswith("+"):
+            raise InboundRejected("sender and recipient must be phone numbers")
+        if not sms.message_id:
+            raise InboundRejected("a provider message id is required (idempotency)")
+        rules = self._messaging()
+        keyword = keyword_of(sms.text, rules)
+        try:
+            if keyword:
+                # Recorded before the message itself: if storing fails, the provider's retry
+                # records it again (idempotent), but a refusal is never lost.
+                await self.optouts.set(sms.sender, keyword == "opt_out", channel="sms", via=sms.provider)
+            sender_hash = number_hash(self.hash_key, sms.sender)
+            thread = await self._thread_context(sender_hash)
+            if routing is None:
+                queue, priority, rule, tags, reply = "complaint", "normal", "(no routing.yaml)", "", None
+            else:
+                decision = route(sms, routing, thread)
+                queue, priority, rule = decision.queue, decision.priority.value, decision.rule
+                tags, reply = ",".join(decision.tags), decision.auto_reply
+            tid = self.thread_id(sms.sender, sms.to)
+            at = f"{sms.received_at:.3f}"
+            result = f"{tid}|{queue}"
+            keys = [f"{PREFIX}in:{sms.provider}:{sms.message_id}", f"{PREFIX}thread:{tid}",
+                    f"{PREFIX}thread:{tid}:msgs", f"{PREFIX}inbox:{queue}"]
+            sealed_sender = self.sealer.seal(sms.sender, tid.encode())
+            sealed_text = self.sealer.seal(sms.text, tid.encode())
+            args: list[str | int] = [result, IDEMPOTENCY_TTL_S, sms.to, sealed_sender, sender_hash, queue, at,
+                                     sealed_text, sms.message_id, sms.provider, tid, priority, rule, tags]
+            stored, value = await self._accept(keys=keys, args=args)
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        tid, _, queue = (value.decode() if isinstance(value, bytes) else str(value)).partition("|")
+        status = "accepted" if int(stored) == 1 else "duplicate"
+        self.sink.decision({"event": "inbound", "provider": sms.provider, "message_id": sms.message_id,
+                            "thread": tid, "queue": queue, "status": status, "optout": keyword,
+                            "rule": rule if status == "accepted" else ""})
+        log.info("inbound %s from %s to %s: %s -> %s (%s)", sms.message_id, mask(sms.sender), mask(sms.to),
+                 status, queue, rule)
+        if status == "accepted":
+            if keyword:
+                text = rules.optout_confirmation if keyword == "opt_out" else rules.optin_confirmation
+                await self._send(tid, sms.sender, sms.to, text, f"{keyword}_confirm:{sms.message_id}")
+                # ("opt_out_confirm:..." is the one action the guard lets through to an opted-out number)
+            elif reply:
+                await self._send(tid, sms.sender, sms.to, reply, f"auto_reply:{sms.message_id}")
+        return IntakeResult(status, tid, queue, keyword)
+
+    async def _send(self, tid: str, to: str, city_number: str, text: str, action: str) -> str:
+        """Queue an SMS/LMS to a citizen from the city number they texted, through the guard."""
+        if self.enqueuer is None or not self.sms_provider:
+            return "not_configured"
+        verdict = await self.outbox.admit(Admission("sms", tid, action, to))
+        if verdict is not Verdict.ADMITTED:
+            return verdict.value
+        kind, safe = choose(text)
+        key = self.outbox.key_for("sms", tid, action, to)
+        sms = SmsRequest(key, to, city_number, safe, safe.split("\n", 1)[0][:20], kind)
+        ok = await self.enqueuer.enqueue("sms", QueuedMessage(key, "sms", tid, action, to, self.sms_provider, sms=sms))
+        if ok:
+            await self._record_out(tid, safe, action)
+        return "queued" if ok else "enqueue_failed"
+
+    async def _record_out(self, tid: str, text: str, action: str) -> None:
+        try:
+            await self.client.xadd(f"{PREFIX}thread:{tid}:msgs", {
+                "dir": "out", "at": f"{time.time():.3f}", "text": self.sealer.seal(text, tid.encode()),
+                "action": action})
+        except RedisError as exc:
+            log.warning("reply not recorded in thread %s: %s", tid, exc)
+
+    # ------------------------------------------------------------------ staff side
+    async def inbox(self, queue: str, *, count: int = 50) -> list[dict[str, Any]]:
+        entries = await self.client.xrevrange(f"{PREFIX}inbox:{queue}", count=count)
+        out = []
+        for entry_id, fields in entries:
+            f = {k.decode(): v.decode() for k, v in fields.items()}
+            claimed = await self.client.get(f"{PREFIX}claim:{f['thread']}")
+            out.append({"entry": entry_id.decode(), "thread": f["thread"], "at": float(f["at"]),
+                        "priority": f["priority"], "rule": f["rule"], "tags": [t for t in f["tags"].split(",") if t],
+                        "claimed_by": claimed.decode() if claimed else None})
+        return out
+
+    async def thread(self, tid: str) -> dict[str, Any] | None:
+        raw = await self.client.hgetall(f"{PREFIX}thread:{tid}")
+        if not raw:
+            return None
+        t = {k.decode(): v.decode() for k, v in raw.items()}
+        sender = self.sealer.open(t["sender"], tid.encode())
+        messages = []
+        for entry_id, fields in await self.client.xrange(f"{PREFIX}thread:{tid}:msgs"):
+            f = {k.decode(): v.decode() for k, v in fields.items()}
+            messages.append({"id": entry_id.decode(), "dir": f["dir"], "at": float(f["at"]),
+                             "text": self.sealer.open(f["text"], tid.encode())})
+        return {"thread": tid, "city_number": t["to"], "citizen": mask(sender), "queue": t["queue"],
+                "count": int(t.get("count", "0")), "messages": messages}
+
+    async def claim(self, tid: str, staff: str, ttl_s: int = 3600) -> bool:
+        return bool(await self.client.set(f"{PREFIX}claim:{tid}", staff, nx=True, ex=ttl_s))
+
+    async def reply(self, tid: str, text: str, staff: str) -> str:
+        """Staff answer a thread: SMS/LMS from the city number the citizen texted."""
+        raw = await self.client.hgetall(f"{PREFIX}thread:{tid}")
+        if not raw:
+            raise InboundRejected(f"no thread {tid}")
+        t = {k.decode(): v.decode() for k, v in raw.items()}
+        if not text.strip():
+            raise InboundRejected("empty reply")
+        sender = self.sealer.open(t["sender"], tid.encode())
+        result = await self._send(tid, sender, t["to"], text, f"reply:{uuid.uuid4().hex[:12]}")
+        if result == Verdict.OPTED_OUT.value:
+            raise OptedOut("the citizen refused messages (수신거부); no reply is sent")
+        self.sink.decision({"event": "reply", "thread": tid, "staff": staff, "result": result})
+        if t["queue"].startswith("dept:"):
+            await self.remember_contact(sender, t["queue"].removeprefix("dept:"))
+        return result
+
+    async def remember_contact(self, e164: str, department: str) -> None:
+        """A department messaged this citizen: a reply within N days goes back to it."""
+        value = json.dumps({"department": department, "at": round(time.time(), 3)})
+        try:
+            await self.client.set(f"{PREFIX}contact:{number_hash(self.hash_key, e164)}", value, ex=CONTACT_TTL_S)
+        except RedisError as exc:
+            log.warning("contact not remembered: %s", exc)
+
+
+def inbound_from_fields(fields: Mapping[str, str], provider: str, plan: Any, now: float) -> InboundSms:
+    """An `InboundSms` from a webhook's fields (`message_id`, `from`, `to`, `text`, `received_at`)."""
+    missing = [k for k in ("message_id", "from", "to", "text") if not fields.get(k)]
+    if missing:
+        raise InboundRejected(f"missing field(s): {', '.join(missing)}")
+    sender, to = plan.classify(fields["from"]), plan.classify(fields["to"])
+    if not sender.e164.startswith("+"):
+        raise InboundRejected(f"'from' is not a phone number: {mask(fields['from'])}")
+    if not to.e164.startswith("+"):
+        raise InboundRejected("'to' is not a phone number")
+    try:
+        received = float(fields.get("received_at") or now)
+    except ValueError:
+        raise InboundRejected("'received_at' must be epoch seconds") from None
+    text = fields["text"]
+    if len(text) > 2000:
+        raise InboundRejected("text longer than an LMS (2,000 characters)")
+    return InboundSms(fields["message_id"][:128], provider, to.e164, sender.e164, text, received)
