@@ -35,7 +35,7 @@ from gateway.errors import GatewayError, StoreUnavailable
 from gateway.jobs import Enqueuer
 from gateway.outbox import Admission, Outbox, QueuedMessage, Verdict
 from gateway.ports import DecisionSink
-from gateway.store import PREFIX, number_hash, optout_key
+from gateway.store import PREFIX, contact_key, number_hash, optout_key
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class Intake:
         return "t" + digest.hexdigest()[:20]
 
     async def _thread_context(self, sender_hash: str) -> ThreadContext | None:
-        raw = await self.client.get(f"{PREFIX}contact:{sender_hash}")
+        raw = await self.client.get(contact_key(sender_hash))
         if not raw:
             return None
         data = json.loads(raw)
@@ -270,11 +270,7 @@ class Intake:
 
     async def remember_contact(self, e164: str, department: str) -> None:
         """A department messaged this citizen: a reply within N days goes back to it."""
-        value = json.dumps({"department": department, "at": round(time.time(), 3)})
-        try:
-            await self.client.set(f"{PREFIX}contact:{number_hash(self.hash_key, e164)}", value, ex=CONTACT_TTL_S)
-        except RedisError as exc:
-            log.warning("contact not remembered: %s", exc)
+        await self.outbox.store.remember_contact(number_hash(self.hash_key, e164), department, CONTACT_TTL_S)
 
 
 def inbound_from_fields(fields: Mapping[str, str], provider: str, plan: Any, now: float) -> InboundSms:

@@ -30,6 +30,8 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.encoder import Encoder, MessageData
 from dramatiq.errors import DecodeError
 from dramatiq.middleware import AgeLimit, AsyncIO, Callbacks, CurrentMessage, Retries, ShutdownNotifications, TimeLimit
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry as SyncRetry
 
 from gateway.crypto import Sealer
 from gateway.domain.models import AlimtalkRequest, Button, SmsRequest
@@ -89,10 +91,14 @@ def make_broker(redis_url: str, *, namespace: str = "gw", heartbeat_timeout_ms: 
     dramatiq.set_encoder(MsgpackEncoder())
     middleware = [AgeLimit(), TimeLimit(), ShutdownNotifications(), Callbacks(), CurrentMessage(),
                   Retries(max_retries=0), AsyncIO()]
+    # Our own client: RedisBroker ignores timeouts passed beside a URL, and redis-py's default
+    # retries would hold an enqueue (and a shutting-down process) for a minute on a dead Redis.
+    client = redis.Redis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0,
+                                  retry=SyncRetry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+                                  retry_on_error=[redis.ConnectionError, redis.TimeoutError])
     broker = RedisBroker(  # type: ignore[no-untyped-call]
-        url=redis_url, namespace=namespace, middleware=middleware,
-                         heartbeat_timeout=heartbeat_timeout_ms, maintenance_chance=maintenance_chance,
-                         socket_timeout=5, socket_connect_timeout=5)
+        client=client, namespace=namespace, middleware=middleware, heartbeat_timeout=heartbeat_timeout_ms,
+        maintenance_chance=maintenance_chance)
     for queue in QUEUES:
         broker.declare_queue(queue)
     return broker

@@ -41,6 +41,7 @@ from gateway.jobs import Enqueuer
 from gateway.outbox import Admission, Outbox, Outgoing, QueuedMessage, Verdict
 from gateway.pbx.mapping import channel_listed, to_leg_event
 from gateway.ports import DecisionSink, SessionChange, SessionKind
+from gateway.store import number_hash
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +254,9 @@ class CallPipeline:
         ok = await self.enqueuer.enqueue("postcall", QueuedMessage(
             key, r.pbx, r.call_id, "postcall", r.party, self.alimtalk_provider, alimtalk=alimtalk, sms=fallback),
             delay_s=delay)
+        if ok:
+            # The citizen may text back: route that to the department that wrote.
+            await self.outbox.store.remember_contact(number_hash(self.outbox.hash_key, r.party), dept.id)
         result = ("deferred" if delay > 0 else "queued") if ok else "enqueue_failed"
         self.sink.decision({**record, "result": result, **({"delay_s": round(delay)} if delay > 0 else {})})
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -78,6 +79,10 @@ def optout_key(recipient_hash: str) -> str:
 def no_lettering_key(recipient_hash: str) -> str:
     """Set when a citizen's phone answered `unsupported_device`: the next call goes to Alimtalk."""
     return f"{PREFIX}nolettering:{recipient_hash}"
+
+
+def contact_key(recipient_hash: str) -> str:
+    return f"{PREFIX}contact:{recipient_hash}"
 
 
 def sent_key(idempotency_key: str) -> str:
@@ -163,6 +168,14 @@ class RedisOutboxStore:
                 await pipe.execute()
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+
+    async def remember_contact(self, recipient_hash: str, department: str, ttl_s: int = 30 * 86400) -> None:
+        """A department messaged this citizen: a text back within days is routed to it."""
+        value = json.dumps({"department": department, "at": round(time.time(), 3)})
+        try:
+            await self.client.set(contact_key(recipient_hash), value, ex=ttl_s)
+        except RedisError as exc:
+            log.warning("contact not remembered: %s", exc)
 
     async def remember_no_lettering(self, recipient_hash: str, ttl_s: int) -> None:
         try:

@@ -159,7 +159,11 @@ def add_routes(app: web.Application, intake: Intake, providers: Mapping[str, Inb
 
     async def inbox(request: web.Request) -> web.Response:
         try:
-            return web.json_response(await intake.inbox(request.match_info["queue"]))
+            count = min(500, max(1, int(request.query.get("count", "50"))))
+        except ValueError:
+            return _json_error(400, "count must be a number")
+        try:
+            return web.json_response(await intake.inbox(request.match_info["queue"], count=count))
         except StoreUnavailable:
             return _json_error(503, "temporarily unavailable")
 

@@ -1,0 +1,317 @@
+"""Citizens' SMS over real HTTP: signed webhooks, EUC-KR bodies, idempotency, durability when
+Redis dies, routing into duty and complaint queues, opt-out on every send path, staff replies."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
+
+import pytest
+from aiohttp import ClientSession
+
+from adapters.sandbox_messaging import SandboxAlimtalk, SandboxSms
+from gateway.app import Gateway, Overrides, build_worker
+from gateway.config import load_config
+from gateway.crypto import Sealer
+from gateway.http import HttpServer, make_app
+from gateway.outbox import Admission, Verdict
+from gateway.redisproc import RedisProcess
+from gateway.webhooks import sign
+from gateway.worker import start_worker, wait_idle
+from tests.conftest import ROOT, RULES
+from tests.transcripts import TRANSCRIPTS
+
+SEOUL = ZoneInfo("Asia/Seoul")
+CITIZEN = "+821012345678"
+ENV = {"GATEWAY_NUMBER_KEY": "test-number-key-0123456789", "GATEWAY_DATA_KEY": Sealer.new_key_spec(),
+       "GATEWAY_INBOUND_SECRET": "inbound-secret", "GATEWAY_API_TOKEN": "staff-token",
+       "GATEWAY_AMI_SECRET": "x", "GATEWAY_WEBHOOK_SECRET": "w"}
+PUBLIC_URL = "http://127.0.0.1:8080/webhooks/sms/sandbox-sms"
+
+
+def seoul(text: str) -> float:
+    return datetime.fromisoformat(text).replace(tzinfo=SEOUL).timestamp()
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def decision(self, record: Any) -> None:
+        self.records.append(dict(record))
+
+
+class Site:
+    """A gateway's HTTP edge (no PBX connected) plus an in-process queue worker."""
+
+    def __init__(self, gateway: Gateway, http: HttpServer, base: str, sms: SandboxSms, *, worker: Any,
+                 runtime: Any, broker: Any) -> None:
+        self.gateway, self.http, self.base, self.sms = gateway, http, base, sms
+        self.worker, self.runtime, self.broker = worker, runtime, broker
+
+    async def post(self, session: ClientSession, fields: dict[str, str], *, form: bool = False,
+                   charset: str = "utf-8", timestamp: float | None = None, secret: str = "inbound-secret",
+                   body: bytes | None = None) -> tuple[int, dict[str, Any]]:
+        if body is None:
+            if form:
+                body = urlencode(fields, encoding=charset).encode("ascii")
+            else:
+                body = json.dumps(fields, ensure_ascii=False).encode(charset)
+        content_type = ("application/x-www-form-urlencoded" if form else "application/json") + f"; charset={charset}"
+        ts = str(int(timestamp if timestamp is not None else time.time()))
+        headers = {"Content-Type": content_type, "X-Signature-Timestamp": ts,
+                   "X-Signature": sign(secret, ts, PUBLIC_URL, body)}
+        async with session.post(f"{self.base}/webhooks/sms/sandbox-sms", data=body, headers=headers) as resp:
+            return resp.status, await resp.json()
+
+    async def api(self, session: ClientSession, method: str, path: str, data: Any = None,
+                  token: str = "staff-token") -> tuple[int, Any]:
+        async with session.request(method, f"{self.base}{path}", json=data,
+                                   headers={"Authorization": f"Bearer {token}"}) as resp:
+            return resp.status, await resp.json()
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> Iterator[dict[str, str]]:
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    for k, v in ENV.items():
+        monkeypatch.setenv(k, v)
+    yield dict(os.environ)
+
+
+async def _site(env: dict[str, str], redis_url: str, namespace: str) -> Site:
+    config = load_config()
+    sink = Collect()
+    sms = SandboxSms("sandbox-sms")
+    over = Overrides(redis_url=redis_url, rules_dir=RULES, queue_namespace=namespace,
+                     alimtalk={"sandbox-alimtalk": SandboxAlimtalk("sandbox-alimtalk")}, sms={"sandbox-sms": sms})
+    gateway = Gateway(config, sink, environ=env, overrides=over)
+    broker, runtime = build_worker(config, environ=env, redis_url=redis_url, overrides=over)
+    worker = start_worker(broker, threads=2, idle_ms=50)
+    http = HttpServer(make_app(gateway.health, gateway.reports, gateway.http_routes), "127.0.0.1", 0)
+    host, port = await http.start()
+    return Site(gateway, http, f"http://{host}:{port}", sms, worker=worker, runtime=runtime, broker=broker)
+
+
+@pytest.fixture
+async def site(env: dict[str, str], redis_url: str) -> AsyncIterator[Site]:
+    s = await _site(env, redis_url, "t-intake")
+    yield s
+    await s.http.stop()
+    await asyncio.to_thread(s.worker.stop)
+    await s.gateway.stop()
+
+
+def sms(message_id: str, text: str, at: float, *, to: str = "031-900-2000", sender: str = "010-1234-5678") -> dict[
+        str, str]:
+    return {"message_id": message_id, "from": sender, "to": to, "text": text, "received_at": str(at)}
+
+
+async def test_routes_by_the_yaml_rules(site: Site) -> None:
+    async with ClientSession() as session:
+        status, body = await site.post(session, sms("m1", "가로등 고장입니다", seoul("2026-11-24T10:00:00")))
+        assert status == 200 and body["status"] == "accepted" and body["queue"] == "dept:transport"
+        status, body = await site.post(session, sms("m2", "가로등 고장입니다", seoul("2026-09-25T23:00:00"),
+                                                    sender="010-2222-3333"))
+        assert body["queue"] == "duty"  # 추석
+        status, body = await site.post(session, sms("m3", "민원 문의드립니다", seoul("2026-11-24T10:00:00"),
+                                                    sender="010-4444-5555"))
+        assert body["queue"] == "complaint"
+        status, inbox = await site.api(session, "GET", "/api/inbox/duty")
+        assert status == 200 and [e["rule"] for e in inbox] == ["night-duty"]
+
+
+async def test_duplicates_are_stored_once(site: Site) -> None:
+    async with ClientSession() as session:
+        first = await site.post(session, sms("dup-1", "안녕하세요", seoul("2026-11-24T10:00:00")))
+        again = await site.post(session, sms("dup-1", "안녕하세요", seoul("2026-11-24T10:00:00")))
+        assert first[0] == again[0] == 200
+        assert (first[1]["status"], again[1]["status"]) == ("accepted", "duplicate")
+        _, thread = await site.api(session, "GET", f"/api/threads/{first[1]['thread']}")
+    assert [m["text"] for m in thread["messages"] if m["dir"] == "in"] == ["안녕하세요"]
+    assert thread["citizen"] == "010-****-5678"  # staff see the thread; the API masks the number
+
+
+async def test_euc_kr_form_body_keeps_korean(site: Site) -> None:
+    async with ClientSession() as session:
+        fields = sms("euc-1", "쓰레기 무단투기 신고합니다 똠", seoul("2026-11-24T11:00:00"))
+        # Korean senders label CP949 text "euc-kr" (똠 is outside EUC-KR's 2,350 syllables).
+        raw = urlencode(fields, encoding="cp949").encode("ascii")
+        status, body = await site.post(session, fields, form=True, charset="euc-kr", body=raw)
+        assert status == 200 and body["queue"] == "dept:environment"
+        _, thread = await site.api(session, "GET", f"/api/threads/{body['thread']}")
+    assert thread["messages"][0]["text"] == "쓰레기 무단투기 신고합니다 똠"
+
+
+@pytest.mark.parametrize(("kwargs", "status", "reason"), [
+    ({"secret": "forged"}, 401, "bad signature"),
+    ({"timestamp": time.time() - 3600}, 401, "window"),
+    ({"body": b"{not json"}, 400, "malformed"),
+    ({"body": "\ub611".encode("utf-16")}, 400, "not valid"),
+    ({"body": b"x" * 20_000}, 413, "larger"),
+])
+async def test_bad_input_gets_a_clear_error(site: Site, kwargs: dict[str, Any], status: int, reason: str) -> None:
+    async with ClientSession() as session:
+        got, body = await site.post(session, sms("bad", "x", time.time()), **kwargs)
+    assert got == status and reason in body["error"]
+
+
+async def test_missing_fields_and_bad_numbers_are_400(site: Site) -> None:
+    async with ClientSession() as session:
+        status, body = await site.post(session, {"message_id": "x", "text": "hi"})
+        assert status == 400 and "from" in body["error"]
+        status, body = await site.post(session, sms("x2", "hi", time.time(), sender="hello"))
+        assert status == 400 and "phone number" in body["error"]
+
+
+async def test_api_needs_the_bearer_token(site: Site) -> None:
+    async with ClientSession() as session:
+        status, _ = await site.api(session, "GET", "/api/inbox/duty", token="wrong")
+    assert status == 401
+
+
+async def test_staff_reply_goes_out_from_the_number_texted(site: Site) -> None:
+    async with ClientSession() as session:
+        _, body = await site.post(session, sms("r-1", "소음 민원입니다", seoul("2026-11-24T10:00:00"),
+                                               to="031-900-2100"))
+        tid = body["thread"]
+        status, claimed = await site.api(session, "POST", f"/api/threads/{tid}/claim", {"staff": "kim"})
+        assert status == 200 and claimed["claimed"]
+        status, _ = await site.api(session, "POST", f"/api/threads/{tid}/claim", {"staff": "lee"})
+        assert status == 409
+        status, result = await site.api(session, "POST", f"/api/threads/{tid}/reply",
+                                        {"text": "확인했습니다. 현장 점검하겠습니다.", "staff": "kim"})
+        assert status == 202 and result["result"] == "queued"
+        assert await wait_idle(site.broker, site.runtime, timeout_s=10)
+        _, thread = await site.api(session, "GET", f"/api/threads/{tid}")
+    (sent,) = [r for r in site.sms.requests if "확인했습니다" in r.text]
+    assert sent.sender == "+82319002100" and sent.to == CITIZEN
+    assert thread["messages"][0]["dir"] == "in"
+    assert thread["messages"][-1] | {"id": "", "at": 0} == {"id": "", "at": 0, "dir": "out",
+                                                           "text": "확인했습니다. 현장 점검하겠습니다."}
+
+
+async def test_optout_stops_every_send_path(site: Site, env: dict[str, str], redis_url: str) -> None:
+    async with ClientSession() as session:
+        _, first = await site.post(session, sms("o-0", "여권 문의", seoul("2026-11-24T10:00:00")))
+        status, body = await site.post(session, sms("o-1", " 수신거부 ", seoul("2026-11-24T10:05:00")))
+        assert status == 200 and body["status"] == "accepted"
+        assert await wait_idle(site.broker, site.runtime, timeout_s=10)
+        # The confirmation is the one message an opted-out citizen still gets.
+        assert [r.text for r in site.sms.requests if "수신거부가 처리" in r.text]
+        status, state = await site.api(session, "GET", "/api/optout/010-1234-5678")
+        assert state["opted_out"]["channel"] == "sms"
+        # staff reply
+        status, result = await site.api(session, "POST", f"/api/threads/{first['thread']}/reply",
+                                        {"text": "답변드립니다", "staff": "kim"})
+        assert status == 409 and "수신거부" in result["error"]
+    outbox = site.gateway.outbox
+    # post-call content, Alimtalk call notice, SMS fallback: refused at admission
+    for action in ("postcall", "call_notice", "call_notice_sms"):
+        assert await outbox.admit(Admission("pbx", "c1", action, CITIZEN)) is Verdict.OPTED_OUT
+    # a message queued before the refusal is stopped at send time
+    from gateway.domain.models import SmsRequest
+    from gateway.outbox import QueuedMessage
+
+    queued = QueuedMessage("k-late", "pbx", "c1", "postcall_sms", CITIZEN, "sandbox-sms",
+                           sms=SmsRequest("k-late", CITIZEN, "+82319002000", "늦은 문자"))
+    assert await outbox.send(queued) is Verdict.OPTED_OUT
+    # lettering (the real-time path), through a replayed call; in its own process, because
+    # dramatiq allows one worker per process and this test's site runs one.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "replay", str(TRANSCRIPTS / "answered_mobile.ami"), "--json",
+        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, stderr.decode()[-500:]
+    got = [json.loads(line) for line in stdout.decode().splitlines() if line.startswith("{")]
+    assert [e for e in got if e["event"] in ("lettering", "sent")] == []
+    assert any(e["event"] == "skipped" and e["reason"] == "opted_out" for e in got)
+    assert any(e["event"] == "postcall" and e["result"] == "opted_out" for e in got)
+    assert "늦은 문자" not in [r.text for r in site.sms.requests]
+    # opting in again
+    async with ClientSession() as session:
+        await site.post(session, sms("o-2", "START", seoul("2026-11-24T10:10:00")))
+        _, state = await site.api(session, "GET", "/api/optout/010-1234-5678")
+    assert state["opted_out"] is None
+
+
+async def test_redis_killed_during_intake(env: dict[str, str], tmp_path: Path) -> None:
+    """503 while Redis is down (the provider retries); afterwards every 2xx'd message is in its
+    queue exactly once. (A 2xx is sent after Redis wrote the message to its AOF: a killed Redis
+    process loses none of them; `appendfsync everysec` bounds a power loss to ~1 s.)"""
+    data = tmp_path / "redis"
+    data.mkdir()
+    proc = RedisProcess(appendonly=True, data_dir=data).start()
+    s = await _site(env, proc.url, "t-kill")
+    accepted: list[str] = []
+    statuses: list[int] = []
+    try:
+        async with ClientSession() as session:
+            for i in range(60):
+                if i == 20:
+                    proc.kill()
+                if i == 40:
+                    proc = RedisProcess(port=proc.port, appendonly=True, data_dir=data).start()
+                    await asyncio.sleep(0.3)
+                status, _ = await s.post(session, sms(f"k-{i}", f"민원 {i}", seoul("2026-11-24T10:00:00"),
+                                                      sender=f"010-5555-{i:04d}"))
+                statuses.append(status)
+                if status == 200:
+                    accepted.append(f"k-{i}")
+                else:
+                    assert status == 503
+            # The provider retries what got 503.
+            for i in range(60):
+                if f"k-{i}" not in accepted:
+                    status, _ = await s.post(session, sms(f"k-{i}", f"민원 {i}", seoul("2026-11-24T10:00:00"),
+                                                          sender=f"010-5555-{i:04d}"))
+                    assert status == 200
+            status, inbox = await s.api(session, "GET", "/api/inbox/complaint?count=500")
+    finally:
+        await s.http.stop()
+        await asyncio.to_thread(s.worker.stop)
+        await s.gateway.stop()
+        proc.cleanup()
+    assert 503 in statuses and len(accepted) >= 20
+    ids = sorted(e["thread"] for e in inbox)
+    assert len(ids) == 60 and len(set(ids)) == 60  # every message once, none lost
+
+
+def test_optout_cli(redis_url: str) -> None:
+    env = dict(os.environ, REDIS_URL=redis_url, **{k: v for k, v in ENV.items() if k == "GATEWAY_NUMBER_KEY"})
+
+    def run(*args: str) -> str:
+        proc = subprocess.run([sys.executable, "-m", "gateway", "optout", *args], capture_output=True, text=True,
+                              timeout=60, cwd=ROOT, env=env, check=True)
+        return proc.stdout.strip()
+
+    assert run("status", "010-9999-8888") == "010-****-8888: not opted out"
+    assert run("add", "010-9999-8888") == "010-****-8888: opted out"
+    assert run("status", "+82 10 9999 8888").startswith("010-****-8888: opted out")
+    assert run("remove", "01099998888") == "010-****-8888: opted in again"
+
+
+def test_rules_test_command() -> None:
+    proc = subprocess.run([sys.executable, "-m", "gateway", "rules", "test", "--to", "031-900-2000", "--from",
+                           "010-1234-5678", "--at", "2026-09-25T23:00", "가로등이 꺼졌어요"], capture_output=True,
+                          text=True, timeout=60, cwd=ROOT, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "queue:      duty (당직실)" in proc.stdout and "night-duty" in proc.stdout
+
+
+async def test_lettering_then_reply_goes_back_to_the_department(site: Site, env: dict[str, str]) -> None:
+    """A citizen who texts back within days of a department's message reaches that department."""
+    await site.gateway.intake.remember_contact(CITIZEN, "tax")
+    async with ClientSession() as session:
+        _, body = await site.post(session, sms("th-1", "문의드립니다", time.time()))
+    assert body["queue"] == "dept:tax"
