@@ -37,6 +37,7 @@ from gateway.ports import AlimtalkProvider, DecisionSink, LetteringCarrier, SmsP
 from gateway.reports import ReportIntake, build_parsers
 from gateway.routing_rules import ROUTING_FILE, load_routing
 from gateway.rules import load_rules
+from gateway.smtp import SmtpIntake, SmtpSettings
 from gateway.store import RedisOutboxStore, connect, warm_up
 from gateway.webhooks import InboundProvider, add_routes
 from gateway.worker import WorkerRuntime, declare_actors
@@ -180,6 +181,20 @@ class Gateway:
                             for name, spec in config.unsubscribe.items()}
         self.api_token = self.environ.get(config.api_token_env, "")
         self.draining = False
+        self.smtp: SmtpIntake | None = None
+        if config.smtp:
+            plan = NumberPlan()
+            numbers = []
+            for raw in config.smtp["city_numbers"]:
+                number = plan.classify(str(raw)).e164
+                if not number.startswith("+"):
+                    raise ConfigError(f"{config.source}: smtp.city_numbers: {raw!r} is not a phone number")
+                numbers.append(number)
+            self.smtp = SmtpIntake(SmtpSettings(
+                host=config.smtp.get("host", "127.0.0.1"), port=int(config.smtp["port"]),
+                peers=tuple(config.smtp["peers"]), senders=tuple(config.smtp["senders"]),
+                recipient_domain=config.smtp["recipient_domain"], city_numbers=frozenset(numbers),
+                max_bytes=int(config.smtp.get("max_bytes", 64 * 1024))), self.intake)
         self.pipeline = CallPipeline(self.rules.get, self.outbox, sink,
                                      trunks={p.name: p.trunks for p in config.pbxes},
                                      messaging=self.rules.get_messaging, enqueuer=self.enqueuer,
@@ -205,7 +220,17 @@ class Gateway:
         for client in self.clients:
             self._tasks.append(asyncio.get_running_loop().create_task(client.run(), name=f"ami-{client.name}"))
 
+    async def start_smtp(self, port: int | None = None) -> tuple[str, int] | None:
+        if self.smtp is None:
+            return None
+        if port is not None:
+            self.smtp = SmtpIntake(replace(self.smtp.settings, port=port), self.intake)
+        return await self.smtp.start()
+
     async def stop(self, drain_timeout: float = 5.0) -> None:
+        self.draining = True  # webhooks answer 503 from now on: the provider retries elsewhere/later
+        if self.smtp is not None:
+            await self.smtp.stop(drain_timeout)
         for client in self.clients:
             await client.stop()
         await self.pipeline.drain(drain_timeout)

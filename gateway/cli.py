@@ -246,6 +246,9 @@ async def _run(config: GatewayConfig) -> int:
     with contextlib.suppress(NotImplementedError):
         loop.add_signal_handler(signal.SIGHUP, gateway.rules.reload)
     host, port = await http.start()
+    smtp = await gateway.start_smtp()
+    if smtp:
+        log.info("SMTP intake on %s:%d", *smtp)
     await gateway.start()
     # Everything imported and built so far lives for the whole run: keep it out of the
     # collector's full passes, which otherwise pause the event loop for tens of ms.

@@ -75,6 +75,14 @@ SCHEMA: dict[str, Any] = {
                         "additionalProperties": {"type": "object", "additionalProperties": False,
                                                  "required": ["kind", "signature_env"],
                                                  "properties": {"kind": {"enum": ["nhn"]}, "signature_env": _ENV}}},
+        "smtp": {"type": "object", "additionalProperties": False,
+                 "required": ["port", "peers", "senders", "recipient_domain", "city_numbers"],
+                 "properties": {"host": {"type": "string"}, "port": {"type": "integer", "minimum": 0, "maximum": 65535},
+                                "peers": {"type": "array", "items": {"type": "string"}},
+                                "senders": {"type": "array", "items": {"type": "string"}},
+                                "recipient_domain": {"type": "string", "minLength": 1},
+                                "city_numbers": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                                "max_bytes": {"type": "integer", "minimum": 1024}}},
         "api": {"type": "object", "additionalProperties": False, "properties": {"token_env": _ENV}},
         "worker": {"type": "object", "additionalProperties": False,
                    "properties": {"threads": {"type": "integer", "minimum": 1, "maximum": 64},
@@ -129,6 +137,7 @@ class GatewayConfig:
     inbound: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     unsubscribe: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     api_token_env: str = "GATEWAY_API_TOKEN"
+    smtp: Mapping[str, Any] = field(default_factory=dict)  # empty: no SMTP intake
     worker_threads: int = 4
     queue_namespace: str = "gw"
     # A killed worker's jobs are re-queued once its heartbeat is this old (dramatiq: 60 s).
@@ -192,6 +201,7 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
         alimtalk=data.get("alimtalk") or {}, sms=data.get("sms") or {}, webhooks=data.get("webhooks") or {},
         inbound=data.get("inbound") or {}, unsubscribe=data.get("unsubscribe") or {},
         api_token_env=(data.get("api") or {}).get("token_env", "GATEWAY_API_TOKEN"),
+        smtp=data.get("smtp") or {},
         worker_threads=int((data.get("worker") or {}).get("threads", 4)),
         queue_namespace=(data.get("worker") or {}).get("namespace", "gw"),
         heartbeat_timeout_ms=int((data.get("worker") or {}).get("heartbeat_timeout_ms", 60_000)),

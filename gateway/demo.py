@@ -91,6 +91,10 @@ async def run_demo(config: GatewayConfig, *, out: TextIO = sys.stdout, duration_
             http = HttpServer(make_app(gateway.health, gateway.reports, gateway.http_routes), config.http_host, 0)
             h_host, h_port = await http.start()
         print(f"demo: health at http://{h_host}:{h_port}/healthz and /health  (Ctrl-C to stop)", file=out)
+        smtp = await gateway.start_smtp(port=0)
+        if smtp:
+            print(f"demo: citizens' SMS intake: SMTP {smtp[0]}:{smtp[1]}, "
+                  f"POST http://{h_host}:{h_port}/webhooks/sms/<provider>", file=out)
         await gateway.start()
         try:
             if duration_s is None:

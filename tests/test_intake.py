@@ -315,3 +315,30 @@ async def test_lettering_then_reply_goes_back_to_the_department(site: Site, env:
     async with ClientSession() as session:
         _, body = await site.post(session, sms("th-1", "문의드립니다", time.time()))
     assert body["queue"] == "dept:tax"
+
+
+async def test_sms_mailed_to_the_smtp_intake_lands_in_its_queue(site: Site) -> None:
+    """The carrier's SMS-to-mail relay, through the real intake core and Redis."""
+    import smtplib
+    from email.message import EmailMessage
+
+    address = await site.gateway.start_smtp(port=0)
+    assert address is not None
+    mail = EmailMessage()
+    mail["From"] = "01012345678@sms.carrier.example"
+    mail["To"] = "0319000119@sms.hanbit.go.kr"
+    mail["Message-ID"] = "<smtp-1@sms.carrier.example>"
+    mail["Date"] = "Tue, 24 Nov 2026 10:00:00 +0900"
+    mail.set_content("도로에 포트홀이 있어요", charset="euc-kr")
+
+    def send() -> None:
+        with smtplib.SMTP(*address, timeout=10) as client:
+            client.send_message(mail, from_addr="relay@sms.carrier.example", to_addrs=[mail["To"]])
+
+    await asyncio.to_thread(send)
+    await asyncio.to_thread(send)  # a relay retry: stored once
+    async with ClientSession() as session:
+        _, inbox = await site.api(session, "GET", "/api/inbox/duty")
+        assert [e["rule"] for e in inbox] == ["duty-line"]
+        _, thread = await site.api(session, "GET", f"/api/threads/{inbox[0]['thread']}")
+    assert [m["text"] for m in thread["messages"] if m["dir"] == "in"] == ["도로에 포트홀이 있어요"]
