@@ -95,6 +95,28 @@ class RulesHolder:
         self.routing: RoutingRules | None = self._routing()
         self.loaded_at = time.time()
         self.last_error = ""
+        self._seen = self._fingerprint()
+
+    def _fingerprint(self) -> tuple[tuple[str, int, int], ...]:
+        return tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size)
+                            for p in self.directory.glob("*.yaml") if p.is_file()))
+
+    def reload_if_changed(self) -> bool | None:
+        """Reload when a rules file changed since the last look; None when nothing changed."""
+        seen = self._fingerprint()
+        if seen == self._seen:
+            return None
+        self._seen = seen
+        return self.reload()
+
+    async def watch(self, every_s: float = 2.0) -> None:
+        """Hot reload on file change (SIGHUP reloads at once)."""
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await asyncio.to_thread(self.reload_if_changed)
+            except OSError as exc:
+                log.warning("rules directory not readable: %s", exc)
 
     def _routing(self) -> RoutingRules | None:
         path = self.directory / ROUTING_FILE
@@ -219,6 +241,7 @@ class Gateway:
             log.error("redis not reachable at start (%s); lettering fails closed until it is", exc)
         for client in self.clients:
             self._tasks.append(asyncio.get_running_loop().create_task(client.run(), name=f"ami-{client.name}"))
+        self._tasks.append(asyncio.get_running_loop().create_task(self.rules.watch(), name="rules-watch"))
 
     async def start_smtp(self, port: int | None = None) -> tuple[str, int] | None:
         if self.smtp is None:

@@ -96,6 +96,7 @@ async def run_demo(config: GatewayConfig, *, out: TextIO = sys.stdout, duration_
             print(f"demo: citizens' SMS intake: SMTP {smtp[0]}:{smtp[1]}, "
                   f"POST http://{h_host}:{h_port}/webhooks/sms/<provider>", file=out)
         await gateway.start()
+        await _sample_citizen_sms(gateway, f"http://{h_host}:{h_port}", out)
         try:
             if duration_s is None:
                 await stop.wait()
@@ -113,3 +114,40 @@ async def run_demo(config: GatewayConfig, *, out: TextIO = sys.stdout, duration_
     counts = ", ".join(f"{k} {v}" for k, v in sorted(sink.counts.items()))
     print(f"demo: stopped ({counts})", file=out)
     return 0
+
+
+# Citizens' texts the demo posts to its own webhook, signed like a provider would (Asia/Seoul).
+SAMPLE_SMS = [
+    ("demo-sms-1", "010-3333-4444", "031-900-2000", "가로등이 고장났어요", "2026-11-24T10:00:00+09:00"),
+    ("demo-sms-2", "010-5555-6666", "031-900-2000", "가로등이 고장났어요", "2026-09-25T23:00:00+09:00"),
+    ("demo-sms-3", "010-7777-8888", "031-900-2100", "수신거부", "2026-11-24T11:00:00+09:00"),
+]
+
+
+async def _sample_citizen_sms(gateway: Gateway, base: str, out: TextIO) -> None:
+    """Flow B in the demo: three citizens text the city; the answers show the routing."""
+    import json
+    import time
+    from datetime import datetime
+
+    from aiohttp import ClientError, ClientSession
+
+    from gateway.webhooks import sign
+
+    provider = next(iter(gateway.inbound.values()), None)
+    if provider is None:
+        return
+    async with ClientSession() as session:
+        for message_id, sender, to, text, at in SAMPLE_SMS:
+            body = json.dumps({"message_id": message_id, "from": sender, "to": to, "text": text,
+                               "received_at": datetime.fromisoformat(at).timestamp()}, ensure_ascii=False).encode()
+            ts = str(int(time.time()))
+            headers = {"Content-Type": "application/json; charset=utf-8", "X-Signature-Timestamp": ts,
+                       "X-Signature": sign(provider.secret, ts, provider.public_url, body)}
+            try:
+                async with session.post(f"{base}/webhooks/sms/{provider.name}", data=body, headers=headers) as resp:
+                    answer = await resp.json()
+            except ClientError as exc:
+                print(f"demo: sample SMS not posted: {exc}", file=out)
+                return
+            print(f"[sms in]    {at[:16]} \"{text}\" -> HTTP {resp.status} queue {answer.get('queue')}", file=out)

@@ -70,6 +70,12 @@ class ConsoleSink:
                     f"via {r['provider']}: {r['result']} {r.get('detail', '')}".rstrip())
         if kind == "sms":
             return f"[sms]       {r['pbx']} #{r['call']} {r['action']} → {mask(str(r['to']))}: {r['result']}"
+        if kind == "inbound":
+            opt = f" ({r['optout']})" if r.get("optout") else ""
+            return (f"[inbound]   {r['provider']} {r['message_id']} -> queue {r['queue']} by rule "
+                    f"{r.get('rule') or '-'}: {r['status']}{opt}")
+        if kind == "reply":
+            return f"[reply]     thread {r['thread']} by {r['staff']}: {r['result']}"
         if kind == "skipped":
             return f"[skipped]   {r['pbx']} #{r['call']} no lettering: {r['reason']}"
         if kind == "pbx":

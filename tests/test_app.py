@@ -62,3 +62,17 @@ def test_rules_reload_keeps_last_good(tmp_path: Path) -> None:
     assert "directory.yaml:" in holder.last_error
     shutil.copy(RULES / "directory.yaml", directory)
     assert holder.reload() is True and holder.last_error == ""
+
+
+def test_rules_change_on_disk_is_noticed(tmp_path: Path) -> None:
+    rules_dir = tmp_path / "rules"
+    shutil.copytree(RULES, rules_dir)
+    holder = RulesHolder(rules_dir)
+    assert holder.reload_if_changed() is None
+    routing = rules_dir / "routing.yaml"
+    routing.write_text(routing.read_text(encoding="utf-8").replace("09:00-18:00", "25:00-18:00", 1),
+                       encoding="utf-8")
+    assert holder.reload_if_changed() is False  # broken: the last good rules stay live
+    assert "25:00" in holder.last_error and holder.routing is not None
+    shutil.copy(RULES / "routing.yaml", routing)
+    assert holder.reload_if_changed() is True and holder.last_error == ""
