@@ -21,6 +21,7 @@ from adapters.nhn_sms import NhnSms, parse_unsubscribe
 from adapters.sandbox import SandboxCarrier
 from adapters.sandbox_messaging import SandboxAlimtalk, SandboxSms
 from gateway.config import GatewayConfig, PbxConfig
+from gateway.domain.notify import NotifyRules
 from gateway.domain.numbers import NumberPlan
 from gateway.domain.postcall import MessagingRules
 from gateway.domain.routing import RoutingRules
@@ -29,6 +30,7 @@ from gateway.errors import ConfigError, RulesError, StoreUnavailable
 from gateway.intake import Intake
 from gateway.jobs import Enqueuer, dead_letter_counts, make_broker
 from gateway.messaging_rules import load_messaging
+from gateway.notify_rules import load_notify
 from gateway.outbox import Outbox
 from gateway.pbx.client import AmiSettings, PbxClient
 from gateway.pbx.mapping import TRACKED_EVENTS
@@ -93,6 +95,7 @@ class RulesHolder:
         self.rules: Rules = load_rules(directory)
         self.messaging: MessagingRules = load_messaging(directory, self.rules.directory)
         self.routing: RoutingRules | None = self._routing()
+        self.notify: NotifyRules = load_notify(directory)
         self.loaded_at = time.time()
         self.last_error = ""
         self._seen = self._fingerprint()
@@ -125,6 +128,9 @@ class RulesHolder:
     def get_routing(self) -> RoutingRules | None:
         return self.routing
 
+    def get_notify(self) -> NotifyRules:
+        return self.notify
+
     def get(self) -> Rules:
         return self.rules
 
@@ -136,11 +142,12 @@ class RulesHolder:
             rules = load_rules(self.directory)
             messaging = load_messaging(self.directory, rules.directory)
             routing = self._routing()
+            notify = load_notify(self.directory)
         except RulesError as exc:
             self.last_error = str(exc)
             log.error("rules reload failed, keeping version %s:\n%s", self.rules.version, exc)
             return False
-        self.rules, self.messaging, self.routing = rules, messaging, routing
+        self.rules, self.messaging, self.routing, self.notify = rules, messaging, routing, notify
         self.loaded_at, self.last_error = time.time(), ""
         log.info("rules reloaded: version %s", rules.version)
         return True
@@ -314,5 +321,7 @@ def build_worker(config: GatewayConfig, *, environ: Mapping[str, str], redis_url
                       device_memory_s=holder.messaging.device_memory_days * 86400)
 
     runtime = WorkerRuntime(outbox, sealer, Enqueuer(broker, sealer), sink)
+    runtime.notify = holder.get_notify
+    runtime.queue_names = lambda: {q: info.name for q, info in holder.routing.queues.items()} if holder.routing else {}
     declare_actors(broker, runtime)
     return broker, runtime

@@ -150,6 +150,7 @@ def _rules_check(directory: Path) -> int:
     """Every rules file checked, every problem printed (file:line: key: message)."""
     from gateway.errors import RulesError
     from gateway.messaging_rules import load_messaging
+    from gateway.notify_rules import load_notify
     from gateway.routing_rules import routing_problems
     from gateway.rules import file_label, load_rules
 
@@ -167,6 +168,10 @@ def _rules_check(directory: Path) -> int:
     except RulesError as exc:
         problems += exc.problems
     problems += routing_problems(directory)
+    try:
+        load_notify(directory)
+    except RulesError as exc:
+        problems += exc.problems
     for problem in problems:
         print(problem)
     if problems:

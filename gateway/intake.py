@@ -191,6 +191,7 @@ class Intake:
         log.info("inbound %s from %s to %s: %s -> %s (%s)", sms.message_id, mask(sms.sender), mask(sms.to),
                  status, queue, rule)
         if status == "accepted":
+            await self._notify(sms, tid, queue, rule, priority)
             if keyword:
                 text = rules.optout_confirmation if keyword == "opt_out" else rules.optin_confirmation
                 await self._send(tid, sms.sender, sms.to, text, f"{keyword}_confirm:{sms.message_id}")
@@ -198,6 +199,16 @@ class Intake:
             elif reply:
                 await self._send(tid, sms.sender, sms.to, reply, f"auto_reply:{sms.message_id}")
         return IntakeResult(status, tid, queue, keyword)
+
+    async def _notify(self, sms: InboundSms, tid: str, queue: str, rule: str, priority: str) -> None:
+        """Queue the queue's notifications (webhook, duty officer). The message is already safe in
+        the inbox: if this enqueue fails, staff still see it; the failure is counted in /health."""
+        if self.enqueuer is None:
+            return
+        payload = {"v": 1, "thread": tid, "queue": queue, "rule": rule, "priority": priority,
+                   "message_id": sms.message_id, "provider": sms.provider, "at": sms.received_at,
+                   "citizen": mask(sms.sender), "text": self.sealer.seal(sms.text, tid.encode())}
+        await self.enqueuer.enqueue_payload("inbound", payload, f"notification of {sms.message_id}")
 
     async def _send(self, tid: str, to: str, city_number: str, text: str, action: str) -> str:
         """Queue an SMS/LMS to a citizen from the city number they texted, through the guard."""

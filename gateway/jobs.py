@@ -65,6 +65,9 @@ QUEUES: dict[str, QueueSpec] = {
                           max_age_ms=36 * 3600_000),
     "sms": QueueSpec("sms", max_retries=6, min_backoff_ms=5_000, max_backoff_ms=10 * 60_000,
                      max_age_ms=6 * 3600_000),
+    # A citizen's message is already in the inbox; this queue tells the others (webhook, duty SMS).
+    "inbound": QueueSpec("inbound", max_retries=10, min_backoff_ms=5_000, max_backoff_ms=15 * 60_000,
+                         max_age_ms=24 * 3600_000),
 }
 
 
@@ -170,17 +173,19 @@ class Enqueuer:
 
     async def enqueue(self, queue: str, message: QueuedMessage, *, delay_s: float = 0.0) -> bool:
         """True once the message is in Redis; False (counted, logged) if it could not be put there."""
+        return await self.enqueue_payload(queue, encode_message(message, self.sealer),
+                                          f"{message.action} for call {message.call_id}", delay_s=delay_s)
+
+    async def enqueue_payload(self, queue: str, payload: dict[str, Any], what: str, *, delay_s: float = 0.0) -> bool:
         delay_ms = int(delay_s * 1000) if delay_s > 0 else None
-        dm: dramatiq.Message[Any] = dramatiq.Message(queue_name=queue, actor_name=actor_name(queue),
-                              args=(encode_message(message, self.sealer),),
-                              kwargs={}, options=actor_options(queue))
+        dm: dramatiq.Message[Any] = dramatiq.Message(queue_name=queue, actor_name=actor_name(queue), args=(payload,),
+                                                     kwargs={}, options=actor_options(queue))
         loop = asyncio.get_running_loop()
         try:
             await asyncio.wait_for(loop.run_in_executor(self._executor, self._put, dm, delay_ms), self.timeout_s)
         except (TimeoutError, redis.RedisError, OSError) as exc:
             self.failed += 1
-            log.error("could not enqueue %s for call %s on %s: %s", message.action, message.call_id, queue,
-                      str(exc) or type(exc).__name__)
+            log.error("could not enqueue %s on %s: %s", what, queue, str(exc) or type(exc).__name__)
             return False
         self.enqueued += 1
         return True

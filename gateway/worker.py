@@ -11,7 +11,11 @@ that is down; its messages wait in the queue instead.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -23,7 +27,9 @@ from dramatiq.brokers.redis import RedisBroker
 
 from gateway.crypto import Sealer, SealError
 from gateway.domain.models import SendOutcome, SendResult, SmsRequest
+from gateway.domain.notify import NotifyRules, duty_sms
 from gateway.domain.numbers import mask
+from gateway.domain.smstext import choose
 from gateway.errors import GatewayError, StoreUnavailable
 from gateway.jobs import QUEUES, Enqueuer, actor_name, actor_options, decode_message
 from gateway.outbox import Admission, Outbox, QueuedMessage, Verdict
@@ -41,6 +47,11 @@ class TemporaryFailure(GatewayError):
 
 class UnreadableJob(GatewayError):
     """A payload that cannot be decoded: retrying cannot help, it goes to the dead letters."""
+
+
+class NotConfigured(GatewayError):
+    """A sink lacks its configuration (e.g. the webhook secret): straight to the dead letters,
+    where /health shows it and `gateway deadletters redrive` sends it once it is fixed."""
 
 
 class CircuitBreaker:
@@ -83,6 +94,9 @@ class WorkerRuntime:
         self.enqueuer = enqueuer
         self.sink = sink
         self.breakers: dict[str, CircuitBreaker] = {}
+        self.notify: Callable[[], NotifyRules] | None = None
+        self.queue_names: Callable[[], Mapping[str, str]] = dict
+        self._http: Any = None
         self.handled = 0
         self.in_flight = 0
         self._lock = threading.Lock()
@@ -109,6 +123,9 @@ class WorkerRuntime:
                 self.handled += 1
 
     async def _handle(self, queue: str, payload: Mapping[str, Any]) -> None:
+        if queue == "inbound":
+            await self._inbound(payload)
+            return
         try:
             message = decode_message(payload, self.sealer)
         except (SealError, KeyError, ValueError, TypeError) as exc:
@@ -132,6 +149,66 @@ class WorkerRuntime:
         breaker.success()
         if message.alimtalk is not None and result.result in SMS_CAN_FIX:
             await self._sms_fallback(message, result)
+
+    async def _inbound(self, payload: Mapping[str, Any]) -> None:
+        """Tell the queue's sinks about a citizen's message: a signed webhook, an SMS to the
+        officer on duty. Each is idempotent (webhook idempotency key, SMS sent marker), so a
+        retry after a partial failure repeats nothing the receiver already has."""
+        if self.notify is None:
+            return
+        try:
+            tid, queue, message_id = str(payload["thread"]), str(payload["queue"]), str(payload["message_id"])
+            text = self.sealer.open(str(payload["text"]), tid.encode())
+        except (SealError, KeyError, ValueError, TypeError) as exc:
+            raise UnreadableJob(f"unreadable inbound notification: {exc}") from None
+        rules = self.notify()
+        sinks = rules.sinks(queue)
+        if sinks.webhook_url:
+            await self._webhook(sinks.webhook_url, sinks.webhook_secret_env, {
+                "thread": tid, "queue": queue, "rule": payload.get("rule"), "priority": payload.get("priority"),
+                "message_id": message_id, "received_at": payload.get("at"), "citizen": payload.get("citizen"),
+                "text": text}, f"{tid}:{message_id}")
+        if sinks.notify_duty_officer:
+            officer = rules.officer_at(float(payload.get("at") or time.time()))
+            if officer is None or not self.outbox.sms:
+                log.warning("no officer on duty to tell about %s in %s", message_id, queue)
+            else:
+                key = f"notify:{message_id}:{officer.phone[-4:]}"
+                kind, safe = choose(duty_sms(self.queue_names().get(queue, queue), text, tid))
+                sender = rules.sender
+                result = await self.outbox.send(QueuedMessage(
+                    key, "inbound", tid, "duty_notify", officer.phone, next(iter(self.outbox.sms)),
+                    sms=SmsRequest(key, officer.phone, sender, safe, "당직 알림", kind)))
+                outcome = result.value if isinstance(result, Verdict) else result.result.value
+                self._emit({"event": "notified", "thread": tid, "queue": queue, "sink": "duty_officer",
+                            "officer": officer.name, "result": outcome})
+                if not isinstance(result, Verdict) and result.result is SendResult.TEMPORARY_ERROR:
+                    raise TemporaryFailure(f"duty SMS: {result.detail}")
+
+    async def _webhook(self, url: str, secret_env: str, body: Mapping[str, Any], key: str) -> None:
+        import aiohttp
+
+        secret = os.environ.get(secret_env, "")
+        if not secret:
+            log.error("webhook %s: environment variable %s is not set; notification dead-lettered", url, secret_env)
+            raise NotConfigured(f"webhook secret {secret_env} is not set")
+        raw = json.dumps(body, ensure_ascii=False).encode()
+        ts = str(int(time.time()))
+        signature = hmac.new(secret.encode(), ts.encode() + b"." + url.encode() + b"." + raw,
+                             hashlib.sha256).hexdigest()
+        headers = {"Content-Type": "application/json; charset=utf-8", "X-Signature-Timestamp": ts,
+                   "X-Signature": signature, "X-Idempotency-Key": key}
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        try:
+            async with self._http.post(url, data=raw, headers=headers) as resp:
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise TemporaryFailure(f"webhook {url}: {type(exc).__name__}") from None
+        self._emit({"event": "notified", "thread": body["thread"], "queue": body["queue"], "sink": "webhook",
+                    "result": status})
+        if not 200 <= status < 300:
+            raise TemporaryFailure(f"webhook {url}: HTTP {status}")
 
     async def _sms_fallback(self, message: QueuedMessage, outcome: SendOutcome) -> None:
         alimtalk = message.alimtalk
@@ -181,7 +258,7 @@ def declare_actors(broker: RedisBroker, runtime: WorkerRuntime) -> dict[str, dra
         deliver.__name__ = actor_name(queue)
         options = actor_options(queue)
         decorate = dramatiq.actor(broker=broker, actor_name=actor_name(queue), queue_name=queue,
-                                  throws=(UnreadableJob,), **options)
+                                  throws=(UnreadableJob, NotConfigured), **options)
         actors[queue] = decorate(deliver)
     return actors
 

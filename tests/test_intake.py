@@ -89,11 +89,11 @@ def env(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> Iterator[dict[str, s
     yield dict(os.environ)
 
 
-async def _site(env: dict[str, str], redis_url: str, namespace: str) -> Site:
+async def _site(env: dict[str, str], redis_url: str, namespace: str, rules_dir: Path = RULES) -> Site:
     config = load_config()
     sink = Collect()
     sms = SandboxSms("sandbox-sms")
-    over = Overrides(redis_url=redis_url, rules_dir=RULES, queue_namespace=namespace,
+    over = Overrides(redis_url=redis_url, rules_dir=rules_dir, queue_namespace=namespace,
                      alimtalk={"sandbox-alimtalk": SandboxAlimtalk("sandbox-alimtalk")}, sms={"sandbox-sms": sms})
     gateway = Gateway(config, sink, environ=env, overrides=over)
     broker, runtime = build_worker(config, environ=env, redis_url=redis_url, overrides=over)
@@ -342,3 +342,58 @@ async def test_sms_mailed_to_the_smtp_intake_lands_in_its_queue(site: Site) -> N
         assert [e["rule"] for e in inbox] == ["duty-line"]
         _, thread = await site.api(session, "GET", f"/api/threads/{inbox[0]['thread']}")
     assert [m["text"] for m in thread["messages"] if m["dir"] == "in"] == ["도로에 포트홀이 있어요"]
+
+
+async def test_queue_sinks_webhook_and_duty_officer(env: dict[str, str], redis_url: str, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A complaint reaches the complaint system by signed webhook; a night message reaches the
+    officer on duty by SMS, from the duty line."""
+    import hashlib
+    import hmac
+    import shutil
+
+    from aiohttp import web
+
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    async def complaint_system(request: web.Request) -> web.Response:
+        received.append((dict(request.headers), await request.read()))
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_post("/api/citizen-sms", complaint_system)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site_ = web.TCPSite(runner, "127.0.0.1", 0)
+    await site_.start()
+    port = runner.addresses[0][1]
+    url = f"http://127.0.0.1:{port}/api/citizen-sms"
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES, rules)
+    notify = (rules / "notify.yaml").read_text(encoding="utf-8")
+    (rules / "notify.yaml").write_text(notify.replace("https://complaints.hanbit.example/api/citizen-sms", url),
+                                       encoding="utf-8")
+    monkeypatch.setenv("COMPLAINT_WEBHOOK_SECRET", "complaint-secret")
+    s = await _site(dict(os.environ), redis_url, "t-sinks", rules)
+    try:
+        async with ClientSession() as session:
+            _, body = await s.post(session, sms("s-1", "민원 문의드립니다", seoul("2026-11-24T10:00:00")))
+            assert body["queue"] == "complaint"
+            _, body = await s.post(session, sms("s-2", "도로에 낙하물이 있어요", seoul("2026-11-23T23:30:00"),
+                                                sender="010-3333-1111"))
+            assert body["queue"] == "duty"
+        assert await wait_idle(s.broker, s.runtime, timeout_s=15)
+    finally:
+        await s.http.stop()
+        await asyncio.to_thread(s.worker.stop)
+        await s.gateway.stop()
+        await runner.cleanup()
+    (headers, raw), = received
+    expected = hmac.new(b"complaint-secret", headers["X-Signature-Timestamp"].encode() + b"." + url.encode() + b"."
+                        + raw, hashlib.sha256).hexdigest()
+    assert headers["X-Signature"] == expected
+    payload = json.loads(raw)
+    assert payload["text"] == "민원 문의드립니다" and payload["citizen"] == "010-****-5678"
+    assert "+821012345678" not in raw.decode()  # the complaint system gets the masked number
+    (duty,) = [r for r in s.sms.requests if r.to == "+821020000001"]  # 김당직's shift
+    assert duty.sender == "+82319000119" and "낙하물" in duty.text
