@@ -26,7 +26,6 @@ Behaviour the gateway relies on (the phone is ringing):
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import string
@@ -34,12 +33,19 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
-from typing import Any, Literal, cast
-from urllib.parse import quote, urlsplit
+from typing import Any, Literal
+from urllib.parse import quote
 
 import aiohttp
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_fixed
 
+from adapters._http import (
+    HttpAdapter,
+    check_url,
+    deadline_from_spec,
+    parse_json,
+    post_within_deadline,
+    transport_failure,
+)
 from gateway.domain.models import LetteringOutcome, LetteringRequest, LetteringResult
 from gateway.errors import CarrierError
 
@@ -56,9 +62,6 @@ REQUEST_FIELDS = frozenset(
 NUMBER_FIELDS = frozenset({"to", "caller_number"})
 _METHODS = frozenset({"POST", "PUT"})
 _MAX_BODY = 64 * 1024  # a lettering answer is a few hundred bytes; more is garbage
-_MIN_RETRY_S = 0.1  # below this a second connect + request cannot finish: do not start it
-_RETRY_WAIT_S = 0.02
-_KEEPALIVE_S = 15.0  # below common server idle timeouts, so we rarely reuse a dead socket
 
 
 # --------------------------------------------------------------------------- numbers
@@ -323,19 +326,14 @@ PROFILES: dict[str, CarrierProfile] = {
 _SPEC_KEYS = frozenset({"kind", "profile", "base_url", "token_env", "deadline_ms", "overrides"})
 
 
-def _never_sent(exc: BaseException) -> bool:
-    # Certificate/TLS failures are configuration problems: a retry cannot fix them.
-    return isinstance(exc, aiohttp.ClientConnectorError) and not isinstance(
-        exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientConnectorSSLError
-    )
-
-
-class HttpCarrier:
+class HttpCarrier(HttpAdapter):
     """A `LetteringCarrier` speaking a carrier's HTTP/JSON API as described by a profile.
 
     `session` may be injected (tests, or sharing one pool between carriers); it is then not
     closed by `close()`. Otherwise one keep-alive session is created on first use.
     """
+
+    _connection_limit = 100
 
     def __init__(
         self,
@@ -347,19 +345,11 @@ class HttpCarrier:
         deadline_s: float = 0.8,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
-        if deadline_s <= 0:
-            raise CarrierError(f"carrier {name!r}: deadline must be positive, got {deadline_s}")
-        if not token or any(c in token for c in "\r\n\x00"):
-            # Checked here so a bad header value can never surface later in an error message.
-            raise CarrierError(f"carrier {name!r}: token is empty or contains a line break or NUL")
-        self.name = name
+        super().__init__(
+            f"carrier {name!r}", name, base_url, deadline_s=deadline_s, session=session, secrets={"token": token}
+        )
         self.profile = profile
-        self.base_url = base_url.rstrip("/")
-        self.deadline_s = deadline_s
         self._token = token  # private and kept out of __repr__: it must never reach a log
-        self._session = session
-        self._owns_session = session is None
-        self._closed = False
 
     def __repr__(self) -> str:
         return f"HttpCarrier(name={self.name!r}, base_url={self.base_url!r}, deadline_s={self.deadline_s})"
@@ -398,18 +388,8 @@ class HttpCarrier:
         base_url = spec.get("base_url")
         if not base_url or not isinstance(base_url, str):
             raise CarrierError(f"{where}: base_url is missing")
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise CarrierError(f"{where}: base_url must be an http(s) URL with a host, got {base_url!r}")
-        if parts.username or parts.password or parts.query or parts.fragment:
-            # Credentials in the URL would end up in logs and tracebacks.
-            raise CarrierError(f"{where}: base_url must not contain credentials, a query or a fragment")
-
-        deadline_ms = spec.get("deadline_ms", 800)
-        if isinstance(deadline_ms, bool) or not isinstance(deadline_ms, int | float) or not (
-            0 < deadline_ms <= 10_000
-        ):
-            raise CarrierError(f"{where}: deadline_ms must be a number in (0, 10000], got {deadline_ms!r}")
+        check_url(where, base_url)
+        deadline_s = deadline_from_spec(where, spec, default_ms=800, max_ms=10_000)
 
         token_env = spec.get("token_env") or profile.token_env
         if not token_env or not isinstance(token_env, str):
@@ -419,7 +399,7 @@ class HttpCarrier:
             raise CarrierError(f"{where}: environment variable {token_env} is not set")
         if not token.strip():
             raise CarrierError(f"{where}: environment variable {token_env} is empty")
-        return cls(name, profile, base_url, token.strip(), deadline_s=deadline_ms / 1000)
+        return cls(name, profile, base_url, token.strip(), deadline_s=deadline_s)
 
     # ------------------------------------------------------------------ public API
 
@@ -438,26 +418,10 @@ class HttpCarrier:
         )
         return outcome
 
-    async def close(self) -> None:
-        """Close the session this carrier created (an injected one belongs to its owner)."""
-        self._closed = True
-        if self._owns_session and self._session is not None and not self._session.closed:
-            await self._session.close()
-        self._session = None
-
     # ------------------------------------------------------------------ internals
 
     def _outcome(self, result: LetteringResult, reference: str = "", detail: str = "") -> LetteringOutcome:
         return LetteringOutcome(result=result, provider=self.name, reference=reference, detail=detail)
-
-    def _session_for_use(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            # Created lazily because a ClientSession must be made inside the running loop.
-            connector = aiohttp.TCPConnector(limit=100, keepalive_timeout=_KEEPALIVE_S, ttl_dns_cache=300)
-            self._session = aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=self.deadline_s)
-            )
-        return self._session
 
     async def _letter(self, request: LetteringRequest, started: float) -> LetteringOutcome:
         if self._closed:
@@ -472,59 +436,18 @@ class HttpCarrier:
             "Content-Type": "application/json; charset=utf-8",
             "Accept": "application/json",
         }
-        deadline = started + self.deadline_s
-
-        def out_of_time(state: RetryCallState) -> bool:
-            return state.attempt_number >= 2 or deadline - time.monotonic() < _MIN_RETRY_S
-
         try:
-            async with asyncio.timeout(self.deadline_s - (time.monotonic() - started)):
-                async for attempt in AsyncRetrying(
-                    stop=out_of_time,
-                    wait=wait_fixed(_RETRY_WAIT_S),
-                    retry=retry_if_exception(_never_sent),
-                    reraise=True,
-                ):
-                    with attempt:
-                        status, payload = await self._post(session, url, body, headers, deadline)
-        except TimeoutError:
-            return self._outcome(
-                LetteringResult.TEMPORARY_ERROR, detail=f"timeout after {self.deadline_s * 1000:.0f} ms"
+            status, payload = await post_within_deadline(
+                session, self.profile.method, url, body, headers,
+                started=started, deadline_s=self.deadline_s, max_body=_MAX_BODY,
             )
-        except aiohttp.ClientConnectorError as exc:
-            # Connection refused, DNS or TLS failure: nothing reached the carrier.
-            return self._outcome(LetteringResult.TEMPORARY_ERROR, detail=f"connect failed: {exc.os_error}")
-        except aiohttp.ClientError as exc:
-            # Dropped connection, truncated answer...: the carrier may or may not have acted.
-            detail = f"connection error: {type(exc).__name__}"
-            return self._outcome(LetteringResult.TEMPORARY_ERROR, detail=detail)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            return self._outcome(LetteringResult.TEMPORARY_ERROR, detail=transport_failure(exc, self.deadline_s))
         return self._interpret(status, payload)
-
-    async def _post(
-        self,
-        session: aiohttp.ClientSession,
-        url: str,
-        body: bytes,
-        headers: Mapping[str, str],
-        deadline: float,
-    ) -> tuple[int, bytes]:
-        # The per-request timeout is what is left of the deadline, so a retry never gets a
-        # fresh full budget; asyncio.timeout around the caller is the hard backstop.
-        remaining = max(deadline - time.monotonic(), 0.001)
-        async with session.request(
-            self.profile.method,
-            url,
-            data=body,
-            headers=headers,
-            allow_redirects=False,  # a redirect would resend the token to wherever it points
-            timeout=aiohttp.ClientTimeout(total=remaining),
-        ) as resp:
-            payload = await resp.content.read(_MAX_BODY + 1)
-            return resp.status, payload
 
     def _interpret(self, status: int, payload: bytes) -> LetteringOutcome:
         temporary, rejected = LetteringResult.TEMPORARY_ERROR, LetteringResult.REJECTED
-        data = _parse_json(payload)
+        data = parse_json(payload, _MAX_BODY)
         code = _code_text(get_dotted(data, self.profile.code_path)) if data is not None else None
         code_note = f" code {code}" if code is not None else ""
         if status in (401, 403):
@@ -551,17 +474,6 @@ class HttpCarrier:
         if isinstance(message, str) and message:
             detail += f": {message[:200]}"
         return self._outcome(result or self.profile.unknown_code, reference=reference or "", detail=detail)
-
-
-def _parse_json(payload: bytes) -> dict[str, Any] | None:
-    """The answer as a JSON object, or None for anything else (HTML error page, truncation)."""
-    if len(payload) > _MAX_BODY:
-        return None
-    try:
-        data = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return None
-    return cast(dict[str, Any], data) if isinstance(data, dict) else None
 
 
 def _code_text(value: Any) -> str | None:

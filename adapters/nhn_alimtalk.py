@@ -59,20 +59,33 @@ Where the documentation is silent, this adapter assumes (and says so in its answ
 
 from __future__ import annotations
 
-import asyncio
-import hmac
 import json
 import logging
-import re
 import time
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
-from typing import Any, cast
-from urllib.parse import quote, urlsplit
+from typing import Any
+from urllib.parse import quote
 
 import aiohttp
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_fixed
 
+from adapters._http import (
+    NHN_MAX_BODY,
+    SIGNATURE_HEADER,
+    HttpAdapter,
+    ReportRejected,
+    as_int,
+    check_spec,
+    check_url,
+    deadline_from_spec,
+    national,
+    parse_json,
+    post_within_deadline,
+    secret_from_env,
+    transport_failure,
+    verify_signature,
+    webhook_hooks,
+)
 from gateway.domain.models import (
     AlimtalkRequest,
     DeliveryReport,
@@ -80,8 +93,28 @@ from gateway.domain.models import (
     SendOutcome,
     SendResult,
 )
-from gateway.domain.numbers import display, mask
+from gateway.domain.numbers import mask
 from gateway.errors import CarrierError
+
+# SIGNATURE_HEADER, ReportRejected, national and verify_signature live in adapters._http
+# (shared with nhn_sms) and are re-exported here, where they have always been importable.
+__all__ = [
+    "API_CODES",
+    "DEFAULT_BASE_URL",
+    "DUPLICATE_CODE",
+    "GROUPING_KEY_MAX",
+    "IDEMPOTENCY_HEADER",
+    "KAKAO_CODES",
+    "KST",
+    "MESSAGES_PATH",
+    "SECRET_HEADER",
+    "SIGNATURE_HEADER",
+    "NhnAlimtalk",
+    "ReportRejected",
+    "national",
+    "parse_report",
+    "verify_signature",
+]
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +122,6 @@ DEFAULT_BASE_URL = "https://api-alimtalk.cloud.toast.com"
 MESSAGES_PATH = "/alimtalk/v2.3/appkeys/{appkey}/messages"
 SECRET_HEADER = "X-Secret-Key"
 IDEMPOTENCY_HEADER = "X-NC-API-IDEMPOTENCY-KEY"
-SIGNATURE_HEADER = "X-Toast-Webhook-Signature"
 GROUPING_KEY_MAX = 100  # recipientGroupingKey, documented maximum
 #: Korea has no daylight saving time: a fixed offset is exact for NHN's local timestamps.
 KST = timezone(timedelta(hours=9))
@@ -121,100 +153,12 @@ KAKAO_CODES: Mapping[int, SendResult] = {
 _FALLBACK_FIXES = frozenset({_R.NOT_KAKAO_USER, _R.BLOCKED})
 
 _SPEC_KEYS = frozenset({"kind", "base_url", "appkey_env", "secret_env", "sender_key_env", "deadline_ms"})
-_MAX_BODY = 256 * 1024
-_MIN_RETRY_S = 0.1
-_RETRY_WAIT_S = 0.02
-_KEEPALIVE_S = 15.0
-_NATIONAL_RECIPIENT = re.compile(r"0\d{8,10}")
-_NATIONAL_SENDER = re.compile(r"0\d{8,10}|1\d{7}")
-
-
-class ReportRejected(ValueError):
-    """A webhook body that must not be trusted or cannot be read; `str()` says why."""
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def national(e164: str, *, sender: bool = False) -> str | None:
-    """`+821012345678` -> `01012345678` (`+8215881234` -> `15881234` for senders); None if not KR."""
-    if not e164.startswith("+82"):
-        return None
-    digits = display(e164).replace("-", "").replace(" ", "")
-    pattern = _NATIONAL_SENDER if sender else _NATIONAL_RECIPIENT
-    return digits if pattern.fullmatch(digits) else None
-
-
-def _never_sent(exc: BaseException) -> bool:
-    # Only a refused/unreachable connection is safe to retry: nothing reached NHN.
-    return isinstance(exc, aiohttp.ClientConnectorError) and not isinstance(
-        exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientConnectorSSLError
-    )
-
-
-def _parse_json(payload: bytes) -> dict[str, Any] | None:
-    if len(payload) > _MAX_BODY:
-        return None
-    try:
-        data = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return None
-    return cast(dict[str, Any], data) if isinstance(data, dict) else None
-
-
-def _as_int(value: Any) -> int | None:
-    """A result code as int: NHN documents Integer in answers, String in webhooks."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and re.fullmatch(r"-?\d{1,9}", value.strip()):
-        return int(value)
-    return None
-
-
-def _env(where: str, spec: Mapping[str, Any], key: str, environ: Mapping[str, str]) -> str:
-    """The secret named by `spec[key]`; CarrierError names the key or the variable, never the value."""
-    var = spec.get(key)
-    if not var or not isinstance(var, str):
-        raise CarrierError(f"{where}: {key} is missing (name of the environment variable)")
-    value = environ.get(var)
-    if value is None:
-        raise CarrierError(f"{where}: environment variable {var} is not set ({key})")
-    if not value.strip():
-        raise CarrierError(f"{where}: environment variable {var} is empty ({key})")
-    return value.strip()
-
-
-def _base_url(where: str, spec: Mapping[str, Any], default: str) -> str:
-    base_url = spec.get("base_url", default)
-    if not isinstance(base_url, str) or not base_url:
-        raise CarrierError(f"{where}: base_url must be a non-empty string")
-    parts = urlsplit(base_url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise CarrierError(f"{where}: base_url must be an http(s) URL with a host, got {base_url!r}")
-    if parts.username or parts.password or parts.query or parts.fragment:
-        raise CarrierError(f"{where}: base_url must not contain credentials, a query or a fragment")
-    return base_url
-
-
-def _deadline_s(where: str, spec: Mapping[str, Any]) -> float:
-    deadline_ms = spec.get("deadline_ms", 3000)
-    if isinstance(deadline_ms, bool) or not isinstance(deadline_ms, int | float) or not 0 < deadline_ms <= 30_000:
-        raise CarrierError(f"{where}: deadline_ms must be a number in (0, 30000], got {deadline_ms!r}")
-    return float(deadline_ms) / 1000
-
-
-def _check_header_value(where: str, what: str, value: str) -> None:
-    if not value or any(c in value for c in "\r\n\x00"):
-        # Checked early so a bad value can never surface later in an aiohttp error message.
-        raise CarrierError(f"{where}: {what} is empty or contains a line break or NUL")
 
 
 # --------------------------------------------------------------------------- adapter
 
 
-class NhnAlimtalk:
+class NhnAlimtalk(HttpAdapter):
     """An `AlimtalkProvider` for NHN Cloud KakaoTalk Bizmessage (see the module docstring).
 
     One keep-alive session (created on first use unless injected; an injected session is
@@ -233,20 +177,13 @@ class NhnAlimtalk:
         deadline_s: float = 3.0,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
-        where = f"alimtalk provider {name!r}"
-        if deadline_s <= 0:
-            raise CarrierError(f"{where}: deadline must be positive, got {deadline_s}")
-        for what, value in (("appkey", appkey), ("secret key", secret_key), ("sender key", sender_key)):
-            _check_header_value(where, what, value)
-        self.name = name
-        self.base_url = base_url.rstrip("/")
-        self.deadline_s = deadline_s
+        secrets = {"appkey": appkey, "secret key": secret_key, "sender key": sender_key}
+        super().__init__(
+            f"alimtalk provider {name!r}", name, base_url, deadline_s=deadline_s, session=session, secrets=secrets
+        )
         self._appkey = appkey
         self._secret = secret_key  # private, kept out of __repr__: never logged
         self._sender_key = sender_key
-        self._session = session
-        self._owns_session = session is None
-        self._closed = False
 
     def __repr__(self) -> str:
         return f"NhnAlimtalk(name={self.name!r}, base_url={self.base_url!r}, deadline_s={self.deadline_s})"
@@ -260,17 +197,16 @@ class NhnAlimtalk:
         "sender_key_env": "NHN_ALIMTALK_SENDER_KEY", "deadline_ms": 3000}`.
         """
         where = f"alimtalk provider {name!r}"
-        unknown = sorted(set(spec) - _SPEC_KEYS)
-        if unknown:
-            raise CarrierError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}")
-        if spec.get("kind", "nhn") != "nhn":
-            raise CarrierError(f"{where}: kind must be 'nhn', got {spec.get('kind')!r}")
-        base_url = _base_url(where, spec, DEFAULT_BASE_URL)
-        deadline_s = _deadline_s(where, spec)
-        appkey = _env(where, spec, "appkey_env", environ)
-        secret = _env(where, spec, "secret_env", environ)
-        sender_key = _env(where, spec, "sender_key_env", environ)
-        return cls(name, base_url, appkey, secret, sender_key, deadline_s=deadline_s)
+        check_spec(where, spec, _SPEC_KEYS, "nhn")
+        base_url = spec.get("base_url", DEFAULT_BASE_URL)
+        if not isinstance(base_url, str) or not base_url:
+            raise CarrierError(f"{where}: base_url must be a non-empty string")
+        base_url = check_url(where, base_url)
+        deadline = deadline_from_spec(where, spec, default_ms=3000, max_ms=30_000)
+        appkey = secret_from_env(where, spec, "appkey_env", environ)
+        secret = secret_from_env(where, spec, "secret_env", environ)
+        sender_key = secret_from_env(where, spec, "sender_key_env", environ)
+        return cls(name, base_url, appkey, secret, sender_key, deadline_s=deadline)
 
     # ------------------------------------------------------------------ public API
 
@@ -288,12 +224,6 @@ class NhnAlimtalk:
             outcome.result.value, outcome.reference, outcome.detail, (time.monotonic() - started) * 1000,
         )
         return outcome
-
-    async def close(self) -> None:
-        self._closed = True
-        if self._owns_session and self._session is not None and not self._session.closed:
-            await self._session.close()
-        self._session = None
 
     def render_body(self, request: AlimtalkRequest) -> dict[str, Any]:
         """The documented JSON body for `request`; ValueError when a number is not Korean."""
@@ -334,14 +264,6 @@ class NhnAlimtalk:
     def _outcome(self, result: SendResult, reference: str = "", detail: str = "") -> SendOutcome:
         return SendOutcome(result=result, provider=self.name, reference=reference, detail=detail)
 
-    def _session_for_use(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=50, keepalive_timeout=_KEEPALIVE_S, ttl_dns_cache=300)
-            self._session = aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=self.deadline_s)
-            )
-        return self._session
-
     async def _send(self, request: AlimtalkRequest, started: float) -> SendOutcome:
         if self._closed:
             return self._outcome(_R.TEMPORARY_ERROR, detail="provider closed")
@@ -361,26 +283,22 @@ class NhnAlimtalk:
         }
         data = json.dumps(body, ensure_ascii=False).encode()
         try:
-            status, payload = await _post_with_deadline(
-                session, url, data, headers, started=started, deadline_s=self.deadline_s
+            status, payload = await post_within_deadline(
+                session, "POST", url, data, headers, started=started, deadline_s=self.deadline_s, max_body=NHN_MAX_BODY
             )
-        except TimeoutError:
-            return self._outcome(_R.TEMPORARY_ERROR, detail=f"timeout after {self.deadline_s * 1000:.0f} ms")
-        except aiohttp.ClientConnectorError as exc:
-            return self._outcome(_R.TEMPORARY_ERROR, detail=f"connect failed: {exc.os_error}")
-        except aiohttp.ClientError as exc:
-            return self._outcome(_R.TEMPORARY_ERROR, detail=f"connection error: {type(exc).__name__}")
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            return self._outcome(_R.TEMPORARY_ERROR, detail=transport_failure(exc, self.deadline_s))
         return self._interpret(status, payload, has_fallback=request.fallback is not None)
 
     def _interpret(self, status: int, payload: bytes, *, has_fallback: bool) -> SendOutcome:
-        data = _parse_json(payload)
+        data = parse_json(payload)
         http_error = _http_status_outcome(status)
         if http_error is not None:
             return self._outcome(*http_error)
         header = data.get("header") if data is not None else None
         if not isinstance(header, dict) or not isinstance(header.get("isSuccessful"), bool):
             return self._outcome(_R.TEMPORARY_ERROR, detail=f"http {status}: answer is not NHN's JSON")
-        code = _as_int(header.get("resultCode"))
+        code = as_int(header.get("resultCode"))
         message = str(header.get("resultMessage") or "")[:200]
         body = data.get("message") if data is not None else None
         request_id = body.get("requestId") if isinstance(body, dict) else None
@@ -390,9 +308,9 @@ class NhnAlimtalk:
             return self._outcome(*_api_code_outcome(code, message))
         if first is None or not isinstance(request_id, str) or not request_id:
             return self._outcome(_R.TEMPORARY_ERROR, detail=f"code {code}: answer has no sendResults/requestId")
-        seq = _as_int(first.get("recipientSeq"))
+        seq = as_int(first.get("recipientSeq"))
         reference = f"{request_id}:{seq}" if seq is not None else request_id
-        r_code = _as_int(first.get("resultCode"))
+        r_code = as_int(first.get("resultCode"))
         r_message = str(first.get("resultMessage") or "")[:200]
         result, detail = _recipient_outcome(r_code, r_message)
         if has_fallback and result in _FALLBACK_FIXES:
@@ -434,30 +352,6 @@ def _recipient_outcome(code: int | None, message: str) -> tuple[SendResult, str]
     return result, f"{note}code {code}: {message}" if message else f"{note}code {code}"
 
 
-async def _post_with_deadline(
-    session: aiohttp.ClientSession, url: str, data: bytes, headers: Mapping[str, str],
-    *, started: float, deadline_s: float,
-) -> tuple[int, bytes]:
-    """POST within what is left of the deadline; one retry only if the connection never opened."""
-    deadline = started + deadline_s
-
-    def out_of_time(state: RetryCallState) -> bool:
-        return state.attempt_number >= 2 or deadline - time.monotonic() < _MIN_RETRY_S
-
-    async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
-        async for attempt in AsyncRetrying(
-            stop=out_of_time, wait=wait_fixed(_RETRY_WAIT_S), retry=retry_if_exception(_never_sent), reraise=True
-        ):
-            with attempt:
-                remaining = max(deadline - time.monotonic(), 0.001)
-                async with session.post(
-                    url, data=data, headers=headers, allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(total=remaining),
-                ) as resp:
-                    return resp.status, await resp.content.read(_MAX_BODY + 1)
-    raise TimeoutError  # unreachable: AsyncRetrying either returns or re-raises
-
-
 # --------------------------------------------------------------------------- webhook
 
 #: Kakao delivery result codes that are not final failures.
@@ -470,18 +364,6 @@ _RESEND_STATUS: Mapping[str, ReportStatus] = {
 }
 _DATE_FORMATS = ("%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S",
                  "%Y-%m-%d %H:%M", "%Y-%m-%d")
-
-
-def verify_signature(headers: Mapping[str, str], expected_signature: str) -> None:
-    """Raise ReportRejected unless the webhook carries the configured signature string."""
-    if not expected_signature:
-        # Fail closed: without a configured signature anybody could forge delivery reports.
-        raise ReportRejected("no webhook signature is configured")
-    received = next((v for k, v in headers.items() if k.lower() == SIGNATURE_HEADER.lower()), None)
-    if received is None:
-        raise ReportRejected(f"missing {SIGNATURE_HEADER} header")
-    if not hmac.compare_digest(received.encode(), expected_signature.encode()):
-        raise ReportRejected(f"wrong {SIGNATURE_HEADER}")
 
 
 def _timestamp(hook: Mapping[str, Any]) -> float:
@@ -506,7 +388,7 @@ def _report(provider: str, index: int, hook: Any) -> DeliveryReport | None:
     if isinstance(kind, str) and not kind.startswith("ALIMTALK"):
         return None  # FriendTalk / brand messages of the same account are not ours
     request_id = hook.get("requestId")
-    seq = _as_int(hook.get("recipientSeq"))
+    seq = as_int(hook.get("recipientSeq"))
     code = hook.get("resultCode")
     if not isinstance(request_id, str) or not request_id or seq is None:
         raise ReportRejected(f"hooks[{index}] lacks requestId or recipientSeq")
@@ -547,14 +429,7 @@ def parse_report(
     other Kakao message types give no report. Reports come back in body order: putting
     them in delivery order is the caller's job. Raises ReportRejected (a ValueError).
     """
-    verify_signature(headers, expected_signature)
-    data = _parse_json(body)
-    if data is None:
-        raise ReportRejected("body is not a JSON object")
-    hooks = data.get("hooks")
-    event = data.get("event")
-    if not isinstance(event, str) or not isinstance(hooks, list):
-        raise ReportRejected("body lacks event or hooks[]")
+    event, hooks = webhook_hooks(headers, body, expected_signature)
     if event != "MESSAGE_RESULT_UPDATE":
         return []
     reports = [_report(provider, i, hook) for i, hook in enumerate(hooks)]

@@ -37,23 +37,53 @@ Assumptions and choices:
 
 from __future__ import annotations
 
-import asyncio
-import hmac
 import json
 import logging
 import re
 import time
 from collections.abc import Mapping
-from typing import Any, cast
-from urllib.parse import quote, urlsplit
+from typing import Any
+from urllib.parse import quote
 
 import aiohttp
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_fixed
 
+from adapters._http import (
+    NHN_MAX_BODY,
+    SIGNATURE_HEADER,
+    HttpAdapter,
+    ReportRejected,
+    as_int,
+    check_spec,
+    check_url,
+    deadline_from_spec,
+    national,
+    parse_json,
+    post_within_deadline,
+    secret_from_env,
+    transport_failure,
+    webhook_hooks,
+)
 from gateway.domain.models import SendOutcome, SendResult, SmsRequest
-from gateway.domain.numbers import display, mask
+from gateway.domain.numbers import mask
 from gateway.domain.smstext import encoded_length
-from gateway.errors import CarrierError
+
+# SIGNATURE_HEADER, ReportRejected and national live in adapters._http (shared with
+# nhn_alimtalk) and are re-exported here, where they have always been importable.
+__all__ = [
+    "API_CODES",
+    "DEFAULT_BASE_URL",
+    "GROUPING_KEY_MAX",
+    "LMS_PATH",
+    "SECRET_HEADER",
+    "SIGNATURE_HEADER",
+    "SMS_PATH",
+    "TITLE_MAX_BYTES",
+    "NhnSms",
+    "ReportRejected",
+    "lms_title",
+    "national",
+    "parse_unsubscribe",
+]
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +91,6 @@ DEFAULT_BASE_URL = "https://api-sms.cloud.toast.com"
 SMS_PATH = "/sms/v3.0/appKeys/{appkey}/sender/sms"
 LMS_PATH = "/sms/v3.0/appKeys/{appkey}/sender/mms"
 SECRET_HEADER = "X-Secret-Key"
-SIGNATURE_HEADER = "X-Toast-Webhook-Signature"
 GROUPING_KEY_MAX = 100
 TITLE_MAX_BYTES = 40
 
@@ -81,24 +110,6 @@ API_CODES: Mapping[int, tuple[SendResult, str]] = {
 }
 
 _SPEC_KEYS = frozenset({"kind", "base_url", "appkey_env", "secret_env", "deadline_ms"})
-_MAX_BODY = 256 * 1024
-_MIN_RETRY_S = 0.1
-_RETRY_WAIT_S = 0.02
-_KEEPALIVE_S = 15.0
-_NATIONAL_RECIPIENT = re.compile(r"0\d{8,10}")
-_NATIONAL_SENDER = re.compile(r"0\d{8,10}|1\d{7}")
-
-
-class ReportRejected(ValueError):
-    """A webhook body that must not be trusted or cannot be read; `str()` says why."""
-
-
-def national(e164: str, *, sender: bool = False) -> str | None:
-    """`+821012345678` -> `01012345678` (`+8215881234` -> `15881234` for senders); None if not KR."""
-    if not e164.startswith("+82"):
-        return None
-    digits = display(e164).replace("-", "").replace(" ", "")
-    return digits if (_NATIONAL_SENDER if sender else _NATIONAL_RECIPIENT).fullmatch(digits) else None
 
 
 def lms_title(text: str) -> str:
@@ -109,45 +120,7 @@ def lms_title(text: str) -> str:
     return line.rstrip()
 
 
-def _never_sent(exc: BaseException) -> bool:
-    return isinstance(exc, aiohttp.ClientConnectorError) and not isinstance(
-        exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientConnectorSSLError
-    )
-
-
-def _parse_json(payload: bytes) -> dict[str, Any] | None:
-    if len(payload) > _MAX_BODY:
-        return None
-    try:
-        data = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return None
-    return cast(dict[str, Any], data) if isinstance(data, dict) else None
-
-
-def _as_int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and re.fullmatch(r"-?\d{1,9}", value.strip()):
-        return int(value)
-    return None
-
-
-def _env(where: str, spec: Mapping[str, Any], key: str, environ: Mapping[str, str]) -> str:
-    var = spec.get(key)
-    if not var or not isinstance(var, str):
-        raise CarrierError(f"{where}: {key} is missing (name of the environment variable)")
-    value = environ.get(var)
-    if value is None:
-        raise CarrierError(f"{where}: environment variable {var} is not set ({key})")
-    if not value.strip():
-        raise CarrierError(f"{where}: environment variable {var} is empty ({key})")
-    return value.strip()
-
-
-class NhnSms:
+class NhnSms(HttpAdapter):
     """An `SmsProvider` for NHN Cloud SMS v3.0 (see the module docstring).
 
     Same behaviour as every adapter: one keep-alive session, a hard deadline, a single
@@ -165,20 +138,12 @@ class NhnSms:
         deadline_s: float = 3.0,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
-        where = f"sms provider {name!r}"
-        if deadline_s <= 0:
-            raise CarrierError(f"{where}: deadline must be positive, got {deadline_s}")
-        for what, value in (("appkey", appkey), ("secret key", secret_key)):
-            if not value or any(c in value for c in "\r\n\x00"):
-                raise CarrierError(f"{where}: {what} is empty or contains a line break or NUL")
-        self.name = name
-        self.base_url = base_url.rstrip("/")
-        self.deadline_s = deadline_s
+        secrets = {"appkey": appkey, "secret key": secret_key}
+        super().__init__(
+            f"sms provider {name!r}", name, base_url, deadline_s=deadline_s, session=session, secrets=secrets
+        )
         self._appkey = appkey
         self._secret = secret_key  # private, kept out of __repr__
-        self._session = session
-        self._owns_session = session is None
-        self._closed = False
 
     def __repr__(self) -> str:
         return f"NhnSms(name={self.name!r}, base_url={self.base_url!r}, deadline_s={self.deadline_s})"
@@ -191,23 +156,12 @@ class NhnSms:
         "appkey_env": "NHN_SMS_APPKEY", "secret_env": "NHN_SMS_SECRET", "deadline_ms": 3000}`.
         """
         where = f"sms provider {name!r}"
-        unknown = sorted(set(spec) - _SPEC_KEYS)
-        if unknown:
-            raise CarrierError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}")
-        if spec.get("kind", "nhn") != "nhn":
-            raise CarrierError(f"{where}: kind must be 'nhn', got {spec.get('kind')!r}")
-        base_url = spec.get("base_url", DEFAULT_BASE_URL)
-        parts = urlsplit(base_url) if isinstance(base_url, str) else None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            raise CarrierError(f"{where}: base_url must be an http(s) URL with a host, got {base_url!r}")
-        if parts.username or parts.password or parts.query or parts.fragment:
-            raise CarrierError(f"{where}: base_url must not contain credentials, a query or a fragment")
-        deadline_ms = spec.get("deadline_ms", 3000)
-        if isinstance(deadline_ms, bool) or not isinstance(deadline_ms, int | float) or not 0 < deadline_ms <= 30_000:
-            raise CarrierError(f"{where}: deadline_ms must be a number in (0, 30000], got {deadline_ms!r}")
-        appkey = _env(where, spec, "appkey_env", environ)
-        secret = _env(where, spec, "secret_env", environ)
-        return cls(name, str(base_url), appkey, secret, deadline_s=float(deadline_ms) / 1000)
+        check_spec(where, spec, _SPEC_KEYS, "nhn")
+        base_url = check_url(where, spec.get("base_url", DEFAULT_BASE_URL))
+        deadline = deadline_from_spec(where, spec, default_ms=3000, max_ms=30_000)
+        appkey = secret_from_env(where, spec, "appkey_env", environ)
+        secret = secret_from_env(where, spec, "secret_env", environ)
+        return cls(name, base_url, appkey, secret, deadline_s=deadline)
 
     # ------------------------------------------------------------------ public API
 
@@ -225,12 +179,6 @@ class NhnSms:
             outcome.reference, outcome.detail, (time.monotonic() - started) * 1000,
         )
         return outcome
-
-    async def close(self) -> None:
-        self._closed = True
-        if self._owns_session and self._session is not None and not self._session.closed:
-            await self._session.close()
-        self._session = None
 
     def render(self, request: SmsRequest) -> tuple[str, dict[str, Any]]:
         """(path, documented JSON body) for `request`; ValueError for a bad kind or number."""
@@ -259,14 +207,6 @@ class NhnSms:
     def _outcome(self, result: SendResult, reference: str = "", detail: str = "") -> SendOutcome:
         return SendOutcome(result=result, provider=self.name, reference=reference, detail=detail)
 
-    def _session_for_use(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=50, keepalive_timeout=_KEEPALIVE_S, ttl_dns_cache=300)
-            self._session = aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=self.deadline_s)
-            )
-        return self._session
-
     async def _send(self, request: SmsRequest, started: float) -> SendOutcome:
         if self._closed:
             return self._outcome(_R.TEMPORARY_ERROR, detail="provider closed")
@@ -283,30 +223,13 @@ class NhnSms:
             "Accept": "application/json",
         }
         data = json.dumps(body, ensure_ascii=False).encode()
-        deadline = started + self.deadline_s
-
-        def out_of_time(state: RetryCallState) -> bool:
-            return state.attempt_number >= 2 or deadline - time.monotonic() < _MIN_RETRY_S
-
         try:
-            async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
-                async for attempt in AsyncRetrying(
-                    stop=out_of_time, wait=wait_fixed(_RETRY_WAIT_S), retry=retry_if_exception(_never_sent),
-                    reraise=True,
-                ):
-                    with attempt:
-                        remaining = max(deadline - time.monotonic(), 0.001)
-                        async with session.post(
-                            self.base_url + path, data=data, headers=headers, allow_redirects=False,
-                            timeout=aiohttp.ClientTimeout(total=remaining),
-                        ) as resp:
-                            status, payload = resp.status, await resp.content.read(_MAX_BODY + 1)
-        except TimeoutError:
-            return self._outcome(_R.TEMPORARY_ERROR, detail=f"timeout after {self.deadline_s * 1000:.0f} ms")
-        except aiohttp.ClientConnectorError as exc:
-            return self._outcome(_R.TEMPORARY_ERROR, detail=f"connect failed: {exc.os_error}")
-        except aiohttp.ClientError as exc:
-            return self._outcome(_R.TEMPORARY_ERROR, detail=f"connection error: {type(exc).__name__}")
+            status, payload = await post_within_deadline(
+                session, "POST", self.base_url + path, data, headers,
+                started=started, deadline_s=self.deadline_s, max_body=NHN_MAX_BODY,
+            )
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            return self._outcome(_R.TEMPORARY_ERROR, detail=transport_failure(exc, self.deadline_s))
         return self._interpret(status, payload, send_no=str(body["sendNo"]))
 
     def _interpret(self, status: int, payload: bytes, *, send_no: str) -> SendOutcome:
@@ -316,7 +239,7 @@ class NhnSms:
             return self._outcome(_R.TEMPORARY_ERROR, detail=f"http {status}")
         if status >= 400 or not 200 <= status < 300:
             return self._outcome(_R.REJECTED, detail=f"http {status}")
-        data = _parse_json(payload)
+        data = parse_json(payload)
         header = data.get("header") if data is not None else None
         if not isinstance(header, dict) or not isinstance(header.get("isSuccessful"), bool):
             return self._outcome(_R.TEMPORARY_ERROR, detail=f"http {status}: answer is not NHN's JSON")
@@ -326,13 +249,13 @@ class NhnSms:
         results = inner.get("sendResultList") if isinstance(inner, dict) else None
         first = results[0] if isinstance(results, list) and results and isinstance(results[0], dict) else None
         if not header["isSuccessful"] or first is None:
-            code = _as_int(header.get("resultCode"))
+            code = as_int(header.get("resultCode"))
             if header["isSuccessful"]:
                 return self._outcome(_R.TEMPORARY_ERROR, detail=f"code {code}: answer has no sendResultList")
             return self._outcome(*self._code_outcome(code, header.get("resultMessage"), send_no))
-        seq = _as_int(first.get("recipientSeq"))
+        seq = as_int(first.get("recipientSeq"))
         reference = f"{request_id}:{seq}" if isinstance(request_id, str) and seq is not None else ""
-        result, _, detail = self._code_outcome(_as_int(first.get("resultCode")), first.get("resultMessage"), send_no)
+        result, _, detail = self._code_outcome(as_int(first.get("resultCode")), first.get("resultMessage"), send_no)
         if result is _R.ACCEPTED and not reference:
             return self._outcome(_R.TEMPORARY_ERROR, detail="accepted without requestId/recipientSeq")
         return self._outcome(result, reference, detail)
@@ -369,19 +292,7 @@ def parse_unsubscribe(headers: Mapping[str, str], body: bytes, expected_signatur
     UNSUBSCRIBE give []. A hook whose number cannot be read rejects the whole body rather
     than drop an opt-out silently. Raises ReportRejected (a ValueError).
     """
-    if not expected_signature:
-        raise ReportRejected("no webhook signature is configured")
-    received = next((v for k, v in headers.items() if k.lower() == SIGNATURE_HEADER.lower()), None)
-    if received is None:
-        raise ReportRejected(f"missing {SIGNATURE_HEADER} header")
-    if not hmac.compare_digest(received.encode(), expected_signature.encode()):
-        raise ReportRejected(f"wrong {SIGNATURE_HEADER}")
-    data = _parse_json(body)
-    if data is None:
-        raise ReportRejected("body is not a JSON object")
-    event, hooks = data.get("event"), data.get("hooks")
-    if not isinstance(event, str) or not isinstance(hooks, list):
-        raise ReportRejected("body lacks event or hooks[]")
+    event, hooks = webhook_hooks(headers, body, expected_signature)
     if event != "UNSUBSCRIBE":
         return []
     numbers: list[str] = []

@@ -20,13 +20,14 @@ import asyncio
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, Self, TypeVar
 
 from gateway.domain.models import AlimtalkRequest, SendOutcome, SendResult, SmsRequest
 from gateway.errors import CarrierError
 
 _SPEC_KEYS = frozenset({"kind", "outcomes", "default", "delay_ms", "honour_keys"})
 _FALLBACK_FIXES = frozenset({SendResult.NOT_KAKAO_USER, SendResult.BLOCKED})
+RequestT = TypeVar("RequestT", AlimtalkRequest, SmsRequest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,18 +47,18 @@ def _result(value: object, where: str) -> SendResult:
     raise CarrierError(f"{where}: unknown send result {value!r} (expected one of {accepted})")
 
 
-class _Twin:
+class _Twin(Generic[RequestT]):
     """What both twins share: the outcome table, the key memory and the records."""
 
     prefix = "sbx"
 
     def __init__(
         self,
-        name: str,
-        outcomes: Mapping[str, SendResult | str] | None,
-        default: SendResult | str,
-        delay_s: float,
-        honour_keys: bool,
+        name: str = "sandbox",
+        outcomes: Mapping[str, SendResult | str] | None = None,
+        default: SendResult | str = SendResult.ACCEPTED,
+        delay_s: float = 0.0,
+        honour_keys: bool = True,
     ) -> None:
         where = f"sandbox provider {name!r}"
         if delay_s < 0:
@@ -68,9 +69,16 @@ class _Twin:
         self.delay_s = delay_s
         self.honour_keys = honour_keys
         self.deliveries: list[Delivery] = []
+        self.requests: list[RequestT] = []
         self.closed = False
         self._answers: dict[str, SendOutcome] = {}
         self._counter = itertools.count(1)
+
+    @classmethod
+    def from_spec(cls, name: str, spec: Mapping[str, Any]) -> Self:
+        """`{"kind": "sandbox", "outcomes": {"+821011112222": "not_kakao_user"}, "default": "accepted",
+        "delay_ms": 0, "honour_keys": true}`; every key is optional."""
+        return cls(name, **cls._kwargs(name, spec))
 
     @classmethod
     def _kwargs(cls, name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -121,27 +129,10 @@ class _Twin:
         self.closed = True
 
 
-class SandboxAlimtalk(_Twin):
+class SandboxAlimtalk(_Twin[AlimtalkRequest]):
     """An `AlimtalkProvider` answering from a per-number table (see the module docstring)."""
 
     prefix = "sbx-at"
-
-    def __init__(
-        self,
-        name: str = "sandbox",
-        outcomes: Mapping[str, SendResult | str] | None = None,
-        default: SendResult | str = SendResult.ACCEPTED,
-        delay_s: float = 0.0,
-        honour_keys: bool = True,
-    ) -> None:
-        super().__init__(name, outcomes, default, delay_s, honour_keys)
-        self.requests: list[AlimtalkRequest] = []
-
-    @classmethod
-    def from_spec(cls, name: str, spec: Mapping[str, Any]) -> SandboxAlimtalk:
-        """`{"kind": "sandbox", "outcomes": {"+821011112222": "not_kakao_user"}, "default": "accepted",
-        "delay_ms": 0}`; every key is optional."""
-        return cls(name, **cls._kwargs(name, spec))
 
     async def send_alimtalk(self, request: AlimtalkRequest) -> SendOutcome:
         self.requests.append(request)
@@ -149,27 +140,10 @@ class SandboxAlimtalk(_Twin):
         return await self._answer(request.idempotency_key, request.to, "alimtalk", fallback)
 
 
-class SandboxSms(_Twin):
+class SandboxSms(_Twin[SmsRequest]):
     """An `SmsProvider` answering from a per-number table (see the module docstring)."""
 
     prefix = "sbx-sms"
-
-    def __init__(
-        self,
-        name: str = "sandbox",
-        outcomes: Mapping[str, SendResult | str] | None = None,
-        default: SendResult | str = SendResult.ACCEPTED,
-        delay_s: float = 0.0,
-        honour_keys: bool = True,
-    ) -> None:
-        super().__init__(name, outcomes, default, delay_s, honour_keys)
-        self.requests: list[SmsRequest] = []
-
-    @classmethod
-    def from_spec(cls, name: str, spec: Mapping[str, Any]) -> SandboxSms:
-        """`{"kind": "sandbox", "outcomes": {...}, "default": "accepted", "delay_ms": 0,
-        "honour_keys": true}`; every key is optional."""
-        return cls(name, **cls._kwargs(name, spec))
 
     async def send_sms(self, request: SmsRequest) -> SendOutcome:
         self.requests.append(request)
