@@ -74,6 +74,9 @@ class ConsoleSink:
             opt = f" ({r['optout']})" if r.get("optout") else ""
             return (f"[inbound]   {r['provider']} {r['message_id']} -> queue {r['queue']} by rule "
                     f"{r.get('rule') or '-'}: {r['status']}{opt}")
+        if kind == "notified":
+            who = f" {r['officer']}" if r.get("officer") else ""
+            return f"[notified]  thread {r['thread']} queue {r['queue']} -> {r['sink']}{who}: {r['result']}"
         if kind == "reply":
             return f"[reply]     thread {r['thread']} by {r['staff']}: {r['result']}"
         if kind == "skipped":
