@@ -120,7 +120,7 @@ def sms(message_id: str, text: str, at: float, *, to: str = "031-900-2000", send
 async def test_routes_by_the_yaml_rules(site: Site) -> None:
     async with ClientSession() as session:
         status, body = await site.post(session, sms("m1", "가로등 고장입니다", seoul("2026-11-24T10:00:00")))
-        assert status == 200 and body["status"] == "accepted" and body["queue"] == "dept:transport"
+        assert status == 200 and body["status"] == "accepted" and body["queue"] == "complaint"
         status, body = await site.post(session, sms("m2", "가로등 고장입니다", seoul("2026-09-25T23:00:00"),
                                                     sender="010-2222-3333"))
         assert body["queue"] == "duty"  # 추석

@@ -58,9 +58,9 @@ def sms(at: str, text: str, to: str = CIVIL, sender: str = CITIZEN) -> InboundSm
 # (case, local time, text, city number, rule, queue, priority, day type, holiday name)
 Case = tuple[str, str, str, str, str, str, str, str, str | None]
 CASES: list[Case] = [
-    ("weekday streetlight", "2026-03-10T10:00", "가로등 고장", CIVIL, "streetlight-road", "dept:transport",
+    ("weekday streetlight", "2026-03-10T10:00", "가로등 고장", CIVIL, "streetlight-road", "complaint",
      "normal", "weekday", None),
-    ("particle attached", "2026-03-10T10:00", "집 앞 가로등이 꺼졌어요", CIVIL, "streetlight-road", "dept:transport",
+    ("particle attached", "2026-03-10T10:00", "집 앞 가로등이 꺼졌어요", CIVIL, "streetlight-road", "complaint",
      "normal", "weekday", None),
     ("weekday general", "2026-03-10T10:00", "민원 문의드립니다", CIVIL, "default-complaint", "complaint",
      "normal", "weekday", None),
@@ -68,7 +68,7 @@ CASES: list[Case] = [
      "normal", "weekday", None),
     ("car plate", "2026-03-10T11:00", "12가3456 차량이 입구를 막고 있어요", CIVIL, "illegal-parking", "dept:transport",
      "normal", "weekday", None),
-    ("office starts 09:00", "2026-03-10T09:00", "가로등 고장", CIVIL, "streetlight-road", "dept:transport",
+    ("office starts 09:00", "2026-03-10T09:00", "가로등 고장", CIVIL, "streetlight-road", "complaint",
      "normal", "weekday", None),
     ("before 09:00", "2026-03-10T08:59", "가로등 고장", CIVIL, "night-duty", "duty", "normal", "weekday", None),
     ("office ends 18:00", "2026-03-10T18:00", "가로등 고장", CIVIL, "night-duty", "duty", "normal", "weekday", None),
@@ -127,8 +127,8 @@ def test_auto_replies_are_rendered(sample: RoutingRules) -> None:
     holiday = route(sms("2026-09-25T10:00", "민원"), sample)
     assert holiday.auto_reply == "[한빛시청] 공휴일에 보내신 문자가 당직실에 접수되었습니다."
     office = route(sms("2026-03-10T10:00", "가로등 고장"), sample)
-    assert (office.auto_reply, office.queue_name) == ("[한빛시청] 교통행정과에 접수되었습니다.", "교통행정과")
-    assert office.tags == ("road",)
+    assert (office.auto_reply, office.queue_name) == ("[한빛시청] 민원처리팀에 접수되었습니다.", "민원처리팀")
+    assert office.tags == ("road", "transport")
 
 
 def test_explain_lists_why_each_earlier_rule_did_not_match(sample: RoutingRules) -> None:
@@ -189,7 +189,7 @@ def _sample_with(tmp_path: Path, old: str, new: str) -> Path:
 def test_declared_workday_routes_like_an_office_day(tmp_path: Path) -> None:
     rules = load_routing(_sample_with(tmp_path, "workdays: []", 'workdays: ["2026-09-25", "2026-03-07"]'))
     chuseok = route(sms("2026-09-25T10:00", "가로등 고장"), rules)
-    assert (chuseok.queue, chuseok.day_type, chuseok.holiday_name) == ("dept:transport", "weekday", None)
+    assert (chuseok.rule, chuseok.day_type, chuseok.holiday_name) == ("streetlight-road", "weekday", None)
     saturday = route(sms("2026-03-07T14:00", "민원 문의"), rules)
     assert (saturday.queue, saturday.day_type) == ("complaint", "weekday")
     assert route(sms("2026-09-25T19:00", "가로등 고장"), rules).queue == "duty"  # still after hours
