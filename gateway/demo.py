@@ -15,7 +15,7 @@ import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from gateway.amiserver import TRANSCRIPTS_DIR, AmiServer, Transcript
 from gateway.app import Gateway, Overrides, build_worker
@@ -67,6 +67,11 @@ async def run_demo(config: GatewayConfig, *, out: TextIO = sys.stdout, duration_
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    worker: Any = None
+    gateway: Gateway | None = None
+    http: HttpServer | None = None
+    # Everything started is stopped in reverse order, whatever fails on the way (a broken pipe
+    # on stdout included): dramatiq's worker threads would otherwise keep the process alive.
     try:
         host, port = await server.start()
         print(f"demo: built-in AMI server replaying {len(server.plans)} recorded sessions on {host}:{port}",
@@ -82,13 +87,13 @@ async def run_demo(config: GatewayConfig, *, out: TextIO = sys.stdout, duration_
             carriers=sandbox_carriers(config, DEMO_OUTCOMES),
             ami={"backoff_initial_s": 0.2, "backoff_max_s": 2.0, "auth_backoff_initial_s": 1.0,
                  "auth_backoff_max_s": 5.0}))
-        http = HttpServer(make_app(gateway.health, gateway.reports, gateway.http_routes), config.http_host,
-                          config.http_port if http_port is None else http_port)
+        app = make_app(gateway.health, gateway.reports, gateway.http_routes)
+        http = HttpServer(app, config.http_host, config.http_port if http_port is None else http_port)
         try:
             h_host, h_port = await http.start()
         except OSError as exc:  # the configured port is taken: any free port will do for a demo
             print(f"demo: port {http.port} unavailable ({exc.strerror}); using a free one", file=out)
-            http = HttpServer(make_app(gateway.health, gateway.reports, gateway.http_routes), config.http_host, 0)
+            http = HttpServer(app, config.http_host, 0)
             h_host, h_port = await http.start()
         print(f"demo: health at http://{h_host}:{h_port}/healthz and /health  (Ctrl-C to stop)", file=out)
         smtp = await gateway.start_smtp(port=0)
@@ -97,17 +102,18 @@ async def run_demo(config: GatewayConfig, *, out: TextIO = sys.stdout, duration_
                   f"POST http://{h_host}:{h_port}/webhooks/sms/<provider>", file=out)
         await gateway.start()
         await _sample_citizen_sms(gateway, f"http://{h_host}:{h_port}", out)
-        try:
-            if duration_s is None:
-                await stop.wait()
-            else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), duration_s)
-        finally:
-            await http.stop()
-            await gateway.stop()
-            await asyncio.to_thread(worker.stop)
+        if duration_s is None:
+            await stop.wait()
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), duration_s)
     finally:
+        if http is not None:
+            await http.stop()
+        if gateway is not None:
+            await gateway.stop()
+        if worker is not None:
+            await asyncio.to_thread(worker.stop)
         await server.stop()
         if redis_proc is not None:
             redis_proc.cleanup()
