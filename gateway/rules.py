@@ -80,6 +80,21 @@ def _problem(label: str, line: int, path: Sequence[str | int], message: str) -> 
     return f"{label}:{line}: {where}: {message}" if where else f"{label}:{line}: {message}"
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader whose impossible dates (`2026-02-30`) are errors with a line, not a crash."""
+
+
+def _timestamp(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    try:
+        return yaml.SafeLoader.construct_yaml_timestamp(loader, node)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise yaml.constructor.ConstructorError(None, None, f"{node.value!r} is not a valid date ({exc})",
+                                                node.start_mark) from None
+
+
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp)
+
+
 def parse_yaml(source: bytes | str, label: str) -> tuple[Any, Lines]:
     """Parse one YAML document (SafeLoader) and map every key / sequence item path to its line.
 
@@ -96,14 +111,14 @@ def parse_yaml(source: bytes | str, label: str) -> tuple[Any, Lines]:
     else:
         text = source
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_Loader)
         walker = _Walker(label)
         if node is not None:
             walker.walk(node, ())
         if walker.duplicates:
             raise RulesError(walker.duplicates)
         lines = walker.lines
-        data = None if node is None else yaml.SafeLoader("").construct_document(node)
+        data = None if node is None else _Loader("").construct_document(node)
     except yaml.MarkedYAMLError as exc:
         raise RulesError([_syntax_problem(exc, label)]) from None
     except yaml.YAMLError as exc:

@@ -76,3 +76,12 @@ def test_rules_change_on_disk_is_noticed(tmp_path: Path) -> None:
     assert "25:00" in holder.last_error and holder.routing is not None
     shutil.copy(RULES / "routing.yaml", routing)
     assert holder.reload_if_changed() is True and holder.last_error == ""
+
+
+def test_impossible_date_is_a_located_problem(tmp_path: Path) -> None:
+    from gateway.errors import RulesError
+    from gateway.rules import parse_yaml
+
+    with pytest.raises(RulesError) as exc:
+        parse_yaml("a: 1\nb: 2026-02-30\n", "rules/x.yaml")
+    assert exc.value.problems[0].startswith("rules/x.yaml:2:") and "2026-02-30" in exc.value.problems[0]
