@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from adapters.carrier_http import HttpCarrier
 from adapters.nhn_alimtalk import NhnAlimtalk
@@ -45,15 +45,36 @@ from gateway.webhooks import InboundProvider, add_routes
 from gateway.worker import WorkerRuntime, declare_actors
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def _build(what: str, name: str, spec: Mapping[str, Any], builders: Mapping[str, Callable[[], T]]) -> T:
+    kind = str(spec.get("kind"))
+    builder = builders.get(kind)
+    if builder is None:
+        raise ConfigError(f"{what} {name!r}: unknown kind {kind!r} ({', '.join(builders)})")
+    return builder()
 
 
 def build_carrier(name: str, spec: Mapping[str, Any], environ: Mapping[str, str]) -> LetteringCarrier:
-    kind = spec.get("kind")
-    if kind == "sandbox":
-        return SandboxCarrier.from_spec(name, spec)
-    if kind == "http":
-        return HttpCarrier.from_spec(name, spec, environ)
-    raise ConfigError(f"carrier {name!r}: unknown kind {kind!r} (sandbox, http)")
+    builders: dict[str, Callable[[], LetteringCarrier]] = {
+        "sandbox": lambda: SandboxCarrier.from_spec(name, spec),
+        "http": lambda: HttpCarrier.from_spec(name, spec, environ)}
+    return _build("carrier", name, spec, builders)
+
+
+def build_alimtalk(name: str, spec: Mapping[str, Any], environ: Mapping[str, str]) -> AlimtalkProvider:
+    builders: dict[str, Callable[[], AlimtalkProvider]] = {
+        "sandbox": lambda: SandboxAlimtalk.from_spec(name, spec),
+        "nhn": lambda: NhnAlimtalk.from_spec(name, spec, environ)}
+    return _build("alimtalk provider", name, spec, builders)
+
+
+def build_sms(name: str, spec: Mapping[str, Any], environ: Mapping[str, str]) -> SmsProvider:
+    builders: dict[str, Callable[[], SmsProvider]] = {
+        "sandbox": lambda: SandboxSms.from_spec(name, spec),
+        "nhn": lambda: NhnSms.from_spec(name, spec, environ)}
+    return _build("sms provider", name, spec, builders)
 
 
 def _secret(environ: Mapping[str, str], variable: str, where: str) -> str:
@@ -67,24 +88,6 @@ def _unsubscribe_parser(secret: str) -> Callable[[Mapping[str, str], bytes], lis
     def parse(headers: Mapping[str, str], body: bytes) -> list[str]:
         return parse_unsubscribe(headers, body, secret)
     return parse
-
-
-def build_alimtalk(name: str, spec: Mapping[str, Any], environ: Mapping[str, str]) -> AlimtalkProvider:
-    kind = spec.get("kind")
-    if kind == "sandbox":
-        return SandboxAlimtalk.from_spec(name, spec)
-    if kind == "nhn":
-        return NhnAlimtalk.from_spec(name, spec, environ)
-    raise ConfigError(f"alimtalk provider {name!r}: unknown kind {kind!r} (sandbox, nhn)")
-
-
-def build_sms(name: str, spec: Mapping[str, Any], environ: Mapping[str, str]) -> SmsProvider:
-    kind = spec.get("kind")
-    if kind == "sandbox":
-        return SandboxSms.from_spec(name, spec)
-    if kind == "nhn":
-        return NhnSms.from_spec(name, spec, environ)
-    raise ConfigError(f"sms provider {name!r}: unknown kind {kind!r} (sandbox, nhn)")
 
 
 class RulesHolder:

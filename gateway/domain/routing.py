@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import bisect
 import re
-import string
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from zoneinfo import ZoneInfo
 import holidays
 
 from gateway.domain.numbers import display, mask
+from gateway.domain.rules import template_problems
 
 MINUTES_PER_DAY = 24 * 60
 SECONDS_PER_DAY = 86400.0
@@ -305,36 +305,9 @@ class _Blank(dict[str, str]):
 
 
 def reply_template_problems(template: str) -> list[str]:
-    """Human messages for everything wrong with an auto-reply template ([] when it is fine).
-
-    Only plain named fields of `REPLY_VARIABLES` are allowed: attribute or index access and
-    positional fields are refused, because the template comes from a file and is rendered with
-    `str.format_map`.
-    """
-    problems: list[str] = []
-    try:
-        fields = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        return [f"bad template syntax: {exc} (write {{{{ and }}}} for literal braces)"]
-    known = ", ".join(sorted(REPLY_VARIABLES))
-    for _literal, name_field, spec, _conversion in fields:
-        if name_field is None:
-            continue
-        name = name_field.split(".", 1)[0].split("[", 1)[0]
-        if name_field == "" or name_field.isdigit():
-            problems.append(f"positional field {{{name_field}}} is not allowed; use a variable name")
-        elif name not in REPLY_VARIABLES:
-            problems.append(f"unknown template variable {{{name}}} (known: {known})")
-        elif name_field != name:
-            problems.append(f"{{{name_field}}}: only plain variables are allowed, like {{{name}}}")
-        elif spec and "{" in spec:
-            problems.append(f"{{{name_field}:{spec}}}: nested fields in a format spec are not allowed")
-    if not problems:
-        try:
-            template.format_map({name: "x" for name in REPLY_VARIABLES})
-        except (ValueError, TypeError) as exc:
-            problems.append(f"bad template format: {exc}")
-    return problems
+    """Human messages for everything wrong with an auto-reply template ([] when it is fine):
+    the same checks as lettering texts, over `REPLY_VARIABLES`."""
+    return template_problems(template, REPLY_VARIABLES)
 
 
 # --------------------------------------------------------------------------------------------

@@ -73,10 +73,11 @@ class LetteringRules:
         return text[: self.max_text_chars].rstrip()
 
 
-def template_problems(template: str) -> list[str]:
-    """Human messages for everything wrong with a lettering template ([] when it is fine).
+def template_problems(template: str, variables: frozenset[str] = TEMPLATE_VARIABLES) -> list[str]:
+    """Human messages for everything wrong with a text template ([] when it is fine).
 
-    Only plain named fields of `TEMPLATE_VARIABLES` are allowed: attribute or index access
+    Lettering texts use `TEMPLATE_VARIABLES`; other templates (SMS auto-replies) pass their own.
+    Only plain named fields of `variables` are allowed: attribute or index access
     (``{guide.__class__}``) and positional fields (``{}``, ``{0}``) are refused, because the
     template comes from a file and is rendered with `str.format_map`.
     """
@@ -91,8 +92,8 @@ def template_problems(template: str) -> list[str]:
         name = field.split(".", 1)[0].split("[", 1)[0]
         if field == "" or field.isdigit():
             problems.append(f"positional field {{{field}}} is not allowed; use a variable name")
-        elif name not in TEMPLATE_VARIABLES:
-            known = ", ".join(sorted(TEMPLATE_VARIABLES))
+        elif name not in variables:
+            known = ", ".join(sorted(variables))
             problems.append(f"unknown template variable {{{name}}} (known: {known})")
         elif field != name:
             problems.append(f"{{{field}}}: only plain variables are allowed, like {{{name}}}")
@@ -101,7 +102,7 @@ def template_problems(template: str) -> list[str]:
     if not problems:
         # Format specs are only checked when applied ("{guide:d}" fails on a string).
         try:
-            template.format_map({name: "x" for name in TEMPLATE_VARIABLES})
+            template.format_map({name: "x" for name in variables})
         except (ValueError, TypeError) as exc:
             problems.append(f"bad template format: {exc}")
     return problems
