@@ -30,6 +30,7 @@ from gateway.errors import ConfigError, RulesError, StoreUnavailable
 from gateway.intake import Intake
 from gateway.jobs import Enqueuer, dead_letter_counts, make_broker
 from gateway.messaging_rules import load_messaging
+from gateway.metrics import exposition, new_registry
 from gateway.notify_rules import load_notify
 from gateway.outbox import Outbox
 from gateway.pbx.client import AmiSettings, PbxClient
@@ -213,6 +214,7 @@ class Gateway:
                             for name, spec in config.unsubscribe.items()}
         self.api_token = self.environ.get(config.api_token_env, "")
         self.draining = False
+        self.http_counts: dict[tuple[str, int], int] = {}
         self.smtp: SmtpIntake | None = None
         if config.smtp:
             plan = NumberPlan()
@@ -232,6 +234,8 @@ class Gateway:
                                      messaging=self.rules.get_messaging, enqueuer=self.enqueuer,
                                      alimtalk_provider=alimtalk_provider)
         self.clients = [PbxClient(self._ami_settings(p), self.pipeline, TRACKED_EVENTS) for p in config.pbxes]
+        self.registry, latency = new_registry(self)
+        self.pipeline.on_latency = latency.observe
         self._tasks: list[asyncio.Task[None]] = []
         self.started_at = time.time()
 
@@ -276,11 +280,33 @@ class Gateway:
         await self.redis.aclose()
 
     def http_routes(self, app: Any) -> None:
-        """The citizen-facing webhooks and the staff API on the gateway's HTTP listener."""
+        """The citizen-facing webhooks, the staff API and /metrics on the gateway's HTTP listener."""
+        from aiohttp import web
+
+        @web.middleware
+        async def count(request: web.Request, handler: Any) -> web.StreamResponse:
+            route = request.match_info.route.resource.canonical if request.match_info.route.resource else "-"
+            try:
+                response: web.StreamResponse = await handler(request)
+            except web.HTTPException as exc:
+                self._count_http(route, exc.status)
+                raise
+            self._count_http(route, response.status)
+            return response
+
+        async def metrics(_: web.Request) -> web.Response:
+            return web.Response(body=exposition(self.registry), content_type="text/plain", charset="utf-8")
+
+        app.middlewares.insert(0, count)
+        app.router.add_get("/metrics", metrics)
         plan = NumberPlan(outside_line_prefixes=self.rules.rules.lettering.outside_line_prefixes,
                           extension_pattern=self.rules.rules.lettering.extension_pattern)
         add_routes(app, self.intake, self.inbound, api_token=self.api_token, unsubscribe=self.unsubscribe,
                    plan=plan, draining=lambda: self.draining)
+
+    def _count_http(self, route: str, status: int) -> None:
+        key = (route, status)
+        self.http_counts[key] = self.http_counts.get(key, 0) + 1
 
     async def health(self) -> dict[str, Any]:
         """Every component's state; `ready` is what /health turns into 200 or 503."""

@@ -136,6 +136,7 @@ class Intake:
         self.sms_provider = sms_provider
         self.sink = sink
         self.optouts = OptOutRegistry(client, hash_key)
+        self.counts: dict[tuple[str, str, str], int] = {}  # (queue, status, keyword) for /metrics
         self._accept = client.register_script(_ACCEPT)
 
     def thread_id(self, sender: str, city_number: str) -> str:
@@ -185,6 +186,8 @@ class Intake:
             raise StoreUnavailable(f"redis: {exc}") from exc
         tid, _, queue = (value.decode() if isinstance(value, bytes) else str(value)).partition("|")
         status = "accepted" if int(stored) == 1 else "duplicate"
+        key = (queue, status, keyword)
+        self.counts[key] = self.counts.get(key, 0) + 1
         self.sink.decision({"event": "inbound", "provider": sms.provider, "message_id": sms.message_id,
                             "thread": tid, "queue": queue, "status": status, "optout": keyword,
                             "rule": rule if status == "accepted" else ""})

@@ -73,6 +73,8 @@ class CallPipeline:
         self._expire_every_s = expire_every_s
         self.events_handled = 0
         self.dial_latencies_ms: list[float] = []  # AMI receipt -> adapter call, bounded below
+        self.on_latency: Callable[[float], None] | None = None  # the /metrics histogram
+        self.calls_by: dict[tuple[str, str, str], int] = {}
 
     # -------------------------------------------------------------- listener
     def tracker(self, pbx: str) -> CallTracker:
@@ -154,8 +156,11 @@ class CallPipeline:
         if delivery.verdict is not Verdict.SENT or delivery.outcome is None:
             self._skipped(request.pbx, request.call_id, delivery.verdict.value, request.to)
             return
+        latency_ms = (delivery.started - received) * 1000
         if len(self.dial_latencies_ms) < 100_000:
-            self.dial_latencies_ms.append((delivery.started - received) * 1000)
+            self.dial_latencies_ms.append(latency_ms)
+        if self.on_latency is not None:
+            self.on_latency(latency_ms)
         self.sink.decision({
             "event": "lettering", "pbx": request.pbx, "call": request.call_id, "extension": request.extension,
             "to": request.to, "provider": delivery.outcome.provider, "organisation": request.organisation,
@@ -174,6 +179,8 @@ class CallPipeline:
 
     def _on_ended(self, ended: CallEnded) -> None:
         r = ended.record
+        key = (r.pbx, r.direction.value, r.disposition.value)
+        self.calls_by[key] = self.calls_by.get(key, 0) + 1
         log.info("call %s on %s ended: %s %s -> %s %s (%s) talk %.1fs", r.call_id, r.pbx, r.direction,
                  r.extension, mask(r.party), r.disposition, r.cause, r.talk_seconds)
         if ended.external_dials == 0:

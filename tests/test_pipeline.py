@@ -326,3 +326,38 @@ def test_cli_errors_are_clear(tmp_path: Path) -> None:
                           check=False)
     assert proc.returncode == 2
     assert "gateway.yaml:4" in proc.stderr and "usrname" in proc.stderr
+
+
+async def test_metrics_have_real_values(redis_url: str) -> None:
+    from aiohttp import ClientSession
+
+    from gateway.http import HttpServer, make_app
+
+    config = load_config()
+    environ = demo_environ(config, os.environ)
+    server = AmiServer([Transcript.named("answered_mobile")], secret=environ["GATEWAY_AMI_SECRET"], speed="fast")
+    sink, carrier = Collect(), SandboxCarrier()
+    gw = await _gateway(server, redis_url, environ, sink, carrier)
+    http = HttpServer(make_app(gw.health, gw.reports, gw.http_routes), "127.0.0.1", 0)
+    host, port = await http.start()
+    try:
+        await _until(lambda: len(sink.of("call")) == 1 and len(carrier.requests) == 1)
+        await gw.pipeline.drain()
+        async with ClientSession() as session:
+            async with session.get(f"http://{host}:{port}/healthz") as resp:
+                assert resp.status == 200
+            async with session.get(f"http://{host}:{port}/metrics") as resp:
+                assert resp.status == 200
+                text = await resp.text()
+    finally:
+        await http.stop()
+        await gw.stop()
+        await server.stop()
+    lines = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+             if line and not line.startswith("#")}
+    assert lines['gateway_calls_total{direction="outbound",disposition="answered",pbx="city-hall"}'] == 1
+    assert lines["gateway_lettering_latency_ms_count"] == 1
+    assert lines['gateway_outbox_decisions_total{decision="sent:delivered"}'] == 1
+    assert lines['gateway_ami_frames_total{pbx="city-hall"}'] > 90
+    assert lines['gateway_ami_events_total{event="VarSet",pbx="city-hall"}'] > 10  # discarded, still counted
+    assert lines['gateway_http_responses_total{route="/healthz",status="200"}'] == 1

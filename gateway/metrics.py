@@ -1,0 +1,87 @@
+"""`GET /metrics` (Prometheus): read from the components' own counters at scrape time.
+
+One registry per `Gateway` (not prometheus-client's global one), so several gateways in one
+process (tests, the demo) never share or clash. Most figures are collected on scrape from the
+state the components keep anyway (AMI clients, pipeline, outbox, intake, queues); only the
+lettering latency is a histogram observed as it happens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS_MS = (0.5, 1, 2, 3, 5, 7.5, 10, 15, 25, 50, 100, 250, 500, 1000, 2500)
+
+
+class GatewayCollector(Collector):
+    def __init__(self, gateway: Any) -> None:
+        self.gateway = gateway
+
+    def collect(self) -> Iterator[Metric]:
+        gw = self.gateway
+        events = CounterMetricFamily("gateway_ami_events", "AMI events read, by PBX and event name "
+                                     "(discarded noise included)", labels=["pbx", "event"])
+        frames = CounterMetricFamily("gateway_ami_frames", "AMI frames read", labels=["pbx"])
+        reconnects = CounterMetricFamily("gateway_ami_reconnects", "AMI reconnections", labels=["pbx"])
+        connected = GaugeMetricFamily("gateway_ami_connected", "1 when logged in to the PBX", labels=["pbx"])
+        silence = GaugeMetricFamily("gateway_ami_seconds_since_last_frame", "seconds since the PBX last wrote",
+                                    labels=["pbx"])
+        for client in gw.clients:
+            st = client.status()
+            pbx = st["name"]
+            frames.add_metric([pbx], st["frames_in"])
+            events.add_metric([pbx, "_tracked"], st["events_dispatched"])
+            for name, count in st["events_discarded_by_name"].items():
+                events.add_metric([pbx, name], count)
+            reconnects.add_metric([pbx], st["reconnects"])
+            connected.add_metric([pbx], 1.0 if st["authenticated"] else 0.0)
+            if st["seconds_since_last_event"] is not None:
+                silence.add_metric([pbx], st["seconds_since_last_event"])
+        yield from (events, frames, reconnects, connected, silence)
+
+        calls = CounterMetricFamily("gateway_calls", "finished calls", labels=["pbx", "direction", "disposition"])
+        for (pbx, direction, disposition), count in gw.pipeline.calls_by.items():
+            calls.add_metric([pbx, direction, disposition], count)
+        yield calls
+
+        sends = CounterMetricFamily("gateway_outbox_decisions", "outbox guard decisions and send results "
+                                    "(kind:channel:result)", labels=["decision"])
+        for decision, count in gw.outbox.counts.items():
+            sends.add_metric([decision], count)
+        yield sends
+
+        optouts = CounterMetricFamily("gateway_inbound_messages", "citizens' messages by queue and outcome",
+                                      labels=["queue", "status", "keyword"])
+        for (queue, status, keyword), count in gw.intake.counts.items():
+            optouts.add_metric([queue, status, keyword], count)
+        yield optouts
+
+        queued = CounterMetricFamily("gateway_enqueue", "jobs put on the queues", labels=["result"])
+        queued.add_metric(["ok"], gw.enqueuer.enqueued)
+        queued.add_metric(["failed"], gw.enqueuer.failed)
+        yield queued
+
+        http = CounterMetricFamily("gateway_http_responses", "HTTP responses by route and status",
+                                   labels=["route", "status"])
+        for (route, status), count in gw.http_counts.items():
+            http.add_metric([route, str(status)], count)
+        yield http
+
+
+def new_registry(gateway: Any) -> tuple[CollectorRegistry, Histogram]:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(GatewayCollector(gateway))
+    latency = Histogram("gateway_lettering_latency_ms", "AMI DialBegin receipt to the carrier request (ms)",
+                        buckets=LATENCY_BUCKETS_MS, registry=registry)
+    return registry, latency
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    output: bytes = generate_latest(registry)
+    return output
