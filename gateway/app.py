@@ -295,7 +295,8 @@ class Gateway:
             return response
 
         async def metrics(_: web.Request) -> web.Response:
-            return web.Response(body=exposition(self.registry), content_type="text/plain", charset="utf-8")
+            body = await asyncio.to_thread(exposition, self.registry)  # the collector reads Redis
+            return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
         app.middlewares.insert(0, count)
         app.router.add_get("/metrics", metrics)

@@ -15,6 +15,9 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+from redis.exceptions import RedisError
+
+from gateway.jobs import QUEUES
 
 LATENCY_BUCKETS_MS = (0.5, 1, 2, 3, 5, 7.5, 10, 15, 25, 50, 100, 250, 500, 1000, 2500)
 
@@ -62,6 +65,22 @@ class GatewayCollector(Collector):
             optouts.add_metric([queue, status, keyword], count)
         yield optouts
 
+        depth = GaugeMetricFamily("gateway_queue_depth", "jobs waiting (ready and delayed) per queue",
+                                  labels=["queue"])
+        dead = GaugeMetricFamily("gateway_dead_letters", "jobs that exhausted their retries, per queue",
+                                 labels=["queue"])
+        try:
+            client = gw.broker.client
+            ns = gw.broker.namespace
+            for queue in QUEUES:
+                # dramatiq keeps delayed jobs (retries, quiet hours) in the list "<queue>.DQ".
+                depth.add_metric([queue], int(client.llen(f"{ns}:{queue}")) + int(client.llen(f"{ns}:{queue}.DQ")))
+                dead.add_metric([queue], int(client.zcard(f"{ns}:{queue}.XQ")))
+        except RedisError:
+            pass  # Redis down: /health says so; these gauges are simply absent from this scrape
+        yield depth
+        yield dead
+
         queued = CounterMetricFamily("gateway_enqueue", "jobs put on the queues", labels=["result"])
         queued.add_metric(["ok"], gw.enqueuer.enqueued)
         queued.add_metric(["failed"], gw.enqueuer.failed)
@@ -83,5 +102,6 @@ def new_registry(gateway: Any) -> tuple[CollectorRegistry, Histogram]:
 
 
 def exposition(registry: CollectorRegistry) -> bytes:
+    """The scrape body. Reads Redis synchronously: call it off the event loop."""
     output: bytes = generate_latest(registry)
     return output

@@ -361,3 +361,5 @@ async def test_metrics_have_real_values(redis_url: str) -> None:
     assert lines['gateway_ami_frames_total{pbx="city-hall"}'] > 90
     assert lines['gateway_ami_events_total{event="VarSet",pbx="city-hall"}'] > 10  # discarded, still counted
     assert lines['gateway_http_responses_total{route="/healthz",status="200"}'] == 1
+    assert lines['gateway_dead_letters{queue="postcall"}'] == 0
+    assert 'gateway_queue_depth{queue="call_notice"}' in lines
