@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
 # Installs what the gateway needs on a fresh Debian machine with Python 3.11:
-# Debian's redis-server (demo and tests start private instances of it) and a
-# virtualenv in .venv with the project and its development tools.
+# Debian's redis-server (demo and tests start private instances of it), Debian's systemd
+# (for systemd-analyze: the tests verify the units in systemd/) and a virtualenv in .venv
+# with the project and its development tools.
 # Idempotent and quick when nothing changed: it is the first half of both README commands.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v redis-server >/dev/null 2>&1; then
-    echo "bootstrap: installing Debian's redis-server" >&2
+# Debian packages: redis-server (the demo and the tests start private instances of it) and
+# systemd for systemd-analyze (tests/test_systemd_units.py verifies the units in systemd/;
+# in a container it only installs the tools: nothing is started).
+packages=()
+command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
+command -v systemd-analyze >/dev/null 2>&1 || packages+=(systemd)
+if [ ${#packages[@]} -gt 0 ]; then
+    echo "bootstrap: installing Debian's ${packages[*]}" >&2
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends redis-server >&2
-    # Debian starts a system-wide instance; the gateway never uses it (it starts its own).
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${packages[@]}" >&2
+    # Debian starts a system-wide Redis where systemd runs; the gateway's tests never use it.
 fi
 
 PY=${PYTHON:-python3}
