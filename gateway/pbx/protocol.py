@@ -43,6 +43,8 @@ _EOL = b"\r\n"
 _EVENT = b"Event: "
 _RESPONSE = b"Response: "
 _ACTION_ID = b"\r\nActionID: "
+#: Headers panoramisk's `handle_message` needs as one string.
+_SINGLE_VALUED = ("ActionID", "CommandID", "Event", "Response")
 
 EventCallback = Callable[[dict[str, str], float], None]
 LostCallback = Callable[[BaseException | None], None]
@@ -131,7 +133,9 @@ class AmiProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is untyped
                 return
         frames = data.split(_EOF)
         rest = frames.pop()
-        if len(rest) > MAX_BUFFER:
+        # The same limit whatever the TCP reads: a frame of up to MAX_BUFFER bytes may wait for
+        # the first 3 bytes of its terminator; a longer one fails here or in the loop below.
+        if len(rest) > MAX_BUFFER + len(_EOF) - 1:
             self._fail(f"over {MAX_BUFFER} bytes without a frame terminator")
             return
         self._pending = rest
@@ -144,6 +148,9 @@ class AmiProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is untyped
         discarded = counters.discarded
         responses = self.responses
         for raw in frames:
+            if len(raw) > MAX_BUFFER:
+                self._fail(f"a frame of {len(raw)} bytes (over {MAX_BUFFER})")
+                return
             frame = raw
             if frame[:2] == _EOL:
                 # Asterisk occasionally sends a lone extra CRLF between frames.
@@ -241,8 +248,15 @@ class AmiProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is untyped
 
     def _to_panoramisk(self, frame: bytes) -> None:
         message = Message.from_line(self._decode(frame))
-        if message is not None:
-            self.handle_message(message)
+        if message is None:
+            return
+        for key in _SINGLE_VALUED:
+            value = message.get(key)
+            if isinstance(value, list):
+                # panoramisk turns a repeated header into a list and then fails on it (unhashable
+                # ActionID, list.lower()): the first value wins, as in `parse_frame`.
+                message[key] = value[0]
+        self.handle_message(message)
 
     def _fail(self, why: str) -> None:
         log.error("AMI %s: malformed stream, closing the connection: %s", self.pbx_name, why)
