@@ -37,6 +37,7 @@ from gateway.pbx.client import AmiSettings, PbxClient
 from gateway.pbx.mapping import TRACKED_EVENTS
 from gateway.pipeline import CallPipeline
 from gateway.ports import AlimtalkProvider, DecisionSink, LetteringCarrier, SmsProvider
+from gateway.providerstats import read_published
 from gateway.reports import ReportIntake, build_parsers
 from gateway.routing_rules import ROUTING_FILE, load_routing
 from gateway.rules import load_rules
@@ -264,19 +265,50 @@ class Gateway:
             self.smtp = SmtpIntake(replace(self.smtp.settings, port=port), self.intake)
         return await self.smtp.start()
 
-    async def stop(self, drain_timeout: float = 5.0) -> None:
-        self.draining = True  # webhooks answer 503 from now on: the provider retries elsewhere/later
+    def begin_drain(self) -> None:
+        """Stop taking work: webhooks answer 503, /health 503, SMTP 421 (each sender retries elsewhere/later)."""
+        self.draining = True
         if self.smtp is not None:
-            await self.smtp.stop(drain_timeout)
+            self.smtp.handler.draining = True
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """True once every PBX is logged in; False when `timeout` passes first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not all(c.status()["authenticated"] for c in self.clients):
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    async def stop(self, drain_timeout: float = 5.0) -> None:
+        """Graceful stop, bounded by `drain_timeout` in all.
+
+        Order matters: intake refuses first (nothing new is accepted that could be lost), then the
+        AMI clients close (no new calls), then in-flight letterings and their enqueues finish, then
+        the queue client is flushed and Redis closed. Calls still ringing are not lost: another
+        gateway letters them, or this one rebuilds them from CoreShowChannels when it comes back."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_timeout
+
+        def left() -> float:
+            return max(0.1, deadline - loop.time())
+
+        self.begin_drain()
+        if self.smtp is not None:
+            await self.smtp.stop(left() / 2)
         for client in self.clients:
             await client.stop()
-        await self.pipeline.drain(drain_timeout)
+        await self.pipeline.drain(left())
+        if self.pipeline.status()["in_flight"]:
+            log.warning("shutdown: %d letterings still in flight after the drain bound",
+                        self.pipeline.status()["in_flight"])
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for carrier in self.carriers.values():
             await carrier.close()
-        self.enqueuer.close()
+        await self.enqueuer.aclose(left())
         await self.redis.aclose()
 
     def http_routes(self, app: Any) -> None:
@@ -319,13 +351,24 @@ class Gateway:
         pbx = [c.status() for c in self.clients]
         ready = redis["reachable"] and all(p.get("authenticated") for p in pbx)
         queues: dict[str, Any] = {"enqueued": self.enqueuer.enqueued, "enqueue_failed": self.enqueuer.failed}
+        # Lettering carriers are called from here (one try while the phone rings: no circuit);
+        # Alimtalk/SMS providers from the workers, which publish their circuit state to Redis.
+        recent = self.outbox.providers.snapshot()
+        providers: dict[str, dict[str, Any]] = {"lettering": {
+            name: {"circuit": "none", **recent.get(name, {"recent": 0, "recent_errors": 0, "error_rate": 0.0})}
+            for name in self.carriers}, "messaging": {}}
         if redis["reachable"]:
             try:
                 queues["dead_letters"] = await asyncio.to_thread(dead_letter_counts, self.broker)
+                published = await asyncio.to_thread(read_published, self.broker.client, self.broker.namespace)
+                providers["messaging"] = published
             except Exception as exc:  # health must answer even when a queue cannot be read
                 queues["error"] = str(exc)
+        if self.draining:
+            ready = False  # a load balancer takes a draining gateway out of rotation
         return {
-            "ready": ready, "uptime_s": round(time.time() - self.started_at, 1), "pbx": pbx, "redis": redis,
+            "ready": ready, "draining": self.draining, "uptime_s": round(time.time() - self.started_at, 1),
+            "pbx": pbx, "redis": redis, "providers": providers,
             "rules": self.rules.status(), "pipeline": self.pipeline.status(), "queues": queues,
         }
 

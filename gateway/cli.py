@@ -237,19 +237,24 @@ def _run_async(coro: Coroutine[Any, Any, int]) -> int:
 
 
 async def _run(config: GatewayConfig) -> int:
+    """`gateway run`: start, tell systemd READY, feed its watchdog, drain on SIGTERM within the bound."""
     from gateway.app import Gateway
     from gateway.http import HttpServer, make_app
+    from gateway.sdnotify import Notifier
     from gateway.sinks import LogSink
 
+    notifier = Notifier()
     gateway = Gateway(config, LogSink(logging.getLogger("gateway.decisions")))
     app = make_app(gateway.health, gateway.reports, gateway.http_routes)
-    http = HttpServer(app, config.http_host, config.http_port)
+    # In-flight requests get part of the bound to finish; the rest is for the pipeline.
+    http = HttpServer(app, config.http_host, config.http_port, shutdown_timeout=config.shutdown_timeout_s / 4)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     with contextlib.suppress(NotImplementedError):
         loop.add_signal_handler(signal.SIGHUP, gateway.rules.reload)
+    watchdog = loop.create_task(notifier.watchdog_task(), name="watchdog")
     host, port = await http.start()
     smtp = await gateway.start_smtp()
     if smtp:
@@ -258,13 +263,38 @@ async def _run(config: GatewayConfig) -> int:
     # Everything imported and built so far lives for the whole run: keep it out of the
     # collector's full passes, which otherwise pause the event loop for tens of ms.
     gc.freeze()
-    log.info("gateway running: %d pbx, health on http://%s:%d/health, rules %s", len(gateway.clients), host, port,
-             gateway.rules.rules.version)
+    # READY once every PBX is logged in, or after ready_timeout_s anyway: citizens' SMS intake
+    # must not wait for a PBX that is down (/health says 503 and why until it is back).
+    logged_in = await _first(gateway.wait_ready(config.ready_timeout_s), stop)
+    state = "ready" if logged_in else "running without every PBX (see /health)"
+    notifier.ready(f"{state}; health on http://{host}:{port}/health")
+    log.info("gateway %s: %d pbx, health on http://%s:%d/health, rules %s", state, len(gateway.clients), host,
+             port, gateway.rules.rules.version)
     await stop.wait()
-    log.info("stopping")
+    started = loop.time()
+    log.info("stopping: draining for at most %.1f s", config.shutdown_timeout_s)
+    notifier.stopping("draining")
+    gateway.begin_drain()  # intake answers 503/421 while the listeners are still up
+    try:
+        await asyncio.wait_for(gateway.stop(config.shutdown_timeout_s * 0.7), config.shutdown_timeout_s * 0.85)
+    except TimeoutError:
+        log.error("shutdown: the gateway did not stop within %.1f s", config.shutdown_timeout_s * 0.85)
     await http.stop()
-    await gateway.stop()
+    watchdog.cancel()
+    log.info("stopped in %.1f s: %s", loop.time() - started, gateway.pipeline.status()["outbox"])
     return 0
+
+
+async def _first(work: Coroutine[Any, Any, bool], stop: asyncio.Event) -> bool:
+    """`work`'s result, or False as soon as `stop` is set (SIGTERM while starting)."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    return False
 
 
 if __name__ == "__main__":  # pragma: no cover

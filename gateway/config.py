@@ -52,6 +52,11 @@ SCHEMA: dict[str, Any] = {
                  "properties": {"host": {"type": "string"},
                                 "port": {"type": "integer", "minimum": 0, "maximum": 65535}}},
         "rules_dir": {"type": "string"},
+        # SIGTERM: stop intake, finish in-flight work, exit within this bound (< systemd's TimeoutStopSec).
+        "shutdown_timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 600},
+        # Start: wait this long for every PBX login before telling systemd READY anyway (webhooks work
+        # without a PBX; /health stays 503 until the PBX is back).
+        "ready_timeout_s": {"type": "number", "minimum": 0, "maximum": 600},
         "carriers": {"type": "object", "minProperties": 1,
                      "additionalProperties": {"type": "object", "required": ["kind"],
                                               "properties": {"kind": {"enum": ["sandbox", "http"]}}}},
@@ -88,7 +93,9 @@ SCHEMA: dict[str, Any] = {
                    "properties": {"threads": {"type": "integer", "minimum": 1, "maximum": 64},
                                   "namespace": {"type": "string", "pattern": "^[a-z0-9-]+$"},
                                   "heartbeat_timeout_ms": {"type": "integer", "minimum": 1000},
-                                  "maintenance_chance": {"type": "integer", "minimum": 1, "maximum": 1_000_000}}},
+                                  "maintenance_chance": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
+                                  "http_host": {"type": "string"},
+                                  "http_port": {"type": "integer", "minimum": 0, "maximum": 65535}}},
         "outbox": {"type": "object", "additionalProperties": False,
                    "properties": {"number_key_env": _ENV, "data_key_env": _ENV,
                                   "dedupe_ttl_s": {"type": "integer", "minimum": 60}}},
@@ -145,6 +152,10 @@ class GatewayConfig:
     maintenance_chance: int = 1000
     log_json: bool = True
     log_level: str = "INFO"
+    shutdown_timeout_s: float = 20.0
+    ready_timeout_s: float = 30.0
+    worker_http_host: str = "127.0.0.1"
+    worker_http_port: int | None = None  # the worker's /healthz, /health and /metrics; None: no listener
 
     def resolved_redis_url(self, environ: Mapping[str, str]) -> str:
         """The Redis URL from the environment variable, else the file; "" if neither."""
@@ -208,4 +219,8 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
         maintenance_chance=int((data.get("worker") or {}).get("maintenance_chance", 1000)),
         dedupe_ttl_s=int(outbox.get("dedupe_ttl_s", 21600)),
         log_json=bool(log.get("json", True)), log_level=log.get("level", "INFO"),
+        shutdown_timeout_s=float(data.get("shutdown_timeout_s", 20.0)),
+        ready_timeout_s=float(data.get("ready_timeout_s", 30.0)),
+        worker_http_host=(data.get("worker") or {}).get("http_host", "127.0.0.1"),
+        worker_http_port=(data.get("worker") or {}).get("http_port"),
     )

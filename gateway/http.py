@@ -61,8 +61,9 @@ def _dumps(obj: Any) -> str:
 
 
 class HttpServer:
-    def __init__(self, app: web.Application, host: str, port: int) -> None:
-        self.runner = web.AppRunner(app, access_log=None)
+    def __init__(self, app: web.Application, host: str, port: int, *, shutdown_timeout: float = 5.0) -> None:
+        # shutdown_timeout bounds how long cleanup() waits for in-flight requests (aiohttp: 60 s).
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
         self.host, self.port = host, port
 
     async def start(self) -> tuple[str, int]:

@@ -96,6 +96,7 @@ class OptOutRegistry:
     def __init__(self, client: aioredis.Redis, hash_key: bytes) -> None:
         self.client: Any = client
         self.hash_key = hash_key
+        self.counts: dict[tuple[str, str], int] = {}  # (opt_out|opt_in, channel) for /metrics
 
     async def set(self, e164: str, opted_out: bool, *, channel: str, via: str) -> None:
         h = number_hash(self.hash_key, e164)
@@ -111,6 +112,8 @@ class OptOutRegistry:
                 await pipe.execute()
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
+        key = ("opt_out" if opted_out else "opt_in", channel)
+        self.counts[key] = self.counts.get(key, 0) + 1
         log.info("%s %s via %s (%s)", mask(e164), "opted out" if opted_out else "opted in", channel, via)
 
     async def status(self, e164: str) -> dict[str, Any] | None:

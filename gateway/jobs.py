@@ -196,6 +196,14 @@ class Enqueuer:
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
+    async def aclose(self, timeout: float) -> None:
+        """Flush: let enqueues already handed to the executor finish (bounded), then close."""
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self._executor.shutdown, wait=True), timeout)
+        except TimeoutError:
+            log.warning("shutdown: enqueues still pending after %.1f s", timeout)
+            self.close()
+
 
 # ------------------------------------------------------------------ dead letters
 

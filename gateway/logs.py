@@ -36,9 +36,13 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": scrub(record.getMessage()),
         }
+        decision = getattr(record, "decision", None)
+        if isinstance(decision, dict):  # gateway.sinks.LogSink: the decision's fields, top level
+            for key, value in decision.items():
+                entry.setdefault(key, scrub(value) if isinstance(value, str) else value)
         if record.exc_info:
             entry["exc"] = scrub(self.formatException(record.exc_info))
-        return json.dumps(entry, ensure_ascii=False)
+        return json.dumps(entry, ensure_ascii=False, default=str)
 
 
 class TextFormatter(logging.Formatter):

@@ -59,10 +59,18 @@ class GatewayCollector(Collector):
             sends.add_metric([decision], count)
         yield sends
 
-        optouts = CounterMetricFamily("gateway_inbound_messages", "citizens' messages by queue and outcome",
+        yield sends_family(gw.outbox.providers.totals())
+
+        inbound = CounterMetricFamily("gateway_inbound_messages", "citizens' messages by route (queue) and outcome",
                                       labels=["queue", "status", "keyword"])
         for (queue, status, keyword), count in gw.intake.counts.items():
-            optouts.add_metric([queue, status, keyword], count)
+            inbound.add_metric([queue, status, keyword], count)
+        yield inbound
+
+        optouts = CounterMetricFamily("gateway_optouts", "opt-outs and opt-ins recorded by this process, by channel "
+                                      "(sms keyword, 080 unsubscribe, api)", labels=["action", "channel"])
+        for (action, channel), count in gw.intake.optouts.counts.items():
+            optouts.add_metric([action, channel], count)
         yield optouts
 
         depth = GaugeMetricFamily("gateway_queue_depth", "jobs waiting (ready and delayed) per queue",
@@ -91,6 +99,15 @@ class GatewayCollector(Collector):
         for (route, status), count in gw.http_counts.items():
             http.add_metric([route, str(status)], count)
         yield http
+
+
+def sends_family(totals: dict[tuple[str, str, str], int]) -> CounterMetricFamily:
+    """Provider answers by channel (lettering, alimtalk, sms, lms), provider and result."""
+    sends = CounterMetricFamily("gateway_sends", "requests answered by a provider, by channel, provider and result",
+                                labels=["channel", "provider", "result"])
+    for (channel, provider, result), count in totals.items():
+        sends.add_metric([channel, provider, result], count)
+    return sends
 
 
 def new_registry(gateway: Any) -> tuple[CollectorRegistry, Histogram]:

@@ -33,6 +33,7 @@ from gateway.domain.models import (
 from gateway.domain.numbers import mask
 from gateway.errors import StoreUnavailable
 from gateway.ports import AlimtalkProvider, LetteringCarrier, OutboxStore, SmsProvider
+from gateway.providerstats import ProviderStats
 from gateway.store import number_hash
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ class Outbox:
         self.dedupe_ttl_s = dedupe_ttl_s
         self.device_memory_s = device_memory_s
         self.counts: dict[str, int] = {}
+        self.providers = ProviderStats()  # sends by channel/provider/result; recent error rate
 
     def _count(self, name: str) -> None:
         self.counts[name] = self.counts.get(name, 0) + 1
@@ -164,6 +166,7 @@ class Outbox:
         started = time.perf_counter()
         outcome = await carrier.letter(message.payload)
         self._count(f"{Verdict.SENT}:{outcome.result}")
+        self.providers.record("lettering", outcome.provider, outcome.result)
         log.info("%s to %s for call %s via %s: %s %s", message.action, mask(message.recipient),
                  message.call_id, outcome.provider, outcome.result, outcome.detail)
         if outcome.result is LetteringResult.UNSUPPORTED_DEVICE:
@@ -226,6 +229,8 @@ class Outbox:
         else:
             raise ValueError(f"queued message {message.key} carries nothing to send")
         self._count(f"send:{message.action}:{outcome.result}")
+        channel = "alimtalk" if message.alimtalk is not None else (message.sms.kind if message.sms else "?")
+        self.providers.record(str(channel), outcome.provider, outcome.result)
         log.info("%s to %s for call %s via %s: %s %s", message.action, mask(message.recipient), message.call_id,
                  outcome.provider, outcome.result, outcome.detail)
         if outcome.result is SendResult.ACCEPTED:

@@ -88,11 +88,16 @@ class ConsoleSink:
 
 
 class LogSink:
-    """`gateway run`: each decision is one structured log line (numbers masked)."""
+    """`gateway run` and `gateway worker`: each decision is one structured log line.
+
+    The decision's fields (event, pbx, call id or message id, result, ...) become top-level keys
+    of the JSON line (`gateway.logs.JsonFormatter`), so an operator follows one call end to end
+    with e.g. `jq 'select(.call == "1763...")'`; `msg` is the human summary. Numbers are masked."""
 
     def __init__(self, logger: logging.Logger) -> None:
         self.logger = logger
 
     def decision(self, record: Mapping[str, Any]) -> None:
-        shown = {k: (mask(str(v)) if k in ("party", "to") and v else v) for k, v in record.items()}
-        self.logger.info("%s", json.dumps(shown, ensure_ascii=False))
+        shown = {k: (mask(str(v)) if k in ("party", "to", "from") and v else v) for k, v in record.items()}
+        summary = ConsoleSink._format(str(record.get("event")), record) or str(record.get("event"))
+        self.logger.info("%s", " ".join(summary.split()), extra={"decision": shown})

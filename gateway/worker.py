@@ -236,6 +236,16 @@ class WorkerRuntime:
             raise TemporaryFailure("SMS fallback could not be queued")
         self._report_sms(message, action, "queued")
 
+    def provider_report(self) -> dict[str, dict[str, Any]]:
+        """Per provider: the circuit breaker's state and the recent answers (for /health)."""
+        stats = self._outbox.providers.snapshot() if self._outbox is not None else {}
+        report: dict[str, dict[str, Any]] = {}
+        for name in set(stats) | set(self.breakers):
+            breaker = self.breakers.get(name)
+            report[name] = {**stats.get(name, {"recent": 0, "recent_errors": 0, "error_rate": 0.0}),
+                            "circuit": breaker.state if breaker else "closed"}
+        return report
+
     def _report(self, message: QueuedMessage, result: str, reference: str,
                 outcome: SendOutcome | None = None) -> None:
         channel = "alimtalk" if message.alimtalk is not None else (message.sms.kind if message.sms else "?")
@@ -292,25 +302,73 @@ async def wait_idle(broker: RedisBroker, runtime: WorkerRuntime, *, timeout_s: f
     return False
 
 
+def worker_alive(worker: dramatiq.Worker, probe_s: float = 2.0) -> bool:
+    """Every consumer and worker thread alive, and the actors' event loop answers within `probe_s`.
+
+    What systemd's watchdog is fed on: a wedged loop (an actor blocking it) stops the pings."""
+    threads = [*worker.consumers.values(), *worker.workers]
+    if not all(t.is_alive() for t in threads):
+        return False
+    from dramatiq.asyncio import get_event_loop_thread
+
+    loop_thread = get_event_loop_thread()
+    if loop_thread is None:
+        return True
+    try:
+        asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop_thread.loop).result(timeout=probe_s)
+    except Exception:
+        return False
+    return True
+
+
 def run_worker(config: Any, *, threads: int | None = None) -> int:
-    """`gateway worker`: consume the queues until SIGTERM/SIGINT, then finish running jobs."""
+    """`gateway worker`: consume the queues until SIGTERM/SIGINT, then finish running jobs.
+
+    Under systemd (Type=notify) it reports READY once consuming, feeds the watchdog while its
+    threads and event loop are alive, and publishes its providers' circuit state for /health."""
     import os
     import signal
+    import socket
 
     from gateway.app import build_worker
+    from gateway.providerstats import publish
+    from gateway.sdnotify import Notifier
     from gateway.sinks import LogSink
+    from gateway.workerhttp import WorkerHttp
 
     url = config.resolved_redis_url(os.environ)
     if not url:
         raise GatewayError(f"no Redis: set {config.redis_url_env} or redis.url in {config.source}")
-    broker, _runtime = build_worker(config, environ=os.environ, redis_url=url,
-                                    sink=LogSink(logging.getLogger("gateway.decisions")))
-    worker = start_worker(broker, threads=threads or config.worker_threads, idle_ms=1000)
+    notifier = Notifier()
+    broker, runtime = build_worker(config, environ=os.environ, redis_url=url,
+                                   sink=LogSink(logging.getLogger("gateway.decisions")))
+    count = threads or config.worker_threads
+    worker = start_worker(broker, threads=count, idle_ms=1000)
+    worker_id = f"{socket.gethostname()}:{os.getpid()}"
+    http: WorkerHttp | None = None
+    if config.worker_http_port is not None:
+        http = WorkerHttp(broker, runtime, worker, config.worker_http_host, config.worker_http_port)
+        host, port = http.start()
+        log.info("worker health on http://%s:%d/health", host, port)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    log.info("worker running: queues %s, %d threads", ", ".join(QUEUES), threads or config.worker_threads)
-    stop.wait()
-    log.info("worker stopping")
-    worker.stop(timeout=20_000)
+    notifier.ready(f"consuming {', '.join(QUEUES)} with {count} threads")
+    log.info("worker running: queues %s, %d threads", ", ".join(QUEUES), count)
+    period = min(5.0, notifier.watchdog_s / 2) if notifier.watchdog_s else 5.0
+    while not stop.wait(period):
+        if worker_alive(worker):
+            if notifier.watchdog_s:
+                notifier.notify("WATCHDOG=1")
+        else:
+            log.error("worker wedged: a thread died or the event loop does not answer; watchdog not fed")
+        try:
+            publish(broker.client, broker.namespace, worker_id, runtime.provider_report())
+        except redis.RedisError as exc:
+            log.warning("cannot publish provider status: %s", exc)
+    log.info("worker stopping: finishing running jobs for at most %.0f s", config.shutdown_timeout_s)
+    notifier.stopping("finishing running jobs")
+    worker.stop(timeout=int(config.shutdown_timeout_s * 1000))
+    if http is not None:
+        http.stop()
     return 0

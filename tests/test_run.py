@@ -78,8 +78,11 @@ log: {{json: true, level: INFO}}
             await s.stop()
     assert proc.returncode == 0, err.decode()[-2000:]
     log = err.decode()
-    decisions = [json.loads(json.loads(line)["msg"]) for line in log.splitlines()
+    decisions = [json.loads(line) for line in log.splitlines()
                  if line.startswith("{") and '"gateway.decisions"' in line]
+    # One line per decision, its fields at the top level, the call id on every line of a call.
+    assert all(d["call"] and d["pbx"] and d["msg"] for d in decisions if d["event"] != "pbx")
+    assert {d["state"] for d in decisions if d["event"] == "pbx"} >= {"connected"}
     calls = {(d["pbx"], d["direction"]) for d in decisions if d["event"] == "call"}
     assert calls == {("main-hall", "outbound"), ("annex", "inbound")}
     assert [d["pbx"] for d in decisions if d["event"] == "lettering"] == ["main-hall"]
