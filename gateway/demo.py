@@ -17,11 +17,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
+from redis.exceptions import RedisError
+
 from gateway.amiserver import TRANSCRIPTS_DIR, AmiServer, Transcript
 from gateway.app import Gateway, Overrides, build_worker
 from gateway.config import GatewayConfig
 from gateway.domain.models import LetteringResult, SendResult
 from gateway.http import HttpServer, make_app
+from gateway.providerstats import publish
 from gateway.redisproc import RedisProcess
 from gateway.replay import demo_environ, sandbox_carriers, sandbox_messaging
 from gateway.sinks import ConsoleSink
@@ -70,6 +73,7 @@ async def run_demo(config: GatewayConfig, *, out: TextIO = sys.stdout, duration_
     worker: Any = None
     gateway: Gateway | None = None
     http: HttpServer | None = None
+    publisher: asyncio.Task[None] | None = None
     # Everything started is stopped in reverse order, whatever fails on the way (a broken pipe
     # on stdout included): dramatiq's worker threads would otherwise keep the process alive.
     try:
@@ -78,7 +82,7 @@ async def run_demo(config: GatewayConfig, *, out: TextIO = sys.stdout, duration_
               file=out)
         messaging = sandbox_messaging(config, DEMO_MESSAGING_OUTCOMES)
         messaging.queue_namespace = "gw-demo"
-        broker, _runtime = build_worker(config, environ=environ, redis_url=redis_url, sink=sink,
+        broker, runtime = build_worker(config, environ=environ, redis_url=redis_url, sink=sink,
                                         overrides=replace(messaging, rules_dir=rules_dir))
         worker = start_worker(broker, threads=2, idle_ms=200)
         gateway = Gateway(config, sink, environ=environ, overrides=Overrides(
@@ -101,6 +105,7 @@ async def run_demo(config: GatewayConfig, *, out: TextIO = sys.stdout, duration_
             print(f"demo: citizens' SMS intake: SMTP {smtp[0]}:{smtp[1]}, "
                   f"POST http://{h_host}:{h_port}/webhooks/sms/<provider>", file=out)
         await gateway.start()
+        publisher = asyncio.get_running_loop().create_task(_publish_providers(broker, runtime))
         await _sample_citizen_sms(gateway, f"http://{h_host}:{h_port}", out)
         if duration_s is None:
             await stop.wait()
@@ -108,6 +113,8 @@ async def run_demo(config: GatewayConfig, *, out: TextIO = sys.stdout, duration_
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), duration_s)
     finally:
+        if publisher is not None:
+            publisher.cancel()
         if http is not None:
             await http.stop()
         if gateway is not None:
@@ -120,6 +127,14 @@ async def run_demo(config: GatewayConfig, *, out: TextIO = sys.stdout, duration_
     counts = ", ".join(f"{k} {v}" for k, v in sorted(sink.counts.items()))
     print(f"demo: stopped ({counts})", file=out)
     return 0
+
+
+async def _publish_providers(broker: Any, runtime: Any, every_s: float = 2.0) -> None:
+    """What `gateway worker` does in its main loop: its providers' state, for /health."""
+    while True:
+        with contextlib.suppress(RedisError):
+            await asyncio.to_thread(publish, broker.client, broker.namespace, "demo-worker", runtime.provider_report())
+        await asyncio.sleep(every_s)
 
 
 # Citizens' texts the demo posts to its own webhook, signed like a provider would (Asia/Seoul).
