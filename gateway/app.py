@@ -272,14 +272,22 @@ class Gateway:
             self.smtp.handler.draining = True
 
     async def wait_ready(self, timeout: float) -> bool:
-        """True once every PBX is logged in; False when `timeout` passes first."""
+        """True once Redis answers and every PBX is logged in; False when `timeout` passes first."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while not all(c.status()["authenticated"] for c in self.clients):
+        redis_ok = False
+        while True:
+            if not redis_ok:
+                try:
+                    await self.store.ping()
+                    redis_ok = True
+                except StoreUnavailable:
+                    pass
+            if redis_ok and all(c.status()["authenticated"] for c in self.clients):
+                return True
             if loop.time() >= deadline:
                 return False
             await asyncio.sleep(0.05)
-        return True
 
     async def stop(self, drain_timeout: float = 5.0) -> None:
         """Graceful stop, bounded by `drain_timeout` in all.

@@ -246,8 +246,9 @@ async def _run(config: GatewayConfig) -> int:
     notifier = Notifier()
     gateway = Gateway(config, LogSink(logging.getLogger("gateway.decisions")))
     app = make_app(gateway.health, gateway.reports, gateway.http_routes)
-    # In-flight requests get part of the bound to finish; the rest is for the pipeline.
-    http = HttpServer(app, config.http_host, config.http_port, shutdown_timeout=config.shutdown_timeout_s / 4)
+    # Intake already answers 503 when the listener closes, so in-flight requests are short: a
+    # tenth of the bound for them, most of it for the pipeline (wait_for below takes 0.85).
+    http = HttpServer(app, config.http_host, config.http_port, shutdown_timeout=config.shutdown_timeout_s / 10)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -266,7 +267,7 @@ async def _run(config: GatewayConfig) -> int:
     # READY once every PBX is logged in, or after ready_timeout_s anyway: citizens' SMS intake
     # must not wait for a PBX that is down (/health says 503 and why until it is back).
     logged_in = await _first(gateway.wait_ready(config.ready_timeout_s), stop)
-    state = "ready" if logged_in else "running without every PBX (see /health)"
+    state = "ready" if logged_in else "running without every PBX or Redis (see /health)"
     notifier.ready(f"{state}; health on http://{host}:{port}/health")
     log.info("gateway %s: %d pbx, health on http://%s:%d/health, rules %s", state, len(gateway.clients), host,
              port, gateway.rules.rules.version)

@@ -154,7 +154,7 @@ async def test_ready_is_sent_without_a_pbx_after_ready_timeout(
                                                 cwd=ROOT, env=env, stderr=asyncio.subprocess.DEVNULL)
     try:
         ready = await notify_socket.wait_for("READY=1")
-        assert "without every PBX" in ready
+        assert "without every PBX or Redis" in ready
         status, health = await _get(f"http://127.0.0.1:{http_port}/health", tries=1)
         assert status == 503 and not health["pbx"][0]["authenticated"]
         proc.send_signal(signal.SIGTERM)
