@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import random
+import re
 import time
 import unicodedata
 from datetime import date, datetime, timedelta
@@ -11,6 +12,8 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.domain.routing import (
     Action,
@@ -24,6 +27,8 @@ from gateway.domain.routing import (
     Rule,
     ThreadCondition,
     ThreadContext,
+    TimeWindow,
+    fold,
     parse_window,
     reply_template_problems,
     route,
@@ -572,3 +577,124 @@ def test_500_rules_throughput_smoke() -> None:
         route(m, rules)
     rate = len(msgs) / (time.perf_counter() - began)
     assert rate > 2000, f"{rate:.0f} decisions/s with 500 rules"
+
+
+# --------------------------------------------------------------------------------------------
+# The indexed engine equals a naive top-to-bottom scan
+# --------------------------------------------------------------------------------------------
+
+# A small alphabet, so that random keywords and texts overlap often: Hangul syllables (some
+# whose NFD forms differ), Latin letters in both cases, characters whose case folding changes
+# their length (ß -> ss, ﬁ -> fi), a space and digits.
+ALPHABET = "가로등불이났도ABab Sßsﬁfi12"
+WORDS = st.text(alphabet=ALPHABET, min_size=1, max_size=4)
+CITY = [CIVIL, DUTY_LINE, "+82319002100"]
+SENDERS = [CITIZEN, "+821099998888", "+8221234567"]
+BASE = epoch("2026-09-20T00:00")  # ten days around Chuseok: weekdays, a weekend, holidays
+
+
+def _naive_route(msg: InboundSms, rules: RoutingRules, thread: ThreadContext | None) -> str:
+    """The documented semantics, literally: the first rule whose every condition holds."""
+    local = rules.calendar.local_time(msg.received_at)
+    minute = local.hour * 60 + local.minute
+    day = rules.calendar.day_type(local)
+    nfc = unicodedata.normalize("NFC", msg.text)
+    age = None if thread is None else msg.received_at - thread.sent_at
+    for rule in rules.rules:
+        w = rule.when
+        ok = (
+            (w.to is None or msg.to in w.to)
+            and ((w.senders is None and not w.sender_prefixes)
+                 or msg.sender in (w.senders or ()) or any(msg.sender.startswith(p) for p in w.sender_prefixes))
+            and (w.keywords is None or any(fold(k) in nfc.casefold() for k in w.keywords))
+            and (w.regex is None or re.search(w.regex, nfc) is not None)
+            and (w.time is None or any(t.contains(minute) for t in w.time))
+            and (w.days is None or day in w.days)
+            and (w.thread is None
+                 or (age is not None and (w.thread.within_days is None or age <= w.thread.within_days * 86400))
+                 if w.thread is None or w.thread.reply else age is None)
+        )
+        if ok:
+            return rule.name
+    raise AssertionError("the last rule is a default")
+
+
+@st.composite
+def _conditions(draw: st.DrawFn) -> Conditions:
+    def maybe(strategy: st.SearchStrategy[object], p: int = 3) -> object:
+        return draw(strategy) if draw(st.integers(0, p)) == 0 else None
+
+    windows = maybe(st.lists(st.tuples(st.integers(0, 1439), st.integers(1, 1440)).filter(lambda w: w[0] != w[1]),
+                             min_size=1, max_size=2), 2)
+    prefixes = draw(st.lists(st.sampled_from(["+8210", "+822", "+8231"]), max_size=1)) if draw(
+        st.integers(0, 5)) == 0 else []
+    return Conditions(
+        to=maybe(st.frozensets(st.sampled_from(CITY), min_size=1)),  # type: ignore[arg-type]
+        senders=maybe(st.frozensets(st.sampled_from(SENDERS), min_size=1), 5),  # type: ignore[arg-type]
+        sender_prefixes=tuple(prefixes),
+        keywords=tuple(draw(st.lists(WORDS, min_size=1, max_size=4))) if draw(st.integers(0, 3)) else None,
+        regex=maybe(st.sampled_from(["[0-9]{2}", "(?i)b", "등$"]), 8),  # type: ignore[arg-type]
+        time=None if windows is None else tuple(TimeWindow(a, b) for a, b in windows),  # type: ignore[attr-defined]
+        days=maybe(st.frozensets(st.sampled_from(list(DayType)), min_size=1)),  # type: ignore[arg-type]
+        thread=maybe(st.sampled_from([ThreadCondition(), ThreadCondition(False),  # type: ignore[arg-type]
+                                      ThreadCondition(True, 2.0)]), 5),
+    )
+
+
+@st.composite
+def _rule_sets(draw: st.DrawFn) -> RoutingRules:
+    conditions = draw(st.lists(_conditions(), min_size=1, max_size=25))
+    rules = [Rule(f"r{i}", c, Action("duty" if c.thread is None or not c.thread.reply else "thread_department"))
+             for i, c in enumerate(conditions)]
+    return _rules(*rules, DEFAULT)
+
+
+@st.composite
+def _messages(draw: st.DrawFn) -> tuple[InboundSms, ThreadContext | None]:
+    text = draw(st.text(alphabet=ALPHABET, max_size=12))
+    if draw(st.booleans()):
+        text = unicodedata.normalize("NFD", text)
+    at = BASE + draw(st.integers(0, 10 * 86400))
+    msg = InboundSms("m", "p", draw(st.sampled_from(CITY)), draw(st.sampled_from(SENDERS)), text, at)
+    thread = None
+    if draw(st.booleans()):
+        thread = ThreadContext("tax", at - draw(st.integers(0, 4 * 86400)))
+    return msg, thread
+
+
+@given(_rule_sets(), st.lists(_messages(), min_size=1, max_size=10))
+@settings(max_examples=300)
+def test_indexed_routing_equals_a_naive_scan(rules: RoutingRules,
+                                              messages: list[tuple[InboundSms, ThreadContext | None]]) -> None:
+    for msg, thread in messages:
+        decision = route(msg, rules, thread)
+        assert decision.rule == _naive_route(msg, rules, thread), (msg, thread)
+        # The explanation (computed independently) agrees: every earlier rule has a reason.
+        assert [name for name, _ in decision.explain] == [r.name for r in rules.rules[: len(decision.explain)]]
+        assert all(not why.startswith("matches") for _, why in decision.explain)
+
+
+def test_indexed_routing_with_blank_and_one_character_keywords() -> None:
+    """Keyword shapes the loader refuses or rarely sees still follow the naive semantics."""
+    rules = _rules(
+        Rule("one-char", Conditions(keywords=("불",), to=frozenset({DUTY_LINE})), Action("duty")),
+        Rule("blank", Conditions(keywords=("",), days=frozenset({DayType.WEEKEND})), Action("duty")),
+        Rule("folded", Conditions(keywords=("STRASSE",)), Action("duty")),
+        DEFAULT,
+    )
+    cases = [("불편해요", DUTY_LINE, "2026-03-10T10:00", "one-char"),
+             ("불편해요", CIVIL, "2026-03-10T10:00", "default"),
+             ("anything", CIVIL, "2026-03-07T10:00", "blank"),
+             ("Straße 5", CIVIL, "2026-03-10T10:00", "folded")]
+    for text, to, at, want in cases:
+        msg = sms(at, text, to=to)
+        assert route(msg, rules).rule == _naive_route(msg, rules, None) == want
+
+
+def test_500_generated_rules_equal_a_naive_scan() -> None:
+    """The benchmark's realistic 500-rule file and message mix (ops/bench/routing.py)."""
+    from ops.bench.routing import messages, rules_yaml
+
+    rules = parse_routing(rules_yaml(500), "generated.yaml")
+    for sample in messages(1500, seed=3):
+        assert route(sample.msg, rules, sample.thread).rule == _naive_route(sample.msg, rules, sample.thread)

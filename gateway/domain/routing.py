@@ -28,14 +28,16 @@ Matching semantics (the telecom team's contract, also described in ``rules/routi
 from __future__ import annotations
 
 import bisect
+import functools
+import operator
 import re
+import string
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
 from functools import cached_property
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import holidays
@@ -322,8 +324,8 @@ class _Compiled:
     type, time segment) by the candidate index of `_Engine`.
     """
 
-    __slots__ = ("index", "keywords", "keywords_only", "regex", "rule", "sender_prefixes", "senders", "thread_reply",
-                 "thread_within_s")
+    __slots__ = ("index", "indexed", "keywords", "keywords_only", "regex", "rule", "sender_prefixes", "senders",
+                 "thread_reply", "thread_within_s")
 
     def __init__(self, index: int, rule: Rule) -> None:
         when = rule.when
@@ -344,6 +346,11 @@ class _Compiled:
         self.keywords_only = (
             self.keywords is not None and self.senders is None and self.thread_reply is None and self.regex is None
         )
+        # Keywords the keyword index looks up; None when the keyword condition always holds (no
+        # keywords condition, or a blank keyword, which occurs in every text).
+        self.indexed: tuple[str, ...] | None = (
+            None if self.keywords is None or "" in self.keywords else self.keywords
+        )
 
 
 class _Facts:
@@ -363,12 +370,23 @@ class _Facts:
 
 
 class _Engine:
-    """Candidate index over the rules plus the per-rule checks for the remaining conditions.
+    """Two indexes over the rules plus the per-rule checks for the remaining conditions.
 
-    For speed with hundreds of rules, the conditions that depend only on (city number, day type,
-    minute of day) are resolved per combination once and cached: the minute is mapped to a
-    segment between consecutive window boundaries of all rules, so the cache stays small
-    (numbers x 3 day types x segments) and each entry is the tuple of rules still possible.
+    For speed with hundreds of rules:
+
+    * the conditions that depend only on (city number, day type, minute of day) are resolved
+      per combination once and cached: the minute is mapped to a segment between consecutive
+      window boundaries of all rules, so the cache stays small (numbers x 3 day types x
+      segments). Each entry holds the rules still possible that have NO keyword condition, in
+      rule order (usually a handful: duty, thread and default rules);
+    * rules WITH keywords are found through a keyword index instead of being scanned: every
+      keyword of two or more characters is filed under its first two characters, so a text
+      only tests the keywords that start with one of its own character pairs (one-character
+      keywords are filed under that character). The keywords found give the rules whose
+      keyword condition holds; their static conditions are then checked one by one.
+
+    `route` merges the two, in rule order, and the first rule whose remaining conditions hold
+    wins: exactly the first match of a top-to-bottom scan (tests compare it with a naive scan).
     """
 
     def __init__(self, rules: tuple[Rule, ...]) -> None:
@@ -382,18 +400,56 @@ class _Engine:
         self.bounds = tuple(sorted(bounds))
         self._candidates: dict[tuple[str, DayType, int], tuple[_Compiled, ...]] = {}
         self._interned: dict[tuple[int, ...], tuple[_Compiled, ...]] = {}
+        # keyword -> the rules (in order) that list it; first two characters -> keywords.
+        rules_of: dict[str, list[_Compiled]] = {}
+        for c in self.compiled:
+            for keyword in c.indexed or ():
+                rules_of.setdefault(keyword, []).append(c)
+        self.rules_of = {k: tuple(v) for k, v in rules_of.items()}
+        by_pair: dict[str, list[str]] = {}
+        for keyword in self.rules_of:
+            if len(keyword) >= 2:
+                by_pair.setdefault(keyword[:2], []).append(keyword)
+        self.by_pair = {k: tuple(v) for k, v in by_pair.items()}
+        self.pairs = frozenset(self.by_pair)
+        self.single = frozenset(k for k in self.rules_of if len(k) == 1)
 
     def candidates(self, to: str, day: DayType, minute: int) -> tuple[_Compiled, ...]:
+        """The rules without a keyword condition whose to/days/time conditions hold, in order."""
         number = to if to in self.numbers else ""  # every other number behaves alike
         segment = bisect.bisect_right(self.bounds, minute) - 1
         key = (number, day, segment)
         found = self._candidates.get(key)
         if found is None:
             start = self.bounds[segment]  # every minute of a segment gives the same answer
-            indexes = tuple(c.index for c in self.compiled if _static_ok(c.rule.when, number, day, start))
+            indexes = tuple(c.index for c in self.compiled
+                            if c.indexed is None and _static_ok(c.rule.when, number, day, start))
             found = self._interned.setdefault(indexes, tuple(self.compiled[i] for i in indexes))
             self._candidates[key] = found
         return found
+
+    def keyword_hits(self, folded: str) -> list[_Compiled]:
+        """The rules with a keyword condition that holds for ``folded``, in rule order."""
+        hits: set[_Compiled] | None = None
+        # The text's character pairs (built in C by map/add) that start some keyword.
+        for pair in self.pairs.intersection(map(operator.add, folded, folded[1:])):
+            for keyword in self.by_pair[pair]:
+                if keyword in folded:
+                    if hits is None:
+                        hits = set()
+                    hits.update(self.rules_of[keyword])
+        if self.single:
+            for char in self.single.intersection(folded):
+                if hits is None:
+                    hits = set()
+                hits.update(self.rules_of[char])
+        if hits is None:
+            return []
+        return sorted(hits, key=_index_of) if len(hits) > 1 else list(hits)
+
+
+def _index_of(c: _Compiled) -> int:
+    return c.index
 
 
 def _static_ok(when: Conditions, to: str, day: DayType, minute: int) -> bool:
@@ -511,13 +567,14 @@ class RouteDecision:
     local_time: datetime  # when the message was received, in the calendar's zone
     rules_version: str
     _facts: _Facts = field(repr=False, compare=False)
-    _earlier: tuple[_Compiled, ...] = field(repr=False, compare=False)
+    _compiled: tuple[_Compiled, ...] = field(repr=False, compare=False)  # every rule (shared, not copied)
+    _winner: int = field(repr=False, compare=False)  # the winning rule's index in `_compiled`
 
     @cached_property
     def explain(self) -> tuple[tuple[str, str], ...]:
         """(rule name, why it did not match) for every rule tried before the winning one."""
         out: list[tuple[str, str]] = []
-        for c in self._earlier:
+        for c in self._compiled[: self._winner]:
             reason = _why_not(c, self._facts)
             out.append((c.rule.name, reason or "matches (bug: should have won)"))
         return tuple(out)
@@ -532,17 +589,21 @@ def route(msg: InboundSms, rules: RoutingRules, thread: ThreadContext | None = N
     engine = rules._engine
     facts = _Facts(msg, rules.calendar, thread)
     winner: _Compiled | None = None
-    folded = facts.folded
+    # Rules with keywords whose keyword condition holds (usually none or a few), merged in rule
+    # order with the rules without keywords still possible at this number, day and time.
+    hits = engine.keyword_hits(facts.folded)
+    h = 0
     for c in engine.candidates(msg.to, facts.day, facts.minute):
-        # Keyword-only rules are the bulk of a large rule set: check them inline, without a call.
-        keywords = c.keywords
-        if keywords is not None:
-            for keyword in keywords:
-                if keyword in folded:
-                    break
-            else:
-                continue
-        if c.keywords_only or _dynamic_ok(c, facts):
+        while h < len(hits) and hits[h].index < c.index:
+            hit = hits[h]
+            h += 1
+            if _static_ok(hit.rule.when, msg.to, facts.day, facts.minute) and (
+                    hit.keywords_only or _dynamic_ok(hit, facts)):
+                winner = hit
+                break
+        if winner is not None:
+            break
+        if _dynamic_ok(c, facts):
             winner = c
             break
     if winner is None:  # unreachable: the last rule has no conditions; kept for type safety
@@ -556,7 +617,11 @@ def route(msg: InboundSms, rules: RoutingRules, thread: ThreadContext | None = N
     reply = None
     if action.auto_reply is not None:
         reply = _render(action.auto_reply, rules, facts, queue_name)
-    return RouteDecision(
+    # The frozen dataclass's generated __init__ sets each of the 13 fields through
+    # object.__setattr__, which costs as much as the whole routing; filling the instance
+    # dict directly gives the same object (every field set, `explain` computed lazily).
+    decision = object.__new__(RouteDecision)
+    decision.__dict__.update(
         rule=winner.rule.name,
         queue=queue,
         queue_name=queue_name,
@@ -568,22 +633,47 @@ def route(msg: InboundSms, rules: RoutingRules, thread: ThreadContext | None = N
         local_time=facts.local,
         rules_version=rules.version,
         _facts=facts,
-        _earlier=engine.compiled[: winner.index],
+        _compiled=engine.compiled,
+        _winner=winner.index,
     )
+    return decision
+
+
+@functools.lru_cache(maxsize=256)
+def _display(e164: str) -> str:
+    """`display` of a city number, cached: a phonenumbers parse costs more than the whole routing."""
+    return display(e164)
+
+
+@functools.lru_cache(maxsize=1024)
+def _template_variables(template: str) -> frozenset[str]:
+    """The `REPLY_VARIABLES` a template refers to (computing the others would be wasted)."""
+    names = set()
+    for _, name, _, _ in string.Formatter().parse(template):
+        if name:
+            names.add(re.split(r"[.\[]", name, maxsplit=1)[0])
+    return frozenset(names & REPLY_VARIABLES)
 
 
 def _render(template: str, rules: RoutingRules, f: _Facts, queue_name: str) -> str:
     local = f.local
-    variables: dict[str, Any] = {
-        "organisation": rules.organisation,
-        "city_number": display(f.msg.to),
-        "received_date": f"{local.month}월 {local.day}일",
-        "received_time": f"{local:%H:%M}",
-        "queue_name": queue_name,
-        "day_name": DAY_NAMES_KO[f.day],
-        "holiday_name": f.holiday or "",
-    }
-    return template.format_map(_Blank(variables)).strip()
+    variables = _Blank()
+    for name in _template_variables(template):
+        if name == "organisation":
+            variables[name] = rules.organisation
+        elif name == "city_number":
+            variables[name] = _display(f.msg.to)
+        elif name == "received_date":
+            variables[name] = f"{local.month}월 {local.day}일"
+        elif name == "received_time":
+            variables[name] = f"{local.hour:02d}:{local.minute:02d}"
+        elif name == "queue_name":
+            variables[name] = queue_name
+        elif name == "day_name":
+            variables[name] = DAY_NAMES_KO[f.day]
+        elif name == "holiday_name":
+            variables[name] = f.holiday or ""
+    return template.format_map(variables).strip()
 
 
 def local_datetime(calendar: Calendar, text: str) -> datetime:
