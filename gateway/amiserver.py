@@ -21,7 +21,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -396,6 +396,9 @@ class AmiServer:
         write_chunk: int | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        broadcast: bool = False,
+        on_block: Callable[[bytes], None] | None = None,
+        max_write_buffer: int = 4 * 1024 * 1024,
     ) -> None:
         if not sessions:
             raise ValueError("AmiServer needs at least one session")
@@ -422,6 +425,17 @@ class AmiServer:
         self._connections: set[asyncio.Task[None]] = set()
         self._done = asyncio.Event()
         self._exhausted = False
+        # Broadcast mode: one PBX timeline, every logged-in connection receives the same
+        # events (several gateways following one Asterisk). See `_broadcast`.
+        self.broadcast = broadcast
+        self.on_block = on_block  # called with every block the broadcast sends (test bookkeeping)
+        self.max_write_buffer = max_write_buffer
+        self.dropped_consumers = 0
+        self._subscribers: set[_Connection] = set()
+        self._broadcaster: asyncio.Task[None] | None = None
+        self._broadcast_t = 0.0  # recorded time the broadcast has reached
+        if broadcast and self.fast:
+            raise ValueError("broadcast needs a timed replay ('real' or a multiplier)")
 
     async def start(self) -> tuple[str, int]:
         """Start listening; returns the (host, port) actually bound."""
@@ -438,6 +452,9 @@ class AmiServer:
         """Stop listening and close every connection."""
         if self._server is not None:
             self._server.close()
+        if self._broadcaster is not None:
+            self._broadcaster.cancel()
+            await asyncio.gather(self._broadcaster, return_exceptions=True)
         for task in list(self._connections):
             task.cancel()
         if self._connections:
@@ -466,8 +483,9 @@ class AmiServer:
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
+        conn: _Connection | None = None
         try:
-            taken = self._take()
+            taken = (self.plans[0], 0) if self.broadcast else self._take()
             if taken is None:
                 writer.close()
                 return
@@ -477,12 +495,59 @@ class AmiServer:
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
+            if conn is not None:
+                self._subscribers.discard(conn)
             self._connections.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
             if self._exhausted and not self._connections:
                 self._done.set()
+
+
+    # -- broadcast mode -------------------------------------------------------------------------
+
+    def _subscribe(self, conn: _Connection) -> None:
+        self._subscribers.add(conn)
+        if self._broadcaster is None:
+            self._broadcaster = asyncio.get_running_loop().create_task(self._broadcast(), name="ami-broadcast")
+
+    async def _broadcast(self) -> None:
+        """Play the sessions' calls once, in a loop with fresh ids, to every logged-in client.
+
+        Starts with the first login and keeps the PBX's pace whoever is connected, as a real
+        PBX does: a client that is away misses what happens meanwhile (its CoreShowChannels
+        resync finds the calls still up). Login events and recorded closes are per connection
+        and are not broadcast. A client that does not read is dropped once
+        `max_write_buffer` bytes wait for it (Asterisk's writetimeout).
+        """
+        loop = asyncio.get_running_loop()
+        epoch = time.time()
+        cycle = 0
+        while True:
+            for plan in self.plans:
+                blocks = tuple(b for b in plan.transcript.body if b.event_name not in _LOGIN_EVENTS
+                               and not b.raw.startswith((b"Response: Goodbye", b"Event: Shutdown")))
+                if not blocks:
+                    continue
+                t0, start = blocks[0].t, loop.time()
+                for block in blocks:
+                    delay = start + (block.t - t0) / self.multiplier - loop.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    data = self.clock.apply(fresh_ids(block.raw, cycle * CYCLE_ID_OFFSET))
+                    if self.add_timestamps and block.is_event:
+                        data = add_timestamp(data, epoch + block.t)
+                    self._broadcast_t = block.t
+                    self.channels.apply(data, block.t)
+                    self.blocks_sent += 1
+                    if self.on_block is not None:
+                        self.on_block(data)
+                    for conn in list(self._subscribers):
+                        conn.push(data)
+                epoch += blocks[-1].t + 1.0
+                await asyncio.sleep(0.2 / self.multiplier)
+            cycle += 1
 
 
 @dataclass
@@ -547,8 +612,24 @@ class _Connection:
                 await asyncio.sleep(0)
                 await asyncio.sleep(0)
 
+    def push(self, data: bytes) -> None:
+        """Broadcast mode: queue `data` without waiting; drop a client that stopped reading."""
+        if self.silent or self.writer.is_closing():
+            return
+        if self.writer.transport.get_write_buffer_size() > self.server.max_write_buffer:
+            log.warning("AMI client not reading: dropped (as Asterisk's writetimeout does)")
+            self.server.dropped_consumers += 1
+            self.server._subscribers.discard(self)
+            self.writer.transport.abort()
+            self.closing.set()
+            return
+        self.writer.write(data)
+        self.last_activity = time.monotonic()
+
     def recorded_now(self) -> float:
         """The recorded time the replay has reached (for Duration of live channels)."""
+        if self.server.broadcast:
+            return self.server._broadcast_t
         replay = self.replay
         if self.server.fast or replay.started is None:
             return replay.clock_t
@@ -604,6 +685,16 @@ class _Connection:
         answer = transcript.blocks[index].raw if index is not None else (
             b"Response: Success\r\nActionID: x\r\nMessage: Authentication accepted\r\n\r\n")
         await self.write(with_header(answer, b"ActionID", aid))
+        if self.server.broadcast:
+            # This connection's own login events, then the PBX's shared stream.
+            for block in transcript.body:
+                if block.event_name in _LOGIN_EVENTS:
+                    data = self.server.clock.apply(block.raw)
+                    if self.server.add_timestamps:
+                        data = add_timestamp(data, time.time())
+                    await self.write(data)
+            self.server._subscribe(self)
+            return True
         self.replay_task = asyncio.ensure_future(self.play_then_close())
         return True
 

@@ -100,7 +100,8 @@ class FakeDelivery:
     request_id: str
     recipient_seq: int
     text: str = ""  # SMS/LMS/fallback body ("" for Alimtalk)
-    idempotency_key: str = ""
+    idempotency_key: str = ""  # Alimtalk: X-NC-API-IDEMPOTENCY-KEY; SMS: senderGroupingKey
+    at: float = field(default_factory=time.time)  # wall time the message reached the phone
 
 
 class _Invalid(Exception):
@@ -434,7 +435,8 @@ class FakeNhnServer:
                             "recipientSeq": seq, "recipientGroupingKey": r.get("recipientGroupingKey")})
             if code == 0:
                 channel = "sms" if kind == "sms" else "lms"
-                self.deliveries.append(FakeDelivery(channel, rto, request_id, seq, body["body"]))
+                self.deliveries.append(FakeDelivery(channel, rto, request_id, seq, body["body"],
+                                                    str(body.get("senderGroupingKey") or "")))
         if behaviour != "slow":
             self.requests.append(ReceivedRequest(**record, code=0, error=""))
         answer = _header(True, 0, "SUCCESS")
