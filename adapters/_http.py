@@ -200,7 +200,7 @@ def parse_json(payload: bytes, max_body: int = NHN_MAX_BODY) -> dict[str, Any] |
         return None
     try:
         data = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: "[[[[..." nested too deeply
         return None
     return cast(dict[str, Any], data) if isinstance(data, dict) else None
 

@@ -404,7 +404,9 @@ def _report(provider: str, index: int, hook: Any) -> DeliveryReport | None:
         status = ReportStatus.QUEUED
     else:
         status = ReportStatus.FAILED
-    meaning = KAKAO_CODES.get(int(code)) if code.isdigit() else None
+    # as_int, not int(): "²".isdigit() is True but int("²") raises, as does a 5,000-digit code.
+    number = as_int(code)
+    meaning = KAKAO_CODES.get(number) if number is not None else None
     detail = f"code {code}" + (f" ({meaning.value})" if meaning and meaning is not _R.ACCEPTED else "")
     fallback_used = False
     resend = hook.get("resendStatus")

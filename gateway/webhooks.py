@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -62,7 +63,7 @@ def verify(provider: InboundProvider, headers: Mapping[str, str], body: bytes, n
         age = abs(now - float(timestamp))
     except ValueError:
         raise Unauthorized("bad X-Signature-Timestamp") from None
-    if age > REPLAY_WINDOW_S:
+    if not math.isfinite(age) or age > REPLAY_WINDOW_S:  # "nan" compares False with everything
         raise Unauthorized(f"timestamp outside the {REPLAY_WINDOW_S} s window (replayed or clock skew)")
     expected = sign(provider.secret, timestamp, provider.public_url, body)
     if not hmac.compare_digest(expected.encode(), given.strip().lower().encode()):
@@ -99,6 +100,8 @@ def parse_body(content_type: str, body: bytes) -> dict[str, str]:
         raise BadRequest(f"unknown charset {charset!r}") from None
     except ValueError as exc:
         raise BadRequest(f"malformed body: {exc}") from None
+    except RecursionError:
+        raise BadRequest("malformed body: JSON nested too deeply") from None
     raise BadRequest(f"unsupported content type {media!r} (application/json or form)")
 
 

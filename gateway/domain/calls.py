@@ -162,6 +162,9 @@ class CallTracker:
         self._groups: dict[str, str] = {}  # group (Linkedid) -> call id
         self._bridges: dict[str, set[str]] = {}
         self._gone: OrderedDict[str, None] = OrderedDict()
+        # Ids (and groups) of calls already reported: a late or reordered leg of one of them must
+        # not open a second call under the same id (it would be reported twice).
+        self._ended: OrderedDict[str, None] = OrderedDict()
         self._tombstones = tombstones
         self._seq = 0
         self._resync_mark: int | None = None
@@ -280,6 +283,8 @@ class CallTracker:
         if call_id is None:
             call_id = self._groups.get(info.group) or self._groups.get(info.leg)
         call = self._calls.get(call_id) if call_id else None
+        if call is None and (info.group or info.leg) in self._ended:
+            return None  # a late leg of a call already reported
         if call is None:
             call = _Call(id=info.group or info.leg, started_at=at)
             if call.id in self._calls:  # group id reused by a merged call: keep ids unique
@@ -364,13 +369,13 @@ class CallTracker:
                 number = alt
         if call.direction is Direction.INBOUND:
             # A citizen's call forwarded outside: not lettered, remembered as a transfer.
-            call.transfers.append(Transfer("forward", event.at, number.e164 or raw))
+            _note(call.transfers, Transfer("forward", event.at, number.e164 or raw))
             return
         previous = self._legs.get(call.target) if call.target else None
         if (call.direction is Direction.OUTBOUND and previous is not None
                 and previous.answered_at is not None and previous.ended_at is None):
             # The citizen is still on the line and another outside number joins: a transfer/conference.
-            call.transfers.append(Transfer("forward", event.at, number.e164 or raw))
+            _note(call.transfers, Transfer("forward", event.at, number.e164 or raw))
             return
         call.direction = Direction.OUTBOUND
         call.target = dst.id
@@ -394,7 +399,7 @@ class CallTracker:
             # have announced it already).
             ext = self._extension_of(dst)
             if not (call.transfers and call.transfers[-1].to == ext and event.at - call.transfers[-1].at < 30):
-                call.transfers.append(Transfer("redirect", event.at, ext))
+                _note(call.transfers, Transfer("redirect", event.at, ext))
             return
         if call.direction is None:
             call.direction = Direction.INTERNAL
@@ -472,7 +477,7 @@ class CallTracker:
         if leg is None:
             return
         self._touch(leg)
-        self._calls[leg.call].transfers.append(Transfer("blind", event.at, event.exten))
+        _note(self._calls[leg.call].transfers, Transfer("blind", event.at, event.exten))
 
     def _merge(self, keep: _Call, other: _Call) -> None:
         if keep is other:
@@ -503,7 +508,7 @@ class CallTracker:
         if keep.target == "" and other.target:
             keep, other = other, keep
         self._merge(keep, other)
-        keep.transfers.append(Transfer("attended", event.at, to))
+        _note(keep.transfers, Transfer("attended", event.at, to))
 
     def _on_joined(self, event: LegsJoined) -> None:
         a, b = self._legs.get(event.a), self._legs.get(event.b)
@@ -515,7 +520,7 @@ class CallTracker:
         self._merge(keep, other)
         if event.kind == "pickup":
             picker = self._legs[event.b]
-            keep.transfers.append(Transfer("pickup", event.at, self._extension_of(picker)))
+            _note(keep.transfers, Transfer("pickup", event.at, self._extension_of(picker)))
             if keep.direction is Direction.INBOUND and picker.kind == LegKind.PHONE:
                 keep.extension = self._extension_of(picker)
 
@@ -591,6 +596,10 @@ class CallTracker:
             return
         if all(lg.ended_at is not None for lg in call.legs.values()):
             out.append(CallEnded(self._record(call, at), call.dials))
+            for ended in (call.id, *(g for g, c in self._groups.items() if c == call.id)):
+                self._ended[ended] = None
+            while len(self._ended) > self._tombstones:
+                self._ended.popitem(last=False)
             self._drop_call(call)
 
     def _drop_call(self, call: _Call) -> None:
@@ -649,6 +658,12 @@ class CallTracker:
                 return Disposition.NO_ANSWER, "caller_phone_not_answered"
             return Disposition.FAILED, "not_dialed"
         return _from_status(target.dial_status, target.cause, target.tech_cause)
+
+
+def _note(transfers: list[Transfer], transfer: Transfer) -> None:
+    """Append `transfer` unless it repeats the last one (the same event delivered twice)."""
+    if not transfers or transfers[-1] != transfer:
+        transfers.append(transfer)
 
 
 _Q850 = {
