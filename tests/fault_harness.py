@@ -556,11 +556,13 @@ class Ledger:
 
 
 def check_lettering(h: Harness, ledger: Ledger, *, opted_out: dict[str, float] | None = None,
-                    every_call_decided: bool = False, margin_s: float = 4.0) -> None:
+                    every_call_decided: bool = False, margin_s: float = 4.0,
+                    blind: Sequence[tuple[float, float]] = ()) -> None:
     """Each call is lettered at most once at the carrier; every logged lettering reached it;
     no lettering to a number after its opt-out (plus `margin_s` for one in flight). With
     `every_call_decided`, every mobile DialBegin the PBX broadcast got a decision (lettering or
-    a visible skip) from some gateway."""
+    a visible skip) from some gateway, except those dialed within a `blind` window
+    ((start, end) in time.monotonic(): the AMI link was down) which may go unseen."""
     per_call = Counter(str((r.body or {}).get("callKey")) for r in h.carrier.requests if not r.error)
     twice = {c: n for c, n in per_call.items() if n > 1}
     assert not twice, f"calls lettered more than once at the carrier: {twice}"
@@ -574,7 +576,8 @@ def check_lettering(h: Harness, ledger: Ledger, *, opted_out: dict[str, float] |
     ledger.letterings_sent = len(per_call)
     ledger.letterings_due = len(h.dials)
     if every_call_decided:
-        undecided = [c for c in h.dials if c not in per_call and c not in skipped]
+        undecided = [c for c, at in h.dials.items() if c not in per_call and c not in skipped
+                     and not any(start <= at <= end for start, end in blind)]
         assert not undecided, f"{len(undecided)} dialed calls got no decision: {undecided[:5]}"
     ledger.details["skips"] = dict(Counter(str(d.get("reason")) for d in h.decisions("skipped")
                                            if str(d["call"]) in h.dials))
@@ -632,3 +635,4 @@ def check_messages(h: Harness, ledger: Ledger, *, optouts: dict[str, float] | No
                 and ":opt_out_confirm:" not in d.idempotency_key]
         assert not late, f"{number} opted out at {at:.1f} but got {late[:3]}"
     ledger.details["dead_letters"] = dict(Counter(v for v in dead.values()))
+    ledger.details["held_by_broker"] = dict(Counter(v for v in pending.values()))
