@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -117,7 +118,9 @@ class _Call:
     originate_exten: str = ""
     end_cause: str = ""  # set when the call is ended by the tracker (restart, expiry, lost)
     dials: int = 0
-    dialed_numbers: set[str] = field(default_factory=set)
+    # A call dials one number, rarely two: a tuple (the empty one is shared) instead of a set,
+    # which costs 216 bytes even when empty.
+    dialed_numbers: tuple[str, ...] = ()
 
 
 _SEQ_SUFFIX = re.compile(r"-[0-9a-fA-F]+(;[12])?$")
@@ -160,7 +163,7 @@ class CallTracker:
         self._calls: dict[str, _Call] = {}
         self._legs: dict[str, _Leg] = {}
         self._groups: dict[str, str] = {}  # group (Linkedid) -> call id
-        self._bridges: dict[str, set[str]] = {}
+        self._bridges: dict[str, list[str]] = {}  # bridge id -> legs in it (two, in a call)
         self._gone: OrderedDict[str, None] = OrderedDict()
         # Ids (and groups) of calls already reported: a late or reordered leg of one of them must
         # not open a second call under the same id (it would be reported twice).
@@ -275,7 +278,7 @@ class CallTracker:
         leg = self._legs.get(info.leg)
         if leg is not None:
             if info.caller and info.caller != "<unknown>":
-                leg.caller = info.caller
+                leg.caller = info.caller if leg.kind == LegKind.TRUNK else sys.intern(info.caller)
             self._touch(leg)
             return leg
         if info.leg in self._gone:
@@ -286,18 +289,23 @@ class CallTracker:
         if call is None and (info.group or info.leg) in self._ended:
             return None  # a late leg of a call already reported
         if call is None:
-            call = _Call(id=info.group or info.leg, started_at=at)
+            # The first leg's Linkedid equals its Uniqueid: share that string, not a copy.
+            call = _Call(id=info.leg if info.group in ("", info.leg) else info.group, started_at=at)
             if call.id in self._calls:  # group id reused by a merged call: keep ids unique
                 call.id = info.leg
             self._calls[call.id] = call
         kind = self._kind(info.tech, info.endpoint)
         caller = "" if info.caller == "<unknown>" else info.caller
-        leg = _Leg(id=info.leg, call=call.id, channel=info.channel, endpoint=info.endpoint, kind=kind,
-                   caller=caller, exten=info.exten, created_at=at, state=info.state)
+        # Endpoints (phones, trunks) and the callers of phone legs (extensions) repeat across
+        # calls: interned, thousands of concurrent calls share one string each. A trunk leg's
+        # caller is a citizen's number, different on every call: not interned.
+        leg = _Leg(id=info.leg, call=call.id, channel=info.channel, endpoint=sys.intern(info.endpoint), kind=kind,
+                   caller=caller if kind == LegKind.TRUNK else sys.intern(caller), exten=info.exten,
+                   created_at=at, state=info.state)
         self._legs[leg.id] = leg
         call.legs[leg.id] = leg
         if info.group:
-            self._groups.setdefault(info.group, call.id)
+            self._groups.setdefault(call.id if info.group == call.id else info.group, call.id)
         self._touch(leg)
         if len(call.legs) == 1:
             self._first_leg(call, leg)
@@ -386,7 +394,7 @@ class CallTracker:
         key = number.e164 or raw
         if key in call.dialed_numbers:
             return
-        call.dialed_numbers.add(key)
+        call.dialed_numbers += (key,)
         call.dials += 1
         out.append(ExternalDial(self.pbx, call.id, event.at, call.extension, number, dst.endpoint,
                                 Direction.OUTBOUND, call.recovered))
@@ -416,7 +424,7 @@ class CallTracker:
         status = event.status.upper()
         if event.src is None and dst.originated:
             return  # the desk phone answered (or not) its own click-to-call
-        dst.dial_status = status
+        dst.dial_status = sys.intern(status)  # a handful of values, one string each
         call = self._calls[dst.call]
         if status != "ANSWER":
             return
@@ -435,9 +443,11 @@ class CallTracker:
         self._touch(leg)
         if leg.bridge and leg.bridge != event.bridge:
             self._on_bridge_exit(leg.id, leg.bridge, event.at)
-        members = self._bridges.setdefault(event.bridge, set())
-        members.add(leg.id)
-        leg.bridge = event.bridge
+        bridge = sys.intern(event.bridge)  # one string for the bridge's legs and the table
+        members = self._bridges.setdefault(bridge, [])
+        if leg.id not in members:
+            members.append(leg.id)
+        leg.bridge = bridge
         leg.bridged_ever = True
         if len(members) >= 2:
             for member_id in members:
@@ -450,8 +460,8 @@ class CallTracker:
 
     def _on_bridge_exit(self, leg_id: str, bridge: str, at: float) -> None:
         members = self._bridges.get(bridge)
-        if members is not None:
-            members.discard(leg_id)
+        if members is not None and leg_id in members:
+            members.remove(leg_id)
         leg = self._legs.get(leg_id)
         if leg is not None:
             self._touch(leg)
@@ -492,7 +502,7 @@ class CallTracker:
             keep.direction, keep.target, keep.party = other.direction, other.target, other.party
             keep.trunk, keep.answered_at = other.trunk, other.answered_at
         keep.transfers.extend(other.transfers)
-        keep.dialed_numbers |= other.dialed_numbers
+        keep.dialed_numbers += tuple(n for n in other.dialed_numbers if n not in keep.dialed_numbers)
         keep.dials += other.dials
         self._calls.pop(other.id, None)
 
@@ -559,7 +569,7 @@ class CallTracker:
             elif leg.state in (STATE_RING, STATE_RINGING) or item.application == "AppDial":
                 key = number.e164 or raw
                 if key not in call.dialed_numbers:
-                    call.dialed_numbers.add(key)
+                    call.dialed_numbers += (key,)
                     call.dials += 1
                     out.append(ExternalDial(self.pbx, call.id, item.at, call.extension, number, leg.endpoint,
                                             Direction.OUTBOUND, True))

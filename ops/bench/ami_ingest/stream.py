@@ -40,6 +40,15 @@ SESSION_EVENTS = frozenset({b"FullyBooted", b"SuccessfulAuth", b"Shutdown"})
 #: A Korean mobile number as the PBX writes it (national format, never inside a longer number).
 _MOBILE = re.compile(rb"(?<![0-9])010[0-9]{8}(?![0-9])")
 _CARRIER_DIAL = b"\r\nDestChannel: PJSIP/carrier-"
+#: A bridge id (Asterisk names bridges with a UUID).
+_UUID = re.compile(rb"[0-9a-f]{8}(-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
+
+
+def fresh_bridges(data: bytes, copy: int) -> bytes:
+    """Give every bridge id in `data` a first group of its own (copy number in hex): distinct
+    across copies, still distinct within one (Asterisk never reuses a bridge id, and copies
+    sharing one would look like one huge conference to the tracker)."""
+    return _UUID.sub(lambda m: b"%08x" % (copy % 2**32) + m[1], data)
 
 
 def event_name(block: bytes) -> bytes:
@@ -83,8 +92,8 @@ class NumberAllocator:
 
 
 def _fresh(blocks: list[bytes], id_offset: int, numbers: NumberAllocator) -> list[bytes]:
-    """One repetition of a scenario: fresh ids and numbers, rewritten on the joined bytes."""
-    joined = numbers.rewrite(fresh_ids(b"".join(blocks), id_offset))
+    """One repetition of a scenario: fresh ids, bridge ids and numbers, rewritten on the joined bytes."""
+    joined = numbers.rewrite(fresh_bridges(fresh_ids(b"".join(blocks), id_offset), id_offset // CYCLE_ID_OFFSET))
     parts = joined.split(EOF)
     parts.pop()  # the empty tail after the last terminator
     return [p + EOF for p in parts]
