@@ -24,10 +24,13 @@ Assumptions and choices:
 
 - The SMS v3.0 send API documents no idempotency header (only KakaoTalk Bizmessage does).
   None is sent, and the adapter never re-sends anything that may have reached NHN: the
-  only retry is for a connection that could not be opened. Duplicates across retries and
-  redeliveries are stopped by the outbox's atomic dedupe claim in Redis; the message's
-  idempotency key travels as ``senderGroupingKey`` and ``recipientGroupingKey`` (both
-  searchable in NHN's list API), so a suspected duplicate can be found and audited.
+  only retry is for a connection that could not be opened. The message's idempotency key
+  travels as ``senderGroupingKey`` and ``recipientGroupingKey``. When an earlier attempt's
+  outcome is unknown (the worker died mid-request, or NHN answered after the deadline), the
+  outbox asks `find_sent` first: "List messages" ``GET /sms/v3.0/appKeys/{appKey}/sender/sms``
+  (``/sender/mms`` for LMS) filtered by ``senderGroupingKey`` within
+  ``startRequestDate``/``endRequestDate`` (``yyyy-MM-dd HH:mm:ss``, KST), answer
+  ``body.data[]{requestId, recipientSeq, senderGroupingKey, ...}``. Found: not sent again.
 - Per-recipient ``resultCode`` uses the same API code table as the header.
 - An LMS without a title gets the first line of its text, cut to 40 EUC-KR bytes, since
   NHN requires ``title``.
@@ -43,7 +46,7 @@ import re
 import time
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import aiohttp
 
@@ -201,6 +204,45 @@ class NhnSms(HttpAdapter):
             body["title"] = request.title or lms_title(request.text)
             return LMS_PATH.format(appkey=quote(self._appkey, safe="")), body
         return SMS_PATH.format(appkey=quote(self._appkey, safe="")), body
+
+    async def find_sent(self, request: SmsRequest, since: float) -> SendOutcome | None:
+        """Did NHN already take this message (an attempt since `since`, epoch seconds)?
+
+        ACCEPTED with its reference when found, None when NHN has no such message, and
+        TEMPORARY_ERROR when NHN cannot tell now (the caller retries later rather than risk a
+        second SMS on the citizen's phone)."""
+        started = time.monotonic()
+        try:
+            path, body = self.render(request)
+        except ValueError:
+            return None  # never sendable, so never sent
+        kst = 9 * 3600
+        query = urlencode({
+            "senderGroupingKey": body["senderGroupingKey"],
+            "startRequestDate": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(since - 300 + kst)),
+            "endRequestDate": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() + 300 + kst)),
+            "pageNum": 1, "pageSize": 10})
+        headers = {SECRET_HEADER: self._secret, "Accept": "application/json"}
+        try:
+            status, payload = await post_within_deadline(
+                self._session_for_use(), "GET", f"{self.base_url}{path}?{query}", b"", headers,
+                started=started, deadline_s=self.deadline_s, max_body=NHN_MAX_BODY)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            return self._outcome(_R.TEMPORARY_ERROR, detail=f"lookup: {transport_failure(exc, self.deadline_s)}")
+        data = parse_json(payload) if 200 <= status < 300 else None
+        header = data.get("header") if data is not None else None
+        page = data.get("body") if data is not None else None
+        found = page.get("data") if isinstance(page, dict) else None
+        if not isinstance(header, dict) or header.get("isSuccessful") is not True or not isinstance(found, list):
+            return self._outcome(_R.TEMPORARY_ERROR, detail=f"lookup: http {status}, unreadable answer")
+        for item in found:
+            if isinstance(item, dict) and item.get("senderGroupingKey") == body["senderGroupingKey"]:
+                seq = as_int(item.get("recipientSeq"))
+                reference = f"{item.get('requestId')}:{seq}" if seq is not None else str(item.get("requestId", ""))
+                log.warning("sms %s key=%s: already at NHN (%s), not sent again", self.name,
+                            request.idempotency_key, reference)
+                return self._outcome(_R.ACCEPTED, reference, "found at provider after an unknown outcome")
+        return None
 
     # ------------------------------------------------------------------ internals
 

@@ -32,7 +32,7 @@ from gateway.domain.models import (
 )
 from gateway.domain.numbers import mask
 from gateway.errors import StoreUnavailable
-from gateway.ports import AlimtalkProvider, LetteringCarrier, OutboxStore, SmsProvider
+from gateway.ports import AlimtalkProvider, LetteringCarrier, OutboxStore, SentLookup, SmsProvider
 from gateway.providerstats import ProviderStats
 from gateway.store import number_hash
 
@@ -108,6 +108,9 @@ class QueuedMessage:
     provider: str
     alimtalk: AlimtalkRequest | None = None
     sms: SmsRequest | None = None  # with `alimtalk`: the SMS/LMS to queue if Alimtalk cannot reach
+
+
+FOUND_AT_PROVIDER = "found at provider after an unknown outcome; not sent again"
 
 
 class Outbox:
@@ -200,6 +203,25 @@ class Outbox:
         self._count(f"admit:{verdict}")
         return verdict
 
+    async def _already_taken(self, provider: object, request: SmsRequest,
+                             message: QueuedMessage) -> SendOutcome | None:
+        """For a provider without idempotency keys: was an earlier attempt taken after all?
+
+        An attempt marker with no sent marker means the outcome was never learnt (worker
+        killed mid-request, answer after the deadline). If the provider can be asked, ask it:
+        found -> the earlier send is the send; cannot tell -> temporary error (retry later)."""
+        previous = await self.store.begin_attempt(idempotency_key=message.key)
+        if previous is None or not isinstance(provider, SentLookup):
+            return None
+        found = await provider.find_sent(request, previous)
+        if found is None:
+            log.info("%s to %s for call %s: earlier attempt not at %s, sending", message.action,
+                     mask(message.recipient), message.call_id, message.provider)
+            return None
+        if found.result is SendResult.ACCEPTED:
+            return SendOutcome(found.result, found.provider, found.reference, FOUND_AT_PROVIDER)
+        return found
+
     async def send(self, message: QueuedMessage) -> SendOutcome | Verdict:
         """Hand a queued message to its provider, once: the opt-out is checked again (it may
         have come in while the message waited) and a message the provider already accepted
@@ -225,9 +247,12 @@ class Outbox:
             if provider_s is None:
                 self._count(Verdict.NO_CARRIER)
                 return Verdict.NO_CARRIER
-            outcome = await provider_s.send_sms(message.sms)
+            found = await self._already_taken(provider_s, message.sms, message)
+            outcome = found or await provider_s.send_sms(message.sms)
         else:
             raise ValueError(f"queued message {message.key} carries nothing to send")
+        if outcome.detail == FOUND_AT_PROVIDER:
+            self._count(f"send:{message.action}:found_at_provider")
         self._count(f"send:{message.action}:{outcome.result}")
         channel = "alimtalk" if message.alimtalk is not None else (message.sms.kind if message.sms else "?")
         self.providers.record(str(channel), outcome.provider, outcome.result)

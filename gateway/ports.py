@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from gateway.domain.models import (
     AlimtalkRequest,
@@ -92,6 +92,11 @@ class OutboxStore(Protocol):
 
     async def mark_sent(self, *, idempotency_key: str, provider: str, reference: str, ttl_s: int = ...) -> None: ...
 
+    async def begin_attempt(self, *, idempotency_key: str, ttl_s: int = ...) -> float | None:
+        """Note that a send of this message starts now; the time of an earlier attempt whose
+        outcome was never recorded (None on the first attempt)."""
+        ...
+
     async def remember_no_lettering(self, recipient_hash: str, ttl_s: int) -> None: ...
 
     async def remember_contact(self, recipient_hash: str, department: str, ttl_s: int = ...) -> None: ...
@@ -120,6 +125,20 @@ class AlimtalkProvider(Protocol):
     async def send_alimtalk(self, request: AlimtalkRequest) -> SendOutcome: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class SentLookup(Protocol):
+    """A provider that can tell whether it already took a message (by its idempotency key).
+
+    Used only when an earlier attempt's outcome is unknown (a worker killed mid-request, an
+    answer after the deadline) and the provider has no idempotency key of its own: asking
+    first keeps a redelivered job from putting a second SMS on a citizen's phone."""
+
+    async def find_sent(self, request: SmsRequest, since: float) -> SendOutcome | None:
+        """ACCEPTED (with the reference) if taken since `since` (epoch s), None if not,
+        TEMPORARY_ERROR if the provider cannot tell now."""
+        ...
 
 
 class SmsProvider(Protocol):

@@ -89,6 +89,10 @@ def sent_key(idempotency_key: str) -> str:
     return f"{PREFIX}sent:{idempotency_key}"
 
 
+def attempt_key(idempotency_key: str) -> str:
+    return f"{PREFIX}attempt:{idempotency_key}"
+
+
 def message_key(provider: str, reference: str) -> str:
     return f"{PREFIX}msg:{provider}:{reference}"
 
@@ -153,6 +157,16 @@ class RedisOutboxStore:
         if opted is not None:
             return "opted_out"
         return "already_sent" if sent is not None else "ok"
+
+    async def begin_attempt(self, *, idempotency_key: str, ttl_s: int = 14 * 86400) -> float | None:
+        """SET NX the attempt marker; an existing one (an attempt with no recorded outcome: the
+        worker died mid-request or the answer came too late) is returned as its epoch time."""
+        try:
+            previous = await self.client.set(attempt_key(idempotency_key), f"{time.time():.3f}", nx=True, ex=ttl_s,
+                                             get=True)
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+        return float(previous) if previous is not None else None
 
     async def mark_sent(self, *, idempotency_key: str, provider: str, reference: str, ttl_s: int = 14 * 86400) -> None:
         """Remember a provider accepted this message (a redelivered job must not resend it) and

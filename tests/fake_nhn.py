@@ -131,12 +131,14 @@ class FakeNhnServer:
     slow_s: float = 5.0
     idempotency_window_s: float = 600.0
     webhook_signature: str = "hook-signature"
+    lookup_fails: bool = False  # "List messages" answers 500
 
     def __post_init__(self) -> None:
         for behaviour in [self.default, *self.behaviours.values()]:
             self._check(behaviour)
         self.requests: list[ReceivedRequest] = []
         self.deliveries: list[FakeDelivery] = []
+        self.lookups: list[dict[str, str]] = []  # "List messages" queries
         self.base_url = ""
         self._keys: dict[str, float] = {}
         self._ids = itertools.count(1)
@@ -232,6 +234,8 @@ class FakeNhnServer:
         record = {"path": path, "headers": dict(request.headers), "raw": raw, "body": body}
         at = _ALIMTALK_PATH.fullmatch(path)
         sms = _SMS_PATH.fullmatch(path)
+        if request.method == "GET" and sms is not None:
+            return self._list_sms(request, sms["appkey"], sms["kind"])
         try:
             _need(request.method == "POST" and (at is not None or sms is not None), -9998, "Not exist API")
             _need(request.content_type == "application/json", -9996, "Only application/json Content-type")
@@ -442,6 +446,29 @@ class FakeNhnServer:
         answer = _header(True, 0, "SUCCESS")
         answer["body"] = {"data": {"requestId": request_id, "statusCode": "2",
                                    "senderGroupingKey": body.get("senderGroupingKey"), "sendResultList": results}}
+        return web.json_response(answer)
+
+
+    def _list_sms(self, request: web.Request, appkey: str, kind: str) -> web.Response:
+        """"List messages" (GET .../sender/sms|mms): by senderGroupingKey within a request-date range.
+
+        Like NHN it needs a requestId or both request dates; it lists what reached a phone."""
+        self.lookups.append(dict(request.query))
+        if appkey != self.sms_appkey or request.headers.get("X-Secret-Key") != self.sms_secret:
+            return web.json_response(_header(False, -1001, "Invalid secretKey."), status=401)
+        if self.lookup_fails:
+            return web.json_response(_header(False, -9999, "system error"), status=500)
+        q = request.query
+        dates = [q.get("startRequestDate", ""), q.get("endRequestDate", "")]
+        if not q.get("requestId") and not all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", d) for d in dates):
+            return web.json_response(_header(False, -9996, "startRequestDate and endRequestDate are required"))
+        channels = {"sms"} if kind == "sms" else {"lms"}
+        key = q.get("senderGroupingKey")
+        found = [{"requestId": d.request_id, "recipientSeq": d.recipient_seq, "recipientNo": "0" + d.to[3:],
+                  "senderGroupingKey": d.idempotency_key, "msgStatus": "3"}
+                 for d in self.deliveries if d.channel in channels and (key is None or d.idempotency_key == key)]
+        answer = _header(True, 0, "SUCCESS")
+        answer["body"] = {"pageNum": 1, "pageSize": len(found), "totalCount": len(found), "data": found}
         return web.json_response(answer)
 
 

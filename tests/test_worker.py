@@ -27,7 +27,7 @@ from adapters.sandbox_messaging import SandboxAlimtalk, SandboxSms
 from gateway.app import Overrides, build_worker
 from gateway.config import load_config
 from gateway.crypto import Sealer
-from gateway.domain.models import AlimtalkRequest, LetteringResult, SendResult, SmsRequest
+from gateway.domain.models import AlimtalkRequest, LetteringResult, SendOutcome, SendResult, SmsRequest
 from gateway.http import HttpServer, make_app
 from gateway.jobs import Enqueuer, actor_name, dead_letters, encode_message, make_broker, redrive
 from gateway.outbox import QueuedMessage
@@ -358,3 +358,59 @@ async def _no_health() -> dict[str, Any]:
 def test_replay_namespace_is_private(env: dict[str, str]) -> None:
     """A replay never puts jobs on a live deployment's queues."""
     assert replace(Overrides(), queue_namespace="x").queue_namespace == "x"
+
+
+async def test_sms_with_unknown_outcome_is_looked_up_not_sent_twice(env: dict[str, str], redis_url: str,
+                                                                     nhn: FakeNhnServer) -> None:
+    """NHN SMS has no idempotency key: an attempt whose answer never arrived (deadline passed, or
+    the worker died mid-request) is looked up by its grouping key before anything is sent again."""
+    from gateway.outbox import FOUND_AT_PROVIDER, Outbox, Verdict
+
+    nhn.slow_s = 0.6
+    provider = NhnSms("nhn-sms", nhn.base_url, nhn.sms_appkey, nhn.sms_secret, deadline_s=0.2)
+    client = connect(redis_url, timeout_s=2.0)
+    outbox = Outbox(RedisOutboxStore(client), {}, hash_key=b"k" * 16, sms={"nhn-sms": provider})
+    late, lost, blind = "+821055500001", "+821055500002", "+821055500003"
+    try:
+        # 1. NHN takes the SMS but answers after the deadline: a temporary error for the worker ...
+        nhn.behave(late, "slow")
+        first = await outbox.send(_message("late", to=late, kind="sms"))
+        assert isinstance(first, SendOutcome) and first.result is SendResult.TEMPORARY_ERROR
+        for _ in range(100):
+            if nhn.deliveries:
+                break
+            await asyncio.sleep(0.02)
+        assert [d.to for d in nhn.deliveries] == [late]
+        # ... and the retry finds it at NHN instead of sending it again.
+        nhn.behave(late, "accepted")
+        again = await outbox.send(_message("late", to=late, kind="sms"))
+        assert isinstance(again, SendOutcome) and again.result is SendResult.ACCEPTED
+        assert again.detail == FOUND_AT_PROVIDER and again.reference == f"{nhn.deliveries[0].request_id}:1"
+        assert await outbox.send(_message("late", to=late, kind="sms")) is Verdict.ALREADY_SENT
+        assert [d.to for d in nhn.deliveries] == [late] and len(nhn.lookups) == 1
+        assert nhn.lookups[0]["senderGroupingKey"] == "late"
+
+        # 2. The first attempt never reached a phone (NHN answered 503): the lookup finds nothing, sent once.
+        nhn.behave(lost, "http503")
+        failed = await outbox.send(_message("lost", to=lost, kind="sms"))
+        assert isinstance(failed, SendOutcome) and failed.result is SendResult.TEMPORARY_ERROR
+        nhn.behave(lost, "accepted")
+        sent = await outbox.send(_message("lost", to=lost, kind="sms"))
+        assert isinstance(sent, SendOutcome) and sent.result is SendResult.ACCEPTED and sent.detail != FOUND_AT_PROVIDER
+        assert [d.to for d in nhn.deliveries].count(lost) == 1
+
+        # 3. NHN cannot tell (its list API fails): retry later, never a blind second send.
+        nhn.behave(blind, "http503")
+        await outbox.send(_message("blind", to=blind, kind="sms"))
+        nhn.behave(blind, "accepted")
+        nhn.lookup_fails = True
+        unsure = await outbox.send(_message("blind", to=blind, kind="sms"))
+        assert isinstance(unsure, SendOutcome) and unsure.result is SendResult.TEMPORARY_ERROR
+        assert blind not in [d.to for d in nhn.deliveries]
+        nhn.lookup_fails = False
+        assert isinstance(await outbox.send(_message("blind", to=blind, kind="sms")), SendOutcome)
+        assert [d.to for d in nhn.deliveries].count(blind) == 1
+        assert outbox.counts["send:sms_test:found_at_provider"] == 1
+    finally:
+        await provider.close()
+        await client.aclose()
