@@ -52,7 +52,7 @@ def _env_names(node: Any) -> Iterator[str]:
 def test_example_config_loads_and_its_providers_build() -> None:
     config = load_config(EXAMPLE, environ={})
     assert config.rules_dir == Path("/etc/gateway/rules")
-    assert getattr(config, "shutdown_timeout_s", 20) == 20
+    assert config.shutdown_timeout_s == 20 and config.ready_timeout_s == 30
     fake = {name: "x" * 24 for name in _env_names(yaml.safe_load(EXAMPLE.read_text()))}
     for name, spec in config.carriers.items():
         build_carrier(name, spec, fake)

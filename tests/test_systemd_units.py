@@ -88,7 +88,7 @@ def test_gateway_reloads_rules_on_sighup_and_stops_after_its_drain_bound() -> No
     assert svc["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     # The drain bound of gateway.yaml (shutdown_timeout_s, default 20 s) must end before systemd's
     # SIGKILL; the example configuration says what production uses.
-    drain = float(getattr(load_config(ROOT / "ops" / "gateway.example.yaml", environ={}), "shutdown_timeout_s", 20))
+    drain = load_config(ROOT / "ops" / "gateway.example.yaml", environ={}).shutdown_timeout_s
     assert drain + 5 <= int(svc["TimeoutStopSec"][0].removesuffix("s"))
 
 
