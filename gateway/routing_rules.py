@@ -173,7 +173,13 @@ def load_routing(path: Path) -> RoutingRules:
         raise RulesError([f"{label}: file not found"]) from None
     except OSError as exc:
         raise RulesError([f"{label}: cannot read: {exc.strerror or exc}"]) from None
-    return parse_routing(raw, label)
+    rules = parse_routing(raw, label)
+    # The national holidays are computed on first use: about half a second the first time in a
+    # process (the holidays package loads its Korean calendar). Pay it here, when the rules are
+    # loaded, rather than on the first citizen's message (which would wait for it).
+    today = datetime.now(rules.calendar.tz).date()
+    rules.calendar.describe(today)
+    return rules
 
 
 def parse_routing(source: bytes | str, label: str) -> RoutingRules:
