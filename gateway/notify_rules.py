@@ -63,8 +63,13 @@ def load_notify(directory: Path) -> NotifyRules:
     roster = data.get("duty_roster") or {}
     shifts = []
     for i, raw in enumerate(roster.get("shifts") or []):
-        start = datetime.fromisoformat(raw["from"]).replace(tzinfo=SEOUL).timestamp()
-        end = datetime.fromisoformat(raw["to"]).replace(tzinfo=SEOUL).timestamp()
+        try:
+            start = datetime.fromisoformat(raw["from"]).replace(tzinfo=SEOUL).timestamp()
+            end = datetime.fromisoformat(raw["to"]).replace(tzinfo=SEOUL).timestamp()
+        except ValueError as exc:  # the schema checks the shape only: "2026-13-45T99:99" gets here
+            problems.append(f"{label}:{line_of(lines, ('duty_roster', 'shifts', i))}: duty_roster.shifts[{i}]: "
+                            f"not a real local time ({exc})")
+            continue
         if end <= start:
             problems.append(f"{label}:{line_of(lines, ('duty_roster', 'shifts', i))}: duty_roster.shifts[{i}]: "
                             f"'to' {raw['to']} is not after 'from' {raw['from']}")

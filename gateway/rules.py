@@ -34,6 +34,9 @@ DIRECTORY_FILE = "directory.yaml"
 LETTERING_FILE = "lettering.yaml"
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+#: Deeper nesting is refused: no rules file needs it, and PyYAML, jsonschema and our own walkers
+#: all recurse (a file of "[[[[..." would otherwise end in RecursionError, not in a problem).
+MAX_DEPTH = 40
 
 
 # --------------------------------------------------------------------------------------------
@@ -121,6 +124,12 @@ def parse_yaml(source: bytes | str, label: str) -> tuple[Any, Lines]:
         data = None if node is None else _Loader("").construct_document(node)
     except yaml.MarkedYAMLError as exc:
         raise RulesError([_syntax_problem(exc, label)]) from None
+    except yaml.reader.ReaderError as exc:  # a control character: no mark, only a position
+        line = text[: exc.position].count("\n") + 1
+        what = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
+        raise RulesError([f"{label}:{line}: YAML syntax error: unacceptable character {what} ({exc.reason})"]) from None
+    except RecursionError:
+        raise RulesError([f"{label}:{_deep_line(text)}: nested more than {MAX_DEPTH} levels deep"]) from None
     except yaml.YAMLError as exc:
         raise RulesError([f"{label}: YAML error: {exc}"]) from None
     return data, lines
@@ -139,6 +148,16 @@ def _read(path: Path, label: str) -> bytes:
         raise RulesError([f"{label}: file not found"]) from None
     except OSError as exc:
         raise RulesError([f"{label}: cannot read: {exc.strerror or exc}"]) from None
+
+
+def _deep_line(text: str) -> int:
+    """The first line nested deeper than MAX_DEPTH (by brackets or indentation), else 1."""
+    depth = 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        depth += line.count("[") + line.count("{") - line.count("]") - line.count("}")
+        if max(depth, (len(line) - len(line.lstrip(" "))) // 2) > MAX_DEPTH:
+            return number
+    return 1
 
 
 def _syntax_problem(exc: yaml.MarkedYAMLError, label: str) -> str:
@@ -170,17 +189,26 @@ class _Walker:
     lines: Lines = field(default_factory=dict)
     duplicates: list[str] = field(default_factory=list)
     seen: set[int] = field(default_factory=set)
+    open: set[int] = field(default_factory=set)  # the nodes being walked (the current path)
 
     def walk(self, node: yaml.Node, path: KeyPath) -> None:
         self.lines.setdefault(path, node.start_mark.line + 1)
-        if id(node) in self.seen:  # an alias: walked once already (and aliases may be recursive)
+        if id(node) in self.open or len(path) > MAX_DEPTH:
+            # An alias inside its own anchor would make every later step recurse forever.
+            why = ("an alias used inside its own anchor" if id(node) in self.open
+                   else f"nested more than {MAX_DEPTH} levels deep")
+            self.duplicates.append(_problem(self.label, node.start_mark.line + 1, path, why))
+            return
+        if id(node) in self.seen:  # an alias: walked once already
             return
         self.seen.add(id(node))
+        self.open.add(id(node))
         if isinstance(node, yaml.MappingNode):
             self._mapping(node, path)
         elif isinstance(node, yaml.SequenceNode):
             for index, item in enumerate(node.value):
                 self.walk(item, (*path, index))
+        self.open.discard(id(node))
 
     def _mapping(self, node: yaml.MappingNode, path: KeyPath) -> None:
         first_line: dict[str | int, int] = {}

@@ -283,7 +283,9 @@ def _decode(data: bytes, charset: str, what: str) -> str:
             raise MailRejected(f"5.6.1 unsupported charset {_reply_text(charset)}") from None
     try:
         return data.decode(codec)
-    except UnicodeDecodeError:
+    except LookupError:  # a codec that is not a text encoding: rot13, base64, zlib...
+        raise MailRejected(f"5.6.1 unsupported charset {_reply_text(charset)}") from None
+    except UnicodeError:  # UnicodeDecodeError, and the plain UnicodeError of idna/punycode
         # No guessing: a wrong guess stores a garbled complaint that nobody can read or answer;
         # a bounce tells the relay operator what is wrong.
         raise MailRejected(f"5.6.0 {what} is not valid {_reply_text(charset).upper()}") from None
@@ -295,11 +297,11 @@ def _received_at(headers: Message, now: float) -> float:
         return now
     try:
         when = parsedate_to_datetime(str(raw))
-    except (TypeError, ValueError, IndexError):
+        if when.tzinfo is None:  # "-0000": RFC 5322 says the time is UTC, origin zone unknown
+            when = when.replace(tzinfo=UTC)
+        stamp = when.timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):  # Overflow: a year of 11 digits
         return now
-    if when.tzinfo is None:  # "-0000": RFC 5322 says the time is UTC, origin zone unknown
-        when = when.replace(tzinfo=UTC)
-    stamp = when.timestamp()
     return now if stamp > now + MAX_FUTURE_SKEW_S else stamp
 
 
