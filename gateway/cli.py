@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     wk = sub.add_parser("worker", help="run the queue workers (post-call content, Alimtalk, SMS)")
     wk.add_argument("--config", type=Path)
     wk.add_argument("--threads", type=int)
+    wk.add_argument("--http-port", type=int, help="/healthz, /health, /metrics on this port (overrides "
+                    "worker.http_port; one per instance, e.g. 910%%i in gateway-worker@.service)")
 
     oo = sub.add_parser("optout", help="refuse, allow again or look up messages to a citizen")
     oo.add_argument("action", choices=["add", "remove", "status"])
@@ -59,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
 
     dl = sub.add_parser("deadletters", help="list or re-drive messages that exhausted their retries")
     dl.add_argument("action", choices=["list", "redrive"])
-    dl.add_argument("--queue", choices=["call_notice", "postcall", "sms"])
+    dl.add_argument("--queue", choices=["call_notice", "postcall", "sms", "inbound"])
     dl.add_argument("--config", type=Path)
 
     rules = sub.add_parser("rules", help="check or generate the telecom team's rules")
@@ -120,6 +122,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from gateway.worker import run_worker
 
         setup_logging(config.log_level, json_lines=config.log_json)
+        if args.http_port is not None:
+            from dataclasses import replace
+
+            config = replace(config, worker_http_port=args.http_port)
         return run_worker(config, threads=args.threads)
     if args.command == "deadletters":
         return _deadletters(config, args.action, args.queue)

@@ -73,6 +73,16 @@ class GatewayCollector(Collector):
             optouts.add_metric([action, channel], count)
         yield optouts
 
+        rules = gw.rules.status()
+        reload_failed = GaugeMetricFamily("gateway_rules_reload_failed", "1 while the last rules reload failed "
+                                          "(the last good rules stay in force)")
+        reload_failed.add_metric([], 1.0 if rules["last_error"] else 0.0)
+        loaded = GaugeMetricFamily("gateway_rules_loaded_timestamp_seconds", "when the rules in force were loaded")
+        loaded.add_metric([], float(rules["loaded_at"]))
+        yield reload_failed
+        yield loaded
+
+        redis_up = GaugeMetricFamily("gateway_redis_up", "1 when Redis answered this scrape's queue reads")
         depth = GaugeMetricFamily("gateway_queue_depth", "jobs waiting (ready and delayed) per queue",
                                   labels=["queue"])
         dead = GaugeMetricFamily("gateway_dead_letters", "jobs that exhausted their retries, per queue",
@@ -84,8 +94,10 @@ class GatewayCollector(Collector):
                 # dramatiq keeps delayed jobs (retries, quiet hours) in the list "<queue>.DQ".
                 depth.add_metric([queue], int(client.llen(f"{ns}:{queue}")) + int(client.llen(f"{ns}:{queue}.DQ")))
                 dead.add_metric([queue], int(client.zcard(f"{ns}:{queue}.XQ")))
+            redis_up.add_metric([], 1.0)
         except RedisError:
-            pass  # Redis down: /health says so; these gauges are simply absent from this scrape
+            redis_up.add_metric([], 0.0)  # the queue gauges are absent from this scrape
+        yield redis_up
         yield depth
         yield dead
 

@@ -53,13 +53,18 @@ class WorkerCollector(Collector):
                                   labels=["queue"])
         dead = GaugeMetricFamily("gateway_dead_letters", "jobs that exhausted their retries, per queue",
                                  labels=["queue"])
+        redis_up = GaugeMetricFamily("gateway_redis_up", "1 when Redis answered this scrape's queue reads")
         try:
             client, ns = self.broker.client, self.broker.namespace
             for queue in QUEUES:
                 depth.add_metric([queue], int(client.llen(f"{ns}:{queue}")) + int(client.llen(f"{ns}:{queue}.DQ")))
                 dead.add_metric([queue], int(client.zcard(f"{ns}:{queue}.XQ")))
+            redis_up.add_metric([], 1.0)
         except RedisError:
+            redis_up.add_metric([], 0.0)
+            yield redis_up
             return
+        yield redis_up
         yield depth
         yield dead
 

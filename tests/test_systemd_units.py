@@ -77,7 +77,7 @@ def test_unit_says_what_operations_rely_on(name: str) -> None:
 
 @pytest.mark.parametrize("name", UNITS)
 def test_exec_start_is_a_command_line_the_gateway_accepts(name: str) -> None:
-    argv = service(name)["ExecStart"][0].split()
+    argv = service(name)["ExecStart"][0].replace("%i", "1").split()
     args = _parser().parse_args(argv[1:])
     assert args.command == ("run" if name == "gateway.service" else "worker")
     assert args.config == Path("/etc/gateway/gateway.yaml")
@@ -96,6 +96,8 @@ def test_worker_unit_and_its_template_run_the_same_service() -> None:
     single, template = service("gateway-worker.service"), service("gateway-worker@.service")
     assert single.pop("SyslogIdentifier") == ["gateway-worker"]
     assert template.pop("SyslogIdentifier") == ["gateway-worker@%i"]
+    # Instances differ only in their health/metrics port.
+    assert template.pop("ExecStart") == [single.pop("ExecStart")[0] + " --http-port 910%i"]
     assert single == template
 
 
