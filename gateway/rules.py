@@ -639,7 +639,7 @@ def _directory(doc: _Doc, extension_pattern: str | None) -> tuple[Directory | No
 
 
 def _compile(pattern: str | None) -> re.Pattern[str] | None:
-    if pattern is None:
+    if not isinstance(pattern, str):  # None, or a wrong type the schema reports in lettering.yaml
         return None
     try:
         return re.compile(pattern)

@@ -140,6 +140,9 @@ def test_mutated_rules_load_or_fail_with_file_and_line(name: str, edits: list[Mu
 
 @fewer
 @given(edits=st.dictionaries(st.sampled_from(FILES), mutations, min_size=2, max_size=len(FILES)))
+# Regression: a mapping as extension_pattern reached re.compile through the directory check (TypeError).
+@example(edits={"directory.yaml": [("delete", 0, 0, "")],
+                "lettering.yaml": [("duplicate", 0, 0, ""), ("scalar", 5485, 0, "{organisation}")]})
 def test_several_broken_files_at_once(edits: dict[str, list[Mutation]]) -> None:
     check({name: mutate(SOURCES[name], e) for name, e in edits.items()})
 
