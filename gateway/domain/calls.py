@@ -121,6 +121,9 @@ class _Call:
     # A call dials one number, rarely two: a tuple (the empty one is shared) instead of a set,
     # which costs 216 bytes even when empty.
     dialed_numbers: tuple[str, ...] = ()
+    # Groups (Linkedids) other than `id` that point to this call (Local channels, transfers,
+    # merges), so that ending a call never scans every live call's groups.
+    groups: tuple[str, ...] = ()
 
 
 _SEQ_SUFFIX = re.compile(r"-[0-9a-fA-F]+(;[12])?$")
@@ -305,7 +308,9 @@ class CallTracker:
         self._legs[leg.id] = leg
         call.legs[leg.id] = leg
         if info.group:
-            self._groups.setdefault(call.id if info.group == call.id else info.group, call.id)
+            group = call.id if info.group == call.id else info.group
+            if self._groups.setdefault(group, call.id) == call.id and group != call.id and group not in call.groups:
+                call.groups += (group,)
         self._touch(leg)
         if len(call.legs) == 1:
             self._first_leg(call, leg)
@@ -493,9 +498,11 @@ class CallTracker:
         if keep is other:
             return
         # Re-point the consultation call's groups first: moving its last leg drops it.
-        for group, call_id in list(self._groups.items()):
-            if call_id == other.id:
+        for group in (other.id, *other.groups):
+            if self._groups.get(group) == other.id:
                 self._groups[group] = keep.id
+                if group != keep.id and group not in keep.groups:
+                    keep.groups += (group,)
         for leg in list(other.legs.values()):
             self._move(leg, keep)
         if keep.target == "" and other.target:
@@ -606,7 +613,7 @@ class CallTracker:
             return
         if all(lg.ended_at is not None for lg in call.legs.values()):
             out.append(CallEnded(self._record(call, at), call.dials))
-            for ended in (call.id, *(g for g, c in self._groups.items() if c == call.id)):
+            for ended in (call.id, *(g for g in call.groups if self._groups.get(g) == call.id)):
                 self._ended[ended] = None
             while len(self._ended) > self._tombstones:
                 self._ended.popitem(last=False)
@@ -616,8 +623,9 @@ class CallTracker:
         self._calls.pop(call.id, None)
         for leg_id in call.legs:
             self._legs.pop(leg_id, None)
-        for group in [g for g, c in self._groups.items() if c == call.id]:
-            del self._groups[group]
+        for group in (call.id, *call.groups):
+            if self._groups.get(group) == call.id:
+                del self._groups[group]
 
     # ----------------------------------------------------------------- records
     def _record(self, call: _Call, at: float) -> CallRecord:

@@ -230,7 +230,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any] | None:
 
     with RedisProcess() as redis_proc, tempfile.TemporaryDirectory(prefix="ami-bench-") as tmp:
         setup = Setup.make(rules, redis_proc.url, redis_max_connections=args.redis_max_connections,
-                           gc_freeze=args.gc_freeze)
+                           gc_freeze=args.gc_freeze, redis_pid=redis_proc.proc.pid if redis_proc.proc else None)
         stream: IngestStream | None = None
         stream_file = Path(tmp) / "stream.ami"
         if not args.skip_ingest:

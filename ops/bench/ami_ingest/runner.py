@@ -24,6 +24,7 @@ from gateway.ports import LetteringCarrier
 from gateway.replay import demo_environ, sandbox_carriers
 from ops.bench.ami_ingest.server import TOKEN_ENV
 from ops.bench.ami_ingest.stream import IngestStream
+from ops.bench.cpu import CpuWindow
 
 ROOT = Path(__file__).resolve().parents[3]
 RULES_DIR = ROOT / "rules"
@@ -149,15 +150,16 @@ class Setup:
     redis_url: str
     gateway_url: str  # what the Gateway gets (what-if: with a larger pool)
     gc_freeze: bool  # gc.freeze() once the Gateway is built, as `gateway run` does
+    redis_pid: int | None = None  # for CPU accounting
 
     @classmethod
     def make(cls, rules: Rules, redis_url: str, *, redis_max_connections: int | None = None,
-             gc_freeze: bool = True) -> Setup:
+             gc_freeze: bool = True, redis_pid: int | None = None) -> Setup:
         config = load_config(None)
         config = replace(config, pbxes=config.pbxes[:1])
         gateway_url = redis_url if redis_max_connections is None else (
             f"{redis_url}?max_connections={redis_max_connections}")
-        return cls(config, demo_environ(config, os.environ), rules, redis_url, gateway_url, gc_freeze)
+        return cls(config, demo_environ(config, os.environ), rules, redis_url, gateway_url, gc_freeze, redis_pid)
 
     @property
     def pbx(self) -> str:
@@ -326,10 +328,12 @@ async def latency_run(setup: Setup, rate: float, seconds: float, *, index: int, 
         carriers: dict[str, LetteringCarrier] = {name: carrier for name in providers}
         sink = CountingSink(calls)
         gateway = setup.gateway(sink, int(ready["ami_port"]), carriers)
+        pids = {"gateway": os.getpid(), "helper": helper.proc.pid, "redis": setup.redis_pid}
         with GcMonitor() as gc_monitor:
             await gateway.start()
             try:
-                played = await helper.next("played", seconds + 60)
+                with CpuWindow(pids) as cpu:
+                    played = await helper.next("played", seconds + 60)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(sink.all_calls_ended), 30)
                 await gateway.pipeline.drain(10)
@@ -371,6 +375,7 @@ async def latency_run(setup: Setup, rate: float, seconds: float, *, index: int, 
         "after_first_second_ms": summary(steady),
         "ami_receipt_to_adapter_ms": summary(in_gateway),
         "gc": gc_monitor.summary(),
+        "cpu": cpu.summary(),
     }
     return LatencyRun(rate, calls, len(latencies), latencies, extra)
 

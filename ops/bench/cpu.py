@@ -1,0 +1,71 @@
+"""CPU accounting for the benchmarks (Linux /proc): who used the machine's cores during a run.
+
+On a shared 2-core machine a latency figure means little without knowing whether the measured
+process had a core to itself: `CpuWindow` reads the CPU time of the processes of interest and
+the whole machine's busy time at the start and end of a run, and reports each as a share of one
+core (100 % = one core fully busy) over the run's wall time.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far; None when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14 and 15)
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def machine_busy_s() -> float | None:
+    """CPU seconds all cores spent busy (not idle or waiting for I/O) since boot."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return (sum(values) - values[3] - values[4]) / _TICK
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class CpuWindow:
+    """``with CpuWindow({"gateway": os.getpid(), ...}) as w: ...`` then ``w.summary()``."""
+
+    def __init__(self, pids: dict[str, int | None]) -> None:
+        self.pids = {k: v for k, v in pids.items() if v}
+        self._start: dict[str, float | None] = {}
+        self._end: dict[str, float | None] = {}
+        self._wall = 0.0
+
+    def __enter__(self) -> CpuWindow:
+        self._start = {k: process_cpu_s(p) for k, p in self.pids.items()} | {"machine": machine_busy_s()}
+        self._wall = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._end = {k: process_cpu_s(p) for k, p in self.pids.items()} | {"machine": machine_busy_s()}
+        self._wall = time.perf_counter() - self._wall
+
+    def summary(self) -> dict[str, Any]:
+        """Percent of one core per process, the machine's busy cores, and what others used."""
+        out: dict[str, Any] = {"wall_s": round(self._wall, 3), "cpus": os.cpu_count()}
+        ours = 0.0
+        for key, began in self._start.items():
+            ended = self._end.get(key)
+            if began is None or ended is None or self._wall <= 0:
+                out[f"{key}_pct"] = None
+                continue
+            pct = (ended - began) / self._wall * 100
+            out[f"{key}_pct"] = round(pct, 1)
+            if key != "machine":
+                ours += pct
+        machine = out.get("machine_pct")
+        out["others_pct"] = None if machine is None else round(max(0.0, machine - ours), 1)
+        return out
