@@ -1,5 +1,6 @@
-"""Smoke test of the AMI ingest benchmark (ops/bench/ami_ingest): a tiny run completes and
-everything sent was processed. No timing is asserted: figures depend on the machine."""
+"""Smoke tests of the benchmarks (ops/bench): tiny runs of each section and of the entry point
+complete and everything sent was processed, stored or decided as the reference says. No timing
+is asserted: figures depend on the machine."""
 
 from __future__ import annotations
 
@@ -59,3 +60,70 @@ def test_tiny_benchmark_run_processes_everything(tmp_path: Path) -> None:
     assert rate["calls_ended"] == rate["calls"]
     assert rate["invalid_requests"] == 0 and rate["unmatched_requests"] == 0
     assert rate["p50_ms"] is not None and rate["p50_ms"] <= rate["max_ms"]
+
+
+def test_routing_bench_decides_like_the_naive_scan() -> None:
+    from ops.bench import routing
+
+    section = routing.run(seconds=0.05, rules_count=500, sample_size=200)
+    assert section["rules"] == 500
+    assert section["mismatches"] == [] and section["counts_ok"] is True
+    assert set(section["mixes"]) == {"realistic", "no_keyword"}
+    for mix in section["mixes"].values():
+        assert mix["decisions"] >= 200 and mix["reference_decisions"] >= 200
+        assert mix["decisions_per_s"] > 0 and mix["reference_per_s"] > 0
+    assert section["mixes"]["realistic"]["distinct_winning_rules"] > section["mixes"]["no_keyword"][
+        "distinct_winning_rules"]
+    assert len(routing.figures(section)) == 3
+
+
+def test_memory_bench_holds_every_call() -> None:
+    from ops.bench import memory
+
+    section = memory.run(calls=120)
+    assert section["calls_fed"] == section["live_calls"] == 120
+    assert section["live_legs"] >= 120 and section["events"] > 120
+    assert section["bytes_held"] > 0 and section["bytes_per_call"] > 0
+    assert section["counts_ok"] is True
+    assert section["top_sites"]
+
+
+def test_inbound_bench_finds_every_accepted_message_in_redis() -> None:
+    from ops.bench import inbound
+
+    section = inbound.run(steps=[2], seconds=0.5, warmup=0.2)
+    (step,) = section["steps"]
+    gateway, bare = step["gateway"], step["bare"]
+    assert gateway["concurrency"] == bare["concurrency"] == 2
+    assert gateway["errors"] == {} and bare["errors"] == {}
+    assert set(gateway["statuses"]) == {"200"} and gateway["responses"] == gateway["requests"] > 0
+    assert gateway["answers"] == {"accepted": gateway["responses"]}
+    stored = section["stored"]
+    warmup = section["warmup"][0]["answers"].get("accepted", 0)
+    assert stored["accepted_answers"] == gateway["responses"] + warmup
+    assert stored["stored_messages"] == stored["accepted_answers"]
+    assert sum(stored["inbox_entries"].values()) == stored["accepted_answers"]
+    assert stored["lost"] == 0 and stored["unexpected_extra"] == 0
+    assert section["counts_ok"] is True
+
+
+def test_entry_point_writes_json_and_markdown(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "ops.bench", "--only", "routing,memory", "--routing-seconds", "0.05",
+         "--routing-sample", "100", "--memory-calls", "100", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "| figure | value | goal | baseline | verdict |" in proc.stdout
+    results: dict[str, Any] = json.loads((tmp_path / "bench-latest.json").read_text("utf-8"))
+    assert (tmp_path / "bench-latest.md").read_text("utf-8").count("\n| ") >= 4
+    assert results["counts_ok"] is True and results["meta"]["sections"] == ["routing", "memory"]
+    assert {"routing", "memory", "figures"} <= results.keys()
+    assert all({"figure", "value", "goal", "baseline", "met"} <= row.keys() for row in results["figures"])
+    assert len(list(tmp_path.glob("bench-2*.json"))) == 1
+
+
+def test_entry_point_rejects_unknown_sections(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "ops.bench", "--only", "nope", "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2 and "unknown section" in proc.stderr

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.redisproc import RedisProcess
+from ops.bench.cpu import CpuWindow
 
 ROOT = Path(__file__).resolve().parents[2]
 GOAL_PER_S = 3000.0
@@ -63,8 +64,9 @@ class _Collect:
 
 
 async def _loadgen(url: str, public_url: str, secret: str, steps: list[int], *, seconds: float,
-                   run: str, warmup: float) -> list[dict[str, Any]]:
-    """The load generator's records: the warm-up first (when `warmup` > 0), then one per step."""
+                   run: str, warmup: float, redis_pid: int | None = None) -> list[dict[str, Any]]:
+    """The load generator's records: the warm-up first (when `warmup` > 0), then one per step,
+    each with the CPU use of the server, the load generator, Redis and other processes."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "ops.bench.loadgen", "--url", url, "--public-url", public_url,
         "--secret-env", SECRET_ENV, "--steps", ",".join(map(str, steps)), "--seconds", str(seconds),
@@ -72,12 +74,14 @@ async def _loadgen(url: str, public_url: str, secret: str, steps: list[int], *, 
         stdout=asyncio.subprocess.PIPE)
     assert proc.stdout is not None
     out: list[dict[str, Any]] = []
+    pids = {"server": os.getpid(), "loadgen": proc.pid, "redis": redis_pid}
     try:
         while True:
-            line = await asyncio.wait_for(proc.stdout.readline(), seconds + 120)
+            with CpuWindow(pids) as cpu:  # from one record to the next: about one step
+                line = await asyncio.wait_for(proc.stdout.readline(), seconds + 120)
             if not line:
                 break
-            out.append(json.loads(line))
+            out.append({**json.loads(line), "cpu": cpu.summary()})
     finally:
         with contextlib.suppress(ProcessLookupError):
             if proc.returncode is None:
@@ -102,8 +106,8 @@ async def _run_bare(steps: list[int], seconds: float, warmup: float) -> list[dic
         gc.unfreeze()
 
 
-async def _run_gateway(redis_url: str, steps: list[int], seconds: float,
-                       warmup: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+async def _run_gateway(redis_url: str, steps: list[int], seconds: float, warmup: float,
+                       redis_pid: int | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     import redis.asyncio as aioredis
 
     from adapters.sandbox_messaging import SandboxAlimtalk, SandboxSms
@@ -130,7 +134,7 @@ async def _run_gateway(redis_url: str, steps: list[int], seconds: float,
         gc.collect()
         gc.freeze()  # as `gateway run` does once it is built
         records = await _loadgen(f"http://{host}:{port}/webhooks/sms/{PROVIDER}", spec["public_url"], secret,
-                                 steps, seconds=seconds, run="gw", warmup=warmup)
+                                 steps, seconds=seconds, run="gw", warmup=warmup, redis_pid=redis_pid)
         check = await _count_stored(client, records)  # the warm-up counts too: it was accepted
         check["intake_decisions"] = sink.count
         check["enqueued"] = gateway.enqueuer.enqueued
@@ -168,7 +172,8 @@ async def _count_stored(client: Any, records: list[dict[str, Any]]) -> dict[str,
 async def _run(steps: list[int], seconds: float, warmup: float) -> dict[str, Any]:
     with RedisProcess() as redis_proc:
         bare = await _run_bare(steps, seconds, warmup)
-        gateway, check = await _run_gateway(redis_proc.url, steps, seconds, warmup)
+        pid = redis_proc.proc.pid if redis_proc.proc else None
+        gateway, check = await _run_gateway(redis_proc.url, steps, seconds, warmup, pid)
     return {"bare": [r for r in bare if r["event"] == "step"], "gateway": [r for r in gateway if r["event"] == "step"],
             "warmup": [r for r in gateway if r["event"] == "warmup"], "stored": check}
 
@@ -208,7 +213,10 @@ def figures(section: dict[str, Any]) -> list[dict[str, Any]]:
             "figure": f"inbound SMS webhook, {r['concurrency']} in flight",
             "value": f"{g['ok_per_s']:,.0f}/s, p50 {g['p50_ms']:.1f} / p99 {g['p99_ms']:.1f} ms",
             "goal": f"≥ {GOAL_PER_S:,.0f}/s, ≥ {GOAL_RATIO:g} × bare, p99 ≤ {GOAL_P99_MS:g} ms",
-            "baseline": f"bare aiohttp {b['ok_per_s']:,.0f}/s, p99 {b['p99_ms']:.1f} ms ({r['ratio']:.2f} ×)",
+            "baseline": f"bare aiohttp {b['ok_per_s']:,.0f}/s, p99 {b['p99_ms']:.1f} ms ({r['ratio']:.2f} ×); "
+                        f"CPU (% of a core) gateway server {g['cpu']['server_pct']}, load generator "
+                        f"{g['cpu']['loadgen_pct']}, redis {g['cpu']['redis_pct']}, other processes "
+                        f"{g['cpu']['others_pct']}",
             "met": g["ok_per_s"] >= GOAL_PER_S and r["ratio"] >= GOAL_RATIO and (g["p99_ms"] or 1e9) <= GOAL_P99_MS,
         })
     s = section["stored"]

@@ -205,12 +205,16 @@ def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
         for r in lat["rates"]:
             steady = r["after_first_second_ms"]
             in_gateway = r["ami_receipt_to_adapter_ms"]
+            cpu = r["cpu"]
             rows.append({
                 "figure": f"lettering DialBegin → carrier request @ {r['rate']:g} calls/s",
                 "value": f"p50 {_fmt(r['p50_ms'])} / p99 {_fmt(r['p99_ms'])} / max {_fmt(r['max_ms'])} ms",
                 "goal": f"p99 ≤ {GOAL_P99_MS:g} ms" if r["rate"] >= 500 else f"(p99 ≤ {GOAL_P99_MS:g} ms at 500/s)",
                 "baseline": f"{r['letterings_received']}/{r['calls']} received; after 1st s p99 "
-                            f"{_fmt(steady['p99'])} ms; in-gateway p99 {_fmt(in_gateway['p99'])} ms",
+                            f"{_fmt(steady['p99'])} ms; in-gateway p99 {_fmt(in_gateway['p99'])} ms; "
+                            f"CPU (% of a core): gateway {cpu['gateway_pct']}, helper {cpu['helper_pct']}, "
+                            f"redis {cpu['redis_pct']}, other processes {cpu['others_pct']}; "
+                            f"gateway {cpu.get('gateway_ms_per_call')} ms CPU/call",
                 "met": (r["p99_ok"] if r["rate"] >= 500 else None) if r["counts_ok"] else False,
             })
     return rows

@@ -363,6 +363,10 @@ async def latency_run(setup: Setup, rate: float, seconds: float, *, index: int, 
         latencies.append((float(req["received_at"]) - float(sent)) * 1000)
         if order[str(req["recipient"])] >= warm_from:
             steady.append(latencies[-1])
+    cpu_use = cpu.summary()
+    if cpu_use.get("gateway_pct") is not None and calls:
+        # What one call costs the gateway's core: 1000 / this = calls/s one idle core could take.
+        cpu_use["gateway_ms_per_call"] = round(cpu_use["gateway_pct"] / 100 * cpu_use["wall_s"] / calls * 1000, 3)
     extra = {
         "calls_ended": sink.kinds["call"],
         "lettering_results": dict(sink.lettering_results),
@@ -375,7 +379,7 @@ async def latency_run(setup: Setup, rate: float, seconds: float, *, index: int, 
         "after_first_second_ms": summary(steady),
         "ami_receipt_to_adapter_ms": summary(in_gateway),
         "gc": gc_monitor.summary(),
-        "cpu": cpu.summary(),
+        "cpu": cpu_use,
     }
     return LatencyRun(rate, calls, len(latencies), latencies, extra)
 
