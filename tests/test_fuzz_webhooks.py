@@ -315,6 +315,7 @@ def server(redis_server: RedisProcess) -> Iterator[Server]:
 @given(body=bodies(ROUTABLE_STAMPS), signed=st.booleans(), stamp=st.one_of(st.none(), STAMPS),
        oversize=st.booleans())
 @example(body=("application/json", b"[" * 5000), signed=True, stamp=None, oversize=False)
+@example(body=("application/json; charset=utf-8\x00", b""), signed=False, stamp=None, oversize=False)
 def test_inbound_sms_over_http_is_never_a_server_error(server: Server, body: tuple[str, bytes], signed: bool,
                                                        stamp: str | None, oversize: bool) -> None:
     ctype, raw = body
@@ -326,6 +327,10 @@ def test_inbound_sms_over_http_is_never_a_server_error(server: Server, body: tup
                "X-Signature": sign(SECRET, timestamp, PUBLIC_URL, raw) if signed else "0" * 64}
     status, answer = server.post("/webhooks/sms/sandbox-sms", raw, headers)
     assert status in (200, 400, 401, 413), (status, answer)
+    if any(ord(c) < 32 for c in ctype):
+        # aiohttp's HTTP parser refuses a control character in a header before any handler runs.
+        assert status == 400
+        return
     assert isinstance(answer, dict)
     if status == 200:
         assert answer["status"] in ("accepted", "duplicate") and answer["queue"]
