@@ -12,7 +12,8 @@ in a longer word), some name none (they fall through to the duty/default rules, 
 path), some answer a department's message (thread context). Times spread over two weeks,
 including nights, weekends and Chuseok.
 
-Figures: decisions/s of `route()` on the realistic mix and on keyword-free texts (every
+Figures: decisions per second of `route()` (per second of this process's CPU time, the goal's
+measure, and per wall-clock second) on the realistic mix and on keyword-free texts (every
 keyword rule is a miss), against a naive reference: a linear first-match scan over every
 rule that evaluates every condition (`reference_route`). Both must pick the same rule for
 every message (checked on every message of the sample; a mismatch fails the run).
@@ -223,18 +224,19 @@ def _reference_ok(when: Conditions, sms: InboundSms, *, folded: str, nfc: str, m
     return True
 
 
-def _rate(fn: Any, samples: list[Sample], rules: RoutingRules, seconds: float) -> tuple[float, int]:
-    """Decisions per second of fn over `samples`, repeated for at least `seconds`."""
+def _rate(fn: Any, samples: list[Sample], rules: RoutingRules, seconds: float) -> tuple[float, float, int]:
+    """(decisions per CPU second, decisions per wall second, decisions) of fn over `samples`,
+    repeated for at least `seconds` of this process's CPU time. The machine is shared: CPU time
+    is what the code costs, wall time also counts the moments other processes had the core."""
     done = 0
-    began = time.perf_counter()
-    deadline = began + seconds
+    wall, cpu = time.perf_counter(), time.process_time()
     while True:
         for s in samples:
             fn(s.msg, rules, s.thread)
         done += len(samples)
-        now = time.perf_counter()
-        if now >= deadline:
-            return done / (now - began), done
+        cpu_s = time.process_time() - cpu
+        if cpu_s >= seconds:
+            return done / cpu_s, done / (time.perf_counter() - wall), done
 
 
 def run(*, seconds: float = 3.0, rules_count: int = 500, sample_size: int = 5000) -> dict[str, Any]:
@@ -252,11 +254,11 @@ def run(*, seconds: float = 3.0, rules_count: int = 500, sample_size: int = 5000
             winners[want] = winners.get(want, 0) + 1
             if got != want and len(mismatches) < 10:
                 mismatches.append(f"{name}: {s.msg.message_id} {s.msg.text!r}: route()={got}, reference={want}")
-        fast, fast_n = _rate(route, samples, rules, seconds)
-        ref, ref_n = _rate(reference_route, samples, rules, max(0.5, seconds / 3))
+        fast, fast_wall, fast_n = _rate(route, samples, rules, seconds)
+        ref, _, ref_n = _rate(reference_route, samples, rules, min(seconds, max(0.5, seconds / 3)))
         top = sorted(winners.items(), key=lambda kv: -kv[1])[:5]
         out["mixes"][name] = {
-            "decisions_per_s": round(fast), "decisions": fast_n,
+            "decisions_per_s": round(fast), "decisions_per_wall_s": round(fast_wall), "decisions": fast_n,
             "reference_per_s": round(ref), "reference_decisions": ref_n,
             "ratio_to_reference": round(fast / ref, 2), "goal_per_s": GOAL_PER_S, "ok": fast >= GOAL_PER_S,
             "distinct_winning_rules": len(winners), "top_winners": dict(top),
@@ -272,7 +274,7 @@ def figures(section: dict[str, Any]) -> list[dict[str, Any]]:
     for name, m in section["mixes"].items():
         rows.append({
             "figure": f"routing, {section['rules']} rules, {labels.get(name, name)}",
-            "value": f"{m['decisions_per_s']:,} decisions/s",
+            "value": f"{m['decisions_per_s']:,} decisions/s of CPU ({m['decisions_per_wall_s']:,}/s wall)",
             "goal": f"≥ {GOAL_PER_S:,.0f}/s",
             "baseline": f"naive linear scan {m['reference_per_s']:,}/s ({m['ratio_to_reference']:.1f} ×)",
             "met": m["ok"],
