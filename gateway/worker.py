@@ -16,6 +16,7 @@ import hmac
 import json
 import logging
 import os
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -81,6 +82,17 @@ class CircuitBreaker:
         if self.failures >= self.threshold:
             self.opened_at = self.clock()
 
+    def remaining_s(self) -> float:
+        """Seconds until an open circuit lets a trial through (0 when not open)."""
+        if self.opened_at is None:
+            return 0.0
+        return max(0.0, self.cooldown_s - (self.clock() - self.opened_at))
+
+
+# An open circuit defers a message at most this often (about an hour at the 30 s cooldown)
+# before the message takes the ordinary retry path towards the dead letters.
+MAX_DEFERRALS = 120
+
 
 class WorkerRuntime:
     """Everything the actors need. Built lazily on the worker's event loop (the async Redis
@@ -99,6 +111,7 @@ class WorkerRuntime:
         self._http: Any = None
         self.handled = 0
         self.in_flight = 0
+        self.deferred = 0  # jobs put back because their provider's circuit was open
         self._lock = threading.Lock()
 
     @property
@@ -134,7 +147,8 @@ class WorkerRuntime:
             raise UnreadableJob(f"unreadable job: {exc}") from None
         breaker = self.breakers.setdefault(message.provider, CircuitBreaker())
         if not breaker.allow():
-            raise TemporaryFailure(f"provider {message.provider} circuit open")
+            await self._defer(queue, payload, breaker, message.provider)
+            return
         try:
             result = await self.outbox.send(message)
         except StoreUnavailable as exc:
@@ -149,6 +163,23 @@ class WorkerRuntime:
         breaker.success()
         if message.alimtalk is not None and result.result in SMS_CAN_FIX:
             await self._sms_fallback(message, result)
+
+    async def _defer(self, queue: str, payload: Mapping[str, Any], breaker: CircuitBreaker, provider: str) -> None:
+        """An open circuit is the provider's failure, not the message's: put the message back for
+        after the cooldown without spending one of its retries (raising would, and a long outage
+        would then dead-letter messages that were never tried). The copy is enqueued before this
+        job is acknowledged; if the worker dies in between, both run and the sent/attempt markers
+        keep the citizen from getting it twice."""
+        deferred = int(payload.get("deferred", 0))
+        if deferred >= MAX_DEFERRALS:
+            raise TemporaryFailure(f"provider {provider} circuit open ({deferred} deferrals)")
+        delay = breaker.remaining_s() + random.uniform(0.0, 5.0)  # jitter: not all at the trial
+        ok = await self.enqueuer.enqueue_payload(queue, {**payload, "deferred": deferred + 1},
+                                                 f"{queue} job deferred by open circuit", delay_s=delay)
+        if not ok:
+            raise TemporaryFailure(f"provider {provider} circuit open; could not defer")
+        with self._lock:
+            self.deferred += 1
 
     async def _inbound(self, payload: Mapping[str, Any]) -> None:
         """Tell the queue's sinks about a citizen's message: a signed webhook, an SMS to the

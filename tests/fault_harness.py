@@ -526,13 +526,6 @@ def broker_messages(client: Any) -> tuple[dict[str, str], dict[str, str]]:
     return pending, dead
 
 
-SMS_DUPLICATE_BUG = (
-    "product bug: an SMS job redelivered after its first attempt reached NHN (worker SIGKILLed mid-request,"
-    " or the answer came after the adapter's deadline) is sent again: Outbox.send only skips a job whose"
-    " `gw:sent:<key>` marker exists, which is written after the provider's answer, and NHN's SMS API has no"
-    " idempotency key (adapters/nhn_sms.py sends the key only as senderGroupingKey)")
-
-
 @dataclass
 class Ledger:
     """What the end-of-test accounting found, for the report."""
@@ -597,8 +590,8 @@ def check_messages(h: Harness, ledger: Ledger, *, optouts: dict[str, float] | No
     deliveries = Counter(d.idempotency_key for d in h.nhn.deliveries if d.idempotency_key)
     twice = {k: n for k, n in deliveries.items() if n > 1}
     # NHN's SMS API has no idempotency key: an SMS whose request reached NHN but whose job was
-    # redelivered (worker killed mid-request, answer past the deadline) goes out again. Known
-    # product bug (see SMS_DUPLICATE_BUG); collected here, asserted by the tests that cause it.
+    # redelivered (worker killed mid-request, answer past the deadline) must be found by the
+    # outbox's lookup (NHN's List API by senderGroupingKey), not sent again. Asserted by each test.
     sms_channels = {"sms", "lms"}
     sms_keys = {d.idempotency_key for d in h.nhn.deliveries if d.channel in sms_channels}
     ledger.sms_twice = {k: n for k, n in twice.items() if k in sms_keys}

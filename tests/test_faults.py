@@ -26,7 +26,6 @@ from gateway.domain.models import LetteringResult
 from tests.fault_harness import (
     INVALID_CITIZEN,
     MAIN_CITIZEN,
-    SMS_DUPLICATE_BUG,
     GatewayProc,
     Harness,
     Ledger,
@@ -138,8 +137,7 @@ async def test_worker_sigkill_mid_job_and_opt_out_during_load(tmp_path: Path) ->
         check_messages(h, ledger, optouts={**load.optouts, **optouts})
         print(f"\nworker: accepted {len(load.accepted)}; {ledger.summary()}")
         assert first.starts == 1 and not first.running and h.workers[1].running
-        if ledger.sms_twice:
-            pytest.xfail(f"{SMS_DUPLICATE_BUG}: {ledger.sms_twice}")
+        assert not ledger.sms_twice, f"SMS sent twice: {ledger.sms_twice}"
 
 
 async def test_ami_cut_refused_and_silent(tmp_path: Path) -> None:
@@ -232,5 +230,4 @@ async def test_providers_slow_failing_and_garbage(tmp_path: Path) -> None:
         assert "temporary_error" in sent, sent
         print(f"\nproviders: accepted {len(load.accepted)}; lettering results {sorted(results)};"
               f" NHN requests {len(h.nhn.requests)}; {ledger.summary()}")
-        if ledger.sms_twice:
-            pytest.xfail(f"{SMS_DUPLICATE_BUG}: {ledger.sms_twice}")
+        assert not ledger.sms_twice, f"SMS sent twice: {ledger.sms_twice}"

@@ -414,3 +414,31 @@ async def test_sms_with_unknown_outcome_is_looked_up_not_sent_twice(env: dict[st
     finally:
         await provider.close()
         await client.aclose()
+
+
+async def test_open_circuit_defers_without_spending_retries(env: dict[str, str], redis_url: str,
+                                                              nhn: FakeNhnServer) -> None:
+    """A provider outage must not dead-letter messages that were never tried: while the circuit
+    is open a job goes back to the queue for after the cooldown, its retries untouched."""
+    from gateway.jobs import MsgpackEncoder
+    from gateway.worker import MAX_DEFERRALS, CircuitBreaker, TemporaryFailure
+
+    config = load_config()
+    broker, runtime = build_worker(config, environ=env, redis_url=redis_url, overrides=_nhn_overrides(nhn))
+    breaker = CircuitBreaker(threshold=1, cooldown_s=30.0)
+    breaker.failure()
+    runtime.breakers["nhn-sms"] = breaker
+    payload = encode_message(_message("deferred", kind="sms"), config.sealer(env))
+    try:
+        await runtime.handle("sms", payload)  # no exception: dramatiq does not count a retry
+        delayed = broker.client.lrange(f"{broker.namespace}:sms.DQ", 0, -1)
+        assert len(delayed) == 1 and runtime.deferred == 1
+        copy = MsgpackEncoder().decode(broker.client.hget(f"{broker.namespace}:sms.DQ.msgs", delayed[0]))
+        assert copy["args"][0] == {**payload, "deferred": 1}
+        eta = copy["options"]["eta"] / 1000 - time.time()
+        assert 25 < eta <= 36  # the cooldown left, plus jitter
+        assert nhn.requests == []  # the provider was not tried
+        with pytest.raises(TemporaryFailure):  # bounded: then the ordinary retry path
+            await runtime.handle("sms", {**payload, "deferred": MAX_DEFERRALS})
+    finally:
+        runtime.enqueuer.close()
