@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 import unicodedata
 import uuid
@@ -303,6 +304,9 @@ def inbound_from_fields(fields: Mapping[str, str], provider: str, plan: Any, now
     try:
         received = float(fields.get("received_at") or now)
     except ValueError:
+        raise InboundRejected("'received_at' must be epoch seconds") from None
+    # inf, nan or a year past 2286 would crash the calendar (and the routing) further in: a 400 here.
+    if not math.isfinite(received) or not 0 < received < 1e10:
         raise InboundRejected("'received_at' must be epoch seconds") from None
     text = fields["text"]
     if len(text) > 2000:
