@@ -108,7 +108,6 @@ class WorkerRuntime:
         self.breakers: dict[str, CircuitBreaker] = {}
         self.notify: Callable[[], NotifyRules] | None = None
         self.queue_names: Callable[[], Mapping[str, str]] = dict
-        self._http: Any = None
         self.handled = 0
         self.in_flight = 0
         self.deferred = 0  # jobs put back because their provider's circuit was open
@@ -229,10 +228,11 @@ class WorkerRuntime:
                              hashlib.sha256).hexdigest()
         headers = {"Content-Type": "application/json; charset=utf-8", "X-Signature-Timestamp": ts,
                    "X-Signature": signature, "X-Idempotency-Key": key}
-        if self._http is None:
-            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        # One session per notification: citizens' messages are few, and a session kept on the
+        # actors' loop could never be closed cleanly (dramatiq stops that loop itself).
         try:
-            async with self._http.post(url, data=raw, headers=headers) as resp:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session, \
+                    session.post(url, data=raw, headers=headers) as resp:
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TemporaryFailure(f"webhook {url}: {type(exc).__name__}") from None
