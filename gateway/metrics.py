@@ -82,6 +82,13 @@ class GatewayCollector(Collector):
         yield reload_failed
         yield loaded
 
+        if gw.smtp is not None:
+            smtp = CounterMetricFamily("gateway_smtp_replies", "SMTP intake replies by command and code "
+                                       "(550 refused, 451 Redis down, 421 draining)", labels=["command", "code"])
+            for (command, code), count in dict(gw.smtp.handler.replies).items():
+                smtp.add_metric([command, code], count)
+            yield smtp
+
         redis_up = GaugeMetricFamily("gateway_redis_up", "1 when Redis answered this scrape's queue reads")
         depth = GaugeMetricFamily("gateway_queue_depth", "jobs waiting (ready and delayed) per queue",
                                   labels=["queue"])

@@ -363,9 +363,15 @@ class SmtpHandler:
         self.intake = intake
         self.plan = plan or NumberPlan()
         self.draining = False
+        self.replies: dict[tuple[str, str], int] = {}  # (command, reply code) for /metrics
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+
+    def _tally(self, command: str, reply: str) -> str:
+        key = (command, reply[:3])
+        self.replies[key] = self.replies.get(key, 0) + 1
+        return reply
 
     # -- helpers
 
@@ -442,6 +448,9 @@ class SmtpHandler:
     async def handle_MAIL(  # noqa: N802
         self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
     ) -> str:
+        return self._tally("MAIL", await self._mail(server, session, envelope, address, mail_options))
+
+    async def _mail(self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]) -> str:
         refused = self._refuse_when_draining(server)
         if refused:
             return refused
@@ -458,6 +467,9 @@ class SmtpHandler:
     async def handle_RCPT(  # noqa: N802
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
     ) -> str:
+        return self._tally("RCPT", await self._rcpt(server, session, envelope, address, rcpt_options))
+
+    async def _rcpt(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]) -> str:
         refused = self._refuse_when_draining(server)
         if refused:
             return refused
@@ -474,11 +486,11 @@ class SmtpHandler:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
         refused = self._refuse_when_draining(server)
         if refused:
-            return refused
+            return self._tally("DATA", refused)
         self._inflight += 1
         self._idle.clear()
         try:
-            return await self._deliver(envelope)
+            return self._tally("DATA", await self._deliver(envelope))
         finally:
             self._inflight -= 1
             if self._inflight == 0:

@@ -338,12 +338,15 @@ async def test_invalid_bytes_for_the_declared_charset_are_550(body: bytes, chars
 
 async def test_store_down_is_451_and_the_retry_is_stored_exactly_once() -> None:
     intake = FlakyIntake(failures=1)
-    async with running(intake) as (_, port):
+    async with running(intake) as (server, port):
         with pytest.raises(smtplib.SMTPDataError) as info:
             await relay(port, mail())
         assert (info.value.smtp_code, info.value.smtp_error) == (451, b"4.3.0 temporarily unavailable, try again")
         assert intake.stored == {}
         assert await relay(port, mail()) == {}  # the relay's retry
+        # What /metrics reports as gateway_smtp_replies_total{command, code}.
+        assert server.handler.replies == {("MAIL", "250"): 2, ("RCPT", "250"): 2, ("DATA", "451"): 1,
+                                          ("DATA", "250"): 1}
     assert list(intake.stored) == [f"20250925230000.1@sms.carrier.example/{CITY}"]
 
 
