@@ -234,6 +234,10 @@ class Gateway:
                                      trunks={p.name: p.trunks for p in config.pbxes},
                                      messaging=self.rules.get_messaging, enqueuer=self.enqueuer,
                                      alimtalk_provider=alimtalk_provider)
+        # A lease outlives the slowest carrier's hard deadline, so it never lapses while its owner
+        # is still waiting for the carrier (which would let the other gateway letter the call too).
+        self.pipeline.lease_s = max((float(getattr(c, "deadline_s", 3.0)) for c in carriers.values()),
+                                    default=3.0) + 2.0
         self.clients = [PbxClient(self._ami_settings(p), self.pipeline, TRACKED_EVENTS) for p in config.pbxes]
         self.registry, latency = new_registry(self)
         self.pipeline.on_latency = latency.observe

@@ -51,6 +51,7 @@ class Verdict(StrEnum):
     CAPPED = "capped"  # frequency cap (e.g. one post-call message per department per 7 days)
     ADMITTED = "admitted"  # a durable message passed the guard and may be queued
     ALREADY_SENT = "already_sent"  # a redelivered job whose message the provider already accepted
+    LEASED = "leased"  # a peer's lease holds this call: it is asking the carrier right now (or died)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,9 @@ class Outgoing:
     payload: LetteringRequest
     rate_limit: int = 0  # max messages per recipient per window (0 = no limit)
     rate_window_s: int = 3600
+    # The claim is first a lease this long, made final once the carrier answered: a gateway
+    # killed between claim and request frees the call for the other gateway (None: final at once).
+    lease_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,8 +154,9 @@ class Outbox:
         dedupe_key = self.key_for(message.pbx, message.call_id, message.action, message.recipient)
         try:
             claim = await self.store.claim(dedupe_key=dedupe_key, recipient_hash=recipient_hash,
-                                           ttl_s=self.dedupe_ttl_s, rate_limit=message.rate_limit,
-                                           rate_window_s=message.rate_window_s, check_no_lettering=True)
+                                           ttl_s=message.lease_s or self.dedupe_ttl_s, rate_limit=message.rate_limit,
+                                           rate_window_s=message.rate_window_s, check_no_lettering=True,
+                                           lease=message.lease_s is not None)
         except StoreUnavailable as exc:
             log.error("outbox store unavailable, %s to %s for call %s not sent: %s", message.action,
                       mask(message.recipient), message.call_id, exc)
@@ -168,6 +173,11 @@ class Outbox:
             return Delivery(verdict)
         started = time.perf_counter()
         outcome = await carrier.letter(message.payload)
+        if message.lease_s is not None:
+            try:
+                await self.store.settle(dedupe_key=dedupe_key, ttl_s=self.dedupe_ttl_s)
+            except StoreUnavailable as exc:  # the lease then expires: at worst the other gateway letters again
+                log.error("could not make the claim of call %s final: %s", message.call_id, exc)
         self._count(f"{Verdict.SENT}:{outcome.result}")
         self.providers.record("lettering", outcome.provider, outcome.result)
         log.info("%s to %s for call %s via %s: %s %s", message.action, mask(message.recipient),

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import replace
 from typing import Any
 
 from gateway.domain.calls import CallEnded, CallTracker, ExternalDial, TrackerOutput
@@ -75,6 +76,9 @@ class CallPipeline:
         self.dial_latencies_ms: list[float] = []  # AMI receipt -> adapter call, bounded below
         self.on_latency: Callable[[float], None] | None = None  # the /metrics histogram
         self.calls_by: dict[tuple[str, str, str], int] = {}
+        # Lettering claims are leases this long until the carrier answered (Outgoing.lease_s);
+        # None: claims are final at once. Set by the composition root from the carriers' deadlines.
+        self.lease_s: float | None = None
 
     # -------------------------------------------------------------- listener
     def tracker(self, pbx: str) -> CallTracker:
@@ -140,11 +144,21 @@ class CallPipeline:
     async def _letter(self, letter: Letter, received: float) -> None:
         request = letter.request
         policy = self._rules().lettering
+        outgoing = Outgoing(pbx=request.pbx, call_id=request.call_id, action="lettering", recipient=request.to,
+                            provider=letter.provider, payload=request, rate_limit=policy.rate_limit_count,
+                            rate_window_s=policy.rate_limit_window_s, lease_s=self.lease_s)
         try:
-            delivery = await self.outbox.deliver(Outgoing(
-                pbx=request.pbx, call_id=request.call_id, action="lettering", recipient=request.to,
-                provider=letter.provider, payload=request, rate_limit=policy.rate_limit_count,
-                rate_window_s=policy.rate_limit_window_s))
+            delivery = await self.outbox.deliver(outgoing)
+            if delivery.verdict is Verdict.LEASED and self.lease_s is not None:
+                # Another gateway is asking the carrier for this call right now. If it dies before
+                # it got an answer, its lease lapses: look again then, while the phone still rings.
+                await asyncio.sleep(self.lease_s + 0.25)
+                if self.tracker(request.pbx).ringing(request.call_id):
+                    delivery = await self.outbox.deliver(outgoing)
+                    if delivery.verdict is Verdict.SENT:
+                        log.warning("call %s lettered after another gateway's lease lapsed", request.call_id)
+                if delivery.verdict is Verdict.LEASED:
+                    delivery = replace(delivery, verdict=Verdict.DUPLICATE)  # the peer is still on it
         except Exception:  # a bug must not kill the AMI reader; it is logged with its traceback
             log.exception("lettering for call %s failed", request.call_id)
             return

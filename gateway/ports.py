@@ -80,10 +80,11 @@ class OutboxStore(Protocol):
     Every method raises `StoreUnavailable` when the store cannot answer.
     """
 
-    async def claim(self, *, dedupe_key: str, recipient_hash: str, ttl_s: int, rate_limit: int,
+    async def claim(self, *, dedupe_key: str, recipient_hash: str, ttl_s: float, rate_limit: int,
                     rate_window_s: int, cap_key: str = "", cap_ttl_s: int = 0,
-                    check_no_lettering: bool = False, ignore_optout: bool = False) -> str:
-        """"ok", "ok_no_lettering", "duplicate", "opted_out", "capped" or "rate_limited"."""
+                    check_no_lettering: bool = False, ignore_optout: bool = False, lease: bool = False) -> str:
+        """"ok", "ok_no_lettering", "duplicate", "leased" (held by a lease not yet settled),
+        "opted_out", "capped" or "rate_limited". With `lease`, the claim is a lease for `ttl_s`."""
         ...
 
     async def check_send(self, *, recipient_hash: str, idempotency_key: str) -> str:
@@ -91,6 +92,10 @@ class OutboxStore(Protocol):
         ...
 
     async def mark_sent(self, *, idempotency_key: str, provider: str, reference: str, ttl_s: int = ...) -> None: ...
+
+    async def settle(self, *, dedupe_key: str, ttl_s: int) -> None:
+        """Make a claim taken as a short lease final."""
+        ...
 
     async def begin_attempt(self, *, idempotency_key: str, ttl_s: int = ...) -> float | None:
         """Note that a send of this message starts now; the time of an earlier attempt whose

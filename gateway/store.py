@@ -34,10 +34,15 @@ AUDIT_STREAM = PREFIX + "audit"
 AUDIT_MAXLEN = 200_000
 
 # KEYS: opt-out, dedupe, rate, cap, no-lettering-device flag (the last two may be the unused
-# NONE key). ARGV: dedupe ttl ms, rate limit, window s, claim value, cap ttl ms.
+# NONE key). ARGV: dedupe ttl ms, rate limit, window s, claim value, cap ttl ms. A claim value
+# starting "lease:" is a lease (see RedisOutboxStore.settle): a clash with it answers 'leased'.
 _CLAIM = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 'opted_out' end
-if not redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[1]) then return 'duplicate' end
+if not redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[1]) then
+  local held = redis.call('GET', KEYS[2])
+  if held and string.sub(held, 1, 6) == 'lease:' then return 'leased' end
+  return 'duplicate'
+end
 if KEYS[4] ~= KEYS[6] then
   if not redis.call('SET', KEYS[4], ARGV[4], 'NX', 'PX', ARGV[5]) then return 'capped' end
 end
@@ -133,20 +138,28 @@ class RedisOutboxStore:
         self._claim = client.register_script(_CLAIM)
         self._report = client.register_script(_REPORT)
 
-    async def claim(self, *, dedupe_key: str, recipient_hash: str, ttl_s: int, rate_limit: int,
+    async def claim(self, *, dedupe_key: str, recipient_hash: str, ttl_s: float, rate_limit: int,
                     rate_window_s: int, cap_key: str = "", cap_ttl_s: int = 0,
-                    check_no_lettering: bool = False, ignore_optout: bool = False) -> str:
+                    check_no_lettering: bool = False, ignore_optout: bool = False, lease: bool = False) -> str:
         window = max(1, rate_window_s)
         bucket = int(time.time() // window)
         keys = [NONE_KEY if ignore_optout else optout_key(recipient_hash), PREFIX + "dedupe:" + dedupe_key,
                 f"{PREFIX}rate:{recipient_hash}:{bucket}", PREFIX + "cap:" + cap_key if cap_key else NONE_KEY,
                 no_lettering_key(recipient_hash) if check_no_lettering else NONE_KEY, NONE_KEY]
-        args: list[int | str] = [ttl_s * 1000, rate_limit, window, str(time.time()), max(1, cap_ttl_s) * 1000]
+        value = f"lease:{time.time():.3f}" if lease else f"{time.time():.3f}"
+        args: list[int | str] = [int(ttl_s * 1000), rate_limit, window, value, max(1, cap_ttl_s) * 1000]
         try:
             result = await self._claim(keys=keys, args=args)
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
         return result.decode() if isinstance(result, bytes) else str(result)
+
+    async def settle(self, *, dedupe_key: str, ttl_s: int) -> None:
+        """Make a leased claim final (the carrier answered): keep it for the full dedupe TTL."""
+        try:
+            await self.client.set(PREFIX + "dedupe:" + dedupe_key, f"settled:{time.time():.3f}", ex=ttl_s)
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
 
     async def check_send(self, *, recipient_hash: str, idempotency_key: str) -> str:
         """At send time (a queued job): "ok", "opted_out" or "already_sent"."""

@@ -363,3 +363,49 @@ async def test_metrics_have_real_values(redis_url: str) -> None:
     assert lines['gateway_http_responses_total{route="/healthz",status="200"}'] == 1
     assert lines['gateway_dead_letters{queue="postcall"}'] == 0
     assert 'gateway_queue_depth{queue="call_notice"}' in lines
+
+
+@pytest.mark.parametrize("peer", ["died_mid_request", "settled", "still_asking"])
+async def test_a_peer_gateways_lease_on_a_call(peer: str, redis_url: str) -> None:
+    """Two gateways see every call; the first claims it as a short lease, settled once the carrier
+    answered. If that gateway dies between claim and request, the lease lapses and the other
+    letters the call while it still rings; a settled or live lease means: not again."""
+    from gateway.domain.rules import Rules
+    from gateway.outbox import Outbox
+    from gateway.pipeline import CallPipeline
+    from gateway.rules import load_rules
+    from gateway.store import RedisOutboxStore, connect
+    from tests.transcripts import timed_events
+
+    rules: Rules = load_rules(RULES)
+    client = connect(redis_url, timeout_s=2.0)
+    store = RedisOutboxStore(client)
+    carrier = SandboxCarrier("sandbox")
+    outbox = Outbox(store, {"sandbox": carrier}, hash_key=b"k" * 16)
+    sink = Collect()
+    pipeline = CallPipeline(lambda: rules, outbox, sink, trunks={"city-hall": ("carrier",)})
+    pipeline.lease_s = 0.3
+    events = list(timed_events("answered_mobile"))
+    call_id = next(e["Linkedid"] for _, e in events if "Linkedid" in e)
+    to = "+821012345678"
+    key = outbox.key_for("city-hall", call_id, "lettering", to)
+    h = number_hash(outbox.hash_key, to)
+    # The peer gateway's claim, taken before this gateway sees the call.
+    assert await store.claim(dedupe_key=key, recipient_hash=h, ttl_s=0.3 if peer != "still_asking" else 30,
+                             rate_limit=0, rate_window_s=3600, lease=True) == "ok"
+    if peer == "settled":
+        await store.settle(dedupe_key=key, ttl_s=3600)
+    try:
+        for at, event in events:  # up to the dial to the citizen: the phone rings
+            pipeline.ami_event("city-hall", event, at)
+            if event.get("Event") == "DialBegin" and "carrier" in event.get("DestChannel", ""):
+                break
+        await pipeline.drain(5)
+    finally:
+        await client.aclose()
+    if peer == "died_mid_request":
+        assert [r.to for r in carrier.requests] == [to]
+        assert [r["result"] for r in sink.of("lettering")] == ["delivered"]
+    else:
+        assert carrier.requests == []
+        assert [r["reason"] for r in sink.of("skipped")] == ["duplicate"]

@@ -188,6 +188,11 @@ class CallTracker:
         entry = self._legs.get(leg)
         return entry.call if entry else None
 
+    def ringing(self, call_id: str) -> bool:
+        """The call is live and nobody answered yet (a lettering can still be seen)."""
+        call = self._calls.get(call_id)
+        return call is not None and call.answered_at is None
+
     # ------------------------------------------------------------------ events
     def handle(self, event: LegEvent) -> list[TrackerOutput]:
         """Apply one event; return what it decided (often nothing)."""
