@@ -173,21 +173,21 @@ class Outbox:
             return Delivery(verdict)
         started = time.perf_counter()
         outcome = await carrier.letter(message.payload)
-        if message.lease_s is not None:
-            try:
-                await self.store.settle(dedupe_key=dedupe_key, ttl_s=self.dedupe_ttl_s)
-            except StoreUnavailable as exc:  # the lease then expires: at worst the other gateway letters again
-                log.error("could not make the claim of call %s final: %s", message.call_id, exc)
         self._count(f"{Verdict.SENT}:{outcome.result}")
         self.providers.record("lettering", outcome.provider, outcome.result)
         log.info("%s to %s for call %s via %s: %s %s", message.action, mask(message.recipient),
                  message.call_id, outcome.provider, outcome.result, outcome.detail)
         if outcome.result is LetteringResult.UNSUPPORTED_DEVICE:
             await self.store.remember_no_lettering(recipient_hash, self.device_memory_s)
-        await self.store.record(dedupe_key=dedupe_key, fields={
-            "action": message.action, "recipient": recipient_hash, "provider": outcome.provider,
-            "result": outcome.result, "reference": outcome.reference, "detail": outcome.detail[:200],
-        })
+        audit = {"action": message.action, "recipient": recipient_hash, "provider": outcome.provider,
+                 "result": outcome.result, "reference": outcome.reference, "detail": outcome.detail[:200]}
+        if message.lease_s is None:
+            await self.store.record(dedupe_key=dedupe_key, fields=audit)
+        else:
+            try:  # one round trip: the claim made final, and the audit entry
+                await self.store.settle(dedupe_key=dedupe_key, ttl_s=self.dedupe_ttl_s, audit=audit)
+            except StoreUnavailable as exc:  # the lease then lapses: at worst the other gateway letters again
+                log.error("could not make the claim of call %s final: %s", message.call_id, exc)
         return Delivery(Verdict.SENT, outcome, started)
 
     # ------------------------------------------------------- durable: admit, then send

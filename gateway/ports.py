@@ -93,8 +93,8 @@ class OutboxStore(Protocol):
 
     async def mark_sent(self, *, idempotency_key: str, provider: str, reference: str, ttl_s: int = ...) -> None: ...
 
-    async def settle(self, *, dedupe_key: str, ttl_s: int) -> None:
-        """Make a claim taken as a short lease final."""
+    async def settle(self, *, dedupe_key: str, ttl_s: int, audit: Mapping[str, Any] | None = None) -> None:
+        """Make a claim taken as a short lease final (and write its audit entry)."""
         ...
 
     async def begin_attempt(self, *, idempotency_key: str, ttl_s: int = ...) -> float | None:

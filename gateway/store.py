@@ -154,12 +154,24 @@ class RedisOutboxStore:
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
         return result.decode() if isinstance(result, bytes) else str(result)
 
-    async def settle(self, *, dedupe_key: str, ttl_s: int) -> None:
-        """Make a leased claim final (the carrier answered): keep it for the full dedupe TTL."""
+    async def settle(self, *, dedupe_key: str, ttl_s: int, audit: Mapping[str, Any] | None = None) -> None:
+        """Make a leased claim final (the carrier answered): keep it for the full dedupe TTL, and
+        write the audit entry in the same round trip."""
         try:
-            await self.client.set(PREFIX + "dedupe:" + dedupe_key, f"settled:{time.time():.3f}", ex=ttl_s)
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.set(PREFIX + "dedupe:" + dedupe_key, f"settled:{time.time():.3f}", ex=ttl_s)
+                if audit is not None:
+                    pipe.xadd(AUDIT_STREAM, self._audit_entry(dedupe_key, audit), maxlen=AUDIT_MAXLEN,
+                              approximate=True)
+                await pipe.execute()
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+
+    @staticmethod
+    def _audit_entry(dedupe_key: str, fields: Mapping[str, Any]) -> dict[Any, Any]:
+        entry: dict[Any, Any] = {"key": dedupe_key, "ts": f"{time.time():.3f}"}
+        entry.update({k: str(v) for k, v in fields.items()})
+        return entry
 
     async def check_send(self, *, recipient_hash: str, idempotency_key: str) -> str:
         """At send time (a queued job): "ok", "opted_out" or "already_sent"."""
@@ -224,10 +236,9 @@ class RedisOutboxStore:
         return {_text(k): _text(v) for k, v in raw.items()}
 
     async def record(self, *, dedupe_key: str, fields: Mapping[str, Any]) -> None:
-        entry: dict[Any, Any] = {"key": dedupe_key, "ts": f"{time.time():.3f}"}
-        entry.update({k: str(v) for k, v in fields.items()})
         try:
-            await self.client.xadd(AUDIT_STREAM, entry, maxlen=AUDIT_MAXLEN, approximate=True)
+            await self.client.xadd(AUDIT_STREAM, self._audit_entry(dedupe_key, fields), maxlen=AUDIT_MAXLEN,
+                                   approximate=True)
         except RedisError as exc:
             log.warning("audit record not stored: %s", exc)
 
