@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import random
 import re
-import time
 import unicodedata
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -565,18 +564,14 @@ def test_500_rules_load_and_route_correctly() -> None:
     assert late.rule == "r495" and len(late.explain) == 495
 
 
-def test_500_rules_throughput_smoke() -> None:
-    """Not the 100k/s benchmark (ops/bench); guards against accidental quadratic work per message."""
+def test_500_rules_route_every_message() -> None:
+    """Speed is measured by `python -m ops.bench` (routing section), never asserted here; this
+    checks that 2,000 messages against 500 generated rules all get a queue."""
     rules = parse_routing(_generated(500), "generated.yaml")
     base = epoch("2026-03-10T10:00")
     msgs = [InboundSms("m", "p", CIVIL, CITIZEN, f"일반 문의 {n}", base + n * 61) for n in range(2000)]
-    for m in msgs[:50]:
-        route(m, rules)  # warm the candidate index
-    began = time.perf_counter()
-    for m in msgs:
-        route(m, rules)
-    rate = len(msgs) / (time.perf_counter() - began)
-    assert rate > 2000, f"{rate:.0f} decisions/s with 500 rules"
+    decisions = [route(m, rules) for m in msgs]
+    assert all(d.queue for d in decisions)
 
 
 # --------------------------------------------------------------------------------------------
