@@ -442,3 +442,38 @@ async def test_open_circuit_defers_without_spending_retries(env: dict[str, str],
             await runtime.handle("sms", {**payload, "deferred": MAX_DEFERRALS})
     finally:
         runtime.enqueuer.close()
+
+
+def test_async_enqueue_skips_no_enqueue_hook(redis_url: str) -> None:
+    """The gateway puts jobs in Redis itself (Enqueuer with an asyncio client), bypassing
+    `RedisBroker.enqueue` and so its middleware's enqueue hooks: none of ours may have one."""
+    from dramatiq.middleware import Middleware
+
+    broker = make_broker(redis_url, namespace="hooks")
+    for middleware in broker.middleware:
+        for hook in ("before_enqueue", "after_enqueue"):
+            assert getattr(type(middleware), hook) is getattr(Middleware, hook), (middleware, hook)
+
+
+async def test_async_enqueue_lands_where_the_broker_puts_it(env: dict[str, str], redis_url: str) -> None:
+    config = load_config()
+    broker = make_broker(redis_url, namespace=config.queue_namespace)
+    client = connect(redis_url, timeout_s=2.0)
+    enqueuer = Enqueuer(broker, config.sealer(env), client=client)
+    try:
+        assert await enqueuer.enqueue("sms", _message("now", kind="sms"))
+        assert await enqueuer.enqueue("sms", _message("later", kind="sms"), delay_s=60)
+        ns = broker.namespace
+        sync: Any = broker.client  # redis-py's sync replies are typed as unions of everything
+        (now_id,) = sync.lrange(f"{ns}:sms", 0, -1)
+        (later_id,) = sync.lrange(f"{ns}:sms.DQ", 0, -1)
+        from gateway.jobs import MsgpackEncoder
+
+        now = MsgpackEncoder().decode(sync.hget(f"{ns}:sms.msgs", now_id))
+        later = MsgpackEncoder().decode(sync.hget(f"{ns}:sms.DQ.msgs", later_id))
+        assert now["actor_name"] == later["actor_name"] == actor_name("sms")
+        assert now["options"]["redis_message_id"] == now_id.decode()
+        assert later["queue_name"] == "sms.DQ" and 55_000 < later["options"]["eta"] - time.time() * 1000 <= 60_000
+        assert now["options"]["max_retries"] == later["options"]["max_retries"]
+    finally:
+        await enqueuer.aclose(1.0)
