@@ -162,6 +162,13 @@ def decode_message(payload: Mapping[str, Any], sealer: Sealer) -> QueuedMessage:
 # ------------------------------------------------------------------ enqueuing
 
 
+# dispatch.lua's "enqueue" command without its worker-side preamble (heartbeat, maintenance).
+_ENQUEUE = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('RPUSH', KEYS[2], ARGV[1])
+"""
+
+
 class Enqueuer:
     """Puts messages on the broker from the event loop without ever blocking it.
 
@@ -179,6 +186,7 @@ class Enqueuer:
         self.sealer = sealer
         self.timeout_s = timeout_s
         self.client = client
+        self._script: Any = None
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="enqueue")
         self.enqueued = 0
         self.failed = 0
@@ -212,11 +220,10 @@ class Enqueuer:
             queue_name = dq_name(queue_name)
             message = message.copy(queue_name=queue_name, options={"eta": int(time.time() * 1000) + delay_ms})
         full = f"{self.broker.namespace}:{queue_name}"
-        rid = message.options["redis_message_id"]
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(f"{full}.msgs", rid, message.encode())
-            pipe.rpush(full, rid)
-            await pipe.execute()
+        if self._script is None:
+            self._script = self.client.register_script(_ENQUEUE)
+        # One EVALSHA: atomic like dramatiq's own enqueue, and far cheaper for redis-py than MULTI.
+        await self._script(keys=[f"{full}.msgs", full], args=[message.options["redis_message_id"], message.encode()])
 
     def _put(self, message: dramatiq.Message[Any], delay_ms: int | None) -> None:
         self.broker.enqueue(message, delay=delay_ms)
