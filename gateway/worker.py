@@ -25,6 +25,7 @@ from typing import Any
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import AsyncIO, Middleware
 
 from gateway.crypto import Sealer, SealError
 from gateway.domain.models import SendOutcome, SendResult, SmsRequest
@@ -267,6 +268,21 @@ class WorkerRuntime:
             raise TemporaryFailure("SMS fallback could not be queued")
         self._report_sms(message, action, "queued")
 
+    async def aclose(self) -> None:
+        """Close what the actors opened on their loop: providers' HTTP sessions, the Redis client."""
+        outbox, self._outbox = self._outbox, None
+        if outbox is None:
+            return
+        providers: list[Any] = [*outbox.alimtalk.values(), *outbox.sms.values()]
+        for provider in providers:
+            try:
+                await provider.close()
+            except Exception as exc:  # closing must not stop the others from closing
+                log.warning("closing provider %s: %s", getattr(provider, "name", "?"), exc)
+        client = getattr(outbox.store, "client", None)
+        if client is not None:
+            await client.aclose()
+
     def provider_report(self) -> dict[str, dict[str, Any]]:
         """Per provider: the circuit breaker's state and the recent answers (for /health)."""
         stats = self._outbox.providers.snapshot() if self._outbox is not None else {}
@@ -289,8 +305,31 @@ class WorkerRuntime:
                     "to": message.recipient, "result": result})
 
 
+class CloseRuntime(Middleware):
+    """At worker shutdown, once every job finished and before dramatiq stops the actors' event
+    loop (the AsyncIO middleware's after_worker_shutdown), close the runtime on that loop."""
+
+    def __init__(self, runtime: WorkerRuntime, timeout_s: float = 5.0) -> None:
+        self.runtime = runtime
+        self.timeout_s = timeout_s
+
+    def after_worker_shutdown(self, broker: Any, worker: Any) -> None:
+        from dramatiq.asyncio import get_event_loop_thread
+
+        loop_thread = get_event_loop_thread()
+        if loop_thread is None:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self.runtime.aclose(), loop_thread.loop).result(self.timeout_s)
+        except Exception as exc:
+            log.warning("worker runtime not closed cleanly: %s", exc)
+
+
 def declare_actors(broker: RedisBroker, runtime: WorkerRuntime) -> dict[str, dramatiq.Actor[Any, Any]]:
     """Bind one async actor per queue to `broker`, all delegating to `runtime`."""
+    # dramatiq runs "after" hooks in reverse order: placed after AsyncIO, ours runs before AsyncIO
+    # stops the loop.
+    broker.add_middleware(CloseRuntime(runtime), after=AsyncIO)
     actors: dict[str, dramatiq.Actor[Any, Any]] = {}
     for queue in QUEUES:
         async def deliver(payload: dict[str, Any], _queue: str = queue) -> None:
