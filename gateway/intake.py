@@ -20,7 +20,7 @@ import time
 import unicodedata
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -33,7 +33,7 @@ from gateway.domain.postcall import MessagingRules
 from gateway.domain.routing import InboundSms, RoutingRules, ThreadContext, route
 from gateway.domain.smstext import choose
 from gateway.errors import GatewayError, StoreUnavailable
-from gateway.jobs import Enqueuer
+from gateway.jobs import Enqueuer, encode_message
 from gateway.outbox import Admission, Outbox, QueuedMessage, Verdict
 from gateway.ports import DecisionSink
 from gateway.store import PREFIX, contact_key, number_hash, optout_key
@@ -221,13 +221,25 @@ class Intake:
         """Queue an SMS/LMS to a citizen from the city number they texted, through the guard."""
         if self.enqueuer is None or not self.sms_provider:
             return "not_configured"
-        verdict = await self.outbox.admit(Admission("sms", tid, action, to))
-        if verdict is not Verdict.ADMITTED:
-            return verdict.value
         kind, safe = choose(text)
         key = self.outbox.key_for("sms", tid, action, to)
         sms = SmsRequest(key, to, city_number, safe, safe.split("\n", 1)[0][:20], kind)
-        ok = await self.enqueuer.enqueue("sms", QueuedMessage(key, "sms", tid, action, to, self.sms_provider, sms=sms))
+        message = QueuedMessage(key, "sms", tid, action, to, self.sms_provider, sms=sms)
+        if self.enqueuer.client is not None:
+            # Admitted, queued and written to the thread in one atomic step (one round trip).
+            put = replace(self.enqueuer.prepare("sms", encode_message(message, self.sealer)),
+                          stream_key=f"{PREFIX}thread:{tid}:msgs", stream_fields=(
+                              ("dir", "out"), ("at", f"{time.time():.3f}"),
+                              ("text", self.sealer.seal(safe, tid.encode())), ("action", action)))
+            verdict = await self.outbox.admit(Admission("sms", tid, action, to), then=put)
+            if verdict is Verdict.ADMITTED:
+                self.enqueuer.enqueued += 1
+                return "queued"
+            return verdict.value
+        verdict = await self.outbox.admit(Admission("sms", tid, action, to))
+        if verdict is not Verdict.ADMITTED:
+            return verdict.value
+        ok = await self.enqueuer.enqueue("sms", message)
         if ok:
             await self._record_out(tid, safe, action)
         return "queued" if ok else "enqueue_failed"

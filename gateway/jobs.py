@@ -38,6 +38,7 @@ from redis.retry import Retry as SyncRetry
 from gateway.crypto import Sealer
 from gateway.domain.models import AlimtalkRequest, Button, SmsRequest
 from gateway.outbox import QueuedMessage
+from gateway.ports import QueuePut
 
 log = logging.getLogger(__name__)
 
@@ -213,17 +214,28 @@ class Enqueuer:
         self.enqueued += 1
         return True
 
-    async def _put_async(self, message: dramatiq.Message[Any], delay_ms: int | None) -> None:
+    def prepare(self, queue: str, payload: dict[str, Any], *, delay_s: float = 0.0) -> QueuePut:
+        """The job as dramatiq's broker would store it, for a caller that puts it in Redis itself
+        (`OutboxStore.claim(then=...)`: admitted and queued in one step)."""
+        dm: dramatiq.Message[Any] = dramatiq.Message(queue_name=queue, actor_name=actor_name(queue), args=(payload,),
+                                                     kwargs={}, options=actor_options(queue))
+        return self._prepared(dm, int(delay_s * 1000) if delay_s > 0 else None)
+
+    def _prepared(self, message: dramatiq.Message[Any], delay_ms: int | None) -> QueuePut:
         queue_name = message.queue_name
         message = message.copy(options={"redis_message_id": str(uuid.uuid4())})
         if delay_ms is not None:
             queue_name = dq_name(queue_name)
             message = message.copy(queue_name=queue_name, options={"eta": int(time.time() * 1000) + delay_ms})
         full = f"{self.broker.namespace}:{queue_name}"
+        return QueuePut(f"{full}.msgs", full, message.options["redis_message_id"], message.encode())
+
+    async def _put_async(self, message: dramatiq.Message[Any], delay_ms: int | None) -> None:
+        put = self._prepared(message, delay_ms)
         if self._script is None:
             self._script = self.client.register_script(_ENQUEUE)
         # One EVALSHA: atomic like dramatiq's own enqueue, and far cheaper for redis-py than MULTI.
-        await self._script(keys=[f"{full}.msgs", full], args=[message.options["redis_message_id"], message.encode()])
+        await self._script(keys=[put.msgs_key, put.queue_key], args=[put.message_id, put.data])
 
     def _put(self, message: dramatiq.Message[Any], delay_ms: int | None) -> None:
         self.broker.enqueue(message, delay=delay_ms)

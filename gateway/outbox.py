@@ -32,7 +32,7 @@ from gateway.domain.models import (
 )
 from gateway.domain.numbers import mask
 from gateway.errors import StoreUnavailable
-from gateway.ports import AlimtalkProvider, LetteringCarrier, OutboxStore, SentLookup, SmsProvider
+from gateway.ports import AlimtalkProvider, LetteringCarrier, OutboxStore, QueuePut, SentLookup, SmsProvider
 from gateway.providerstats import ProviderStats
 from gateway.store import number_hash
 
@@ -191,8 +191,11 @@ class Outbox:
         return Delivery(Verdict.SENT, outcome, started)
 
     # ------------------------------------------------------- durable: admit, then send
-    async def admit(self, admission: Admission) -> Verdict:
-        """Decide whether a durable message may be queued (opt-out, dedupe, cap, rate limit)."""
+    async def admit(self, admission: Admission, *, then: QueuePut | None = None) -> Verdict:
+        """Decide whether a durable message may be queued (opt-out, dedupe, cap, rate limit).
+
+        With `then` (from `Enqueuer.prepare`), an admitted message is queued in the same atomic
+        step: never admitted-but-not-queued (a retry would then find it a duplicate)."""
         if not admission.recipient.startswith("+"):
             self._count(Verdict.INVALID_RECIPIENT)
             return Verdict.INVALID_RECIPIENT
@@ -203,7 +206,7 @@ class Outbox:
             claim = await self.store.claim(dedupe_key=key, recipient_hash=recipient_hash, ttl_s=self.dedupe_ttl_s,
                                            rate_limit=admission.rate_limit, rate_window_s=admission.rate_window_s,
                                            cap_key=cap_key, cap_ttl_s=admission.cap_ttl_s,
-                                           ignore_optout=optout_exempt(admission.action))
+                                           ignore_optout=optout_exempt(admission.action), then=then)
         except StoreUnavailable as exc:
             log.error("outbox store unavailable, %s to %s for call %s not queued: %s", admission.action,
                       mask(admission.recipient), admission.call_id, exc)

@@ -82,9 +82,11 @@ class OutboxStore(Protocol):
 
     async def claim(self, *, dedupe_key: str, recipient_hash: str, ttl_s: float, rate_limit: int,
                     rate_window_s: int, cap_key: str = "", cap_ttl_s: int = 0,
-                    check_no_lettering: bool = False, ignore_optout: bool = False, lease: bool = False) -> str:
+                    check_no_lettering: bool = False, ignore_optout: bool = False, lease: bool = False,
+                    then: QueuePut | None = None) -> str:
         """"ok", "ok_no_lettering", "duplicate", "leased" (held by a lease not yet settled),
-        "opted_out", "capped" or "rate_limited". With `lease`, the claim is a lease for `ttl_s`."""
+        "opted_out", "capped" or "rate_limited". With `lease`, the claim is a lease for `ttl_s`.
+        With `then`, an admitted claim also queues that job, in the same atomic step."""
         ...
 
     async def check_send(self, *, recipient_hash: str, idempotency_key: str) -> str:
@@ -130,6 +132,19 @@ class AlimtalkProvider(Protocol):
     async def send_alimtalk(self, request: AlimtalkRequest) -> SendOutcome: ...
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class QueuePut:
+    """A job ready to be put on a queue where dramatiq's broker puts it (`gateway.jobs`), and an
+    optional stream entry: what `OutboxStore.claim(then=...)` does in the claim's atomic step."""
+
+    msgs_key: str
+    queue_key: str
+    message_id: str
+    data: bytes
+    stream_key: str = ""
+    stream_fields: tuple[tuple[str, str], ...] = ()
 
 
 @runtime_checkable

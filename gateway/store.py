@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.errors import StoreUnavailable
+from gateway.ports import QueuePut
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,21 @@ if limit > 0 then
 end
 if KEYS[5] ~= KEYS[6] and redis.call('EXISTS', KEYS[5]) == 1 then return 'ok_no_lettering' end
 return 'ok'
+"""
+
+# The claim, then (only when admitted) a job put where dramatiq's broker puts it and an entry
+# added to a stream, in one atomic step: a message is admitted and queued, or neither.
+# KEYS 7-9: the queue's message hash, the queue list, the stream (NONE: no entry).
+# ARGV 6-7: the job's redis message id and data; 8..: the stream entry's field/value pairs.
+_CLAIM_THEN = "local function claim()\n" + _CLAIM + """
+end
+local verdict = claim()
+if verdict == 'ok' or verdict == 'ok_no_lettering' then
+  redis.call('HSET', KEYS[7], ARGV[6], ARGV[7])
+  redis.call('RPUSH', KEYS[8], ARGV[6])
+  if KEYS[9] ~= KEYS[6] then redis.call('XADD', KEYS[9], '*', unpack(ARGV, 8)) end
+end
+return verdict
 """
 
 # Delivery state only moves forward (reports arrive out of order). KEYS: state hash.
@@ -136,20 +152,28 @@ class RedisOutboxStore:
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
         self._claim = client.register_script(_CLAIM)
+        self._claim_then = client.register_script(_CLAIM_THEN)
         self._report = client.register_script(_REPORT)
 
     async def claim(self, *, dedupe_key: str, recipient_hash: str, ttl_s: float, rate_limit: int,
                     rate_window_s: int, cap_key: str = "", cap_ttl_s: int = 0,
-                    check_no_lettering: bool = False, ignore_optout: bool = False, lease: bool = False) -> str:
+                    check_no_lettering: bool = False, ignore_optout: bool = False, lease: bool = False,
+                    then: QueuePut | None = None) -> str:
         window = max(1, rate_window_s)
         bucket = int(time.time() // window)
         keys = [NONE_KEY if ignore_optout else optout_key(recipient_hash), PREFIX + "dedupe:" + dedupe_key,
                 f"{PREFIX}rate:{recipient_hash}:{bucket}", PREFIX + "cap:" + cap_key if cap_key else NONE_KEY,
                 no_lettering_key(recipient_hash) if check_no_lettering else NONE_KEY, NONE_KEY]
         value = f"lease:{time.time():.3f}" if lease else f"{time.time():.3f}"
-        args: list[int | str] = [int(ttl_s * 1000), rate_limit, window, value, max(1, cap_ttl_s) * 1000]
+        args: list[int | str | bytes] = [int(ttl_s * 1000), rate_limit, window, value, max(1, cap_ttl_s) * 1000]
+        script = self._claim
+        if then is not None:
+            script = self._claim_then
+            keys += [then.msgs_key, then.queue_key, then.stream_key or NONE_KEY]
+            args += [then.message_id, then.data]
+            args += [item for pair in then.stream_fields for item in pair]
         try:
-            result = await self._claim(keys=keys, args=args)
+            result = await script(keys=keys, args=args)
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
         return result.decode() if isinstance(result, bytes) else str(result)

@@ -477,3 +477,28 @@ async def test_async_enqueue_lands_where_the_broker_puts_it(env: dict[str, str],
         assert now["options"]["max_retries"] == later["options"]["max_retries"]
     finally:
         await enqueuer.aclose(1.0)
+
+
+async def test_claim_then_queue_is_one_step(env: dict[str, str], redis_url: str) -> None:
+    """An admitted message is queued (and noted in its thread) in the claim's own atomic step;
+    a refused one leaves no job behind."""
+    from gateway.ports import QueuePut
+
+    config = load_config()
+    broker = make_broker(redis_url, namespace="claim-then")
+    client = connect(redis_url, timeout_s=2.0)
+    enqueuer = Enqueuer(broker, config.sealer(env), client=client)
+    store = RedisOutboxStore(client)
+    try:
+        def put() -> QueuePut:
+            base = enqueuer.prepare("sms", encode_message(_message("once", kind="sms"), config.sealer(env)))
+            return replace(base, stream_key="gw:thread:t1:msgs", stream_fields=(("dir", "out"), ("action", "x")))
+
+        claim = {"dedupe_key": "once", "recipient_hash": "h", "ttl_s": 60, "rate_limit": 0, "rate_window_s": 60}
+        assert await store.claim(**claim, then=put()) == "ok"  # type: ignore[arg-type]
+        assert await store.claim(**claim, then=put()) == "duplicate"  # type: ignore[arg-type]
+        sync: Any = broker.client
+        assert sync.llen("claim-then:sms") == 1 and sync.hlen("claim-then:sms.msgs") == 1
+        assert [f[b"dir"] for _, f in sync.xrange("gw:thread:t1:msgs")] == [b"out"]
+    finally:
+        await enqueuer.aclose(1.0)
