@@ -130,15 +130,18 @@ def connect(url: str, *, timeout_s: float = 0.25, max_connections: int = 32,
     package metadata for the library version on every new connection costs ~1 ms of event
     loop time in redis-py 8, so the version is given once here.
     """
+    # A connect includes redis-py's handshake (HELLO, CLIENT SETINFO), answered only when the
+    # event loop gets to it: on a loop saturated by a burst of AMI events, 0.25 s refused
+    # letterings as store_unavailable. New connections are rare (the pool is warmed and kept).
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=pool_wait_s, socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 1),
+        socket_connect_timeout=max(timeout_s, 1.0), retry=Retry(NoBackoff(), 1),
         retry_on_error=[RedisConnectionError, RedisTimeoutError], health_check_interval=0,
         driver_info=DriverInfo(lib_version=redis.__version__))
     return aioredis.Redis(connection_pool=pool, decode_responses=False)
 
 
-async def warm_up(client: aioredis.Redis, connections: int = 8) -> None:
+async def warm_up(client: aioredis.Redis, connections: int = 16) -> None:
     """Open a few pooled connections before the first call needs them."""
     try:
         await asyncio.gather(*(client.ping() for _ in range(connections)))
