@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import bisect
 import functools
-import operator
 import re
 import string
 import unicodedata
@@ -40,6 +39,7 @@ from enum import StrEnum
 from functools import cached_property
 from zoneinfo import ZoneInfo
 
+import ahocorasick
 import holidays
 
 from gateway.domain.numbers import display, mask
@@ -379,11 +379,10 @@ class _Engine:
       window boundaries of all rules, so the cache stays small (numbers x 3 day types x
       segments). Each entry holds the rules still possible that have NO keyword condition, in
       rule order (usually a handful: duty, thread and default rules);
-    * rules WITH keywords are found through a keyword index instead of being scanned: every
-      keyword of two or more characters is filed under its first two characters, so a text
-      only tests the keywords that start with one of its own character pairs (one-character
-      keywords are filed under that character). The keywords found give the rules whose
-      keyword condition holds; their static conditions are then checked one by one.
+    * rules WITH keywords are found through one Aho-Corasick automaton over every keyword
+      (pyahocorasick, in C): a single pass over the text finds every keyword it contains, however
+      many rules there are. The keywords found give the rules whose keyword condition holds;
+      their static conditions are then checked one by one.
 
     `route` merges the two, in rule order, and the first rule whose remaining conditions hold
     wins: exactly the first match of a top-to-bottom scan (tests compare it with a naive scan).
@@ -406,13 +405,12 @@ class _Engine:
             for keyword in c.indexed or ():
                 rules_of.setdefault(keyword, []).append(c)
         self.rules_of = {k: tuple(v) for k, v in rules_of.items()}
-        by_pair: dict[str, list[str]] = {}
-        for keyword in self.rules_of:
-            if len(keyword) >= 2:
-                by_pair.setdefault(keyword[:2], []).append(keyword)
-        self.by_pair = {k: tuple(v) for k, v in by_pair.items()}
-        self.pairs = frozenset(self.by_pair)
-        self.single = frozenset(k for k in self.rules_of if len(k) == 1)
+        self._automaton = ahocorasick.Automaton()
+        for keyword, found in self.rules_of.items():
+            if keyword:
+                self._automaton.add_word(keyword, found)
+        if len(self._automaton):
+            self._automaton.make_automaton()
 
     def candidates(self, to: str, day: DayType, minute: int) -> tuple[_Compiled, ...]:
         """The rules without a keyword condition whose to/days/time conditions hold, in order."""
@@ -430,20 +428,12 @@ class _Engine:
 
     def keyword_hits(self, folded: str) -> list[_Compiled]:
         """The rules with a keyword condition that holds for ``folded``, in rule order."""
-        hits: set[_Compiled] | None = None
-        # The text's character pairs (built in C by map/add) that start some keyword.
-        for pair in self.pairs.intersection(map(operator.add, folded, folded[1:])):
-            for keyword in self.by_pair[pair]:
-                if keyword in folded:
-                    if hits is None:
-                        hits = set()
-                    hits.update(self.rules_of[keyword])
-        if self.single:
-            for char in self.single.intersection(folded):
-                if hits is None:
-                    hits = set()
-                hits.update(self.rules_of[char])
-        if hits is None:
+        if not len(self._automaton):
+            return []
+        hits: set[_Compiled] = set()
+        for _, found in self._automaton.iter(folded):
+            hits.update(found)
+        if not hits:
             return []
         return sorted(hits, key=_index_of) if len(hits) > 1 else list(hits)
 
