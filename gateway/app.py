@@ -313,6 +313,10 @@ class Gateway:
         for client in self.clients:
             await client.stop()
         await self.pipeline.drain(left())
+        try:
+            await asyncio.wait_for(self.outbox.flush(), left())
+        except TimeoutError:
+            log.warning("shutdown: lettering settlements still pending after the drain bound")
         if self.pipeline.status()["in_flight"]:
             log.warning("shutdown: %d letterings still in flight after the drain bound",
                         self.pipeline.status()["in_flight"])

@@ -15,11 +15,13 @@ sending to a citizen who opted out is not.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from gateway.domain.models import (
     AlimtalkRequest,
@@ -131,6 +133,8 @@ class Outbox:
         self.device_memory_s = device_memory_s
         self.counts: dict[str, int] = {}
         self.providers = ProviderStats()  # sends by channel/provider/result; recent error rate
+        self._settles: list[tuple[str, int, Mapping[str, Any] | None]] = []
+        self._settler: asyncio.Task[None] | None = None
 
     def _count(self, name: str) -> None:
         self.counts[name] = self.counts.get(name, 0) + 1
@@ -184,11 +188,29 @@ class Outbox:
         if message.lease_s is None:
             await self.store.record(dedupe_key=dedupe_key, fields=audit)
         else:
-            try:  # one round trip: the claim made final, and the audit entry
-                await self.store.settle(dedupe_key=dedupe_key, ttl_s=self.dedupe_ttl_s, audit=audit)
-            except StoreUnavailable as exc:  # the lease then lapses: at worst the other gateway letters again
-                log.error("could not make the claim of call %s final: %s", message.call_id, exc)
+            self._settle_soon(dedupe_key, audit)
         return Delivery(Verdict.SENT, outcome, started)
+
+    def _settle_soon(self, dedupe_key: str, audit: Mapping[str, Any]) -> None:
+        """Make the lease final and write the audit entry, batched: under a burst of calls the
+        letterings that finished meanwhile share one round trip (a lease lasts seconds, the batch
+        waits for nothing but the previous one)."""
+        self._settles.append((dedupe_key, self.dedupe_ttl_s, audit))
+        if self._settler is None or self._settler.done():
+            self._settler = asyncio.get_running_loop().create_task(self._settle_batches())
+
+    async def _settle_batches(self) -> None:
+        while self._settles:
+            batch, self._settles = self._settles, []
+            try:
+                await self.store.settle_many(batch)
+            except StoreUnavailable as exc:  # the leases then lapse: at worst the other gateway letters again
+                log.error("could not make %d lettering claim(s) final: %s", len(batch), exc)
+
+    async def flush(self) -> None:
+        """Wait for the batched settlements (graceful shutdown, end of a replay)."""
+        while self._settler is not None and not self._settler.done():
+            await self._settler
 
     # ------------------------------------------------------- durable: admit, then send
     async def admit(self, admission: Admission, *, then: QueuePut | None = None) -> Verdict:

@@ -99,6 +99,10 @@ class OutboxStore(Protocol):
         """Make a claim taken as a short lease final (and write its audit entry)."""
         ...
 
+    async def settle_many(self, items: Sequence[tuple[str, int, Mapping[str, Any] | None]]) -> None:
+        """`settle` for several claims in one round trip."""
+        ...
+
     async def begin_attempt(self, *, idempotency_key: str, ttl_s: int = ...) -> float | None:
         """Note that a send of this message starts now; the time of an earlier attempt whose
         outcome was never recorded (None on the first attempt)."""

@@ -13,7 +13,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
@@ -184,12 +184,17 @@ class RedisOutboxStore:
     async def settle(self, *, dedupe_key: str, ttl_s: int, audit: Mapping[str, Any] | None = None) -> None:
         """Make a leased claim final (the carrier answered): keep it for the full dedupe TTL, and
         write the audit entry in the same round trip."""
+        await self.settle_many([(dedupe_key, ttl_s, audit)])
+
+    async def settle_many(self, items: Sequence[tuple[str, int, Mapping[str, Any] | None]]) -> None:
+        """`settle` for several claims in one round trip (letterings finishing together)."""
         try:
             async with self.client.pipeline(transaction=False) as pipe:
-                pipe.set(PREFIX + "dedupe:" + dedupe_key, f"settled:{time.time():.3f}", ex=ttl_s)
-                if audit is not None:
-                    pipe.xadd(AUDIT_STREAM, self._audit_entry(dedupe_key, audit), maxlen=AUDIT_MAXLEN,
-                              approximate=True)
+                for dedupe_key, ttl_s, audit in items:
+                    pipe.set(PREFIX + "dedupe:" + dedupe_key, f"settled:{time.time():.3f}", ex=ttl_s)
+                    if audit is not None:
+                        pipe.xadd(AUDIT_STREAM, self._audit_entry(dedupe_key, audit), maxlen=AUDIT_MAXLEN,
+                                  approximate=True)
                 await pipe.execute()
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
