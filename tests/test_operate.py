@@ -110,8 +110,12 @@ async def test_two_gateways_letter_once_and_survive_kill(tmp_path: Path) -> None
         assert not ledger.sms_twice
         by_gateway = {gw.name: Counter(str(d.get("reason") or d.get("result")) for d in gw.decisions()
                                        if d.get("event") in ("lettering", "skipped")) for gw in (gw1, gw2)}
+        # Both saw the calls and both lettered some; where they raced, one recorded "duplicate".
+        # (Which one loses a race, and whether its lease wait ends before it is killed, is timing:
+        # per gateway a duplicate is not guaranteed.)
         for counts in by_gateway.values():
-            assert counts["duplicate"] > 0, by_gateway  # both saw the calls; the other one lettered them
+            assert counts["delivered"] + counts["duplicate"] > 0, by_gateway
+        assert sum(c["duplicate"] for c in by_gateway.values()) > 0, by_gateway
         lettered = {str((r.body or {}).get("callKey")) for r in h.carrier.requests}
         unlettered = [c for c in h.dials if c not in lettered]
         skip_reasons = {str(d["call"]): str(d.get("reason")) for d in h.decisions("skipped")}
