@@ -225,32 +225,16 @@ class Intake:
         key = self.outbox.key_for("sms", tid, action, to)
         sms = SmsRequest(key, to, city_number, safe, safe.split("\n", 1)[0][:20], kind)
         message = QueuedMessage(key, "sms", tid, action, to, self.sms_provider, sms=sms)
-        if self.enqueuer.client is not None:
-            # Admitted, queued and written to the thread in one atomic step (one round trip).
-            put = replace(self.enqueuer.prepare("sms", encode_message(message, self.sealer)),
-                          stream_key=f"{PREFIX}thread:{tid}:msgs", stream_fields=(
-                              ("dir", "out"), ("at", f"{time.time():.3f}"),
-                              ("text", self.sealer.seal(safe, tid.encode())), ("action", action)))
-            verdict = await self.outbox.admit(Admission("sms", tid, action, to), then=put)
-            if verdict is Verdict.ADMITTED:
-                self.enqueuer.enqueued += 1
-                return "queued"
-            return verdict.value
-        verdict = await self.outbox.admit(Admission("sms", tid, action, to))
+        # Admitted, queued and written to the thread in one atomic step (one round trip).
+        put = replace(self.enqueuer.prepare("sms", encode_message(message, self.sealer)),
+                      stream_key=f"{PREFIX}thread:{tid}:msgs", stream_fields=(
+                          ("dir", "out"), ("at", f"{time.time():.3f}"),
+                          ("text", self.sealer.seal(safe, tid.encode())), ("action", action)))
+        verdict = await self.outbox.admit(Admission("sms", tid, action, to), then=put)
         if verdict is not Verdict.ADMITTED:
             return verdict.value
-        ok = await self.enqueuer.enqueue("sms", message)
-        if ok:
-            await self._record_out(tid, safe, action)
-        return "queued" if ok else "enqueue_failed"
-
-    async def _record_out(self, tid: str, text: str, action: str) -> None:
-        try:
-            await self.client.xadd(f"{PREFIX}thread:{tid}:msgs", {
-                "dir": "out", "at": f"{time.time():.3f}", "text": self.sealer.seal(text, tid.encode()),
-                "action": action})
-        except RedisError as exc:
-            log.warning("reply not recorded in thread %s: %s", tid, exc)
+        self.enqueuer.enqueued += 1
+        return "queued"
 
     # ------------------------------------------------------------------ staff side
     async def inbox(self, queue: str, *, count: int = 50) -> list[dict[str, Any]]:

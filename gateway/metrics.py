@@ -89,24 +89,7 @@ class GatewayCollector(Collector):
                 smtp.add_metric([command, code], count)
             yield smtp
 
-        redis_up = GaugeMetricFamily("gateway_redis_up", "1 when Redis answered this scrape's queue reads")
-        depth = GaugeMetricFamily("gateway_queue_depth", "jobs waiting (ready and delayed) per queue",
-                                  labels=["queue"])
-        dead = GaugeMetricFamily("gateway_dead_letters", "jobs that exhausted their retries, per queue",
-                                 labels=["queue"])
-        try:
-            client = gw.broker.client
-            ns = gw.broker.namespace
-            for queue in QUEUES:
-                # dramatiq keeps delayed jobs (retries, quiet hours) in the list "<queue>.DQ".
-                depth.add_metric([queue], int(client.llen(f"{ns}:{queue}")) + int(client.llen(f"{ns}:{queue}.DQ")))
-                dead.add_metric([queue], int(client.zcard(f"{ns}:{queue}.XQ")))
-            redis_up.add_metric([], 1.0)
-        except RedisError:
-            redis_up.add_metric([], 0.0)  # the queue gauges are absent from this scrape
-        yield redis_up
-        yield depth
-        yield dead
+        yield from queue_families(gw.broker)
 
         queued = CounterMetricFamily("gateway_enqueue", "jobs put on the queues", labels=["result"])
         queued.add_metric(["ok"], gw.enqueuer.enqueued)
@@ -118,6 +101,25 @@ class GatewayCollector(Collector):
         for (route, status), count in gw.http_counts.items():
             http.add_metric([route, str(status)], count)
         yield http
+
+
+def queue_families(broker: Any) -> list[Metric]:
+    """Queue depth and dead letters per queue, read from Redis at scrape time, and whether Redis
+    answered (gateway and worker alike). Redis down: only `gateway_redis_up 0`."""
+    redis_up = GaugeMetricFamily("gateway_redis_up", "1 when Redis answered this scrape's queue reads")
+    depth = GaugeMetricFamily("gateway_queue_depth", "jobs waiting (ready and delayed) per queue", labels=["queue"])
+    dead = GaugeMetricFamily("gateway_dead_letters", "jobs that exhausted their retries, per queue", labels=["queue"])
+    try:
+        client, ns = broker.client, broker.namespace
+        for queue in QUEUES:
+            # dramatiq keeps delayed jobs (retries, quiet hours) in the list "<queue>.DQ".
+            depth.add_metric([queue], int(client.llen(f"{ns}:{queue}")) + int(client.llen(f"{ns}:{queue}.DQ")))
+            dead.add_metric([queue], int(client.zcard(f"{ns}:{queue}.XQ")))
+    except RedisError:
+        redis_up.add_metric([], 0.0)
+        return [redis_up]
+    redis_up.add_metric([], 1.0)
+    return [redis_up, depth, dead]
 
 
 def sends_family(totals: dict[tuple[str, str, str], int]) -> CounterMetricFamily:

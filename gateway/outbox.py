@@ -245,8 +245,10 @@ class Outbox:
         An attempt marker with no sent marker means the outcome was never learnt (worker
         killed mid-request, answer after the deadline). If the provider can be asked, ask it:
         found -> the earlier send is the send; cannot tell -> temporary error (retry later)."""
+        if not isinstance(provider, SentLookup):
+            return None  # idempotent at the provider, or nothing to ask: no marker to keep
         previous = await self.store.begin_attempt(idempotency_key=message.key)
-        if previous is None or not isinstance(provider, SentLookup):
+        if previous is None:
             return None
         found = await provider.find_sent(request, previous)
         if found is None:

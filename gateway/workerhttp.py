@@ -19,8 +19,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
-from gateway.jobs import QUEUES
-from gateway.metrics import sends_family
+from gateway.metrics import queue_families, sends_family
 
 
 class WorkerCollector(Collector):
@@ -49,24 +48,7 @@ class WorkerCollector(Collector):
         for name, state in rt.provider_report().items():
             circuit.add_metric([name], {"open": 1.0, "half_open": 0.5}.get(state["circuit"], 0.0))
         yield circuit
-        depth = GaugeMetricFamily("gateway_queue_depth", "jobs waiting (ready and delayed) per queue",
-                                  labels=["queue"])
-        dead = GaugeMetricFamily("gateway_dead_letters", "jobs that exhausted their retries, per queue",
-                                 labels=["queue"])
-        redis_up = GaugeMetricFamily("gateway_redis_up", "1 when Redis answered this scrape's queue reads")
-        try:
-            client, ns = self.broker.client, self.broker.namespace
-            for queue in QUEUES:
-                depth.add_metric([queue], int(client.llen(f"{ns}:{queue}")) + int(client.llen(f"{ns}:{queue}.DQ")))
-                dead.add_metric([queue], int(client.zcard(f"{ns}:{queue}.XQ")))
-            redis_up.add_metric([], 1.0)
-        except RedisError:
-            redis_up.add_metric([], 0.0)
-            yield redis_up
-            return
-        yield redis_up
-        yield depth
-        yield dead
+        yield from queue_families(self.broker)
 
 
 class WorkerHttp:
