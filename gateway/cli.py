@@ -281,8 +281,7 @@ async def _run(config: GatewayConfig) -> int:
     started = loop.time()
     log.info("stopping: draining for at most %.1f s", config.shutdown_timeout_s)
     notifier.stopping("draining")
-    gateway.begin_drain()  # intake answers 503/421 while the listeners are still up
-    try:
+    try:  # stop() refuses intake first (503/421) while the HTTP listener is still up
         await asyncio.wait_for(gateway.stop(config.shutdown_timeout_s * 0.7), config.shutdown_timeout_s * 0.85)
     except TimeoutError:
         log.error("shutdown: the gateway did not stop within %.1f s", config.shutdown_timeout_s * 0.85)
