@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from redis.exceptions import RedisError
+
 from adapters.carrier_http import HttpCarrier
 from adapters.nhn_alimtalk import NhnAlimtalk
 from adapters.nhn_sms import NhnSms, parse_unsubscribe
@@ -44,6 +46,7 @@ from gateway.rules import load_rules
 from gateway.smtp import SmtpIntake, SmtpSettings
 from gateway.store import RedisOutboxStore, connect, warm_up
 from gateway.webhooks import InboundProvider, add_routes
+from gateway.wire import Wire
 from gateway.worker import WorkerRuntime, declare_actors
 
 log = logging.getLogger(__name__)
@@ -190,7 +193,10 @@ class Gateway:
             raise ConfigError(f"no Redis: set {config.redis_url_env} or redis.url in {config.source}")
         self.redis_url = redis_url
         self.redis = connect(redis_url)
-        self.store = RedisOutboxStore(self.redis)
+        # The real-time path's lean connection (claims, settlements, inbound accepts), with the
+        # same 0.25 s command timeout as `connect`.
+        self.wire = Wire.from_url(redis_url, timeout_s=0.25, connect_timeout_s=1.0)
+        self.store = RedisOutboxStore(self.redis, self.wire)
         carriers: dict[str, LetteringCarrier] = {}
         for name, spec in config.carriers.items():
             carriers[name] = self.over.carriers.get(name) or build_carrier(name, spec, self.environ)
@@ -201,14 +207,14 @@ class Gateway:
                              dedupe_ttl_s=config.dedupe_ttl_s)
         self.sealer = config.sealer(self.environ)
         self.broker = make_broker(redis_url, namespace=self.over.queue_namespace or config.queue_namespace)
-        # Its own asyncio client: enqueues get 2 s, not the real-time path's 0.25 s timeouts.
-        self.enqueuer = Enqueuer(self.broker, self.sealer, client=connect(redis_url, timeout_s=2.0))
+        # Its own connection: enqueues get 2 s, not the real-time path's 0.25 s timeouts.
+        self.enqueuer = Enqueuer(self.broker, self.sealer, wire=Wire.from_url(redis_url, timeout_s=2.0))
         alimtalk_provider = next(iter(self.over.alimtalk or config.alimtalk), "")
         self.reports = ReportIntake(build_parsers(config.webhooks, self.environ), self.store)
         sms_provider = next(iter(self.over.sms or config.sms), "")
         self.intake = Intake(self.redis, routing=self.rules.get_routing, messaging=self.rules.get_messaging,
                              sealer=self.sealer, hash_key=self.outbox.hash_key, outbox=self.outbox,
-                             enqueuer=self.enqueuer, sms_provider=sms_provider, sink=sink)
+                             enqueuer=self.enqueuer, sms_provider=sms_provider, sink=sink, wire=self.wire)
         self.inbound = {name: InboundProvider(name, _secret(self.environ, spec["signature_env"], f"inbound.{name}"),
                                               spec["public_url"]) for name, spec in config.inbound.items()}
         self.unsubscribe = {name: _unsubscribe_parser(_secret(self.environ, spec["signature_env"],
@@ -257,7 +263,8 @@ class Gateway:
         try:
             await self.store.ping()
             await warm_up(self.redis)
-        except StoreUnavailable as exc:
+            await self.wire.execute("PING")  # connected before the first call needs it
+        except (StoreUnavailable, RedisError) as exc:
             log.error("redis not reachable at start (%s); lettering fails closed until it is", exc)
         for client in self.clients:
             self._tasks.append(asyncio.get_running_loop().create_task(client.run(), name=f"ami-{client.name}"))
@@ -327,6 +334,7 @@ class Gateway:
             await carrier.close()
         await self.enqueuer.aclose(left())
         await self.redis.aclose()
+        await self.wire.aclose()
 
     def http_routes(self, app: Any) -> None:
         """The citizen-facing webhooks, the staff API and /metrics on the gateway's HTTP listener."""

@@ -21,6 +21,7 @@ import unicodedata
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -35,20 +36,36 @@ from gateway.domain.smstext import choose
 from gateway.errors import GatewayError, StoreUnavailable
 from gateway.jobs import Enqueuer, encode_message
 from gateway.outbox import Admission, Outbox, QueuedMessage, Verdict
-from gateway.ports import DecisionSink
-from gateway.store import PREFIX, contact_key, number_hash, optout_key
+from gateway.ports import DecisionSink, QueuePut
+from gateway.store import CLAIM_LUA, NONE_KEY, PREFIX, contact_key, number_hash, optout_key
+from gateway.wire import Wire
 
 log = logging.getLogger(__name__)
 
 IDEMPOTENCY_TTL_S = 30 * 86400
 CONTACT_TTL_S = 30 * 86400
 
-# KEYS: idempotency, thread hash, thread messages, inbox stream.
+# Auto-replies and opt-out confirmations are the rules' few fixed texts: made EUC-KR-safe once,
+# not on every message (it was a fifth of an accept's CPU). Staff replies are not cached.
+_choose_rule_text = lru_cache(maxsize=256)(choose)
+
+# One atomic step per citizen's message (one round trip):
+# KEYS: idempotency, thread hash, thread messages, inbox stream; the notification job's message
+#       hash and queue list (both NONE_KEY: no job); the citizen's contact key; then the keys of
+#       the auto-reply's claim (`CLAIM_LUA`), if any.
 # ARGV: result, ttl, city number, sealed sender, sender hash, queue, at, sealed text, message id,
-#       provider, thread id, priority, rule, tags. Returns {1, result} when stored, {0, earlier result}.
-_ACCEPT = """
+#       provider, thread id, priority, rule, tags, job id, job data; the contact value the
+#       message was routed with ("" for none); the number of claim keys (0: no auto-reply);
+#       then the claim's arguments.
+# Returns {0, earlier result, ""} for a duplicate; {2, contact, ""} when the citizen's contact
+# is not the one routed with (nothing stored: route again with it); else {1, result, verdict}
+# with the auto-reply's claim verdict ("" for none) -- stored, notification queued and
+# auto-reply admitted and queued, or nothing.
+_ACCEPT = CLAIM_LUA + """
 local earlier = redis.call('GET', KEYS[1])
-if earlier then return {0, earlier} end
+if earlier then return {0, earlier, ''} end
+local contact = redis.call('GET', KEYS[7]) or ''
+if contact ~= ARGV[17] then return {2, contact, ''} end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('HSET', KEYS[2], 'to', ARGV[3], 'sender', ARGV[4], 'sender_hash', ARGV[5], 'queue', ARGV[6],
            'last_at', ARGV[7])
@@ -58,8 +75,36 @@ redis.call('XADD', KEYS[3], '*', 'dir', 'in', 'at', ARGV[7], 'text', ARGV[8], 'm
            'provider', ARGV[10])
 redis.call('XADD', KEYS[4], '*', 'thread', ARGV[11], 'at', ARGV[7], 'priority', ARGV[12], 'rule', ARGV[13],
            'tags', ARGV[14], 'message_id', ARGV[9])
-return {1, ARGV[1]}
+if KEYS[5] ~= KEYS[6] then
+  redis.call('HSET', KEYS[5], ARGV[15], ARGV[16])
+  redis.call('RPUSH', KEYS[6], ARGV[15])
+end
+local verdict = ''
+local nk = tonumber(ARGV[18])
+if nk > 0 then
+  local K, A = {}, {}
+  for i = 1, nk do K[i] = KEYS[7 + i] end
+  for i = 19, #ARGV do A[#A + 1] = ARGV[i] end
+  verdict = claim_then(K, A)
+end
+return {1, ARGV[1], verdict}
 """
+# A contact that changes between routing and storing, again and again: give up (503, the
+# provider retries) rather than loop.
+_ROUTING_ATTEMPTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What one accept step stores and queues besides the message (see `_ACCEPT`)."""
+
+    queue: str
+    priority: str
+    rule: str
+    tags: str
+    job: QueuePut | None  # the queue's notification
+    claim_keys: list[str]  # the auto-reply's claim (empty: no auto-reply)
+    claim_args: list[int | str | bytes]
 
 
 class InboundRejected(GatewayError):
@@ -128,9 +173,11 @@ class OptOutRegistry:
 class Intake:
     def __init__(self, client: aioredis.Redis, *, routing: Callable[[], RoutingRules | None],
                  messaging: Callable[[], MessagingRules], sealer: Sealer, hash_key: bytes,
-                 outbox: Outbox, enqueuer: Enqueuer | None, sms_provider: str, sink: DecisionSink) -> None:
+                 outbox: Outbox, enqueuer: Enqueuer | None, sms_provider: str, sink: DecisionSink,
+                 wire: Wire) -> None:
         # redis-py types every reply as a union of everything; this module reads bytes replies.
         self.client: Any = client
+        self.wire = wire  # the accept path's round trips (lean connection: gateway.wire)
         self._routing = routing
         self._messaging = messaging
         self.sealer = sealer
@@ -141,15 +188,18 @@ class Intake:
         self.sink = sink
         self.optouts = OptOutRegistry(client, hash_key)
         self.counts: dict[tuple[str, str, str], int] = {}  # (queue, status, keyword) for /metrics
-        self._accept = client.register_script(_ACCEPT)
+        self._accept = self.wire.register_script(_ACCEPT)
 
-    def thread_id(self, sender: str, city_number: str) -> str:
-        """One conversation per citizen and city number; not reversible to the number."""
-        digest = hashlib.sha256(number_hash(self.hash_key, sender).encode() + b"|" + city_number.encode())
+    @staticmethod
+    def thread_id(sender_hash: str, city_number: str) -> str:
+        """One conversation per citizen (by the number's keyed hash) and city number; not
+        reversible to the number."""
+        digest = hashlib.sha256(sender_hash.encode() + b"|" + city_number.encode())
         return "t" + digest.hexdigest()[:20]
 
-    async def _thread_context(self, sender_hash: str) -> ThreadContext | None:
-        raw = await self.client.get(contact_key(sender_hash))
+    @staticmethod
+    def _context(raw: bytes) -> ThreadContext | None:
+        """The department that recently messaged the citizen (see `remember_contact`)."""
         if not raw:
             return None
         data = json.loads(raw)
@@ -163,29 +213,37 @@ class Intake:
             raise InboundRejected("a provider message id is required (idempotency)")
         rules = self._messaging()
         keyword = keyword_of(sms.text, rules)
+        sender_hash = number_hash(self.hash_key, sms.sender)
+        tid = self.thread_id(sender_hash, sms.to)
+        sealed_sender = self.sealer.seal(sms.sender, tid.encode())
+        sealed_text = self.sealer.seal(sms.text, tid.encode())
+        # Optimistic: most citizens have no recent department contact, so the message is routed
+        # without one and the script checks that (atomically); a citizen who has one is routed
+        # again with it: two round trips instead of a lookup before every message.
+        contact = b""
         try:
             if keyword:
                 # Recorded before the message itself: if storing fails, the provider's retry
                 # records it again (idempotent), but a refusal is never lost.
                 await self.optouts.set(sms.sender, keyword == "opt_out", channel="sms", via=sms.provider)
-            sender_hash = number_hash(self.hash_key, sms.sender)
-            thread = await self._thread_context(sender_hash)
-            if routing is None:
-                queue, priority, rule, tags, reply = "complaint", "normal", "(no routing.yaml)", "", None
+            for _ in range(_ROUTING_ATTEMPTS):
+                plan = self._plan(sms, routing=routing, rules=rules, keyword=keyword, context=self._context(contact),
+                                  tid=tid, sealed_text=sealed_text)
+                keys = [f"{PREFIX}in:{sms.provider}:{sms.message_id}", f"{PREFIX}thread:{tid}",
+                        f"{PREFIX}thread:{tid}:msgs", f"{PREFIX}inbox:{plan.queue}",
+                        plan.job.msgs_key if plan.job else NONE_KEY, plan.job.queue_key if plan.job else NONE_KEY,
+                        contact_key(sender_hash), *plan.claim_keys]
+                args: list[str | int | bytes] = [
+                    f"{tid}|{plan.queue}", IDEMPOTENCY_TTL_S, sms.to, sealed_sender, sender_hash, plan.queue,
+                    f"{sms.received_at:.3f}", sealed_text, sms.message_id, sms.provider, tid, plan.priority, plan.rule,
+                    plan.tags, plan.job.message_id if plan.job else "", plan.job.data if plan.job else b"",
+                    contact, len(plan.claim_keys), *plan.claim_args]
+                stored, value, verdict = await self._accept(keys=keys, args=args)
+                if int(stored) != 2:
+                    break
+                contact = value
             else:
-                decision = route(sms, routing, thread)
-                queue, priority, rule = decision.queue, decision.priority.value, decision.rule
-                tags, reply = ",".join(decision.tags), decision.auto_reply
-            tid = self.thread_id(sms.sender, sms.to)
-            at = f"{sms.received_at:.3f}"
-            result = f"{tid}|{queue}"
-            keys = [f"{PREFIX}in:{sms.provider}:{sms.message_id}", f"{PREFIX}thread:{tid}",
-                    f"{PREFIX}thread:{tid}:msgs", f"{PREFIX}inbox:{queue}"]
-            sealed_sender = self.sealer.seal(sms.sender, tid.encode())
-            sealed_text = self.sealer.seal(sms.text, tid.encode())
-            args: list[str | int] = [result, IDEMPOTENCY_TTL_S, sms.to, sealed_sender, sender_hash, queue, at,
-                                     sealed_text, sms.message_id, sms.provider, tid, priority, rule, tags]
-            stored, value = await self._accept(keys=keys, args=args)
+                raise StoreUnavailable("the citizen's contact changed while routing, again and again")
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
         tid, _, queue = (value.decode() if isinstance(value, bytes) else str(value)).partition("|")
@@ -194,43 +252,68 @@ class Intake:
         self.counts[key] = self.counts.get(key, 0) + 1
         self.sink.decision({"event": "inbound", "provider": sms.provider, "message_id": sms.message_id,
                             "thread": tid, "queue": queue, "status": status, "optout": keyword,
-                            "rule": rule if status == "accepted" else ""})
+                            "rule": plan.rule if status == "accepted" else ""})
         log.info("inbound %s from %s to %s: %s -> %s (%s)", sms.message_id, mask(sms.sender), mask(sms.to),
-                 status, queue, rule)
-        if status == "accepted":
-            await self._notify(sms, tid, queue, rule, priority)
-            if keyword:
-                text = rules.optout_confirmation if keyword == "opt_out" else rules.optin_confirmation
-                await self._send(tid, sms.sender, sms.to, text, f"{keyword}_confirm:{sms.message_id}")
-                # ("opt_out_confirm:..." is the one action the guard lets through to an opted-out number)
-            elif reply:
-                await self._send(tid, sms.sender, sms.to, reply, f"auto_reply:{sms.message_id}")
+                 status, queue, plan.rule)
+        if status == "accepted" and self.enqueuer is not None:
+            self.enqueuer.enqueued += plan.job is not None
+            if plan.claim_keys and self.outbox.verdict_of(verdict.decode()) is Verdict.ADMITTED:
+                self.enqueuer.enqueued += 1
         return IntakeResult(status, tid, queue, keyword)
 
-    async def _notify(self, sms: InboundSms, tid: str, queue: str, rule: str, priority: str) -> None:
-        """Queue the queue's notifications (webhook, duty officer). The message is already safe in
-        the inbox: if this enqueue fails, staff still see it; the failure is counted in /health."""
-        if self.enqueuer is None:
-            return
-        payload = {"v": 1, "thread": tid, "queue": queue, "rule": rule, "priority": priority,
-                   "message_id": sms.message_id, "provider": sms.provider, "at": sms.received_at,
-                   "citizen": mask(sms.sender), "text": self.sealer.seal(sms.text, tid.encode())}
-        await self.enqueuer.enqueue_payload("inbound", payload, f"notification of {sms.message_id}")
+    def _plan(self, sms: InboundSms, *, routing: RoutingRules | None, rules: MessagingRules, keyword: str,
+              context: ThreadContext | None, tid: str, sealed_text: str) -> _Plan:
+        """Route the message; prepare its notification job and its auto-reply (or opt-out
+        confirmation) with the reply's claim, all to go into the accept's one step."""
+        if routing is None:
+            queue, priority, rule, tags, reply = "complaint", "normal", "(no routing.yaml)", "", None
+        else:
+            decision = route(sms, routing, context)
+            queue, priority, rule = decision.queue, decision.priority.value, decision.rule
+            tags, reply = ",".join(decision.tags), decision.auto_reply
+        job = None
+        if self.enqueuer is not None:
+            payload = {"v": 1, "thread": tid, "queue": queue, "rule": rule, "priority": priority,
+                       "message_id": sms.message_id, "provider": sms.provider, "at": sms.received_at,
+                       "citizen": mask(sms.sender), "text": sealed_text}
+            job = self.enqueuer.prepare("inbound", payload)
+        if keyword:
+            # ("opt_out_confirm:..." is the one action the guard lets through to an opted-out number)
+            reply = rules.optout_confirmation if keyword == "opt_out" else rules.optin_confirmation
+            action = f"{keyword}_confirm:{sms.message_id}"
+        else:
+            action = f"auto_reply:{sms.message_id}"
+        claim: tuple[list[str], list[int | str | bytes]] | None = None
+        if reply:
+            outgoing = self._outgoing(tid, sms.sender, sms.to, reply, action, rule_text=True)
+            if outgoing is not None:
+                claim = self.outbox.admission_call(outgoing[0], then=outgoing[1])
+        keys, args = claim or ([], [])
+        return _Plan(queue, priority, rule, tags, job, keys, args)
 
-    async def _send(self, tid: str, to: str, city_number: str, text: str, action: str) -> str:
-        """Queue an SMS/LMS to a citizen from the city number they texted, through the guard."""
+    def _outgoing(self, tid: str, to: str, city_number: str, text: str, action: str, *,
+                  rule_text: bool = False) -> tuple[Admission, QueuePut] | None:
+        """An SMS/LMS to a citizen from the city number they texted: its admission, and its job
+        with the thread entry to add once admitted. None when no SMS provider is configured."""
         if self.enqueuer is None or not self.sms_provider:
-            return "not_configured"
-        kind, safe = choose(text)
+            return None
+        kind, safe = _choose_rule_text(text) if rule_text else choose(text)
         key = self.outbox.key_for("sms", tid, action, to)
         sms = SmsRequest(key, to, city_number, safe, safe.split("\n", 1)[0][:20], kind)
         message = QueuedMessage(key, "sms", tid, action, to, self.sms_provider, sms=sms)
-        # Admitted, queued and written to the thread in one atomic step (one round trip).
         put = replace(self.enqueuer.prepare("sms", encode_message(message, self.sealer)),
                       stream_key=f"{PREFIX}thread:{tid}:msgs", stream_fields=(
                           ("dir", "out"), ("at", f"{time.time():.3f}"),
                           ("text", self.sealer.seal(safe, tid.encode())), ("action", action)))
-        verdict = await self.outbox.admit(Admission("sms", tid, action, to), then=put)
+        return Admission("sms", tid, action, to), put
+
+    async def _send(self, tid: str, to: str, city_number: str, text: str, action: str) -> str:
+        """Queue an SMS/LMS through the guard: admitted, queued and written to the thread in one
+        atomic step (one round trip)."""
+        outgoing = self._outgoing(tid, to, city_number, text, action)
+        if outgoing is None or self.enqueuer is None:
+            return "not_configured"
+        verdict = await self.outbox.admit(outgoing[0], then=outgoing[1])
         if verdict is not Verdict.ADMITTED:
             return verdict.value
         self.enqueuer.enqueued += 1

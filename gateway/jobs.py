@@ -39,9 +39,9 @@ from gateway.crypto import Sealer
 from gateway.domain.models import AlimtalkRequest, Button, SmsRequest
 from gateway.outbox import QueuedMessage
 from gateway.ports import QueuePut
+from gateway.wire import Wire
 
 log = logging.getLogger(__name__)
-
 
 
 def actor_name(queue: str) -> str:
@@ -111,6 +111,7 @@ def make_broker(redis_url: str, *, namespace: str = "gw", heartbeat_timeout_ms: 
 
 
 def actor_options(queue: str) -> dict[str, Any]:
+    """A fresh dict of the queue's retry options (callers add to it)."""
     spec = QUEUES[queue]
     return {"max_retries": spec.max_retries, "min_backoff": spec.min_backoff_ms, "max_backoff": spec.max_backoff_ms,
             "max_age": spec.max_age_ms, "time_limit": spec.time_limit_ms}
@@ -173,21 +174,21 @@ redis.call('RPUSH', KEYS[2], ARGV[1])
 class Enqueuer:
     """Puts messages on the broker from the event loop without ever blocking it.
 
-    With `client` (an asyncio Redis client on the caller's loop: the gateway's), a message is put
+    With `wire` (a `gateway.wire.Wire` used on the caller's loop: the gateway's), a message is put
     exactly where dramatiq's Redis broker puts it (`RedisBroker.enqueue`: a fresh
     `redis_message_id`, `.DQ` and `eta` when delayed; dispatch.lua's "enqueue" is HSET
     `<ns>:<queue>.msgs` + RPUSH `<ns>:<queue>`) in one pipelined round trip, instead of a sync
     call on an executor thread: a webhook or a lettering then pays no thread hand-off and no GIL
     contention. The broker's enqueue middleware hooks are not run; ours declare none (checked by
-    a test). Without `client` (the worker's own loop), the executor path is used."""
+    a test). Without `wire` (the worker's own loop), the executor path is used."""
 
     def __init__(self, broker: RedisBroker, sealer: Sealer, *, timeout_s: float = 2.0, workers: int = 2,
-                 client: Any = None) -> None:
+                 wire: Wire | None = None) -> None:
         self.broker = broker
         self.sealer = sealer
         self.timeout_s = timeout_s
-        self.client = client
-        self._script: Any = None
+        self.wire = wire
+        self._script = wire.register_script(_ENQUEUE) if wire is not None else None
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="enqueue")
         self.enqueued = 0
         self.failed = 0
@@ -199,13 +200,17 @@ class Enqueuer:
 
     async def enqueue_payload(self, queue: str, payload: dict[str, Any], what: str, *, delay_s: float = 0.0) -> bool:
         delay_ms = int(delay_s * 1000) if delay_s > 0 else None
-        dm: dramatiq.Message[Any] = dramatiq.Message(queue_name=queue, actor_name=actor_name(queue), args=(payload,),
-                                                     kwargs={}, options=actor_options(queue))
-        loop = asyncio.get_running_loop()
         try:
-            if self.client is not None:
-                await asyncio.wait_for(self._put_async(dm, delay_ms), self.timeout_s)
+            if self._script is not None:
+                # One EVALSHA: atomic like dramatiq's own enqueue. The wire bounds it (its
+                # connect and command timeouts): no wait_for (a task per enqueue) needed.
+                put = self._prepared(queue, payload, delay_ms)
+                await self._script(keys=[put.msgs_key, put.queue_key], args=[put.message_id, put.data])
             else:
+                dm: dramatiq.Message[Any] = dramatiq.Message(
+                    queue_name=queue, actor_name=actor_name(queue), args=(payload,), kwargs={},
+                    options=actor_options(queue))
+                loop = asyncio.get_running_loop()
                 await asyncio.wait_for(loop.run_in_executor(self._executor, self._put, dm, delay_ms), self.timeout_s)
         except (TimeoutError, redis.RedisError, OSError) as exc:
             self.failed += 1
@@ -217,25 +222,21 @@ class Enqueuer:
     def prepare(self, queue: str, payload: dict[str, Any], *, delay_s: float = 0.0) -> QueuePut:
         """The job as dramatiq's broker would store it, for a caller that puts it in Redis itself
         (`OutboxStore.claim(then=...)`: admitted and queued in one step)."""
-        dm: dramatiq.Message[Any] = dramatiq.Message(queue_name=queue, actor_name=actor_name(queue), args=(payload,),
-                                                     kwargs={}, options=actor_options(queue))
-        return self._prepared(dm, int(delay_s * 1000) if delay_s > 0 else None)
+        return self._prepared(queue, payload, int(delay_s * 1000) if delay_s > 0 else None)
 
-    def _prepared(self, message: dramatiq.Message[Any], delay_ms: int | None) -> QueuePut:
-        queue_name = message.queue_name
-        message = message.copy(options={"redis_message_id": str(uuid.uuid4())})
+    def _prepared(self, queue: str, payload: dict[str, Any], delay_ms: int | None) -> QueuePut:
+        """What `RedisBroker.enqueue` stores: the message with a fresh `redis_message_id`, on
+        `<queue>.DQ` with an `eta` when delayed (built once, not copied twice as the broker does)."""
+        redis_id = str(uuid.uuid4())
+        options = {**actor_options(queue), "redis_message_id": redis_id}
+        queue_name = queue
         if delay_ms is not None:
-            queue_name = dq_name(queue_name)
-            message = message.copy(queue_name=queue_name, options={"eta": int(time.time() * 1000) + delay_ms})
+            queue_name = dq_name(queue)
+            options["eta"] = int(time.time() * 1000) + delay_ms
+        message: dramatiq.Message[Any] = dramatiq.Message(queue_name=queue_name, actor_name=actor_name(queue),
+                                                          args=(payload,), kwargs={}, options=options)
         full = f"{self.broker.namespace}:{queue_name}"
-        return QueuePut(f"{full}.msgs", full, message.options["redis_message_id"], message.encode())
-
-    async def _put_async(self, message: dramatiq.Message[Any], delay_ms: int | None) -> None:
-        put = self._prepared(message, delay_ms)
-        if self._script is None:
-            self._script = self.client.register_script(_ENQUEUE)
-        # One EVALSHA: atomic like dramatiq's own enqueue, and far cheaper for redis-py than MULTI.
-        await self._script(keys=[put.msgs_key, put.queue_key], args=[put.message_id, put.data])
+        return QueuePut(f"{full}.msgs", full, redis_id, message.encode())
 
     def _put(self, message: dramatiq.Message[Any], delay_ms: int | None) -> None:
         self.broker.enqueue(message, delay=delay_ms)
@@ -252,8 +253,8 @@ class Enqueuer:
         except TimeoutError:
             log.warning("shutdown: enqueues still pending after %.1f s", timeout)
             self.close()
-        if self.client is not None:
-            await self.client.aclose()
+        if self.wire is not None:
+            await self.wire.aclose()
 
 
 # ------------------------------------------------------------------ dead letters

@@ -141,7 +141,11 @@ class Outbox:
 
     def key_for(self, pbx: str, call_id: str, action: str, recipient: str) -> str:
         """The dedupe (and provider idempotency) key of one action of one call to one citizen."""
-        return f"{pbx}:{call_id}:{action}:{number_hash(self.hash_key, recipient)}"
+        return self._key(pbx, call_id, action, number_hash(self.hash_key, recipient))
+
+    @staticmethod
+    def _key(pbx: str, call_id: str, action: str, recipient_hash: str) -> str:
+        return f"{pbx}:{call_id}:{action}:{recipient_hash}"
 
     # ------------------------------------------------------------ real time: lettering
     async def deliver(self, message: Outgoing) -> Delivery:
@@ -221,22 +225,38 @@ class Outbox:
         if not admission.recipient.startswith("+"):
             self._count(Verdict.INVALID_RECIPIENT)
             return Verdict.INVALID_RECIPIENT
-        recipient_hash = number_hash(self.hash_key, admission.recipient)
-        key = self.key_for(admission.pbx, admission.call_id, admission.action, admission.recipient)
-        cap_key = f"{admission.cap_key}:{recipient_hash}" if admission.cap_key else ""
         try:
-            claim = await self.store.claim(dedupe_key=key, recipient_hash=recipient_hash, ttl_s=self.dedupe_ttl_s,
-                                           rate_limit=admission.rate_limit, rate_window_s=admission.rate_window_s,
-                                           cap_key=cap_key, cap_ttl_s=admission.cap_ttl_s,
-                                           ignore_optout=optout_exempt(admission.action), then=then)
+            claim = await self.store.claim(**self._claim_kwargs(admission, then))
         except StoreUnavailable as exc:
             log.error("outbox store unavailable, %s to %s for call %s not queued: %s", admission.action,
                       mask(admission.recipient), admission.call_id, exc)
             self._count(Verdict.STORE_UNAVAILABLE)
             return Verdict.STORE_UNAVAILABLE
+        return self.verdict_of(claim)
+
+    def admission_call(self, admission: Admission, *,
+                       then: QueuePut | None = None) -> tuple[list[str], list[int | str | bytes]] | None:
+        """`admit`'s claim as keys and arguments of the store's claim function, for a caller
+        that runs it inside its own atomic step (the inbound accept); hand its answer to
+        `verdict_of`. None when the recipient is not a phone number (counted)."""
+        if not admission.recipient.startswith("+"):
+            self._count(Verdict.INVALID_RECIPIENT)
+            return None
+        return self.store.claim_call(**self._claim_kwargs(admission, then))
+
+    def verdict_of(self, claim: str) -> Verdict:
+        """The verdict for a claim's answer, counted for /metrics."""
         verdict = Verdict.ADMITTED if claim in ("ok", "ok_no_lettering") else Verdict(claim)
         self._count(f"admit:{verdict}")
         return verdict
+
+    def _claim_kwargs(self, admission: Admission, then: QueuePut | None) -> dict[str, Any]:
+        recipient_hash = number_hash(self.hash_key, admission.recipient)
+        return {"dedupe_key": self._key(admission.pbx, admission.call_id, admission.action, recipient_hash),
+                "recipient_hash": recipient_hash, "ttl_s": self.dedupe_ttl_s, "rate_limit": admission.rate_limit,
+                "rate_window_s": admission.rate_window_s,
+                "cap_key": f"{admission.cap_key}:{recipient_hash}" if admission.cap_key else "",
+                "cap_ttl_s": admission.cap_ttl_s, "ignore_optout": optout_exempt(admission.action), "then": then}
 
     async def _already_taken(self, provider: object, request: SmsRequest,
                              message: QueuedMessage) -> SendOutcome | None:

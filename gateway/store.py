@@ -27,6 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.errors import StoreUnavailable
 from gateway.ports import QueuePut
+from gateway.wire import Wire, wire_like
 
 log = logging.getLogger(__name__)
 
@@ -34,43 +35,46 @@ PREFIX = "gw:"
 AUDIT_STREAM = PREFIX + "audit"
 AUDIT_MAXLEN = 200_000
 
-# KEYS: opt-out, dedupe, rate, cap, no-lettering-device flag (the last two may be the unused
-# NONE key). ARGV: dedupe ttl ms, rate limit, window s, claim value, cap ttl ms. A claim value
-# starting "lease:" is a lease (see RedisOutboxStore.settle): a clash with it answers 'leased'.
-_CLAIM = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 'opted_out' end
-if not redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[1]) then
-  local held = redis.call('GET', KEYS[2])
-  if held and string.sub(held, 1, 6) == 'lease:' then return 'leased' end
-  return 'duplicate'
+# The guard as a Lua function over a key table K and an argument table A, so that a caller's
+# own script can run it inside its atomic step (the inbound accept does: `claim_call`).
+# K: opt-out, dedupe, rate, cap, no-lettering-device flag (the last two may be the unused NONE
+# key), NONE; then optionally the job's message hash, its queue list and a stream (NONE: no
+# entry). A: dedupe ttl ms, rate limit, window s, claim value, cap ttl ms; then the job's redis
+# message id and data, then the stream entry's field/value pairs. A claim value starting
+# "lease:" is a lease (see RedisOutboxStore.settle): a clash with it answers 'leased'. When
+# admitted and K[7] is given, the job is put where dramatiq's broker puts it, and the stream
+# entry added, in the same step: a message is admitted and queued, or neither.
+CLAIM_LUA = """
+local function claim(K, A)
+  if redis.call('EXISTS', K[1]) == 1 then return 'opted_out' end
+  if not redis.call('SET', K[2], A[4], 'NX', 'PX', A[1]) then
+    local held = redis.call('GET', K[2])
+    if held and string.sub(held, 1, 6) == 'lease:' then return 'leased' end
+    return 'duplicate'
+  end
+  if K[4] ~= K[6] then
+    if not redis.call('SET', K[4], A[4], 'NX', 'PX', A[5]) then return 'capped' end
+  end
+  local limit = tonumber(A[2])
+  if limit > 0 then
+    local n = redis.call('INCR', K[3])
+    if n == 1 then redis.call('EXPIRE', K[3], A[3]) end
+    if n > limit then return 'rate_limited' end
+  end
+  if K[5] ~= K[6] and redis.call('EXISTS', K[5]) == 1 then return 'ok_no_lettering' end
+  return 'ok'
 end
-if KEYS[4] ~= KEYS[6] then
-  if not redis.call('SET', KEYS[4], ARGV[4], 'NX', 'PX', ARGV[5]) then return 'capped' end
+local function claim_then(K, A)
+  local verdict = claim(K, A)
+  if K[7] and (verdict == 'ok' or verdict == 'ok_no_lettering') then
+    redis.call('HSET', K[7], A[6], A[7])
+    redis.call('RPUSH', K[8], A[6])
+    if K[9] ~= K[6] then redis.call('XADD', K[9], '*', unpack(A, 8)) end
+  end
+  return verdict
 end
-local limit = tonumber(ARGV[2])
-if limit > 0 then
-  local n = redis.call('INCR', KEYS[3])
-  if n == 1 then redis.call('EXPIRE', KEYS[3], ARGV[3]) end
-  if n > limit then return 'rate_limited' end
-end
-if KEYS[5] ~= KEYS[6] and redis.call('EXISTS', KEYS[5]) == 1 then return 'ok_no_lettering' end
-return 'ok'
 """
-
-# The claim, then (only when admitted) a job put where dramatiq's broker puts it and an entry
-# added to a stream, in one atomic step: a message is admitted and queued, or neither.
-# KEYS 7-9: the queue's message hash, the queue list, the stream (NONE: no entry).
-# ARGV 6-7: the job's redis message id and data; 8..: the stream entry's field/value pairs.
-_CLAIM_THEN = "local function claim()\n" + _CLAIM + """
-end
-local verdict = claim()
-if verdict == 'ok' or verdict == 'ok_no_lettering' then
-  redis.call('HSET', KEYS[7], ARGV[6], ARGV[7])
-  redis.call('RPUSH', KEYS[8], ARGV[6])
-  if KEYS[9] ~= KEYS[6] then redis.call('XADD', KEYS[9], '*', unpack(ARGV, 8)) end
-end
-return verdict
-"""
+_CLAIM = CLAIM_LUA + "return claim_then(KEYS, ARGV)\n"
 
 # Delivery state only moves forward (reports arrive out of order). KEYS: state hash.
 # ARGV: new rank, new status, at, detail. Returns 'updated', 'stale' or 'unknown'.
@@ -150,18 +154,46 @@ async def warm_up(client: aioredis.Redis, connections: int = 16) -> None:
 
 
 class RedisOutboxStore:
-    """`OutboxStore` on Redis. Atomic across every gateway that shares the Redis."""
+    """`OutboxStore` on Redis. Atomic across every gateway that shares the Redis.
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    The real-time calls (claims, settlements, audit entries) go over `wire` (a lean
+    multiplexed connection, see `gateway.wire`); the rest over the redis-py `client`. Without
+    a `wire`, one to the client's Redis with its timeouts is made, and closed by `aclose`."""
+
+    def __init__(self, client: aioredis.Redis, wire: Wire | None = None) -> None:
         self.client = client
-        self._claim = client.register_script(_CLAIM)
-        self._claim_then = client.register_script(_CLAIM_THEN)
+        self._own_wire = wire is None
+        self.wire = wire if wire is not None else wire_like(client)
+        self._claim = self.wire.register_script(_CLAIM)
         self._report = client.register_script(_REPORT)
+
+    async def aclose(self) -> None:
+        """Close the redis-py client, and the wire when this store made it."""
+        if self._own_wire:
+            await self.wire.aclose()
+        await self.client.aclose()
 
     async def claim(self, *, dedupe_key: str, recipient_hash: str, ttl_s: float, rate_limit: int,
                     rate_window_s: int, cap_key: str = "", cap_ttl_s: int = 0,
                     check_no_lettering: bool = False, ignore_optout: bool = False, lease: bool = False,
                     then: QueuePut | None = None) -> str:
+        keys, args = self.claim_call(
+            dedupe_key=dedupe_key, recipient_hash=recipient_hash, ttl_s=ttl_s, rate_limit=rate_limit,
+            rate_window_s=rate_window_s, cap_key=cap_key, cap_ttl_s=cap_ttl_s, check_no_lettering=check_no_lettering,
+            ignore_optout=ignore_optout, lease=lease, then=then)
+        try:
+            result = await self._claim(keys=keys, args=args)
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+        return result.decode() if isinstance(result, bytes) else str(result)
+
+    @staticmethod
+    def claim_call(*, dedupe_key: str, recipient_hash: str, ttl_s: float, rate_limit: int,
+                   rate_window_s: int, cap_key: str = "", cap_ttl_s: int = 0,
+                   check_no_lettering: bool = False, ignore_optout: bool = False, lease: bool = False,
+                   then: QueuePut | None = None) -> tuple[list[str], list[int | str | bytes]]:
+        """The claim's (K, A) for `CLAIM_LUA`'s `claim_then`: what `claim` sends, for a caller
+        that runs the guard inside its own script."""
         window = max(1, rate_window_s)
         bucket = int(time.time() // window)
         keys = [NONE_KEY if ignore_optout else optout_key(recipient_hash), PREFIX + "dedupe:" + dedupe_key,
@@ -169,17 +201,11 @@ class RedisOutboxStore:
                 no_lettering_key(recipient_hash) if check_no_lettering else NONE_KEY, NONE_KEY]
         value = f"lease:{time.time():.3f}" if lease else f"{time.time():.3f}"
         args: list[int | str | bytes] = [int(ttl_s * 1000), rate_limit, window, value, max(1, cap_ttl_s) * 1000]
-        script = self._claim
         if then is not None:
-            script = self._claim_then
             keys += [then.msgs_key, then.queue_key, then.stream_key or NONE_KEY]
             args += [then.message_id, then.data]
             args += [item for pair in then.stream_fields for item in pair]
-        try:
-            result = await script(keys=keys, args=args)
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
-        return result.decode() if isinstance(result, bytes) else str(result)
+        return keys, args
 
     async def settle(self, *, dedupe_key: str, ttl_s: int, audit: Mapping[str, Any] | None = None) -> None:
         """Make a leased claim final (the carrier answered): keep it for the full dedupe TTL, and
@@ -188,22 +214,25 @@ class RedisOutboxStore:
 
     async def settle_many(self, items: Sequence[tuple[str, int, Mapping[str, Any] | None]]) -> None:
         """`settle` for several claims in one round trip (letterings finishing together)."""
+        commands: list[list[Any]] = []
+        for dedupe_key, ttl_s, audit in items:
+            commands.append(["SET", PREFIX + "dedupe:" + dedupe_key, f"settled:{time.time():.3f}", "EX", ttl_s])
+            if audit is not None:
+                commands.append(self._xadd_audit(dedupe_key, audit))
         try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for dedupe_key, ttl_s, audit in items:
-                    pipe.set(PREFIX + "dedupe:" + dedupe_key, f"settled:{time.time():.3f}", ex=ttl_s)
-                    if audit is not None:
-                        pipe.xadd(AUDIT_STREAM, self._audit_entry(dedupe_key, audit), maxlen=AUDIT_MAXLEN,
-                                  approximate=True)
-                await pipe.execute()
+            await self.wire.execute_many(commands)
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
 
     @staticmethod
-    def _audit_entry(dedupe_key: str, fields: Mapping[str, Any]) -> dict[Any, Any]:
-        entry: dict[Any, Any] = {"key": dedupe_key, "ts": f"{time.time():.3f}"}
+    def _xadd_audit(dedupe_key: str, fields: Mapping[str, Any]) -> list[Any]:
+        """XADD of one audit entry, the stream capped (approximately) at AUDIT_MAXLEN."""
+        entry: dict[str, str] = {"key": dedupe_key, "ts": f"{time.time():.3f}"}
         entry.update({k: str(v) for k, v in fields.items()})
-        return entry
+        command: list[Any] = ["XADD", AUDIT_STREAM, "MAXLEN", "~", AUDIT_MAXLEN, "*"]
+        for item in entry.items():
+            command += item
+        return command
 
     async def check_send(self, *, recipient_hash: str, idempotency_key: str) -> str:
         """At send time (a queued job): "ok", "opted_out" or "already_sent"."""
@@ -269,8 +298,7 @@ class RedisOutboxStore:
 
     async def record(self, *, dedupe_key: str, fields: Mapping[str, Any]) -> None:
         try:
-            await self.client.xadd(AUDIT_STREAM, self._audit_entry(dedupe_key, fields), maxlen=AUDIT_MAXLEN,
-                                   approximate=True)
+            await self.wire.execute(*self._xadd_audit(dedupe_key, fields))
         except RedisError as exc:
             log.warning("audit record not stored: %s", exc)
 

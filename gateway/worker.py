@@ -279,9 +279,9 @@ class WorkerRuntime:
                 await provider.close()
             except Exception as exc:  # closing must not stop the others from closing
                 log.warning("closing provider %s: %s", getattr(provider, "name", "?"), exc)
-        client = getattr(outbox.store, "client", None)
-        if client is not None:
-            await client.aclose()
+        close = getattr(outbox.store, "aclose", None)
+        if close is not None:
+            await close()
 
     def provider_report(self) -> dict[str, dict[str, Any]]:
         """Per provider: the circuit breaker's state and the recent answers (for /health)."""

@@ -402,7 +402,7 @@ async def test_a_peer_gateways_lease_on_a_call(peer: str, redis_url: str) -> Non
                 break
         await pipeline.drain(5)
     finally:
-        await client.aclose()
+        await store.aclose()
     if peer == "died_mid_request":
         assert [r.to for r in carrier.requests] == [to]
         assert [r["result"] for r in sink.of("lettering")] == ["delivered"]

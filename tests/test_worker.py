@@ -35,6 +35,7 @@ from gateway.redisproc import RedisProcess
 from gateway.replay import replay
 from gateway.reports import ReportIntake, sandbox_parser
 from gateway.store import RedisOutboxStore, connect
+from gateway.wire import Wire
 from gateway.worker import start_worker, wait_idle
 from tests.conftest import ROOT, RULES
 from tests.fake_nhn import FakeNhnServer
@@ -212,7 +213,7 @@ async def test_worker_sigkill_mid_job_delivers_exactly_once(env: dict[str, str],
         while not await sent():
             assert time.monotonic() < deadline, "the redelivered job never completed"
             await asyncio.sleep(0.1)
-        await store.client.aclose()
+        await store.aclose()
     finally:
         for proc in (first, second):
             if proc is not None and proc.returncode is None:
@@ -330,7 +331,7 @@ async def test_delivery_reports_only_move_forward(redis_url: str) -> None:
         assert state["status"] == "delivered"
     finally:
         await server.stop()
-        await store.client.aclose()
+        await store.aclose()
 
 
 async def test_delivery_report_while_redis_is_down_is_503(tmp_path: Path) -> None:
@@ -347,7 +348,7 @@ async def test_delivery_report_while_redis_is_down_is_503(tmp_path: Path) -> Non
                 assert resp.status == 503  # the provider retries later: nothing is lost
     finally:
         await server.stop()
-        await store.client.aclose()
+        await store.aclose()
         dead.cleanup()
 
 
@@ -368,8 +369,8 @@ async def test_sms_with_unknown_outcome_is_looked_up_not_sent_twice(env: dict[st
 
     nhn.slow_s = 0.6
     provider = NhnSms("nhn-sms", nhn.base_url, nhn.sms_appkey, nhn.sms_secret, deadline_s=0.2)
-    client = connect(redis_url, timeout_s=2.0)
-    outbox = Outbox(RedisOutboxStore(client), {}, hash_key=b"k" * 16, sms={"nhn-sms": provider})
+    store = RedisOutboxStore(connect(redis_url, timeout_s=2.0))
+    outbox = Outbox(store, {}, hash_key=b"k" * 16, sms={"nhn-sms": provider})
     late, lost, blind = "+821055500001", "+821055500002", "+821055500003"
     try:
         # 1. NHN takes the SMS but answers after the deadline: a temporary error for the worker ...
@@ -413,7 +414,7 @@ async def test_sms_with_unknown_outcome_is_looked_up_not_sent_twice(env: dict[st
         assert outbox.counts["send:sms_test:found_at_provider"] == 1
     finally:
         await provider.close()
-        await client.aclose()
+        await store.aclose()
 
 
 async def test_open_circuit_defers_without_spending_retries(env: dict[str, str], redis_url: str,
@@ -458,8 +459,7 @@ def test_async_enqueue_skips_no_enqueue_hook(redis_url: str) -> None:
 async def test_async_enqueue_lands_where_the_broker_puts_it(env: dict[str, str], redis_url: str) -> None:
     config = load_config()
     broker = make_broker(redis_url, namespace=config.queue_namespace)
-    client = connect(redis_url, timeout_s=2.0)
-    enqueuer = Enqueuer(broker, config.sealer(env), client=client)
+    enqueuer = Enqueuer(broker, config.sealer(env), wire=Wire.from_url(redis_url, timeout_s=2.0))
     try:
         assert await enqueuer.enqueue("sms", _message("now", kind="sms"))
         assert await enqueuer.enqueue("sms", _message("later", kind="sms"), delay_s=60)
@@ -486,9 +486,9 @@ async def test_claim_then_queue_is_one_step(env: dict[str, str], redis_url: str)
 
     config = load_config()
     broker = make_broker(redis_url, namespace="claim-then")
-    client = connect(redis_url, timeout_s=2.0)
-    enqueuer = Enqueuer(broker, config.sealer(env), client=client)
-    store = RedisOutboxStore(client)
+    wire = Wire.from_url(redis_url, timeout_s=2.0)
+    enqueuer = Enqueuer(broker, config.sealer(env), wire=wire)
+    store = RedisOutboxStore(connect(redis_url, timeout_s=2.0), wire)
     try:
         def put() -> QueuePut:
             base = enqueuer.prepare("sms", encode_message(_message("once", kind="sms"), config.sealer(env)))
@@ -502,3 +502,4 @@ async def test_claim_then_queue_is_one_step(env: dict[str, str], redis_url: str)
         assert [f[b"dir"] for _, f in sync.xrange("gw:thread:t1:msgs")] == [b"out"]
     finally:
         await enqueuer.aclose(1.0)
+        await store.aclose()

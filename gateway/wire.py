@@ -1,0 +1,292 @@
+"""A lean, multiplexed Redis connection for the hot paths: lettering claims and settlements,
+inbound accepts, job enqueues.
+
+Why not redis-py's asyncio client there: it spends about 100 µs of CPU per command (pool
+checkout and release, a timeout context and a retry wrapper per command, pure-Python command
+packing, observability hooks). Profiles of the benchmarks (`ops/bench/README.md`) showed it was
+about two thirds of a webhook's CPU and a large part of a lettering's. This client keeps one
+connection, packs commands and parses replies with hiredis (redis-py's own optional C parser),
+and coalesces the commands written during one event-loop iteration into one send: about
+15 µs per command. Redis answers every command on a connection in order, so a FIFO of futures
+matches each reply to its caller; concurrent callers are pipelined for free.
+
+Failure semantics follow `gateway.store.connect`:
+
+* a command not answered within `timeout_s` drops the connection: every command pending on it
+  fails with `redis.exceptions.TimeoutError` (a late reply could otherwise be handed to the
+  wrong caller), and the next command reconnects;
+* a lost connection fails the pending commands with `redis.exceptions.ConnectionError`; a
+  connect that does not succeed within `connect_timeout_s` fails the same way;
+* an error reply fails its own command only, as `redis.exceptions.ResponseError`.
+
+All three are `RedisError`s, so callers keep one `except RedisError`. Nothing is retried here:
+every script sent through it is idempotent by its keys, and the callers decide (a webhook
+answers 503 and the provider retries; a lettering fails closed).
+
+Commands given together to `execute_many` are written contiguously, so a MULTI ... EXEC batch
+cannot be interleaved with another caller's commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ssl
+from collections import deque
+from collections.abc import Sequence
+from typing import Any, cast
+
+import hiredis
+from redis.asyncio.connection import parse_url
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import InvalidResponse, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+Arg = str | bytes | int | float
+
+
+def _pack(command: Sequence[Arg]) -> bytes:
+    # hiredis' stub declares a 1-tuple where any tuple of arguments is meant.
+    packed: bytes = hiredis.pack_command(tuple(command))  # type: ignore[arg-type]
+    return packed
+
+
+class _Connection(asyncio.Protocol):
+    """One Redis connection: a FIFO of pending replies, writes coalesced per loop iteration."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout_s: float) -> None:
+        self.loop = loop
+        self.timeout_s = timeout_s
+        self.reader = hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError)
+        # (future, deadline) in the order the commands were written
+        self.pending: deque[tuple[asyncio.Future[Any], float]] = deque()
+        self.out: list[bytes] = []
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._flush_scheduled = False
+        self._timer: asyncio.Handle | None = None
+
+    # -------------------------------------------------------------- protocol callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # (uvloop's transports implement asyncio.Transport without subclassing it)
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        pending = self.pending
+        while True:
+            try:
+                reply = self.reader.gets()
+            except InvalidResponse as exc:  # the stream cannot be trusted any more
+                self.fail(RedisConnectionError(f"redis protocol error: {exc}"))
+                return
+            if reply is False:
+                return
+            if not pending:  # a reply nobody asked for: the stream is out of step
+                self.fail(RedisConnectionError("redis sent an unexpected reply"))
+                return
+            future, _ = pending.popleft()
+            if future.done():  # its caller was cancelled; the reply still had to be consumed
+                continue
+            if isinstance(reply, ResponseError):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(RedisConnectionError(f"redis connection lost: {exc}" if exc else "redis closed the connection"))
+
+    # -------------------------------------------------------------- sending
+    def send(self, packed: Sequence[bytes]) -> list[asyncio.Future[Any]]:
+        """Queue commands (already packed) for this iteration's write; one future per command."""
+        if self.closed:
+            raise RedisConnectionError("redis connection closed")
+        deadline = self.loop.time() + self.timeout_s
+        futures = []
+        for command in packed:
+            future: asyncio.Future[Any] = self.loop.create_future()
+            self.pending.append((future, deadline))
+            self.out.append(command)
+            futures.append(future)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+        if self._timer is None:
+            self._timer = self.loop.call_at(deadline, self._check_deadline)
+        return futures
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self.out and self.transport is not None and not self.closed:
+            data = b"".join(self.out)
+            self.out = []
+            self.transport.write(data)
+
+    # -------------------------------------------------------------- timeouts
+    def _check_deadline(self, confirm: int = 0) -> None:
+        """At the oldest pending command's deadline. A loop that was busy may not have read a
+        reply that already arrived: before dropping the connection, look again two callbacks
+        later, which on asyncio's and on uvloop's loop means after at least one I/O poll."""
+        self._timer = None
+        if self.closed or not self.pending:
+            return
+        deadline = self.pending[0][1]
+        if self.loop.time() < deadline:
+            self._timer = self.loop.call_at(deadline, self._check_deadline)
+        elif confirm < 2:
+            self._timer = self.loop.call_soon(self._check_deadline, confirm + 1)
+        else:
+            self.fail(RedisTimeoutError(f"redis did not answer within {self.timeout_s:g} s"))
+
+    # -------------------------------------------------------------- closing
+    def fail(self, exc: Exception) -> None:
+        """Close the connection and fail every command still waiting on it."""
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.abort()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.out = []
+        while self.pending:
+            future, _ = self.pending.popleft()
+            if not future.done():
+                future.set_exception(exc)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+        self.fail(RedisConnectionError("redis connection closed"))
+
+
+class Script:
+    """A Lua script called by its SHA1 (EVALSHA), sent in full (EVAL) when Redis lacks it
+    (after a restart or SCRIPT FLUSH). Called like redis-py's `AsyncScript`."""
+
+    def __init__(self, wire: Wire, source: str) -> None:
+        self.wire = wire
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()) -> Any:
+        try:
+            return await self.wire.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        return await self.wire.execute("EVAL", self.source, len(keys), *keys, *args)
+
+
+class Wire:
+    """One multiplexed connection to one Redis (see the module docstring). Replies are raw
+    RESP2 values: bytes, ints, lists (HGETALL gives a flat list), None."""
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 6379, path: str = "", db: int = 0,
+                 username: str | None = None, password: str | None = None, use_ssl: bool = False,
+                 timeout_s: float = 0.25, connect_timeout_s: float = 1.0) -> None:
+        self.host, self.port, self.path, self.db = host, port, path, db
+        self.username, self.password, self.use_ssl = username, password, use_ssl
+        self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self._conn: _Connection | None = None
+        self._connecting: asyncio.Future[_Connection] | None = None
+        self.connects = 0  # for tests and /health-style diagnostics
+
+    @classmethod
+    def from_url(cls, url: str, *, timeout_s: float = 0.25, connect_timeout_s: float = 1.0) -> Wire:
+        """`redis://[user:password@]host[:port][/db]`, `rediss://...` or `unix:///path?db=N`."""
+        kw = parse_url(url)
+        return cls(host=str(kw.get("host") or "127.0.0.1"), port=int(kw.get("port") or 6379),
+                   path=str(kw.get("path") or ""), db=int(kw.get("db") or 0), username=kw.get("username"),
+                   password=kw.get("password"), use_ssl=url.startswith("rediss://"),
+                   timeout_s=timeout_s, connect_timeout_s=max(connect_timeout_s, timeout_s))
+
+    def register_script(self, source: str) -> Script:
+        return Script(self, source)
+
+    async def execute(self, *args: Arg) -> Any:
+        """Send one command and wait for its reply."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            conn = await self._connect()
+        return await conn.send((_pack(args),))[0]
+
+    async def execute_many(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        """Send commands back to back (one write); their replies in order. The first error
+        reply is raised after every reply has arrived, like redis-py's pipeline."""
+        if not commands:
+            return []
+        conn = self._conn
+        if conn is None or conn.closed:
+            conn = await self._connect()
+        futures = conn.send([_pack(c) for c in commands])
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return list(results)
+
+    async def _connect(self) -> _Connection:
+        if self._connecting is not None:  # another caller is connecting: share its connection
+            return await asyncio.shield(self._connecting)
+        loop = asyncio.get_running_loop()
+        self._connecting = loop.create_future()
+        try:
+            conn = await asyncio.wait_for(self._open(loop), self.connect_timeout_s)
+        except (OSError, TimeoutError, RedisConnectionError, ResponseError) as exc:
+            error = RedisConnectionError(f"redis: cannot connect to {self._address()}: "
+                                         f"{str(exc) or type(exc).__name__}")
+            self._connecting.set_exception(error)
+            self._connecting.exception()  # retrieved: callers that did not wait need not see it
+            self._connecting = None
+            raise error from exc
+        self._conn = conn
+        self._connecting.set_result(conn)
+        self._connecting = None
+        self.connects += 1
+        return conn
+
+    async def _open(self, loop: asyncio.AbstractEventLoop) -> _Connection:
+        def factory() -> _Connection:
+            return _Connection(loop, self.timeout_s)
+
+        if self.path:
+            _, conn = await loop.create_unix_connection(factory, self.path)
+        else:
+            context = ssl.create_default_context() if self.use_ssl else None
+            _, conn = await loop.create_connection(factory, self.host, self.port, ssl=context)
+        try:
+            hello: list[Sequence[Arg]] = []
+            if self.password:
+                hello.append(("AUTH", self.username, self.password) if self.username else ("AUTH", self.password))
+            if self.db:
+                hello.append(("SELECT", self.db))
+            if hello:
+                await asyncio.gather(*conn.send([_pack(c) for c in hello]))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _address(self) -> str:
+        return self.path or f"{self.host}:{self.port}"
+
+    async def aclose(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+
+def wire_like(client: Any, *, timeout_s: float | None = None) -> Wire:
+    """A `Wire` to the Redis a redis-py asyncio client talks to, with its timeouts (or
+    `timeout_s`): for components given only a client (the worker's store, tests)."""
+    kw = client.connection_pool.connection_kwargs
+    timeout = timeout_s if timeout_s is not None else float(kw.get("socket_timeout") or 5.0)
+    return Wire(host=str(kw.get("host") or "127.0.0.1"), port=int(kw.get("port") or 6379),
+                path=str(kw.get("path") or ""), db=int(kw.get("db") or 0),
+                username=kw.get("username"), password=kw.get("password"),
+                use_ssl="SSL" in getattr(client.connection_pool.connection_class, "__name__", ""),
+                timeout_s=timeout, connect_timeout_s=float(kw.get("socket_connect_timeout") or timeout))

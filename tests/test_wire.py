@@ -1,0 +1,170 @@
+"""The lean multiplexed Redis connection (`gateway.wire`) against a real redis-server: replies
+reach their own callers under concurrency, errors stay with their command, and a dead, hung
+or restarted Redis fails the pending commands cleanly and is reconnected to."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway.redisproc import RedisProcess
+from gateway.store import connect
+from gateway.wire import Wire, wire_like
+
+
+async def test_commands_scripts_and_batches(redis_url: str) -> None:
+    wire = Wire.from_url(redis_url)
+    try:
+        assert await wire.execute("SET", "k", "값") == b"OK"
+        assert (await wire.execute("GET", "k")).decode() == "값"
+        assert await wire.execute("GET", "missing") is None
+        assert await wire.execute_many([("INCR", "n"), ("INCRBY", "n", 41), ("HSET", "h", "a", 1, "b", 2.5)]) == [
+            1, 42, 2]
+        assert await wire.execute("HGETALL", "h") == [b"a", b"1", b"b", b"2.5"]
+        script = wire.register_script("return {KEYS[1], ARGV[1], #ARGV}")
+        assert await script(keys=["x"], args=["y", "z"]) == [b"x", b"y", 2]
+        await wire.execute("SCRIPT", "FLUSH")  # as after a Redis restart: EVALSHA answers NOSCRIPT
+        assert await script(keys=["x"], args=["y"]) == [b"x", b"y", 1]
+        assert await wire.execute_many([]) == []
+    finally:
+        await wire.aclose()
+
+
+async def test_each_reply_reaches_its_own_caller(redis_url: str) -> None:
+    wire = Wire.from_url(redis_url)
+    try:
+        values = [f"v{i}-{'가' * (i % 7)}" for i in range(2000)]
+        got = await asyncio.gather(*(wire.execute("ECHO", v) for v in values))
+        assert [g.decode() for g in got] == values
+        assert wire.connects == 1  # one connection, commands pipelined on it
+    finally:
+        await wire.aclose()
+
+
+async def test_an_error_reply_fails_only_its_command(redis_url: str) -> None:
+    wire = Wire.from_url(redis_url)
+    try:
+        await wire.execute("SET", "s", "text")
+        results: tuple[Any, ...] = await asyncio.gather(wire.execute("ECHO", "a"), wire.execute("INCR", "s"),
+                                                  wire.execute("ECHO", "b"), return_exceptions=True)
+        first, bad, last = results
+        assert first == b"a" and last == b"b"
+        assert isinstance(bad, ResponseError) and isinstance(bad, RedisError)
+        with pytest.raises(ResponseError):  # a batch raises its first error once all replies are in
+            await wire.execute_many([("SET", "t", 1), ("INCR", "s"), ("SET", "u", 2)])
+        assert await wire.execute_many([("GET", "t"), ("GET", "u")]) == [b"1", b"2"]
+    finally:
+        await wire.aclose()
+
+
+async def test_a_cancelled_caller_does_not_shift_the_replies(redis_url: str) -> None:
+    wire = Wire.from_url(redis_url, timeout_s=2.0)
+    try:
+        slow = asyncio.ensure_future(wire.execute("BLPOP", "nothing", 0.3))  # sent, answered in 0.3 s
+        await asyncio.sleep(0.05)
+        slow.cancel()
+        assert await wire.execute("ECHO", "mine") == b"mine"  # queued behind the cancelled one
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+    finally:
+        await wire.aclose()
+
+
+async def test_a_multi_exec_batch_is_not_interleaved(redis_url: str) -> None:
+    """Commands of one `execute_many` go out back to back: another caller's command cannot
+    land inside the transaction."""
+    wire = Wire.from_url(redis_url)
+    try:
+        batch = wire.execute_many([("MULTI",), ("SET", "a", "1"), ("SET", "b", "2"), ("EXEC",)])
+        others = [wire.execute("SET", "a", "other") for _ in range(50)]
+        results = await asyncio.gather(batch, *others)
+        assert results[0] == [b"OK", b"QUEUED", b"QUEUED", [b"OK", b"OK"]]
+    finally:
+        await wire.aclose()
+
+
+async def test_a_killed_redis_fails_pending_commands_and_is_reconnected_to(tmp_path: Path) -> None:
+    proc = RedisProcess(data_dir=tmp_path).start()
+    wire = Wire.from_url(proc.url, timeout_s=2.0)
+    try:
+        assert await wire.execute("PING") == b"PONG"
+        pending = asyncio.ensure_future(wire.execute("BLPOP", "never", 10))  # held by the server
+        await asyncio.sleep(0.1)
+        proc.kill()
+        with pytest.raises(RedisConnectionError):
+            await asyncio.wait_for(pending, 5)
+        with pytest.raises(RedisConnectionError, match="cannot connect"):
+            await wire.execute("PING")  # nothing listens: a clear error, not a hang
+        proc.start()  # the same port again, as a supervisor restarts it
+        assert await wire.execute("PING") == b"PONG"
+        assert wire.connects == 2
+    finally:
+        await wire.aclose()
+        proc.cleanup()
+
+
+async def test_a_hung_redis_times_out_and_later_replies_go_to_the_right_caller(tmp_path: Path) -> None:
+    proc = RedisProcess(data_dir=tmp_path).start()
+    assert proc.proc is not None
+    wire = Wire.from_url(proc.url, timeout_s=0.3)
+    try:
+        await wire.execute("SET", "k", "v")
+        os.kill(proc.proc.pid, signal.SIGSTOP)  # a hung Redis: connected, silent
+        try:
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            results = await asyncio.gather(wire.execute("GET", "k"), wire.execute("ECHO", "x"),
+                                           return_exceptions=True)
+            assert all(isinstance(r, RedisTimeoutError) for r in results), results
+            assert loop.time() - began < 2.0
+        finally:
+            os.kill(proc.proc.pid, signal.SIGCONT)
+        # The timed-out connection was dropped: its late replies cannot reach new callers.
+        assert await wire.execute("ECHO", "fresh") == b"fresh"
+        assert await wire.execute("GET", "k") == b"v"
+    finally:
+        await wire.aclose()
+        proc.cleanup()
+
+
+async def test_password_and_database_from_the_url(tmp_path: Path) -> None:
+    proc = RedisProcess(data_dir=tmp_path).start()
+    try:
+        admin = redis.Redis(port=proc.port)
+        admin.config_set("requirepass", "s3cret")
+        admin.close()
+        wire = Wire.from_url(f"redis://:s3cret@127.0.0.1:{proc.port}/3")
+        other = Wire.from_url(f"redis://:s3cret@127.0.0.1:{proc.port}/0")
+        wrong = Wire.from_url(f"redis://:nope@127.0.0.1:{proc.port}/0")
+        try:
+            await wire.execute("SET", "where", "db3")
+            assert await other.execute("GET", "where") is None
+            assert await wire.execute("GET", "where") == b"db3"
+            with pytest.raises(RedisConnectionError, match="cannot connect"):
+                await wrong.execute("PING")
+        finally:
+            for w in (wire, other, wrong):
+                await w.aclose()
+    finally:
+        proc.cleanup()
+
+
+async def test_a_wire_like_a_redis_py_client(redis_url: str) -> None:
+    client = connect(redis_url, timeout_s=0.7)
+    wire = wire_like(client)
+    try:
+        assert wire.timeout_s == 0.7 and wire.port == int(redis_url.rsplit(":", 1)[1].split("/", maxsplit=1)[0])
+        await client.set("shared", "yes")
+        assert await wire.execute("GET", "shared") == b"yes"
+    finally:
+        await wire.aclose()
+        await client.aclose()
