@@ -24,7 +24,6 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 import aiohttp
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_fixed
 
 from gateway.domain.numbers import display
 from gateway.errors import CarrierError
@@ -159,25 +158,22 @@ async def post_within_deadline(
     `transport_failure` words them.
     """
     deadline = started + deadline_s
-
-    def out_of_time(state: RetryCallState) -> bool:
-        return state.attempt_number >= 2 or deadline - time.monotonic() < _MIN_RETRY_S
-
+    # One deadline for everything, a retry included (it never gets a fresh budget). The retry
+    # rule is two lines, so it is written out: tenacity's AsyncRetrying cost ~50 µs of CPU per
+    # request on the lettering hot path (500 calls/s), and so did a per-request ClientTimeout.
     async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
-        async for attempt in AsyncRetrying(
-            stop=out_of_time, wait=wait_fixed(_RETRY_WAIT_S), retry=retry_if_exception(_never_sent), reraise=True
-        ):
-            with attempt:
-                # The per-request timeout is what is left of the deadline, so a retry never gets
-                # a fresh full budget; asyncio.timeout around it is the hard backstop.
-                remaining = max(deadline - time.monotonic(), 0.001)
+        for attempt in (1, 2):
+            try:
                 async with session.request(
                     method, url, data=data, headers=headers,
                     allow_redirects=False,  # a redirect would resend the secret to wherever it points
-                    timeout=aiohttp.ClientTimeout(total=remaining),
                 ) as resp:
                     return resp.status, await resp.content.read(max_body + 1)
-    raise TimeoutError  # unreachable: AsyncRetrying either returns or re-raises
+            except aiohttp.ClientError as exc:
+                if attempt == 2 or not _never_sent(exc) or deadline - time.monotonic() < _MIN_RETRY_S:
+                    raise
+            await asyncio.sleep(_RETRY_WAIT_S)
+    raise TimeoutError  # unreachable: the second attempt returns or raises
 
 
 def transport_failure(exc: TimeoutError | aiohttp.ClientError, deadline_s: float) -> str:

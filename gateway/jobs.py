@@ -164,6 +164,10 @@ def decode_message(payload: Mapping[str, Any], sealer: Sealer) -> QueuedMessage:
 # ------------------------------------------------------------------ enqueuing
 
 
+_MESSAGE_FIELDS = ("queue_name", "actor_name", "args", "kwargs", "options", "message_id", "message_timestamp")
+if tuple(f.name for f in dataclasses.fields(dramatiq.Message)) != _MESSAGE_FIELDS:  # pragma: no cover
+    raise ImportError("dramatiq.Message has changed its fields: update Enqueuer._prepared")
+
 # dispatch.lua's "enqueue" command without its worker-side preamble (heartbeat, maintenance).
 _ENQUEUE = """
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
@@ -233,10 +237,12 @@ class Enqueuer:
         if delay_ms is not None:
             queue_name = dq_name(queue)
             options["eta"] = int(time.time() * 1000) + delay_ms
-        message: dramatiq.Message[Any] = dramatiq.Message(queue_name=queue_name, actor_name=actor_name(queue),
-                                                          args=(payload,), kwargs={}, options=options)
+        # `Message.asdict()`'s fields, without building the frozen dataclass (half the cost of an
+        # enqueue); _MESSAGE_FIELDS checks at import that dramatiq's Message still has exactly these.
+        fields = {"queue_name": queue_name, "actor_name": actor_name(queue), "args": (payload,), "kwargs": {},
+                  "options": options, "message_id": str(uuid.uuid4()), "message_timestamp": int(time.time() * 1000)}
         full = f"{self.broker.namespace}:{queue_name}"
-        return QueuePut(f"{full}.msgs", full, redis_id, message.encode())
+        return QueuePut(f"{full}.msgs", full, redis_id, dramatiq.get_encoder().encode(fields))
 
     def _put(self, message: dramatiq.Message[Any], delay_ms: int | None) -> None:
         self.broker.enqueue(message, delay=delay_ms)
