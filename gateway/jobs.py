@@ -228,6 +228,10 @@ class Enqueuer:
         (`OutboxStore.claim(then=...)`: admitted and queued in one step)."""
         return self._prepared(queue, payload, int(delay_s * 1000) if delay_s > 0 else None)
 
+    def prepare_message(self, queue: str, message: QueuedMessage, *, delay_s: float = 0.0) -> QueuePut:
+        """`prepare` for a queued message (its citizen's number sealed)."""
+        return self.prepare(queue, encode_message(message, self.sealer), delay_s=delay_s)
+
     def _prepared(self, queue: str, payload: dict[str, Any], delay_ms: int | None) -> QueuePut:
         """What `RedisBroker.enqueue` stores: the message with a fresh `redis_message_id`, on
         `<queue>.DQ` with an `eta` when delayed (built once, not copied twice as the broker does)."""

@@ -223,12 +223,6 @@ class CallPipeline:
             self.sink.decision({**record, "result": "not_configured"})
             return
         policy = self._rules().lettering
-        verdict = await self.outbox.admit(Admission(request.pbx, request.call_id, "call_notice", request.to,
-                                                    rate_limit=policy.rate_limit_count,
-                                                    rate_window_s=policy.rate_limit_window_s))
-        if verdict is not Verdict.ADMITTED:
-            self.sink.decision({**record, "result": verdict.value})
-            return
         key = self.outbox.key_for(request.pbx, request.call_id, "call_notice", request.to)
         shown = display(request.caller_number) if request.caller_number else ""
         # The SMS/LMS text goes along either way: the provider sends it itself (대체발송) when asked
@@ -241,10 +235,17 @@ class CallPipeline:
                                    call_notice_variables(request.organisation, request.department, request.text,
                                                          request.caller_number, shown),
                                    fallback=fallback if rules.provider_resend else None)
-        ok = await self.enqueuer.enqueue("call_notice", QueuedMessage(
-            key, request.pbx, request.call_id, "call_notice", request.to, self.alimtalk_provider, alimtalk=alimtalk,
-            sms=fallback))
-        self.sink.decision({**record, "result": "queued" if ok else "enqueue_failed"})
+        message = QueuedMessage(key, request.pbx, request.call_id, "call_notice", request.to, self.alimtalk_provider,
+                                alimtalk=alimtalk, sms=fallback)
+        # Admitted and queued in one atomic step: never admitted-but-lost (a retry would find it
+        # a duplicate) nor queued past the guard.
+        verdict = await self.outbox.admit(
+            Admission(request.pbx, request.call_id, "call_notice", request.to, rate_limit=policy.rate_limit_count,
+                      rate_window_s=policy.rate_limit_window_s),
+            then=self.enqueuer.prepare_message("call_notice", message))
+        if verdict is Verdict.ADMITTED:
+            self.enqueuer.enqueued += 1
+        self.sink.decision({**record, "result": "queued" if verdict is Verdict.ADMITTED else verdict.value})
 
     async def _postcall(self, r: CallRecord) -> None:
         department = self._rules().directory.lookup(r.extension) if r.extension else None
@@ -256,12 +257,6 @@ class CallPipeline:
             self.sink.decision({**record, "result": plan.reason})
             return
         assert self.enqueuer is not None
-        verdict = await self.outbox.admit(Admission(
-            r.pbx, r.call_id, "postcall", r.party, cap_key=f"postcall:{plan.department.id}",
-            cap_ttl_s=rules.frequency_cap_days * 86400))
-        if verdict is not Verdict.ADMITTED:
-            self.sink.decision({**record, "result": verdict.value})
-            return
         key = self.outbox.key_for(r.pbx, r.call_id, "postcall", r.party)
         dept, content = plan.department, plan.content
         fallback = None
@@ -272,13 +267,20 @@ class CallPipeline:
                                    content.buttons, fallback if rules.provider_resend else None)
         # Quiet hours are judged on the call's own clock (the PBX's), the delay applied from now.
         delay = (plan.not_before - r.ended_at) if plan.not_before else 0.0
-        ok = await self.enqueuer.enqueue("postcall", QueuedMessage(
-            key, r.pbx, r.call_id, "postcall", r.party, self.alimtalk_provider, alimtalk=alimtalk, sms=fallback),
-            delay_s=delay)
-        if ok:
-            # The citizen may text back: route that to the department that wrote.
-            await self.outbox.store.remember_contact(number_hash(self.outbox.hash_key, r.party), dept.id)
-        result = ("deferred" if delay > 0 else "queued") if ok else "enqueue_failed"
+        message = QueuedMessage(key, r.pbx, r.call_id, "postcall", r.party, self.alimtalk_provider,
+                                alimtalk=alimtalk, sms=fallback)
+        # Admitted (opt-out, dedupe, frequency cap) and queued in one atomic step.
+        verdict = await self.outbox.admit(
+            Admission(r.pbx, r.call_id, "postcall", r.party, cap_key=f"postcall:{plan.department.id}",
+                      cap_ttl_s=rules.frequency_cap_days * 86400),
+            then=self.enqueuer.prepare_message("postcall", message, delay_s=delay))
+        if verdict is not Verdict.ADMITTED:
+            self.sink.decision({**record, "result": verdict.value})
+            return
+        self.enqueuer.enqueued += 1
+        # The citizen may text back: route that to the department that wrote.
+        await self.outbox.store.remember_contact(number_hash(self.outbox.hash_key, r.party), dept.id)
+        result = "deferred" if delay > 0 else "queued"
         self.sink.decision({**record, "result": result, **({"delay_s": round(delay)} if delay > 0 else {})})
 
     async def drain(self, timeout: float = 10.0) -> None:
