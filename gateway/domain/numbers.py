@@ -43,7 +43,20 @@ class NumberPlan:
         self._extension = re.compile(extension_pattern)
         self.region = region
         self._home_cc = phonenumbers.country_code_for_region(region)
-        self.classify = lru_cache(maxsize=16384)(self._classify)
+        self._cached = lru_cache(maxsize=4096)(self._classify)
+
+    def classify(self, raw: str) -> PhoneNumber:
+        """What `raw` is (mobile, landline, extension, ...) and its E.164 form.
+
+        A plain Korean mobile number (the citizen's, in most calls) takes a direct path and is
+        not cached: citizens' numbers are not kept in memory past their call, and they do not
+        pile up as long-lived objects the garbage collector has to walk (thousands of them made
+        its generation-1 passes take ~10 ms at 500 calls/s). Everything else is cached: the
+        city's own extensions, trunks and numbers repeat all day."""
+        if (self._home_cc == 82 and _KR_MOBILE.fullmatch(raw) is not None and not self.is_extension(raw)
+                and not raw.startswith(self.outside_line_prefixes)):
+            return PhoneNumber(NumberKind.MOBILE, "+82" + raw[-10:], raw)
+        return self._cached(raw)
 
     def is_extension(self, raw: str) -> bool:
         return bool(raw) and self._extension.match(raw) is not None
