@@ -373,6 +373,7 @@ class Gateway:
             redis = {"reachable": True, "latency_ms": round(await self.store.ping(), 3)}
         except StoreUnavailable as exc:
             redis = {"reachable": False, "error": str(exc)}
+        redis["wire"] = dict(self.wire.events)  # the real-time connection (gateway.wire)
         pbx = [c.status() for c in self.clients]
         ready = redis["reachable"] and all(p.get("authenticated") for p in pbx)
         queues: dict[str, Any] = {"enqueued": self.enqueuer.enqueued, "enqueue_failed": self.enqueuer.failed}

@@ -91,6 +91,12 @@ class GatewayCollector(Collector):
 
         yield from queue_families(gw.broker)
 
+        wire = CounterMetricFamily("gateway_redis_wire_events", "the real-time Redis connection: connects, "
+                                   "connect failures, drops after a command timeout, losses", labels=["event"])
+        for event, count in gw.wire.events.items():
+            wire.add_metric([event], count)
+        yield wire
+
         queued = CounterMetricFamily("gateway_enqueue", "jobs put on the queues", labels=["result"])
         queued.add_metric(["ok"], gw.enqueuer.enqueued)
         queued.add_metric(["failed"], gw.enqueuer.failed)

@@ -54,9 +54,10 @@ def _pack(command: Sequence[Arg]) -> bytes:
 class _Connection(asyncio.Protocol):
     """One Redis connection: a FIFO of pending replies, writes coalesced per loop iteration."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, timeout_s: float) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout_s: float, events: dict[str, int]) -> None:
         self.loop = loop
         self.timeout_s = timeout_s
+        self.events = events  # the Wire's counters
         self.reader = hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError)
         # (future, deadline) in the order the commands were written
         self.pending: deque[tuple[asyncio.Future[Any], float]] = deque()
@@ -94,6 +95,8 @@ class _Connection(asyncio.Protocol):
                 future.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed:
+            self.events["lost"] += 1
         self.fail(RedisConnectionError(f"redis connection lost: {exc}" if exc else "redis closed the connection"))
 
     # -------------------------------------------------------------- sending
@@ -136,6 +139,7 @@ class _Connection(asyncio.Protocol):
         elif confirm < 2:
             self._timer = self.loop.call_soon(self._check_deadline, confirm + 1)
         else:
+            self.events["timeouts"] += 1
             self.fail(RedisTimeoutError(f"redis did not answer within {self.timeout_s:g} s"))
 
     # -------------------------------------------------------------- closing
@@ -193,7 +197,13 @@ class Wire:
         self.connect_timeout_s = connect_timeout_s
         self._conn: _Connection | None = None
         self._connecting: asyncio.Future[_Connection] | None = None
-        self.connects = 0  # for tests and /health-style diagnostics
+        # For /health and /metrics: connections made, connects that failed, connections dropped
+        # because a command timed out, connections lost (Redis closed them or went away).
+        self.events = {"connects": 0, "connect_failures": 0, "timeouts": 0, "lost": 0}
+
+    @property
+    def connects(self) -> int:
+        return self.events["connects"]
 
     @classmethod
     def from_url(cls, url: str, *, timeout_s: float = 0.25, connect_timeout_s: float = 1.0) -> Wire:
@@ -239,6 +249,7 @@ class Wire:
         except (OSError, TimeoutError, RedisConnectionError, ResponseError) as exc:
             error = RedisConnectionError(f"redis: cannot connect to {self._address()}: "
                                          f"{str(exc) or type(exc).__name__}")
+            self.events["connect_failures"] += 1
             self._connecting.set_exception(error)
             self._connecting.exception()  # retrieved: callers that did not wait need not see it
             self._connecting = None
@@ -246,12 +257,12 @@ class Wire:
         self._conn = conn
         self._connecting.set_result(conn)
         self._connecting = None
-        self.connects += 1
+        self.events["connects"] += 1
         return conn
 
     async def _open(self, loop: asyncio.AbstractEventLoop) -> _Connection:
         def factory() -> _Connection:
-            return _Connection(loop, self.timeout_s)
+            return _Connection(loop, self.timeout_s, self.events)
 
         if self.path:
             _, conn = await loop.create_unix_connection(factory, self.path)

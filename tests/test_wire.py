@@ -106,7 +106,7 @@ async def test_a_killed_redis_fails_pending_commands_and_is_reconnected_to(tmp_p
             await wire.execute("PING")  # nothing listens: a clear error, not a hang
         proc.start()  # the same port again, as a supervisor restarts it
         assert await wire.execute("PING") == b"PONG"
-        assert wire.connects == 2
+        assert wire.events == {"connects": 2, "connect_failures": 1, "timeouts": 0, "lost": 1}
     finally:
         await wire.aclose()
         proc.cleanup()
@@ -131,6 +131,7 @@ async def test_a_hung_redis_times_out_and_later_replies_go_to_the_right_caller(t
         # The timed-out connection was dropped: its late replies cannot reach new callers.
         assert await wire.execute("ECHO", "fresh") == b"fresh"
         assert await wire.execute("GET", "k") == b"v"
+        assert wire.events == {"connects": 2, "connect_failures": 0, "timeouts": 1, "lost": 0}
     finally:
         await wire.aclose()
         proc.cleanup()
