@@ -24,7 +24,7 @@ pytestmark = [
 def test_tiny_benchmark_run_processes_everything(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "ops.bench.ami_ingest", "--events", "2000", "--runs", "2", "--rates", "20",
-         "--seconds", "1", "--out", str(tmp_path)],
+         "--seconds", "1", "--latency-runs", "2", "--out", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -56,6 +56,7 @@ def test_tiny_benchmark_run_processes_everything(tmp_path: Path) -> None:
     assert {"rate", "calls", "letterings_received", "p50_ms", "p95_ms", "p99_ms", "max_ms", "goal_p99_ms",
             "counts_ok"} <= rate.keys()
     assert rate["calls"] == 20
+    assert rate["runs"] == 2 and len(rate["p99_runs_ms"]) == 2 and rate["p99_ms"] in rate["p99_runs_ms"]
     assert rate["letterings_received"] == rate["calls"]
     assert rate["calls_ended"] == rate["calls"]
     assert rate["invalid_requests"] == 0 and rate["unmatched_requests"] == 0

@@ -43,6 +43,7 @@ def parser() -> argparse.ArgumentParser:
     sizes.add_argument("--ami-runs", type=int, help="runs of each ingest variant (3, quick 1)")
     sizes.add_argument("--rates", default="50,200,500", help="lettering latency rates, calls/s (50,200,500)")
     sizes.add_argument("--latency-seconds", type=float, help="length of each latency run (10, quick 3)")
+    sizes.add_argument("--latency-runs", type=int, help="runs of each lettering rate; median p99 reported (3, quick 1)")
     sizes.add_argument("--inbound-steps", help="webhook concurrency steps (1,8,32,64, quick 8,32)")
     sizes.add_argument("--inbound-seconds", type=float, help="length of each webhook step (5, quick 2)")
     sizes.add_argument("--inbound-warmup", type=float, help="unmeasured webhook requests first, seconds (1, quick 0.5)")
@@ -62,7 +63,8 @@ def run_ami(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, An
 
     argv = ["--events", str(_pick(args.ami_events, 200_000, 50_000, args.quick)),
             "--runs", str(_pick(args.ami_runs, 3, 1, args.quick)), "--rates", args.rates,
-            "--seconds", str(_pick(args.latency_seconds, 10.0, 3.0, args.quick))]
+            "--seconds", str(_pick(args.latency_seconds, 10.0, 3.0, args.quick)),
+            "--latency-runs", str(_pick(args.latency_runs, 3, 1, args.quick))]
     results = measure(ami_parser().parse_args(argv))
     if results is None:
         raise ValueError("bad AMI benchmark arguments")
