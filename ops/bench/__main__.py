@@ -43,7 +43,7 @@ def parser() -> argparse.ArgumentParser:
     sizes.add_argument("--ami-runs", type=int, help="runs of each ingest variant (3, quick 1)")
     sizes.add_argument("--rates", default="50,200,500", help="lettering latency rates, calls/s (50,200,500)")
     sizes.add_argument("--latency-seconds", type=float, help="length of each latency run (10, quick 3)")
-    sizes.add_argument("--latency-runs", type=int, help="runs of each lettering rate; median p99 reported (3, quick 1)")
+    sizes.add_argument("--latency-runs", type=int, help="runs of the top lettering rate, median p99 (3, quick 1)")
     sizes.add_argument("--inbound-steps", help="webhook concurrency steps (1,8,32,64, quick 8,32)")
     sizes.add_argument("--inbound-seconds", type=float, help="length of each webhook step (5, quick 2)")
     sizes.add_argument("--inbound-warmup", type=float, help="unmeasured webhook requests first, seconds (1, quick 0.5)")
