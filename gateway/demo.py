@@ -28,7 +28,7 @@ from gateway.providerstats import publish
 from gateway.redisproc import RedisProcess
 from gateway.replay import demo_environ, sandbox_carriers, sandbox_messaging
 from gateway.sinks import ConsoleSink
-from gateway.worker import start_worker
+from gateway.worker import start_worker, stop_worker
 
 # The order a visitor learns most from: ordinary calls first, the odd cases after.
 DEMO_ORDER = [
@@ -56,7 +56,7 @@ async def run_demo(config: GatewayConfig, *, out: TextIO = sys.stdout, duration_
     redis_proc: RedisProcess | None = None
     redis_url = config.resolved_redis_url(environ)
     if not redis_url:
-        redis_proc = RedisProcess().start()
+        redis_proc = RedisProcess(own_session=True).start()
         redis_url = redis_proc.url
         print(f"demo: started a private redis-server on {redis_url}", file=out)
     pbx = config.pbxes[0]
@@ -120,7 +120,7 @@ async def run_demo(config: GatewayConfig, *, out: TextIO = sys.stdout, duration_
         if gateway is not None:
             await gateway.stop()
         if worker is not None:
-            await asyncio.to_thread(worker.stop)
+            await asyncio.to_thread(stop_worker, worker)
         await server.stop()
         if redis_proc is not None:
             redis_proc.cleanup()

@@ -27,9 +27,14 @@ class RedisProcess:
     """Start/stop/kill a redis-server bound to 127.0.0.1 on its own port and data dir."""
 
     def __init__(self, port: int | None = None, *, appendonly: bool = False,
-                 data_dir: Path | None = None) -> None:
+                 data_dir: Path | None = None, own_session: bool = False) -> None:
         self.port = port or free_port()
         self.appendonly = appendonly
+        # The demo's and replay's Redis: out of the terminal's process group, so that Ctrl-C (or
+        # a SIGTERM to the group) reaches only the program, which still needs Redis to shut
+        # down in order and then stops it. (A SIGKILLed program leaves it running; its data
+        # directory is a temporary one.)
+        self.own_session = own_session
         self._own_dir = data_dir is None
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="gw-redis-"))
         self.proc: subprocess.Popen[bytes] | None = None
@@ -46,7 +51,8 @@ class RedisProcess:
                 "--save", "", "--appendonly", "yes" if self.appendonly else "no",
                 "--appendfsync", "everysec", "--daemonize", "no", "--loglevel", "warning",
                 "--protected-mode", "yes"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     start_new_session=self.own_session)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

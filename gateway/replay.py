@@ -30,7 +30,7 @@ from gateway.errors import ConfigError
 from gateway.ports import LetteringCarrier
 from gateway.redisproc import RedisProcess
 from gateway.sinks import JsonLinesSink
-from gateway.worker import start_worker, wait_idle
+from gateway.worker import start_worker, stop_worker, wait_idle
 
 FAST_RECONNECT = {
     "backoff_initial_s": 0.01, "backoff_max_s": 0.05, "auth_backoff_initial_s": 0.01,
@@ -80,7 +80,7 @@ async def replay(files: Sequence[Path], config: GatewayConfig, *, rules_dir: Pat
     redis_proc: RedisProcess | None = None
     redis_url = config.resolved_redis_url(environ)
     if not redis_url:
-        redis_proc = RedisProcess().start()
+        redis_proc = RedisProcess(own_session=True).start()
         redis_url = redis_proc.url
     pbx = config.pbxes[0]
     server = AmiServer(transcripts, username=pbx.username, secret=pbx.secret(environ), speed="fast")
@@ -115,7 +115,7 @@ async def replay(files: Sequence[Path], config: GatewayConfig, *, rules_dir: Pat
         finally:
             await gateway.stop()
     finally:
-        await asyncio.to_thread(worker.stop)
+        await asyncio.to_thread(stop_worker, worker)
         await server.stop()
         if redis_proc is not None:
             redis_proc.cleanup()

@@ -349,6 +349,17 @@ def start_worker(broker: RedisBroker, *, threads: int = 4, idle_ms: int = 200) -
     return worker
 
 
+def stop_worker(worker: dramatiq.Worker) -> None:
+    """Stop an in-process worker (demo, replay). When Redis is already gone its consumers cannot
+    hand back the messages they held: that is logged, not raised; Redis's own bookkeeping puts
+    those messages back on their queue once the worker's heartbeat lapses."""
+    try:
+        worker.stop()
+    except redis.RedisError as exc:
+        log.warning("worker stopped without Redis (%s): its unfinished messages return to their queue "
+                    "when its heartbeat lapses", exc)
+
+
 async def wait_idle(broker: RedisBroker, runtime: WorkerRuntime, *, timeout_s: float = 30.0,
                     settle_s: float = 0.3) -> bool:
     """Wait until every queue is empty (delayed messages aside) and no job is running."""
