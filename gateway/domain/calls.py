@@ -22,6 +22,7 @@ import re
 import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from gateway.domain.events import (
     STATE_RING,
@@ -129,6 +130,7 @@ class _Call:
 _SEQ_SUFFIX = re.compile(r"-[0-9a-fA-F]+(;[12])?$")
 
 
+@lru_cache(maxsize=2048)  # a channel name comes back in most of its leg's events
 def split_channel(channel: str) -> tuple[str, str]:
     """`PJSIP/2001-00000000` -> ("PJSIP", "2001"); `Local/2001@phones-0001;1` -> ("Local", "2001@phones")."""
     tech, _, rest = channel.partition("/")

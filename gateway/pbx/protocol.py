@@ -18,7 +18,6 @@ parses every frame into a `CaseInsensitiveDict`, although about half of Asterisk
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -239,10 +238,10 @@ class AmiProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is untyped
     def _dispatch(self, frame: bytes) -> None:
         event = parse_frame(self._decode(frame))
         stamp = event.get("Timestamp")
-        at = time.time()
-        if stamp:
-            with contextlib.suppress(ValueError):
-                at = float(stamp)
+        try:  # (a plain try, not contextlib.suppress: this runs for every event)
+            at = float(stamp) if stamp else time.time()
+        except ValueError:
+            at = time.time()
         self.counters.dispatched += 1
         self._on_event(event, at)
 
