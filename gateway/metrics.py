@@ -92,7 +92,8 @@ class GatewayCollector(Collector):
         yield from queue_families(gw.broker)
 
         wire = CounterMetricFamily("gateway_redis_wire_events", "the real-time Redis connection: connects, "
-                                   "connect failures, drops after a command timeout, losses", labels=["event"])
+                                   "connect failures, drops after a command timeout or a READONLY answer, losses",
+                                   labels=["event"])
         for event, count in gw.wire.events.items():
             wire.add_metric([event], count)
         yield wire

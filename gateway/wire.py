@@ -75,6 +75,7 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
         pending = self.pending
+        readonly = False
         while True:
             try:
                 reply = self.reader.gets()
@@ -82,7 +83,7 @@ class _Connection(asyncio.Protocol):
                 self.fail(RedisConnectionError(f"redis protocol error: {exc}"))
                 return
             if reply is False:
-                return
+                break
             if not pending:  # a reply nobody asked for: the stream is out of step
                 self.fail(RedisConnectionError("redis sent an unexpected reply"))
                 return
@@ -91,8 +92,14 @@ class _Connection(asyncio.Protocol):
                 continue
             if isinstance(reply, ResponseError):
                 future.set_exception(reply)
+                readonly = readonly or str(reply).startswith("READONLY")
             else:
                 future.set_result(reply)
+        if readonly:
+            # This Redis was demoted to a replica (a Sentinel failover behind a proxy or a moved
+            # IP): drop the connection so that the next command reaches the new master.
+            self.events["readonly"] += 1
+            self.fail(RedisConnectionError("redis is a read-only replica now (failover?); reconnecting"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed:
@@ -198,8 +205,9 @@ class Wire:
         self._conn: _Connection | None = None
         self._connecting: asyncio.Future[_Connection] | None = None
         # For /health and /metrics: connections made, connects that failed, connections dropped
-        # because a command timed out, connections lost (Redis closed them or went away).
-        self.events = {"connects": 0, "connect_failures": 0, "timeouts": 0, "lost": 0}
+        # because a command timed out, connections lost (Redis closed them or went away),
+        # connections dropped because Redis answered READONLY (demoted to a replica).
+        self.events = {"connects": 0, "connect_failures": 0, "timeouts": 0, "lost": 0, "readonly": 0}
 
     @property
     def connects(self) -> int:

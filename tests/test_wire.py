@@ -106,7 +106,7 @@ async def test_a_killed_redis_fails_pending_commands_and_is_reconnected_to(tmp_p
             await wire.execute("PING")  # nothing listens: a clear error, not a hang
         proc.start()  # the same port again, as a supervisor restarts it
         assert await wire.execute("PING") == b"PONG"
-        assert wire.events == {"connects": 2, "connect_failures": 1, "timeouts": 0, "lost": 1}
+        assert wire.events == {"connects": 2, "connect_failures": 1, "timeouts": 0, "lost": 1, "readonly": 0}
     finally:
         await wire.aclose()
         proc.cleanup()
@@ -131,10 +131,36 @@ async def test_a_hung_redis_times_out_and_later_replies_go_to_the_right_caller(t
         # The timed-out connection was dropped: its late replies cannot reach new callers.
         assert await wire.execute("ECHO", "fresh") == b"fresh"
         assert await wire.execute("GET", "k") == b"v"
-        assert wire.events == {"connects": 2, "connect_failures": 0, "timeouts": 1, "lost": 0}
+        assert wire.events == {"connects": 2, "connect_failures": 0, "timeouts": 1, "lost": 0, "readonly": 0}
     finally:
         await wire.aclose()
         proc.cleanup()
+
+
+async def test_a_demoted_redis_is_left_for_the_new_master(tmp_path: Path) -> None:
+    """A Sentinel failover behind a proxy or a moved IP: the Redis this connection talks to
+    becomes a replica and answers READONLY. The connection is dropped, so the next command
+    goes to whatever the address leads to now (here: the same server, promoted back)."""
+    (tmp_path / "m").mkdir()
+    (tmp_path / "n").mkdir()
+    master = RedisProcess(data_dir=tmp_path / "m").start()
+    node = RedisProcess(data_dir=tmp_path / "n").start()
+    wire = Wire.from_url(node.url, timeout_s=2.0)
+    admin = redis.Redis(port=node.port)
+    try:
+        assert await wire.execute("SET", "k", "1") == b"OK"
+        admin.replicaof("127.0.0.1", master.port)
+        with pytest.raises(ResponseError, match="READONLY"):
+            await wire.execute("SET", "k", "2")
+        assert wire.events["readonly"] == 1
+        admin.replicaof("NO", "ONE")
+        assert await wire.execute("SET", "k", "3") == b"OK"
+        assert wire.connects == 2
+    finally:
+        admin.close()
+        await wire.aclose()
+        master.cleanup()
+        node.cleanup()
 
 
 async def test_password_and_database_from_the_url(tmp_path: Path) -> None:
