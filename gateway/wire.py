@@ -33,7 +33,7 @@ import asyncio
 import hashlib
 import ssl
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import hiredis
@@ -196,10 +196,10 @@ class Wire:
     RESP2 values: bytes, ints, lists (HGETALL gives a flat list), None."""
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 6379, path: str = "", db: int = 0,
-                 username: str | None = None, password: str | None = None, use_ssl: bool = False,
+                 username: str | None = None, password: str | None = None, tls: ssl.SSLContext | None = None,
                  timeout_s: float = 0.25, connect_timeout_s: float = 1.0) -> None:
         self.host, self.port, self.path, self.db = host, port, path, db
-        self.username, self.password, self.use_ssl = username, password, use_ssl
+        self.username, self.password, self.tls = username, password, tls
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
         self._conn: _Connection | None = None
@@ -215,11 +215,13 @@ class Wire:
 
     @classmethod
     def from_url(cls, url: str, *, timeout_s: float = 0.25, connect_timeout_s: float = 1.0) -> Wire:
-        """`redis://[user:password@]host[:port][/db]`, `rediss://...` or `unix:///path?db=N`."""
+        """`redis://[user:password@]host[:port][/db]`, `rediss://...` (with redis-py's `ssl_ca_certs`,
+        `ssl_cert_reqs`, `ssl_check_hostname`, `ssl_certfile`, `ssl_keyfile` query options) or
+        `unix:///path?db=N`: the same URL the redis-py clients get."""
         kw = parse_url(url)
         return cls(host=str(kw.get("host") or "127.0.0.1"), port=int(kw.get("port") or 6379),
                    path=str(kw.get("path") or ""), db=int(kw.get("db") or 0), username=kw.get("username"),
-                   password=kw.get("password"), use_ssl=url.startswith("rediss://"),
+                   password=kw.get("password"), tls=tls_context(kw) if url.startswith("rediss://") else None,
                    timeout_s=timeout_s, connect_timeout_s=max(connect_timeout_s, timeout_s))
 
     def register_script(self, source: str) -> Script:
@@ -275,8 +277,7 @@ class Wire:
         if self.path:
             _, conn = await loop.create_unix_connection(factory, self.path)
         else:
-            context = ssl.create_default_context() if self.use_ssl else None
-            _, conn = await loop.create_connection(factory, self.host, self.port, ssl=context)
+            _, conn = await loop.create_connection(factory, self.host, self.port, ssl=self.tls)
         try:
             hello: list[Sequence[Arg]] = []
             if self.password:
@@ -307,5 +308,24 @@ def wire_like(client: Any, *, timeout_s: float | None = None) -> Wire:
     return Wire(host=str(kw.get("host") or "127.0.0.1"), port=int(kw.get("port") or 6379),
                 path=str(kw.get("path") or ""), db=int(kw.get("db") or 0),
                 username=kw.get("username"), password=kw.get("password"),
-                use_ssl="SSL" in getattr(client.connection_pool.connection_class, "__name__", ""),
+                tls=tls_context(kw) if "SSL" in getattr(client.connection_pool.connection_class, "__name__", "")
+                else None,
                 timeout_s=timeout, connect_timeout_s=float(kw.get("socket_connect_timeout") or timeout))
+
+
+def tls_context(kw: Mapping[str, Any]) -> ssl.SSLContext:
+    """The TLS settings redis-py takes from a `rediss://` URL's query, as an SSL context:
+    certificates verified against the system's or `ssl_ca_certs`' CAs and the host name checked,
+    unless `ssl_cert_reqs=none` / `optional` or `ssl_check_hostname=false` say otherwise."""
+    context = ssl.create_default_context(cafile=kw.get("ssl_ca_certs"))
+    reqs = str(kw.get("ssl_cert_reqs") or "required").lower()  # "none", "cert_none", ssl.CERT_NONE ...
+    if "none" in reqs:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif "optional" in reqs:
+        context.verify_mode = ssl.CERT_OPTIONAL
+    if kw.get("ssl_check_hostname") is False:
+        context.check_hostname = False
+    if kw.get("ssl_certfile"):
+        context.load_cert_chain(kw["ssl_certfile"], kw.get("ssl_keyfile"))
+    return context

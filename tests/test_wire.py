@@ -5,8 +5,13 @@ or restarted Redis fails the pending commands cleanly and is reconnected to."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import os
 import signal
+import socket
+import ssl
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.redisproc import RedisProcess
+from gateway.redisproc import RedisProcess, free_port
 from gateway.store import connect
 from gateway.wire import Wire, wire_like
 
@@ -195,3 +200,60 @@ async def test_a_wire_like_a_redis_py_client(redis_url: str) -> None:
     finally:
         await wire.aclose()
         await client.aclose()
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (its own CA) and its key, as PEM files."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gateway test redis")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "redis.crt", tmp_path / "redis.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+async def test_tls_with_the_url_options_redis_py_takes(tmp_path: Path) -> None:
+    """`rediss://` against a redis-server speaking TLS only: the certificate is checked against
+    `ssl_ca_certs` (and the host name), refused without it, not checked with `ssl_cert_reqs=none`."""
+    cert, key = _self_signed(tmp_path)
+    port = free_port()
+    server = await asyncio.create_subprocess_exec(
+        "redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--tls-cert-file", str(cert),
+        "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no", "--save", "",
+        "--appendonly", "no", "--dir", str(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"rediss://127.0.0.1:{port}/0"
+    urls = {"trusted": f"{base}?ssl_ca_certs={cert}", "unknown_ca": base, "unchecked": f"{base}?ssl_cert_reqs=none"}
+    wires = {name: Wire.from_url(url, timeout_s=2.0) for name, url in urls.items()}
+    try:
+        for _ in range(100):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+            await asyncio.sleep(0.05)
+        assert await wires["trusted"].execute("PING") == b"PONG"
+        assert await wires["unchecked"].execute("PING") == b"PONG"
+        with pytest.raises(RedisConnectionError, match="cannot connect"):
+            await wires["unknown_ca"].execute("PING")  # a self-signed certificate the system does not trust
+        tls = Wire.from_url(f"{base}?ssl_check_hostname=false").tls
+        assert tls is not None and tls.check_hostname is False and tls.verify_mode is ssl.CERT_REQUIRED
+        assert Wire.from_url("redis://127.0.0.1:6379/0").tls is None
+    finally:
+        for wire in wires.values():
+            await wire.aclose()
+        server.terminate()
+        await asyncio.wait_for(server.wait(), 10)
