@@ -218,11 +218,16 @@ class Wire:
         """`redis://[user:password@]host[:port][/db]`, `rediss://...` (with redis-py's `ssl_ca_certs`,
         `ssl_cert_reqs`, `ssl_check_hostname`, `ssl_certfile`, `ssl_keyfile` query options) or
         `unix:///path?db=N`: the same URL the redis-py clients get."""
-        kw = parse_url(url)
+        return cls.from_kwargs(parse_url(url), tls=url.startswith("rediss://"), timeout_s=timeout_s,
+                               connect_timeout_s=max(connect_timeout_s, timeout_s))
+
+    @classmethod
+    def from_kwargs(cls, kw: Mapping[str, Any], *, tls: bool, timeout_s: float, connect_timeout_s: float) -> Wire:
+        """From redis-py's connection keyword arguments (what `parse_url` or a pool holds)."""
         return cls(host=str(kw.get("host") or "127.0.0.1"), port=int(kw.get("port") or 6379),
                    path=str(kw.get("path") or ""), db=int(kw.get("db") or 0), username=kw.get("username"),
-                   password=kw.get("password"), tls=tls_context(kw) if url.startswith("rediss://") else None,
-                   timeout_s=timeout_s, connect_timeout_s=max(connect_timeout_s, timeout_s))
+                   password=kw.get("password"), tls=tls_context(kw) if tls else None,
+                   timeout_s=timeout_s, connect_timeout_s=connect_timeout_s)
 
     def register_script(self, source: str) -> Script:
         return Script(self, source)
@@ -303,14 +308,11 @@ class Wire:
 def wire_like(client: Any, *, timeout_s: float | None = None) -> Wire:
     """A `Wire` to the Redis a redis-py asyncio client talks to, with its timeouts (or
     `timeout_s`): for components given only a client (the worker's store, tests)."""
-    kw = client.connection_pool.connection_kwargs
+    pool = client.connection_pool
+    kw = pool.connection_kwargs
     timeout = timeout_s if timeout_s is not None else float(kw.get("socket_timeout") or 5.0)
-    return Wire(host=str(kw.get("host") or "127.0.0.1"), port=int(kw.get("port") or 6379),
-                path=str(kw.get("path") or ""), db=int(kw.get("db") or 0),
-                username=kw.get("username"), password=kw.get("password"),
-                tls=tls_context(kw) if "SSL" in getattr(client.connection_pool.connection_class, "__name__", "")
-                else None,
-                timeout_s=timeout, connect_timeout_s=float(kw.get("socket_connect_timeout") or timeout))
+    return Wire.from_kwargs(kw, tls="SSL" in getattr(pool.connection_class, "__name__", ""), timeout_s=timeout,
+                            connect_timeout_s=float(kw.get("socket_connect_timeout") or timeout))
 
 
 def tls_context(kw: Mapping[str, Any]) -> ssl.SSLContext:
