@@ -21,8 +21,13 @@ class SealError(GatewayError):
     """A sealed value could not be opened (unknown key id, tampered or truncated)."""
 
 
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+    # = base64.urlsafe_b64encode(data).decode().rstrip("="), in one C call less per step
+    # (four seals per citizen message)
+    return binascii.b2a_base64(data, newline=False).translate(_URLSAFE).rstrip(b"=").decode("ascii")
 
 
 def _unb64(text: str) -> bytes:

@@ -20,7 +20,7 @@ import time
 import unicodedata
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -301,10 +301,10 @@ class Intake:
         key = self.outbox.key_for("sms", tid, action, to)
         sms = SmsRequest(key, to, city_number, safe, safe.split("\n", 1)[0][:20], kind)
         message = QueuedMessage(key, "sms", tid, action, to, self.sms_provider, sms=sms)
-        put = replace(self.enqueuer.prepare("sms", encode_message(message, self.sealer)),
-                      stream_key=f"{PREFIX}thread:{tid}:msgs", stream_fields=(
-                          ("dir", "out"), ("at", f"{time.time():.3f}"),
-                          ("text", self.sealer.seal(safe, tid.encode())), ("action", action)))
+        put = self.enqueuer.prepare("sms", encode_message(message, self.sealer),
+                                    stream_key=f"{PREFIX}thread:{tid}:msgs", stream_fields=(
+                                        ("dir", "out"), ("at", f"{time.time():.3f}"),
+                                        ("text", self.sealer.seal(safe, tid.encode())), ("action", action)))
         return Admission("sms", tid, action, to), put
 
     async def _send(self, tid: str, to: str, city_number: str, text: str, action: str) -> str:

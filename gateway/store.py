@@ -92,9 +92,19 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+_last_hash: list[tuple[bytes, str, str]] = [(b"", "", "")]
+
+
 def number_hash(key: bytes, e164: str) -> str:
     """Keyed hash of a phone number: stable across gateways sharing the key, not reversible."""
-    return hmac.new(key, e164.encode(), hashlib.sha256).hexdigest()[:32]
+    # One message or call asks for the same number's hash two or three times in a row (its
+    # thread, its dedupe key, its claim): the last answer is kept (one number, never a table).
+    last_key, last_number, last = _last_hash[0]
+    if e164 == last_number and key == last_key:
+        return last
+    digest = hmac.new(key, e164.encode(), hashlib.sha256).hexdigest()[:32]
+    _last_hash[0] = (key, e164, digest)
+    return digest
 
 
 def optout_key(recipient_hash: str) -> str:
