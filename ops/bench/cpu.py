@@ -25,14 +25,27 @@ def process_cpu_s(pid: int) -> float | None:
         return None
 
 
-def machine_busy_s() -> float | None:
-    """CPU seconds all cores spent busy (not idle or waiting for I/O) since boot."""
+def _cpu_line() -> list[int] | None:
     try:
         with open("/proc/stat", encoding="ascii") as f:
-            values = [int(v) for v in f.readline().split()[1:]]
-        return (sum(values) - values[3] - values[4]) / _TICK
-    except (OSError, IndexError, ValueError):
+            return [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
         return None
+
+
+def machine_busy_s() -> float | None:
+    """CPU seconds all cores spent busy (not idle or waiting for I/O) since boot, steal included."""
+    values = _cpu_line()
+    if values is None or len(values) < 5:
+        return None
+    return (sum(values[:8]) - values[3] - values[4]) / _TICK  # guest time is already in user time
+
+
+def machine_steal_s() -> float | None:
+    """CPU seconds the hypervisor gave this machine's cores to other guests since boot: a
+    virtual core that was 'running' our code but not getting a real one (a busy host)."""
+    values = _cpu_line()
+    return values[7] / _TICK if values is not None and len(values) > 7 else None
 
 
 class CpuWindow:
@@ -45,12 +58,14 @@ class CpuWindow:
         self._wall = 0.0
 
     def __enter__(self) -> CpuWindow:
-        self._start = {k: process_cpu_s(p) for k, p in self.pids.items()} | {"machine": machine_busy_s()}
+        self._start = {k: process_cpu_s(p) for k, p in self.pids.items()} | {"machine": machine_busy_s(),
+                                                                             "steal": machine_steal_s()}
         self._wall = time.perf_counter()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._end = {k: process_cpu_s(p) for k, p in self.pids.items()} | {"machine": machine_busy_s()}
+        self._end = {k: process_cpu_s(p) for k, p in self.pids.items()} | {"machine": machine_busy_s(),
+                                                                           "steal": machine_steal_s()}
         self._wall = time.perf_counter() - self._wall
 
     def summary(self) -> dict[str, Any]:
@@ -64,8 +79,10 @@ class CpuWindow:
                 continue
             pct = (ended - began) / self._wall * 100
             out[f"{key}_pct"] = round(pct, 1)
-            if key != "machine":
+            if key not in ("machine", "steal"):
                 ours += pct
         machine = out.get("machine_pct")
-        out["others_pct"] = None if machine is None else round(max(0.0, machine - ours), 1)
+        steal = out.get("steal_pct") or 0.0
+        # others: busy time that was neither ours nor taken by the hypervisor (other local processes)
+        out["others_pct"] = None if machine is None else round(max(0.0, machine - ours - steal), 1)
         return out

@@ -234,7 +234,8 @@ def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
                             f"{r['letterings_received']}/{r['calls']} received; after 1st s p99 "
                             f"{_fmt(steady['p99'])} ms; in-gateway p99 {_fmt(in_gateway['p99'])} ms; "
                             f"CPU (% of a core): gateway {cpu['gateway_pct']}, helper {cpu['helper_pct']}, "
-                            f"redis {cpu['redis_pct']}, other processes {cpu['others_pct']}; "
+                            f"redis {cpu['redis_pct']}, other processes {cpu['others_pct']}, "
+                            f"taken by the hypervisor {cpu.get('steal_pct')}; "
                             f"gateway {cpu.get('gateway_ms_per_call')} ms CPU/call",
                 "met": (r["p99_ok"] if r["rate"] >= 500 else None) if r["counts_ok"] else False,
             })
