@@ -19,6 +19,7 @@ import dataclasses
 import itertools
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -79,8 +80,20 @@ QUEUES: dict[str, QueueSpec] = {
 class MsgpackEncoder(Encoder):
     """dramatiq has no msgpack encoder; producers and workers must both use this one."""
 
+    def __init__(self) -> None:
+        # `msgpack.packb` builds a Packer (and its 256 KiB buffer) per call; one per thread is
+        # kept instead (a Packer is not thread-safe; enqueues also run on executor threads).
+        self._local = threading.local()
+
     def encode(self, data: MessageData) -> bytes:
-        packed: bytes = msgpack.packb(data, use_bin_type=True)
+        packer = getattr(self._local, "packer", None)
+        if packer is None:
+            packer = self._local.packer = msgpack.Packer(use_bin_type=True)
+        try:
+            packed: bytes = packer.pack(data)
+        except BaseException:
+            packer.reset()  # a failed pack may leave part of the data in the buffer
+            raise
         return packed
 
     def decode(self, data: bytes) -> MessageData:
@@ -112,11 +125,14 @@ def make_broker(redis_url: str, *, namespace: str = "gw", heartbeat_timeout_ms: 
     return broker
 
 
+_OPTIONS = {name: {"max_retries": spec.max_retries, "min_backoff": spec.min_backoff_ms,
+                   "max_backoff": spec.max_backoff_ms, "max_age": spec.max_age_ms, "time_limit": spec.time_limit_ms}
+            for name, spec in QUEUES.items()}
+
+
 def actor_options(queue: str) -> dict[str, Any]:
     """A fresh dict of the queue's retry options (callers add to it)."""
-    spec = QUEUES[queue]
-    return {"max_retries": spec.max_retries, "min_backoff": spec.min_backoff_ms, "max_backoff": spec.max_backoff_ms,
-            "max_age": spec.max_age_ms, "time_limit": spec.time_limit_ms}
+    return dict(_OPTIONS[queue])
 
 
 # ------------------------------------------------------------------ payloads

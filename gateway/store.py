@@ -8,8 +8,6 @@ gateway can recognise a number it has seen without keeping the number itself.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import logging
 import time
@@ -25,6 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gateway.crypto import hmac_sha256_hex
 from gateway.errors import StoreUnavailable
 from gateway.ports import QueuePut
 from gateway.wire import Wire, wire_like
@@ -102,7 +101,7 @@ def number_hash(key: bytes, e164: str) -> str:
     last_key, last_number, last = _last_hash[0]
     if e164 == last_number and key == last_key:
         return last
-    digest = hmac.new(key, e164.encode(), hashlib.sha256).hexdigest()[:32]
+    digest = hmac_sha256_hex(key, e164.encode())[:32]
     _last_hash[0] = (key, e164, digest)
     return digest
 

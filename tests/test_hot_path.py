@@ -13,7 +13,7 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.crypto import Sealer, _b64
+from gateway.crypto import Sealer, _b64, hmac_sha256_hex
 from gateway.jobs import _job_id, _JobIds
 from gateway.store import number_hash
 
@@ -69,3 +69,11 @@ def test_b64_is_urlsafe_base64_without_padding(data: bytes) -> None:
 def test_sealed_values_open(plaintext: str, aad: bytes) -> None:
     sealer = Sealer.from_env(Sealer.new_key_spec("k1"), "TEST_KEYS")
     assert sealer.open(sealer.seal(plaintext, aad), aad) == plaintext
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=130), st.binary(max_size=300))
+def test_hmac_sha256_hex_is_hmac(key: bytes, message: bytes) -> None:
+    # keys shorter, equal to and longer than SHA-256's 64-byte block; twice (kept states reused)
+    for _ in range(2):
+        assert hmac_sha256_hex(key, message) == hmac.new(key, message, hashlib.sha256).hexdigest()
