@@ -92,19 +92,24 @@ def test_memory_bench_holds_every_call() -> None:
 def test_inbound_bench_finds_every_accepted_message_in_redis() -> None:
     from ops.bench import inbound
 
-    section = inbound.run(steps=[2], seconds=0.5, warmup=0.2)
+    section = inbound.run(steps=[2], seconds=0.5, warmup=0.2, rounds=2)
     (step,) = section["steps"]
-    gateway, bare = step["gateway"], step["bare"]
+    gateway, bare = step["gateway"], step["bare"]  # the round with the median ratio
     assert gateway["concurrency"] == bare["concurrency"] == 2
     assert gateway["errors"] == {} and bare["errors"] == {}
     assert set(gateway["statuses"]) == {"200"} and gateway["responses"] == gateway["requests"] > 0
     assert gateway["answers"] == {"accepted": gateway["responses"]}
+    assert len(step["rounds"]) == 2 and step["ratio"] in [r["ratio"] for r in step["rounds"]]
     stored = section["stored"]
-    warmup = section["warmup"][0]["answers"].get("accepted", 0)
-    assert stored["accepted_answers"] == gateway["responses"] + warmup
-    assert stored["stored_messages"] == stored["accepted_answers"]
-    assert sum(stored["inbox_entries"].values()) == stored["accepted_answers"]
-    assert stored["lost"] == 0 and stored["unexpected_extra"] == 0
+    assert len(stored["rounds"]) == 2 and len(section["warmup"]) == 2
+    for check, warmup, round_ in zip(stored["rounds"], section["warmup"], step["rounds"], strict=True):
+        # every round starts from an empty Redis: its answers (warm-up included) are all there
+        assert round_["accepted"] > 0
+        assert check["accepted_answers"] == warmup["answers"].get("accepted", 0) + round_["accepted"]
+        assert check["stored_messages"] == check["accepted_answers"]
+        assert sum(check["inbox_entries"].values()) == check["accepted_answers"]
+        assert check["lost"] == 0 and check["unexpected_extra"] == 0
+    assert stored["accepted_answers"] == sum(c["accepted_answers"] for c in stored["rounds"])
     assert section["counts_ok"] is True
 
 

@@ -45,7 +45,9 @@ def parser() -> argparse.ArgumentParser:
     sizes.add_argument("--latency-seconds", type=float, help="length of each latency run (10, quick 3)")
     sizes.add_argument("--latency-runs", type=int, help="runs of the top lettering rate, median p99 (3, quick 1)")
     sizes.add_argument("--inbound-steps", help="webhook concurrency steps (1,8,32,64, quick 8,32)")
-    sizes.add_argument("--inbound-seconds", type=float, help="length of each webhook step (5, quick 2)")
+    sizes.add_argument("--inbound-seconds", type=float, help="length of each webhook step (3, quick 2)")
+    sizes.add_argument("--inbound-rounds", type=int,
+                       help="rounds of bare then gateway through every step; the median ratio is reported (3, quick 1)")
     sizes.add_argument("--inbound-warmup", type=float, help="unmeasured webhook requests first, seconds (1, quick 0.5)")
     sizes.add_argument("--routing-seconds", type=float, help="length of each routing figure (3, quick 1)")
     sizes.add_argument("--routing-sample", type=int, help="distinct routed messages per mix (5000, quick 2000)")
@@ -96,7 +98,8 @@ def run_inbound(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str
 
     steps = _pick(args.inbound_steps, "1,8,32,64", "8,32", args.quick)
     section = inbound.run(steps=[int(s) for s in steps.split(",") if s.strip()],
-                          seconds=_pick(args.inbound_seconds, 5.0, 2.0, args.quick),
+                          seconds=_pick(args.inbound_seconds, 3.0, 2.0, args.quick),
+                          rounds=_pick(args.inbound_rounds, 3, 1, args.quick),
                           warmup=_pick(args.inbound_warmup, 1.0, 0.5, args.quick))
     return section, inbound.figures(section)
 
