@@ -178,6 +178,9 @@ class Overrides:
     sms: dict[str, SmsProvider] = field(default_factory=dict)
     queue_namespace: str | None = None
     ami: dict[str, Any] = field(default_factory=dict)  # AmiSettings field overrides (backoff, ping)
+    # Longer Redis command timeouts on the real-time connections, for a process slowed down on
+    # purpose (`ops.bench.instructions` runs the gateway under valgrind, ~50 times slower).
+    redis_timeout_s: float | None = None
 
 
 class Gateway:
@@ -195,7 +198,8 @@ class Gateway:
         self.redis = connect(redis_url)
         # The real-time path's lean connection (claims, settlements, inbound accepts), with the
         # same 0.25 s command timeout as `connect`.
-        self.wire = Wire.from_url(redis_url, timeout_s=0.25, connect_timeout_s=1.0)
+        slow = self.over.redis_timeout_s or 0.0
+        self.wire = Wire.from_url(redis_url, timeout_s=max(0.25, slow), connect_timeout_s=max(1.0, slow))
         self.store = RedisOutboxStore(self.redis, self.wire)
         carriers: dict[str, LetteringCarrier] = {}
         for name, spec in config.carriers.items():
@@ -208,7 +212,7 @@ class Gateway:
         self.sealer = config.sealer(self.environ)
         self.broker = make_broker(redis_url, namespace=self.over.queue_namespace or config.queue_namespace)
         # Its own connection: enqueues get 2 s, not the real-time path's 0.25 s timeouts.
-        self.enqueuer = Enqueuer(self.broker, self.sealer, wire=Wire.from_url(redis_url, timeout_s=2.0))
+        self.enqueuer = Enqueuer(self.broker, self.sealer, wire=Wire.from_url(redis_url, timeout_s=max(2.0, slow)))
         alimtalk_provider = next(iter(self.over.alimtalk or config.alimtalk), "")
         self.reports = ReportIntake(build_parsers(config.webhooks, self.environ), self.store)
         sms_provider = next(iter(self.over.sms or config.sms), "")

@@ -133,3 +133,14 @@ def test_entry_point_rejects_unknown_sections(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "ops.bench", "--only", "nope", "--out", str(tmp_path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2 and "unknown section" in proc.stderr
+
+
+@pytest.mark.parametrize("step", ["accept", "hmac", "hmac_stdlib", "job_id", "uuid4", "route", "notify_job", "auto_reply"])
+def test_instruction_count_programs_run(step: str, redis_url: str) -> None:
+    # What `ops.bench.instructions` runs under valgrind, run without it (valgrind takes minutes):
+    # the programs must keep working as the code changes.
+    proc = subprocess.run([sys.executable, "-m", "ops.bench.instructions", "--child", step, "--n", "70",
+                           "--redis-url", redis_url], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "child ok" in proc.stdout
