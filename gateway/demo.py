@@ -153,7 +153,7 @@ async def _sample_citizen_sms(gateway: Gateway, base: str, out: TextIO) -> None:
 
     from aiohttp import ClientError, ClientSession
 
-    from gateway.webhooks import sign
+    from gateway.crypto import sign
 
     provider = next(iter(gateway.inbound.values()), None)
     if provider is None:

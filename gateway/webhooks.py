@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from gateway.crypto import hmac_sha256_hex
+from gateway.crypto import sign
 from gateway.domain.numbers import NumberPlan
 from gateway.errors import GatewayError, StoreUnavailable
 from gateway.intake import InboundRejected, Intake, OptedOut, inbound_from_fields
@@ -46,12 +46,6 @@ class BadRequest(GatewayError):
 
 class Unauthorized(GatewayError):
     """Missing, wrong or replayed signature (HTTP 401)."""
-
-
-def sign(secret: str, timestamp: str, public_url: str, body: bytes) -> str:
-    """The signature a provider sends: hex HMAC-SHA256 of `timestamp.public_url.body`."""
-    message = timestamp.encode() + b"." + public_url.encode() + b"." + body
-    return hmac_sha256_hex(secret.encode(), message)
 
 
 def verify(provider: InboundProvider, headers: Mapping[str, str], body: bytes, now: float) -> None:

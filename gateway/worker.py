@@ -11,8 +11,6 @@ that is down; its messages wait in the queue instead.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import logging
 import os
@@ -27,7 +25,7 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import AsyncIO, Middleware
 
-from gateway.crypto import Sealer, SealError
+from gateway.crypto import Sealer, SealError, sign
 from gateway.domain.models import SendOutcome, SendResult, SmsRequest
 from gateway.domain.notify import NotifyRules, duty_sms
 from gateway.domain.numbers import mask
@@ -225,10 +223,8 @@ class WorkerRuntime:
             raise NotConfigured(f"webhook secret {secret_env} is not set")
         raw = json.dumps(body, ensure_ascii=False).encode()
         ts = str(int(time.time()))
-        signature = hmac.new(secret.encode(), ts.encode() + b"." + url.encode() + b"." + raw,
-                             hashlib.sha256).hexdigest()
         headers = {"Content-Type": "application/json; charset=utf-8", "X-Signature-Timestamp": ts,
-                   "X-Signature": signature, "X-Idempotency-Key": key}
+                   "X-Signature": sign(secret, ts, url, raw), "X-Idempotency-Key": key}
         # One session per notification: citizens' messages are few, and a session kept on the
         # actors' loop could never be closed cleanly (dramatiq stops that loop itself).
         try:

@@ -33,10 +33,9 @@ from aiohttp import ClientError, ClientSession, ClientTimeout
 
 from adapters.carrier_http import PROFILES
 from gateway.amiserver import AmiServer, Transcript, header
-from gateway.crypto import Sealer
+from gateway.crypto import Sealer, sign
 from gateway.jobs import QUEUES, MsgpackEncoder
 from gateway.redisproc import RedisProcess, free_port
-from gateway.webhooks import sign
 from tests.conftest import ROOT, RULES
 from tests.fake_carrier import FakeCarrierServer
 from tests.fake_nhn import FakeNhnServer

@@ -25,7 +25,7 @@ from adapters.nhn_alimtalk import parse_report as nhn_parse_report
 from adapters.nhn_sms import parse_unsubscribe
 from gateway.app import Gateway, Overrides
 from gateway.config import load_config
-from gateway.crypto import Sealer
+from gateway.crypto import Sealer, sign
 from gateway.domain.numbers import NumberPlan
 from gateway.http import HttpServer, make_app
 from gateway.intake import InboundRejected, inbound_from_fields
@@ -38,7 +38,6 @@ from gateway.webhooks import (
     Unauthorized,
     add_routes,
     parse_body,
-    sign,
     verify,
 )
 from tests.conftest import RULES

@@ -22,11 +22,10 @@ from aiohttp import ClientSession
 from adapters.sandbox_messaging import SandboxAlimtalk, SandboxSms
 from gateway.app import Gateway, Overrides, build_worker
 from gateway.config import load_config
-from gateway.crypto import Sealer
+from gateway.crypto import Sealer, sign
 from gateway.http import HttpServer, make_app
 from gateway.outbox import Admission, Verdict
 from gateway.redisproc import RedisProcess
-from gateway.webhooks import sign
 from gateway.worker import start_worker, wait_idle
 from tests.conftest import ROOT, RULES
 from tests.transcripts import TRANSCRIPTS

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import hmac
 import json
 import os
 import random
@@ -30,6 +28,8 @@ import time
 from collections import Counter
 from typing import Any, cast
 from urllib.parse import urlsplit
+
+from gateway.crypto import sign
 
 TEXTS = ["집 앞 가로등이 꺼졌어요", "층간 소음이 너무 심해요", "민원 문의드립니다", "쓰레기 무단투기 신고합니다",
          "12가3456 차량이 입구를 막고 있어요", "도로에 포트홀이 생겼어요 위험합니다", "담당자 연락 부탁드립니다",
@@ -103,8 +103,6 @@ async def step(url: str, *, concurrency: int, seconds: float, secret: str, publi
     host, port = target.hostname or "127.0.0.1", target.port or 80
     head = (f"POST {target.path} HTTP/1.1\r\nHost: {target.netloc}\r\n"
             "Content-Type: application/json; charset=utf-8\r\n")
-    key = secret.encode()
-    signed_prefix = b"." + public_url.encode() + b"."
     loop = asyncio.get_running_loop()
     statuses: Counter[int] = Counter()
     queues: Counter[str] = Counter()
@@ -131,8 +129,7 @@ async def step(url: str, *, concurrency: int, seconds: float, secret: str, publi
                       "received_at": f"{time.time():.3f}"}
             body = json.dumps(fields, ensure_ascii=False).encode("utf-8")
             ts = str(int(time.time()))
-            signature = hmac.new(key, ts.encode() + signed_prefix + body, hashlib.sha256).hexdigest()
-            raw = (f"{head}X-Signature-Timestamp: {ts}\r\nX-Signature: {signature}\r\n"
+            raw = (f"{head}X-Signature-Timestamp: {ts}\r\nX-Signature: {sign(secret, ts, public_url, body)}\r\n"
                    f"Content-Length: {len(body)}\r\n\r\n").encode() + body
             began = time.perf_counter()
             sent += 1
