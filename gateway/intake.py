@@ -272,12 +272,7 @@ class Intake:
             decision = route(sms, routing, context)
             queue, priority, rule = decision.queue, decision.priority.value, decision.rule
             tags, reply = ",".join(decision.tags), decision.auto_reply
-        job = None
-        if self.enqueuer is not None:
-            payload = {"v": 1, "thread": tid, "queue": queue, "rule": rule, "priority": priority,
-                       "message_id": sms.message_id, "provider": sms.provider, "at": sms.received_at,
-                       "citizen": mask(sms.sender), "text": sealed_text}
-            job = self.enqueuer.prepare("inbound", payload)
+        job = self._notification(sms, tid, sealed_text, queue=queue, rule=rule, priority=priority)
         if keyword:
             # ("opt_out_confirm:..." is the one action the guard lets through to an opted-out number)
             reply = rules.optout_confirmation if keyword == "opt_out" else rules.optin_confirmation
@@ -291,6 +286,17 @@ class Intake:
                 claim = self.outbox.admission_call(outgoing[0], then=outgoing[1])
         keys, args = claim or ([], [])
         return _Plan(queue, priority, rule, tags, job, keys, args)
+
+    def _notification(self, sms: InboundSms, tid: str, sealed_text: str, *, queue: str, rule: str,
+                      priority: str) -> QueuePut | None:
+        """The queue's notification job (webhook, duty SMS) for an accepted message; None when
+        nothing is queued (no broker)."""
+        if self.enqueuer is None:
+            return None
+        payload = {"v": 1, "thread": tid, "queue": queue, "rule": rule, "priority": priority,
+                   "message_id": sms.message_id, "provider": sms.provider, "at": sms.received_at,
+                   "citizen": mask(sms.sender), "text": sealed_text}
+        return self.enqueuer.prepare("inbound", payload)
 
     def _outgoing(self, tid: str, to: str, city_number: str, text: str, action: str, *,
                   rule_text: bool = False) -> tuple[Admission, QueuePut] | None:

@@ -25,27 +25,21 @@ def process_cpu_s(pid: int) -> float | None:
         return None
 
 
-def _cpu_line() -> list[int] | None:
+def machine_s() -> tuple[float | None, float | None]:
+    """(busy, steal) CPU seconds of all cores since boot, from one read of /proc/stat.
+
+    busy: not idle nor waiting for I/O, steal included (guest time is already in user time).
+    steal: time the hypervisor gave this machine's cores to other guests: a virtual core that
+    was 'running' our code but not getting a real one (a busy host)."""
     try:
         with open("/proc/stat", encoding="ascii") as f:
-            return [int(v) for v in f.readline().split()[1:]]
+            values = [int(v) for v in f.readline().split()[1:]]
     except (OSError, ValueError):
-        return None
-
-
-def machine_busy_s() -> float | None:
-    """CPU seconds all cores spent busy (not idle or waiting for I/O) since boot, steal included."""
-    values = _cpu_line()
-    if values is None or len(values) < 5:
-        return None
-    return (sum(values[:8]) - values[3] - values[4]) / _TICK  # guest time is already in user time
-
-
-def machine_steal_s() -> float | None:
-    """CPU seconds the hypervisor gave this machine's cores to other guests since boot: a
-    virtual core that was 'running' our code but not getting a real one (a busy host)."""
-    values = _cpu_line()
-    return values[7] / _TICK if values is not None and len(values) > 7 else None
+        return None, None
+    if len(values) < 5:
+        return None, None
+    steal = values[7] / _TICK if len(values) > 7 else None
+    return (sum(values[:8]) - values[3] - values[4]) / _TICK, steal
 
 
 class CpuWindow:
@@ -58,15 +52,17 @@ class CpuWindow:
         self._wall = 0.0
 
     def __enter__(self) -> CpuWindow:
-        self._start = {k: process_cpu_s(p) for k, p in self.pids.items()} | {"machine": machine_busy_s(),
-                                                                             "steal": machine_steal_s()}
+        self._start = self._read()
         self._wall = time.perf_counter()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._end = {k: process_cpu_s(p) for k, p in self.pids.items()} | {"machine": machine_busy_s(),
-                                                                           "steal": machine_steal_s()}
+        self._end = self._read()
         self._wall = time.perf_counter() - self._wall
+
+    def _read(self) -> dict[str, float | None]:
+        busy, steal = machine_s()
+        return {k: process_cpu_s(p) for k, p in self.pids.items()} | {"machine": busy, "steal": steal}
 
     def summary(self) -> dict[str, Any]:
         """Percent of one core per process, the machine's busy cores, and what others used."""

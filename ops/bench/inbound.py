@@ -28,10 +28,13 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.redisproc import RedisProcess
 from ops.bench.cpu import CpuWindow
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
 
 ROOT = Path(__file__).resolve().parents[2]
 GOAL_PER_S = 3000.0
@@ -106,28 +109,36 @@ async def _run_bare(steps: list[int], seconds: float, warmup: float) -> list[dic
         gc.unfreeze()
 
 
-async def _run_gateway(redis_url: str, steps: list[int], seconds: float, warmup: float,
-                       redis_pid: int | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    import redis.asyncio as aioredis
-
+def bench_gateway(redis_url: str, sink: Any, *, redis_timeout_s: float | None = None) -> Gateway:
+    """The gateway the inbound figures measure: the embedded default configuration, ``rules/``,
+    the dramatiq broker on `redis_url`, sandbox SMS/Alimtalk providers, no PBX (also what
+    `ops.bench.instructions` counts)."""
     from adapters.sandbox_messaging import SandboxAlimtalk, SandboxSms
     from gateway.app import Gateway, Overrides
     from gateway.config import load_config
-    from gateway.http import HttpServer, make_app
     from gateway.replay import demo_environ
     from ops.bench.ami_ingest.runner import RULES_DIR
 
     config = load_config(None)
-    environ = demo_environ(config, os.environ)
-    spec = config.inbound[PROVIDER]
-    secret = environ[spec["signature_env"]]
+    over = Overrides(redis_url=redis_url, rules_dir=RULES_DIR, queue_namespace="bench",
+                     redis_timeout_s=redis_timeout_s,
+                     alimtalk={"sandbox-alimtalk": SandboxAlimtalk("sandbox-alimtalk")},
+                     sms={PROVIDER: SandboxSms(PROVIDER)})
+    return Gateway(config, sink, environ=demo_environ(config, os.environ), overrides=over)
+
+
+async def _run_gateway(redis_url: str, steps: list[int], seconds: float, warmup: float,
+                       redis_pid: int | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    import redis.asyncio as aioredis
+
+    from gateway.http import HttpServer, make_app
+
     client = aioredis.Redis.from_url(redis_url)
     await client.flushall()
     sink = _Collect()
-    over = Overrides(redis_url=redis_url, rules_dir=RULES_DIR, queue_namespace="bench",
-                     alimtalk={"sandbox-alimtalk": SandboxAlimtalk("sandbox-alimtalk")},
-                     sms={PROVIDER: SandboxSms(PROVIDER)})
-    gateway = Gateway(config, sink, environ=environ, overrides=over)
+    gateway = bench_gateway(redis_url, sink)
+    spec = gateway.config.inbound[PROVIDER]
+    secret = gateway.environ[spec["signature_env"]]
     http = HttpServer(make_app(gateway.health, gateway.reports, gateway.http_routes), "127.0.0.1", 0)
     host, port = await http.start()
     try:

@@ -101,21 +101,12 @@ async def _accepts(n: int, redis_url: str, step: str = "accept") -> None:
     import gc
     from dataclasses import replace
 
-    from adapters.sandbox_messaging import SandboxAlimtalk, SandboxSms
-    from gateway.app import Gateway, Overrides
-    from gateway.config import load_config
     from gateway.domain.numbers import NumberPlan
     from gateway.domain.routing import route
     from gateway.intake import inbound_from_fields
-    from gateway.replay import demo_environ
-    from ops.bench.ami_ingest.runner import RULES_DIR
-    from ops.bench.inbound import PROVIDER, _Collect
+    from ops.bench.inbound import PROVIDER, _Collect, bench_gateway
 
-    config = load_config(None)
-    over = Overrides(redis_url=redis_url, rules_dir=RULES_DIR, queue_namespace="bench", redis_timeout_s=60.0,
-                     alimtalk={"sandbox-alimtalk": SandboxAlimtalk("sandbox-alimtalk")},
-                     sms={PROVIDER: SandboxSms(PROVIDER)})
-    gateway = Gateway(config, _Collect(), environ=demo_environ(config, {}), overrides=over)
+    gateway = bench_gateway(redis_url, _Collect(), redis_timeout_s=60.0)
     gc.collect()
     gc.freeze()  # as `gateway run` does
     first = inbound_from_fields({"message_id": "m", "from": "01012345678", "to": "031-900-2000",
@@ -126,13 +117,11 @@ async def _accepts(n: int, redis_url: str, step: str = "accept") -> None:
     intake = gateway.intake
     routing, tid = intake._routing(), "t0123456789abcdef0123"
     if routing is None:
-        raise RuntimeError(f"no routing rules in {RULES_DIR}")
+        raise RuntimeError("the bench gateway loaded no routing rules")
     parts: dict[str, Callable[[InboundSms], object]] = {
         "route": lambda m: route(m, routing, None),
-        "notify_job": lambda m: gateway.enqueuer.prepare(  # as `Intake._plan` builds it
-            "inbound", {"v": 1, "thread": tid, "queue": "complaint", "rule": "r", "priority": "normal",
-                        "message_id": m.message_id, "provider": m.provider, "at": m.received_at,
-                        "citizen": "010-****-5678", "text": "k1.xxxxxxxxxxxxxxxx.yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy"}),
+        "notify_job": lambda m: intake._notification(m, tid, "k1.xxxxxxxxxxxxxxxx.yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy",
+                                                     queue="complaint", rule="r", priority="normal"),
         "auto_reply": lambda m: _auto_reply(intake, tid, m),
     }
     try:
