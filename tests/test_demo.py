@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -30,12 +33,29 @@ def _wait_for(path: Path, pattern: str, timeout_s: float) -> str:
     raise AssertionError(f"{pattern!r} not seen within {timeout_s} s:\n{path.read_text('utf-8', errors='replace')}")
 
 
+def _rules_in_quiet_hours(tmp_path: Path) -> Path:
+    """The project's rules with the quiet hours moved around the present moment (Asia/Seoul), so
+    that a post-call is deferred whatever the time of day the test runs at."""
+    rules = tmp_path / "rules"
+    shutil.copytree(ROOT / "rules", rules)
+    now = datetime.now(ZoneInfo("Asia/Seoul"))
+    start, end = (now - timedelta(hours=1)).strftime("%H:%M"), (now + timedelta(hours=2)).strftime("%H:%M")
+    messaging = rules / "messaging.yaml"
+    text, n = re.subn(r"^quiet_hours: .*$", f'quiet_hours: {{start: "{start}", end: "{end}"}}',
+                      messaging.read_text("utf-8"), flags=re.M)
+    assert n == 1
+    messaging.write_text(text, "utf-8")
+    return rules
+
+
 def test_demo_runs_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     out = tmp_path / "demo.log"
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    rules = _rules_in_quiet_hours(tmp_path)
     with out.open("wb") as sink:
         # A session of its own stands in for the terminal: Ctrl-C signals the whole group.
-        proc = subprocess.Popen([sys.executable, "-m", "gateway", "demo", "--http-port", "0", "--speed", "4"],
+        proc = subprocess.Popen([sys.executable, "-m", "gateway", "demo", "--http-port", "0", "--speed", "4",
+                                 "--rules", str(rules)],
                                 cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         text = _wait_for(out, r"\[lettering\] .* delivered", 60)
