@@ -181,6 +181,9 @@ class Overrides:
     # Longer Redis command timeouts on the real-time connections, for a process slowed down on
     # purpose (`ops.bench.instructions` runs the gateway under valgrind, ~50 times slower).
     redis_timeout_s: float | None = None
+    # Every queue's notification webhook (notify.yaml) goes here instead: the demo's loopback
+    # stand-in for the complaint system.
+    notify_webhook_url: str | None = None
 
 
 class Gateway:
@@ -423,8 +426,11 @@ def build_worker(config: GatewayConfig, *, environ: Mapping[str, str], redis_url
                       dedupe_ttl_s=config.dedupe_ttl_s, alimtalk=alimtalk, sms=sms,
                       device_memory_s=holder.messaging.device_memory_days * 86400)
 
-    runtime = WorkerRuntime(outbox, sealer, Enqueuer(broker, sealer), sink)
+    runtime = WorkerRuntime(outbox, sealer, Enqueuer(broker, sealer), sink, environ=environ)
     runtime.notify = holder.get_notify
+    if over.notify_webhook_url:
+        redirect = over.notify_webhook_url
+        runtime.notify = lambda: holder.get_notify().with_webhook_url(redirect)
     runtime.queue_names = lambda: {q: info.name for q, info in holder.routing.queues.items()} if holder.routing else {}
     declare_actors(broker, runtime)
     return broker, runtime

@@ -2,17 +2,22 @@
 
 Starts a Redis (REDIS_URL, else a private redis-server), the built-in AMI server playing
 every recorded transcript in a loop at real speed (fresh call ids each round), sandbox
-carriers, the gateway and its health endpoints; prints each call and lettering as it
-happens.
+carriers, the gateway, its worker and its health endpoints, and a loopback stand-in for
+the complaint system the citizens' messages are posted to; prints each call, lettering and
+message as it happens.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import secrets
 import signal
 import sys
+import time
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -23,11 +28,15 @@ from gateway.amiserver import TRANSCRIPTS_DIR, AmiServer, Transcript
 from gateway.app import Gateway, Overrides, build_worker
 from gateway.config import GatewayConfig
 from gateway.domain.models import LetteringResult, SendResult
+from gateway.domain.notify import NotifyRules
+from gateway.errors import GatewayError
 from gateway.http import HttpServer, make_app
+from gateway.notify_rules import load_notify
 from gateway.providerstats import publish
 from gateway.redisproc import RedisProcess
 from gateway.replay import demo_environ, sandbox_carriers, sandbox_messaging
 from gateway.sinks import ConsoleSink
+from gateway.webhooks import InboundProvider, verify
 from gateway.worker import start_worker, stop_worker
 
 # The order a visitor learns most from: ordinary calls first, the odd cases after.
@@ -50,9 +59,59 @@ def demo_transcripts(directory: Path = TRANSCRIPTS_DIR) -> list[Transcript]:
     return [Transcript.load(directory / f"{n}.ami") for n in names]
 
 
+class ComplaintDesk:
+    """A loopback stand-in for the systems `notify.yaml` posts citizens' messages to (the
+    complaint system): it checks each notification's signature with its queue's secret, as the
+    real receiver must, prints it, and answers 200 (401 for a bad signature)."""
+
+    def __init__(self, notify: NotifyRules, environ: Mapping[str, str], out: TextIO) -> None:
+        self.notify = notify
+        self.environ = environ
+        self.out = out
+        self.url = ""
+        self._runner: Any = None
+
+    async def start(self) -> str:
+        from aiohttp import web
+
+        app = web.Application(client_max_size=64 * 1024)
+        app.router.add_post("/citizen-sms", self._receive)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}/citizen-sms"
+        return self.url
+
+    async def _receive(self, request: Any) -> Any:
+        from aiohttp import web
+
+        body = await request.read()
+        try:
+            data = json.loads(body)
+            secret = self.environ.get(self.notify.sinks(str(data["queue"])).webhook_secret_env, "")
+            verify(InboundProvider("complaint-desk", secret, self.url), request.headers, body, time.time())
+        except (ValueError, KeyError, TypeError, GatewayError) as exc:
+            print(f"[complaint] rejected: {exc}", file=self.out)
+            return web.json_response({"error": str(exc)}, status=401)
+        print(f"[complaint] received (signature ok): queue {data['queue']} thread {data['thread']} "
+              f"citizen {data.get('citizen')} \"{data.get('text')}\"", file=self.out)
+        return web.json_response({"status": "received"})
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
 async def run_demo(config: GatewayConfig, *, out: TextIO = sys.stdout, duration_s: float | None = None,
                    http_port: int | None = None, speed: str = "real", rules_dir: Path | None = None) -> int:
     environ = demo_environ(config, os.environ)
+    notify = load_notify(rules_dir or config.rules_dir)
+    for sinks in notify.queues.values():  # the stand-in complaint system's keys
+        if sinks.webhook_secret_env:
+            environ.setdefault(sinks.webhook_secret_env, secrets.token_urlsafe(18))
+    desk = ComplaintDesk(notify, environ, out)
     redis_proc: RedisProcess | None = None
     redis_url = config.resolved_redis_url(environ)
     if not redis_url:
@@ -80,10 +139,12 @@ async def run_demo(config: GatewayConfig, *, out: TextIO = sys.stdout, duration_
         host, port = await server.start()
         print(f"demo: built-in AMI server replaying {len(server.plans)} recorded sessions on {host}:{port}",
               file=out)
+        desk_url = await desk.start()
+        print(f"demo: stand-in complaint system (notify.yaml's webhooks) at {desk_url}", file=out)
         messaging = sandbox_messaging(config, DEMO_MESSAGING_OUTCOMES)
         messaging.queue_namespace = "gw-demo"
         broker, runtime = build_worker(config, environ=environ, redis_url=redis_url, sink=sink,
-                                        overrides=replace(messaging, rules_dir=rules_dir))
+                                        overrides=replace(messaging, rules_dir=rules_dir, notify_webhook_url=desk_url))
         worker = start_worker(broker, threads=2, idle_ms=200)
         gateway = Gateway(config, sink, environ=environ, overrides=Overrides(
             redis_url=redis_url, rules_dir=rules_dir, pbx_address=(host, port),
@@ -122,6 +183,7 @@ async def run_demo(config: GatewayConfig, *, out: TextIO = sys.stdout, duration_
         if worker is not None:
             await asyncio.to_thread(stop_worker, worker)
         await server.stop()
+        await desk.stop()
         if redis_proc is not None:
             redis_proc.cleanup()
     counts = ", ".join(f"{k} {v}" for k, v in sorted(sink.counts.items()))

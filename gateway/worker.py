@@ -98,8 +98,11 @@ class WorkerRuntime:
     client and the providers' HTTP sessions belong to the loop that uses them)."""
 
     def __init__(self, build_outbox: Callable[[], Outbox], sealer: Sealer, enqueuer: Enqueuer,
-                 sink: DecisionSink | None = None) -> None:
+                 sink: DecisionSink | None = None, environ: Mapping[str, str] | None = None) -> None:
         self._build_outbox = build_outbox
+        # Where the notification webhooks' secrets are read (`secret_env` in notify.yaml): the
+        # process environment, or the one the demo and tests were given.
+        self.environ: Mapping[str, str] = os.environ if environ is None else environ
         self._outbox: Outbox | None = None
         self.sealer = sealer
         self.enqueuer = enqueuer
@@ -217,7 +220,7 @@ class WorkerRuntime:
     async def _webhook(self, url: str, secret_env: str, body: Mapping[str, Any], key: str) -> None:
         import aiohttp
 
-        secret = os.environ.get(secret_env, "")
+        secret = self.environ.get(secret_env, "")
         if not secret:
             log.error("webhook %s: environment variable %s is not set; notification dead-lettered", url, secret_env)
             raise NotConfigured(f"webhook secret {secret_env} is not set")

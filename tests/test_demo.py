@@ -76,6 +76,11 @@ def test_demo_runs_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     assert "without Redis" not in text  # Redis outlived the Ctrl-C: the shutdown went in order
     assert re.search(r"\[sent\] .*auto_reply:demo-sms-1 .*accepted", text)
     assert re.search(r"\[sent\] .*opt_out_confirm:demo-sms-3 .*accepted", text)
+    # notify.yaml's complaint webhook reached the stand-in complaint system, signed with the
+    # secret the worker was given (not only the process environment), and nothing logged an error.
+    assert re.search(r"\[complaint\] received \(signature ok\): queue complaint .*010-\*\*\*\*-4444", text)
+    assert re.search(r"\[notified\] .*queue complaint -> webhook: 200", text)
+    assert " ERROR " not in text, text[-3000:]
     assert "010-****-" in text and not re.search(r"\b010\d{8}\b", text)  # numbers masked
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
         pass  # the demo stopped its Redis on the way out

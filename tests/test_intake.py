@@ -396,3 +396,15 @@ async def test_queue_sinks_webhook_and_duty_officer(env: dict[str, str], redis_u
     assert "+821012345678" not in raw.decode()  # the complaint system gets the masked number
     (duty,) = [r for r in s.sms.requests if r.to == "+821020000001"]  # 김당직's shift
     assert duty.sender == "+82319000119" and "낙하물" in duty.text
+
+
+def test_notify_rules_redirected_keep_their_secrets() -> None:
+    """`with_webhook_url` (the demo's stand-in complaint system) moves only the URLs."""
+    from gateway.domain.notify import NotifyRules, QueueSinks
+
+    rules = NotifyRules(queues={"complaint": QueueSinks("https://c.example/x", "C_SECRET"),
+                                "duty": QueueSinks(notify_duty_officer=True)}, sender="+82319000119")
+    moved = rules.with_webhook_url("http://127.0.0.1:9/desk")
+    assert moved.sinks("complaint") == QueueSinks("http://127.0.0.1:9/desk", "C_SECRET")
+    assert moved.sinks("duty") == QueueSinks(notify_duty_officer=True)  # no webhook: none added
+    assert moved.sender == rules.sender and rules.sinks("complaint").webhook_url == "https://c.example/x"
