@@ -218,7 +218,7 @@ class Gateway:
         self.enqueuer = Enqueuer(self.broker, self.sealer, wire=Wire.from_url(redis_url, timeout_s=max(2.0, slow)))
         alimtalk_provider = next(iter(self.over.alimtalk or config.alimtalk), "")
         self.reports = ReportIntake(build_parsers(config.webhooks, self.environ), self.store)
-        sms_provider = next(iter(self.over.sms or config.sms), "")
+        sms_provider = reply_provider(config, self.over)
         self.intake = Intake(self.redis, routing=self.rules.get_routing, messaging=self.rules.get_messaging,
                              sealer=self.sealer, hash_key=self.outbox.hash_key, outbox=self.outbox,
                              enqueuer=self.enqueuer, sms_provider=sms_provider, sink=sink, wire=self.wire)
@@ -406,6 +406,12 @@ class Gateway:
         }
 
 
+def reply_provider(config: GatewayConfig, over: Overrides) -> str:
+    """The SMS provider replies to citizens go through (staff replies, automatic replies): the
+    first configured; "" when there is none."""
+    return next(iter(over.sms or config.sms), "")
+
+
 def build_worker(config: GatewayConfig, *, environ: Mapping[str, str], redis_url: str,
                  sink: DecisionSink | None = None, overrides: Overrides | None = None) -> tuple[Any, WorkerRuntime]:
     """The broker with its actors and the runtime they use (`gateway worker`, replay, demo)."""
@@ -427,6 +433,7 @@ def build_worker(config: GatewayConfig, *, environ: Mapping[str, str], redis_url
                       device_memory_s=holder.messaging.device_memory_days * 86400)
 
     runtime = WorkerRuntime(outbox, sealer, Enqueuer(broker, sealer), sink, environ=environ)
+    runtime.reply_provider = reply_provider(config, over)
     runtime.notify = holder.get_notify
     if over.notify_webhook_url:
         redirect = over.notify_webhook_url

@@ -1,10 +1,12 @@
 """Citizens' text messages: intake, opt-out, routing, the staff inbox and replies.
 
 `Intake.accept` is what both intake edges (HTTP webhook, SMTP relay) call. It returns only
-once the message is durable in Redis (one Lua step: idempotency key, thread, inbox entry),
-so the edge can answer 2xx/250; when Redis cannot be reached it raises `StoreUnavailable`
+once the message is durable in Redis (one Lua step: idempotency key, thread, inbox entry and
+the queue's notification job), so the edge can answer 2xx/250; when Redis cannot be reached it raises `StoreUnavailable`
 and the edge answers 503/451 so the provider retries. A repeated provider message id is a
-duplicate: stored once, answered as success.
+duplicate: stored once, answered as success. What may wait is done by the worker from the
+notification job: the queue's sinks (webhook, officer on duty) and the rules' automatic reply or
+opt-out confirmation (`gateway.replies`), so that a webhook costs the provider as little as it can.
 
 The citizen's number and every text are sealed (AES-GCM) at rest; the thread id and the
 opt-out record are keyed by a keyed hash of the number, never the number itself.
@@ -21,23 +23,21 @@ import unicodedata
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.crypto import Sealer
-from gateway.domain.models import SmsRequest
 from gateway.domain.numbers import mask
 from gateway.domain.postcall import MessagingRules
 from gateway.domain.routing import InboundSms, RoutingRules, ThreadContext, route
-from gateway.domain.smstext import choose
 from gateway.errors import GatewayError, StoreUnavailable
-from gateway.jobs import Enqueuer, encode_message
-from gateway.outbox import Admission, Outbox, QueuedMessage, Verdict
+from gateway.jobs import Enqueuer
+from gateway.outbox import Outbox, Verdict
 from gateway.ports import DecisionSink, QueuePut
-from gateway.store import CLAIM_LUA, NONE_KEY, PREFIX, contact_key, number_hash, optout_key
+from gateway.replies import Replies
+from gateway.store import NONE_KEY, PREFIX, contact_key, number_hash, optout_key
 from gateway.wire import Wire
 
 log = logging.getLogger(__name__)
@@ -45,27 +45,20 @@ log = logging.getLogger(__name__)
 IDEMPOTENCY_TTL_S = 30 * 86400
 CONTACT_TTL_S = 30 * 86400
 
-# Auto-replies and opt-out confirmations are the rules' few fixed texts: made EUC-KR-safe once,
-# not on every message (it was a fifth of an accept's CPU). Staff replies are not cached.
-_choose_rule_text = lru_cache(maxsize=256)(choose)
-
 # One atomic step per citizen's message (one round trip):
 # KEYS: idempotency, thread hash, thread messages, inbox stream; the notification job's message
-#       hash and queue list (both NONE_KEY: no job); the citizen's contact key; then the keys of
-#       the auto-reply's claim (`CLAIM_LUA`), if any.
+#       hash and queue list (both NONE_KEY: no job); the citizen's contact key.
 # ARGV: result, ttl, city number, sealed sender, sender hash, queue, at, sealed text, message id,
 #       provider, thread id, priority, rule, tags, job id, job data; the contact value the
-#       message was routed with ("" for none); the number of claim keys (0: no auto-reply);
-#       then the claim's arguments.
-# Returns {0, earlier result, ""} for a duplicate; {2, contact, ""} when the citizen's contact
-# is not the one routed with (nothing stored: route again with it); else {1, result, verdict}
-# with the auto-reply's claim verdict ("" for none) -- stored, notification queued and
-# auto-reply admitted and queued, or nothing.
-_ACCEPT = CLAIM_LUA + """
+#       message was routed with ("" for none).
+# Returns {0, earlier result} for a duplicate; {2, contact} when the citizen's contact is not the
+# one routed with (nothing stored: route again with it); else {1, result}: stored and
+# notification queued, or nothing.
+_ACCEPT = """
 local earlier = redis.call('GET', KEYS[1])
-if earlier then return {0, earlier, ''} end
+if earlier then return {0, earlier} end
 local contact = redis.call('GET', KEYS[7]) or ''
-if contact ~= ARGV[17] then return {2, contact, ''} end
+if contact ~= ARGV[17] then return {2, contact} end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('HSET', KEYS[2], 'to', ARGV[3], 'sender', ARGV[4], 'sender_hash', ARGV[5], 'queue', ARGV[6],
            'last_at', ARGV[7])
@@ -79,15 +72,7 @@ if KEYS[5] ~= KEYS[6] then
   redis.call('HSET', KEYS[5], ARGV[15], ARGV[16])
   redis.call('RPUSH', KEYS[6], ARGV[15])
 end
-local verdict = ''
-local nk = tonumber(ARGV[18])
-if nk > 0 then
-  local K, A = {}, {}
-  for i = 1, nk do K[i] = KEYS[7 + i] end
-  for i = 19, #ARGV do A[#A + 1] = ARGV[i] end
-  verdict = claim_then(K, A)
-end
-return {1, ARGV[1], verdict}
+return {1, ARGV[1]}
 """
 # A contact that changes between routing and storing, again and again: give up (503, the
 # provider retries) rather than loop.
@@ -102,9 +87,7 @@ class _Plan:
     priority: str
     rule: str
     tags: str
-    job: QueuePut | None  # the queue's notification
-    claim_keys: list[str]  # the auto-reply's claim (empty: no auto-reply)
-    claim_args: list[int | str | bytes]
+    job: QueuePut | None  # the queue's notification (with the reply the worker sends, if any)
 
 
 class InboundRejected(GatewayError):
@@ -187,6 +170,7 @@ class Intake:
         self.sms_provider = sms_provider
         self.sink = sink
         self.optouts = OptOutRegistry(client, hash_key)
+        self.replies = Replies(outbox, enqueuer, sealer, sms_provider)
         self.counts: dict[tuple[str, str, str], int] = {}  # (queue, status, keyword) for /metrics
         self._accept = self.wire.register_script(_ACCEPT)
 
@@ -228,17 +212,17 @@ class Intake:
                 await self.optouts.set(sms.sender, keyword == "opt_out", channel="sms", via=sms.provider)
             for _ in range(_ROUTING_ATTEMPTS):
                 plan = self._plan(sms, routing=routing, rules=rules, keyword=keyword, context=self._context(contact),
-                                  tid=tid, sealed_text=sealed_text)
+                                  tid=tid, sealed_text=sealed_text, sealed_sender=sealed_sender)
                 keys = [f"{PREFIX}in:{sms.provider}:{sms.message_id}", f"{PREFIX}thread:{tid}",
                         f"{PREFIX}thread:{tid}:msgs", f"{PREFIX}inbox:{plan.queue}",
                         plan.job.msgs_key if plan.job else NONE_KEY, plan.job.queue_key if plan.job else NONE_KEY,
-                        contact_key(sender_hash), *plan.claim_keys]
+                        contact_key(sender_hash)]
                 args: list[str | int | bytes] = [
                     f"{tid}|{plan.queue}", IDEMPOTENCY_TTL_S, sms.to, sealed_sender, sender_hash, plan.queue,
                     f"{sms.received_at:.3f}", sealed_text, sms.message_id, sms.provider, tid, plan.priority, plan.rule,
                     plan.tags, plan.job.message_id if plan.job else "", plan.job.data if plan.job else b"",
-                    contact, len(plan.claim_keys), *plan.claim_args]
-                stored, value, verdict = await self._accept(keys=keys, args=args)
+                    contact]
+                stored, value = await self._accept(keys=keys, args=args)
                 if int(stored) != 2:
                     break
                 contact = value
@@ -258,73 +242,43 @@ class Intake:
                      status, queue, plan.rule)
         if status == "accepted" and self.enqueuer is not None:
             self.enqueuer.enqueued += plan.job is not None
-            if plan.claim_keys and self.outbox.verdict_of(verdict.decode()) is Verdict.ADMITTED:
-                self.enqueuer.enqueued += 1
         return IntakeResult(status, tid, queue, keyword)
 
     def _plan(self, sms: InboundSms, *, routing: RoutingRules | None, rules: MessagingRules, keyword: str,
-              context: ThreadContext | None, tid: str, sealed_text: str) -> _Plan:
-        """Route the message; prepare its notification job and its auto-reply (or opt-out
-        confirmation) with the reply's claim, all to go into the accept's one step."""
+              context: ThreadContext | None, tid: str, sealed_text: str, sealed_sender: str) -> _Plan:
+        """Route the message and prepare its notification job, with the automatic reply (or
+        opt-out confirmation) the worker is to send, all to go into the accept's one step."""
         if routing is None:
             queue, priority, rule, tags, reply = "complaint", "normal", "(no routing.yaml)", "", None
         else:
             decision = route(sms, routing, context)
             queue, priority, rule = decision.queue, decision.priority.value, decision.rule
             tags, reply = ",".join(decision.tags), decision.auto_reply
-        job = self._notification(sms, tid, sealed_text, queue=queue, rule=rule, priority=priority)
         if keyword:
             # ("opt_out_confirm:..." is the one action the guard lets through to an opted-out number)
             reply = rules.optout_confirmation if keyword == "opt_out" else rules.optin_confirmation
             action = f"{keyword}_confirm:{sms.message_id}"
         else:
             action = f"auto_reply:{sms.message_id}"
-        claim: tuple[list[str], list[int | str | bytes]] | None = None
-        if reply:
-            outgoing = self._outgoing(tid, sms.sender, sms.to, reply, action, rule_text=True)
-            if outgoing is not None:
-                claim = self.outbox.admission_call(outgoing[0], then=outgoing[1])
-        keys, args = claim or ([], [])
-        return _Plan(queue, priority, rule, tags, job, keys, args)
+        job = self._notification(sms, tid, sealed_text, queue=queue, rule=rule, priority=priority,
+                                 reply=(reply, action, sealed_sender) if reply else None)
+        return _Plan(queue, priority, rule, tags, job)
 
     def _notification(self, sms: InboundSms, tid: str, sealed_text: str, *, queue: str, rule: str,
-                      priority: str) -> QueuePut | None:
-        """The queue's notification job (webhook, duty SMS) for an accepted message; None when
-        nothing is queued (no broker)."""
+                      priority: str, reply: tuple[str, str, str] | None = None) -> QueuePut | None:
+        """The queue's notification job (webhook, duty SMS) for an accepted message, with the
+        reply (text, action, the citizen's sealed number) the worker sends from the city number
+        texted; None when nothing is queued (no broker)."""
         if self.enqueuer is None:
             return None
-        payload = {"v": 1, "thread": tid, "queue": queue, "rule": rule, "priority": priority,
-                   "message_id": sms.message_id, "provider": sms.provider, "at": sms.received_at,
-                   "citizen": mask(sms.sender), "text": sealed_text}
+        payload: dict[str, Any] = {
+            "v": 1, "thread": tid, "queue": queue, "rule": rule, "priority": priority, "message_id": sms.message_id,
+            "provider": sms.provider, "at": sms.received_at, "citizen": mask(sms.sender), "text": sealed_text}
+        if reply is not None and self.replies.sms_provider:
+            text, action, sealed_sender = reply
+            # The citizen's number sealed as the thread keeps it (bound to the thread id).
+            payload["reply"] = {"text": text, "action": action, "to": sealed_sender, "from": sms.to}
         return self.enqueuer.prepare("inbound", payload)
-
-    def _outgoing(self, tid: str, to: str, city_number: str, text: str, action: str, *,
-                  rule_text: bool = False) -> tuple[Admission, QueuePut] | None:
-        """An SMS/LMS to a citizen from the city number they texted: its admission, and its job
-        with the thread entry to add once admitted. None when no SMS provider is configured."""
-        if self.enqueuer is None or not self.sms_provider:
-            return None
-        kind, safe = _choose_rule_text(text) if rule_text else choose(text)
-        key = self.outbox.key_for("sms", tid, action, to)
-        sms = SmsRequest(key, to, city_number, safe, safe.split("\n", 1)[0][:20], kind)
-        message = QueuedMessage(key, "sms", tid, action, to, self.sms_provider, sms=sms)
-        put = self.enqueuer.prepare("sms", encode_message(message, self.sealer),
-                                    stream_key=f"{PREFIX}thread:{tid}:msgs", stream_fields=(
-                                        ("dir", "out"), ("at", f"{time.time():.3f}"),
-                                        ("text", self.sealer.seal(safe, tid.encode())), ("action", action)))
-        return Admission("sms", tid, action, to), put
-
-    async def _send(self, tid: str, to: str, city_number: str, text: str, action: str) -> str:
-        """Queue an SMS/LMS through the guard: admitted, queued and written to the thread in one
-        atomic step (one round trip)."""
-        outgoing = self._outgoing(tid, to, city_number, text, action)
-        if outgoing is None or self.enqueuer is None:
-            return "not_configured"
-        verdict = await self.outbox.admit(outgoing[0], then=outgoing[1])
-        if verdict is not Verdict.ADMITTED:
-            return verdict.value
-        self.enqueuer.enqueued += 1
-        return "queued"
 
     # ------------------------------------------------------------------ staff side
     async def inbox(self, queue: str, *, count: int = 50) -> list[dict[str, Any]]:
@@ -364,7 +318,7 @@ class Intake:
         if not text.strip():
             raise InboundRejected("empty reply")
         sender = self.sealer.open(t["sender"], tid.encode())
-        result = await self._send(tid, sender, t["to"], text, f"reply:{uuid.uuid4().hex[:12]}")
+        result = await self.replies.send(tid, sender, t["to"], text, f"reply:{uuid.uuid4().hex[:12]}")
         if result == Verdict.OPTED_OUT.value:
             raise OptedOut("the citizen refused messages (수신거부); no reply is sent")
         self.sink.decision({"event": "reply", "thread": tid, "staff": staff, "result": result})

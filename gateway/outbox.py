@@ -234,16 +234,6 @@ class Outbox:
             return Verdict.STORE_UNAVAILABLE
         return self.verdict_of(claim)
 
-    def admission_call(self, admission: Admission, *,
-                       then: QueuePut | None = None) -> tuple[list[str], list[int | str | bytes]] | None:
-        """`admit`'s claim as keys and arguments of the store's claim function, for a caller
-        that runs it inside its own atomic step (the inbound accept); hand its answer to
-        `verdict_of`. None when the recipient is not a phone number (counted)."""
-        if not admission.recipient.startswith("+"):
-            self._count(Verdict.INVALID_RECIPIENT)
-            return None
-        return self.store.claim_call(**self._claim_kwargs(admission, then))
-
     def verdict_of(self, claim: str) -> Verdict:
         """The verdict for a claim's answer, counted for /metrics."""
         verdict = Verdict.ADMITTED if claim in ("ok", "ok_no_lettering") else Verdict(claim)

@@ -89,14 +89,6 @@ class OutboxStore(Protocol):
         With `then`, an admitted claim also queues that job, in the same atomic step."""
         ...
 
-    def claim_call(self, *, dedupe_key: str, recipient_hash: str, ttl_s: float, rate_limit: int,
-                   rate_window_s: int, cap_key: str = "", cap_ttl_s: int = 0,
-                   check_no_lettering: bool = False, ignore_optout: bool = False, lease: bool = False,
-                   then: QueuePut | None = None) -> tuple[list[str], list[int | str | bytes]]:
-        """The same claim as the keys and arguments of the store's claim function (Redis:
-        `gateway.store.CLAIM_LUA`), for a caller that runs it inside its own atomic step."""
-        ...
-
     async def check_send(self, *, recipient_hash: str, idempotency_key: str) -> str:
         """"ok", "opted_out" or "already_sent"."""
         ...

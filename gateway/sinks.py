@@ -77,6 +77,8 @@ class ConsoleSink:
         if kind == "notified":
             who = f" {r['officer']}" if r.get("officer") else ""
             return f"[notified]  thread {r['thread']} queue {r['queue']} -> {r['sink']}{who}: {r['result']}"
+        if kind == "replied":
+            return f"[replied]   thread {r['thread']} {r['action']} → {mask(str(r['to']))}: {r['result']}"
         if kind == "reply":
             return f"[reply]     thread {r['thread']} by {r['staff']}: {r['result']}"
         if kind == "skipped":

@@ -34,8 +34,8 @@ PREFIX = "gw:"
 AUDIT_STREAM = PREFIX + "audit"
 AUDIT_MAXLEN = 200_000
 
-# The guard as a Lua function over a key table K and an argument table A, so that a caller's
-# own script can run it inside its atomic step (the inbound accept does: `claim_call`).
+# The guard as a Lua function over a key table K and an argument table A (`claim_call` builds
+# them), so that a script of its own could run it inside its atomic step.
 # K: opt-out, dedupe, rate, cap, no-lettering-device flag (the last two may be the unused NONE
 # key), NONE; then optionally the job's message hash, its queue list and a stream (NONE: no
 # entry). A: dedupe ttl ms, rate limit, window s, claim value, cap ttl ms; then the job's redis
@@ -201,8 +201,7 @@ class RedisOutboxStore:
                    rate_window_s: int, cap_key: str = "", cap_ttl_s: int = 0,
                    check_no_lettering: bool = False, ignore_optout: bool = False, lease: bool = False,
                    then: QueuePut | None = None) -> tuple[list[str], list[int | str | bytes]]:
-        """The claim's (K, A) for `CLAIM_LUA`'s `claim_then`: what `claim` sends, for a caller
-        that runs the guard inside its own script."""
+        """The claim's (K, A) for `CLAIM_LUA`'s `claim_then`: what `claim` sends."""
         window = max(1, rate_window_s)
         bucket = int(time.time() // window)
         keys = [NONE_KEY if ignore_optout else optout_key(recipient_hash), PREFIX + "dedupe:" + dedupe_key,

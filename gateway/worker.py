@@ -34,6 +34,7 @@ from gateway.errors import GatewayError, StoreUnavailable
 from gateway.jobs import QUEUES, Enqueuer, actor_name, actor_options, decode_message
 from gateway.outbox import Admission, Outbox, QueuedMessage, Verdict
 from gateway.ports import DecisionSink
+from gateway.replies import Replies
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ class WorkerRuntime:
         self.breakers: dict[str, CircuitBreaker] = {}
         self.notify: Callable[[], NotifyRules] | None = None
         self.queue_names: Callable[[], Mapping[str, str]] = dict
+        self.reply_provider = ""  # the SMS provider citizens' replies go through ("" : none configured)
         self.handled = 0
         self.in_flight = 0
         self.deferred = 0  # jobs put back because their provider's circuit was open
@@ -183,16 +185,23 @@ class WorkerRuntime:
             self.deferred += 1
 
     async def _inbound(self, payload: Mapping[str, Any]) -> None:
-        """Tell the queue's sinks about a citizen's message: a signed webhook, an SMS to the
-        officer on duty. Each is idempotent (webhook idempotency key, SMS sent marker), so a
-        retry after a partial failure repeats nothing the receiver already has."""
-        if self.notify is None:
-            return
+        """A citizen's message is in its queue: send the rules' automatic reply (or opt-out
+        confirmation), then tell the queue's sinks: a signed webhook, an SMS to the officer on
+        duty. Each is idempotent (the reply's guard claim, webhook idempotency key, SMS sent
+        marker), so a retry after a partial failure repeats nothing already done."""
         try:
             tid, queue, message_id = str(payload["thread"]), str(payload["queue"]), str(payload["message_id"])
             text = self.sealer.open(str(payload["text"]), tid.encode())
+            reply = payload.get("reply")
+            if reply:
+                reply_to = self.sealer.open(str(reply["to"]), tid.encode())
+                reply_text, reply_action, reply_from = str(reply["text"]), str(reply["action"]), str(reply["from"])
         except (SealError, KeyError, ValueError, TypeError) as exc:
             raise UnreadableJob(f"unreadable inbound notification: {exc}") from None
+        if reply:
+            await self._reply(tid, reply_to, reply_from, reply_text, reply_action)
+        if self.notify is None:
+            return
         rules = self.notify()
         sinks = rules.sinks(queue)
         if sinks.webhook_url:
@@ -216,6 +225,15 @@ class WorkerRuntime:
                             "officer": officer.name, "result": outcome})
                 if not isinstance(result, Verdict) and result.result is SendResult.TEMPORARY_ERROR:
                     raise TemporaryFailure(f"duty SMS: {result.detail}")
+
+    async def _reply(self, tid: str, to: str, city_number: str, text: str, action: str) -> None:
+        """The automatic reply of a citizen's message, through the guard (a retried job finds it
+        a duplicate; a citizen who opted out since gets none but the opt-out's confirmation)."""
+        replies = Replies(self.outbox, self.enqueuer, self.sealer, self.reply_provider)
+        result = await replies.send(tid, to, city_number, text, action, rule_text=True)
+        if result == Verdict.STORE_UNAVAILABLE.value:
+            raise TemporaryFailure(f"reply {action}: redis unavailable")
+        self._emit({"event": "replied", "thread": tid, "action": action, "to": to, "result": result})
 
     async def _webhook(self, url: str, secret_env: str, body: Mapping[str, Any], key: str) -> None:
         import aiohttp

@@ -136,7 +136,7 @@ def test_entry_point_rejects_unknown_sections(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("step", ["accept", "hmac", "hmac_stdlib", "job_id", "uuid4", "route", "notify_job",
-                                  "auto_reply"])
+                                  "reply"])
 def test_instruction_count_programs_run(step: str, redis_url: str) -> None:
     # What `ops.bench.instructions` runs under valgrind, run without it (valgrind takes minutes):
     # the programs must keep working as the code changes.

@@ -184,6 +184,9 @@ async def test_staff_reply_goes_out_from_the_number_texted(site: Site) -> None:
         _, body = await site.post(session, sms("r-1", "소음 민원입니다", seoul("2026-11-24T10:00:00"),
                                                to="031-900-2100"))
         tid = body["thread"]
+        # The worker acknowledges the message first (the rule's automatic reply), as it does long
+        # before staff read it; then staff claim and answer the thread.
+        assert await wait_idle(site.broker, site.runtime, timeout_s=10)
         status, claimed = await site.api(session, "POST", f"/api/threads/{tid}/claim", {"staff": "kim"})
         assert status == 200 and claimed["claimed"]
         status, _ = await site.api(session, "POST", f"/api/threads/{tid}/claim", {"staff": "lee"})
@@ -195,7 +198,8 @@ async def test_staff_reply_goes_out_from_the_number_texted(site: Site) -> None:
         _, thread = await site.api(session, "GET", f"/api/threads/{tid}")
     (sent,) = [r for r in site.sms.requests if "확인했습니다" in r.text]
     assert sent.sender == "+82319002100" and sent.to == CITIZEN
-    assert thread["messages"][0]["dir"] == "in"
+    assert [m["dir"] for m in thread["messages"]] == ["in", "out", "out"]
+    assert thread["messages"][1]["text"] == "[한빛시청] 환경정책과에 접수되었습니다."  # the automatic reply
     assert thread["messages"][-1] | {"id": "", "at": 0} == {"id": "", "at": 0, "dir": "out",
                                                            "text": "확인했습니다. 현장 점검하겠습니다."}
 

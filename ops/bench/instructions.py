@@ -38,12 +38,13 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = {"accept": (320, 1600), "hmac": (0, 10_000), "hmac_stdlib": (0, 10_000), "job_id": (0, 10_000),
-         "uuid4": (0, 10_000), "route": (0, 1000), "notify_job": (0, 1000), "auto_reply": (0, 1000)}
+         "uuid4": (0, 10_000), "route": (0, 1000), "notify_job": (0, 1000), "reply": (0, 1000)}
 PAIRS = [("accept", None), ("hmac", "hmac_stdlib"), ("job_id", "uuid4")]
 # With --parts: pieces of `accept`, each run alone on the same gateway set-up (what share of an
-# accept they are): the routing decision, the queue notification's job, the auto-reply (its SMS
-# job, thread entry and guard admission).
-PARTS = [("route", None), ("notify_job", None), ("auto_reply", None)]
+# accept they are): the routing decision, the queue notification's job (with the reply it asks
+# the worker for); and, for comparison, what the worker then builds for the automatic reply (its
+# SMS job and thread entry), which is no longer part of the accept.
+PARTS = [("route", None), ("notify_job", None), ("reply", None)]
 
 
 def count(step: str, n: int, redis_url: str) -> int:
@@ -72,7 +73,7 @@ def per_step(step: str, redis_url: str, flush: Any) -> float:
 
 
 def _child(step: str, n: int, redis_url: str) -> None:
-    if step in ("accept", "route", "notify_job", "auto_reply"):
+    if step in ("accept", "route", "notify_job", "reply"):
         import uvloop
 
         uvloop.run(_accepts(n, redis_url, step))
@@ -116,13 +117,16 @@ async def _accepts(n: int, redis_url: str, step: str = "accept") -> None:
     messages = [replace(first, message_id=f"m{k}", sender=f"+82102{k:07d}") for k in range(n)]
     intake = gateway.intake
     routing, tid = intake._routing(), "t0123456789abcdef0123"
+    sealed = "k1.xxxxxxxxxxxxxxxx.yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy"  # (the shape of a sealed value)
     if routing is None:
         raise RuntimeError("the bench gateway loaded no routing rules")
     parts: dict[str, Callable[[InboundSms], object]] = {
         "route": lambda m: route(m, routing, None),
-        "notify_job": lambda m: intake._notification(m, tid, "k1.xxxxxxxxxxxxxxxx.yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy",
-                                                     queue="complaint", rule="r", priority="normal"),
-        "auto_reply": lambda m: _auto_reply(intake, tid, m),
+        "notify_job": lambda m: intake._notification(
+            m, tid, sealed, queue="complaint", rule="r", priority="normal",
+            reply=("민원이 접수되었습니다.", f"auto_reply:{m.message_id}", sealed)),
+        "reply": lambda m: intake.replies.outgoing(tid, m.sender, m.to, "민원이 접수되었습니다.",
+                                                   f"auto_reply:{m.message_id}", rule_text=True),
     }
     try:
         if step in parts:
@@ -136,13 +140,6 @@ async def _accepts(n: int, redis_url: str, step: str = "accept") -> None:
                 raise RuntimeError(f"not accepted: {[r.status for r in results]}")
     finally:
         await gateway.stop(drain_timeout=2)
-
-
-def _auto_reply(intake: Any, tid: str, m: Any) -> Any:
-    """The auto-reply's share of `Intake._plan`: its SMS job and thread entry, and its claim."""
-    outgoing = intake._outgoing(tid, m.sender, m.to, "민원이 접수되었습니다.", f"auto_reply:{m.message_id}",
-                                rule_text=True)
-    return intake.outbox.admission_call(outgoing[0], then=outgoing[1])
 
 
 # ------------------------------------------------------------------ entry point
