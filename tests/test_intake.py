@@ -412,3 +412,31 @@ def test_notify_rules_redirected_keep_their_secrets() -> None:
     assert moved.sinks("complaint") == QueueSinks("http://127.0.0.1:9/desk", "C_SECRET")
     assert moved.sinks("duty") == QueueSinks(notify_duty_officer=True)  # no webhook: none added
     assert moved.sender == rules.sender and rules.sinks("complaint").webhook_url == "https://c.example/x"
+
+
+async def test_a_redelivered_notification_job_does_not_reply_twice(site: Site) -> None:
+    """The worker sends the automatic reply from the message's notification job; the same job
+    delivered again (a worker killed before acknowledging it) finds the reply a duplicate."""
+    import msgpack
+
+    from gateway.domain.routing import InboundSms
+
+    at = seoul("2026-11-24T10:00:00")
+    async with ClientSession() as session:
+        _, body = await site.post(session, sms("d-1", "가로등이 고장났어요", at))
+        assert await wait_idle(site.broker, site.runtime, timeout_s=10)
+        tid = body["thread"]
+        intake = site.gateway.intake
+        message = InboundSms("d-1", "sandbox-sms", "+82319002000", CITIZEN, "가로등이 고장났어요", at)
+        reply = ("[한빛시청] 민원이 접수되었습니다.", "auto_reply:d-1", intake.sealer.seal(CITIZEN, tid.encode()))
+        job = intake._notification(message, tid, intake.sealer.seal(message.text, tid.encode()), queue="complaint",
+                                   rule="streetlight-road", priority="normal", reply=reply)
+        assert job is not None
+        payload = msgpack.unpackb(job.data, raw=False)["args"][0]
+        assert set(payload["reply"]) == {"text", "action", "to", "from"} and CITIZEN not in str(payload)
+        assert await site.gateway.enqueuer.enqueue_payload("inbound", payload, "redelivered notification")
+        assert await wait_idle(site.broker, site.runtime, timeout_s=10)
+        _, thread = await site.api(session, "GET", f"/api/threads/{tid}")
+    replies = [r for r in site.sms.requests if r.to == CITIZEN]
+    assert len(replies) == 1 and replies[0].sender == "+82319002000" and "접수" in replies[0].text
+    assert [m["dir"] for m in thread["messages"]] == ["in", "out"]
