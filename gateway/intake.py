@@ -2,11 +2,12 @@
 
 `Intake.accept` is what both intake edges (HTTP webhook, SMTP relay) call. It returns only
 once the message is durable in Redis (one Lua step: idempotency key, thread, inbox entry and
-the queue's notification job), so the edge can answer 2xx/250; when Redis cannot be reached it raises `StoreUnavailable`
-and the edge answers 503/451 so the provider retries. A repeated provider message id is a
-duplicate: stored once, answered as success. What may wait is done by the worker from the
-notification job: the queue's sinks (webhook, officer on duty) and the rules' automatic reply or
-opt-out confirmation (`gateway.replies`), so that a webhook costs the provider as little as it can.
+the queue's notification job), so the edge can answer 2xx/250; when Redis cannot be reached it
+raises `StoreUnavailable` and the edge answers 503/451 so the provider retries. A repeated
+provider message id is a duplicate: stored once, answered as success. What may wait is done by
+the worker from the notification job: the rules' automatic reply or opt-out confirmation
+(`gateway.replies`) and the queue's sinks (webhook, officer on duty), so that the provider's
+request does only what must be durable before it is answered.
 
 The citizen's number and every text are sealed (AES-GCM) at rest; the thread id and the
 opt-out record are keyed by a keyed hash of the number, never the number itself.
