@@ -37,7 +37,7 @@ from gateway.errors import GatewayError, StoreUnavailable
 from gateway.jobs import Enqueuer
 from gateway.outbox import Outbox, Verdict
 from gateway.ports import DecisionSink, QueuePut
-from gateway.replies import Replies
+from gateway.replies import AUTO_REPLY, Replies
 from gateway.store import NONE_KEY, PREFIX, contact_key, number_hash, optout_key
 from gateway.wire import Wire
 
@@ -260,7 +260,7 @@ class Intake:
             reply = rules.optout_confirmation if keyword == "opt_out" else rules.optin_confirmation
             action = f"{keyword}_confirm:{sms.message_id}"
         else:
-            action = f"auto_reply:{sms.message_id}"
+            action = f"{AUTO_REPLY}:{sms.message_id}"
         job = self._notification(sms, tid, sealed_text, queue=queue, rule=rule, priority=priority,
                                  reply=(reply, action, sealed_sender) if reply else None)
         return _Plan(queue, priority, rule, tags, job)
@@ -307,6 +307,12 @@ class Intake:
         return {"thread": tid, "city_number": t["to"], "citizen": mask(sender), "queue": t["queue"],
                 "count": int(t.get("count", "0")), "messages": messages}
 
+    async def _recent_inbound(self, tid: str, count: int = 20) -> list[str]:
+        """The provider message ids of the citizen's latest messages in a thread."""
+        entries = await self.client.xrevrange(f"{PREFIX}thread:{tid}:msgs", count=count)
+        return [fields[b"message_id"].decode() for _, fields in entries
+                if fields.get(b"dir") == b"in" and b"message_id" in fields]
+
     async def claim(self, tid: str, staff: str, ttl_s: int = 3600) -> bool:
         return bool(await self.client.set(f"{PREFIX}claim:{tid}", staff, nx=True, ex=ttl_s))
 
@@ -322,6 +328,10 @@ class Intake:
         result = await self.replies.send(tid, sender, t["to"], text, f"reply:{uuid.uuid4().hex[:12]}")
         if result == Verdict.OPTED_OUT.value:
             raise OptedOut("the citizen refused messages (수신거부); no reply is sent")
+        if result == "queued":
+            # The worker sends automatic replies from the messages' notification jobs; if it is
+            # behind, this answer came first and those are no longer sent.
+            await self.replies.supersede(tid, sender, await self._recent_inbound(tid))
         self.sink.decision({"event": "reply", "thread": tid, "staff": staff, "result": result})
         if t["queue"].startswith("dept:"):
             await self.remember_contact(sender, t["queue"].removeprefix("dept:"))

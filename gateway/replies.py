@@ -10,6 +10,7 @@ retried notification job finds its reply a duplicate instead of sending it again
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from functools import lru_cache
 
 from gateway.crypto import Sealer
@@ -19,6 +20,9 @@ from gateway.jobs import Enqueuer, encode_message
 from gateway.outbox import Admission, Outbox, QueuedMessage, Verdict
 from gateway.ports import QueuePut
 from gateway.store import PREFIX
+
+# The action of a message's automatic reply: "auto_reply:<provider message id>".
+AUTO_REPLY = "auto_reply"
 
 # Auto-replies and opt-out confirmations are the rules' few fixed texts: made EUC-KR-safe once,
 # not on every message. Staff replies are not cached.
@@ -63,3 +67,14 @@ class Replies:
             return verdict.value
         self.enqueuer.enqueued += 1
         return "queued"
+
+    async def supersede(self, tid: str, to: str, message_ids: Iterable[str]) -> int:
+        """Staff answered first: the automatic replies of these messages that the worker has not
+        sent yet are not sent at all (a late "received" after a real answer only confuses). Their
+        guard claims are taken now, with nothing queued, so the worker finds them duplicates.
+        Returns how many were still pending."""
+        pending = 0
+        for message_id in message_ids:
+            verdict = await self.outbox.admit(Admission("sms", tid, f"{AUTO_REPLY}:{message_id}", to))
+            pending += verdict is Verdict.ADMITTED
+        return pending

@@ -440,3 +440,37 @@ async def test_a_redelivered_notification_job_does_not_reply_twice(site: Site) -
     replies = [r for r in site.sms.requests if r.to == CITIZEN]
     assert len(replies) == 1 and replies[0].sender == "+82319002000" and "접수" in replies[0].text
     assert [m["dir"] for m in thread["messages"]] == ["in", "out"]
+
+
+async def test_a_staff_answer_before_the_automatic_reply_supersedes_it(env: dict[str, str], redis_url: str) -> None:
+    """The worker is behind (here: not started yet) when staff answer a citizen: the automatic
+    "received" reply of that message is then not sent at all, not sent after the answer."""
+    config = load_config()
+    outbox_sms = SandboxSms("sandbox-sms")
+    over = Overrides(redis_url=redis_url, rules_dir=RULES, queue_namespace="t-supersede",
+                     alimtalk={"sandbox-alimtalk": SandboxAlimtalk("sandbox-alimtalk")},
+                     sms={"sandbox-sms": outbox_sms})
+    gateway = Gateway(config, Collect(), environ=env, overrides=over)
+    http = HttpServer(make_app(gateway.health, gateway.reports, gateway.http_routes), "127.0.0.1", 0)
+    host, port = await http.start()
+    broker, runtime = build_worker(config, environ=env, redis_url=redis_url, overrides=over)
+    site = Site(gateway, http, f"http://{host}:{port}", outbox_sms, worker=None, runtime=runtime, broker=broker)
+    worker = None
+    try:
+        async with ClientSession() as session:
+            _, body = await site.post(session, sms("s-1", "가로등이 고장났어요", seoul("2026-11-24T10:00:00")))
+            tid = body["thread"]
+            status, result = await site.api(session, "POST", f"/api/threads/{tid}/reply",
+                                            {"text": "내일 오전에 교체하겠습니다.", "staff": "kim"})
+            assert status == 202 and result["result"] == "queued"
+            worker = start_worker(broker, threads=2, idle_ms=50)
+            assert await wait_idle(broker, runtime, timeout_s=10)
+            _, thread = await site.api(session, "GET", f"/api/threads/{tid}")
+    finally:
+        await http.stop()
+        if worker is not None:
+            await asyncio.to_thread(worker.stop)
+        await gateway.stop()
+    assert [r.text for r in outbox_sms.requests if r.to == CITIZEN] == ["내일 오전에 교체하겠습니다."]
+    assert [(m["dir"], m["text"]) for m in thread["messages"]] == [("in", "가로등이 고장났어요"),
+                                                                   ("out", "내일 오전에 교체하겠습니다.")]
