@@ -347,22 +347,18 @@ class Gateway:
         """The citizen-facing webhooks, the staff API and /metrics on the gateway's HTTP listener."""
         from aiohttp import web
 
-        @web.middleware
-        async def count(request: web.Request, handler: Any) -> web.StreamResponse:
-            route = request.match_info.route.resource.canonical if request.match_info.route.resource else "-"
-            try:
-                response: web.StreamResponse = await handler(request)
-            except web.HTTPException as exc:
-                self._count_http(route, exc.status)
-                raise
-            self._count_http(route, response.status)
-            return response
+        # Every answer is counted as it is sent (errors and unknown routes included). A signal, not
+        # a middleware: any middleware makes aiohttp wrap every request in a chain of handler
+        # layers, ~10 % of a citizen's webhook on the benchmark.
+        async def count(request: web.Request, response: web.StreamResponse) -> None:
+            resource = request.match_info.route.resource
+            self._count_http(resource.canonical if resource else "-", response.status)
 
         async def metrics(_: web.Request) -> web.Response:
             body = await asyncio.to_thread(exposition, self.registry)  # the collector reads Redis
             return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
-        app.middlewares.insert(0, count)
+        app.on_response_prepare.append(count)
         app.router.add_get("/metrics", metrics)
         plan = NumberPlan(outside_line_prefixes=self.rules.rules.lettering.outside_line_prefixes,
                           extension_pattern=self.rules.rules.lettering.extension_pattern)

@@ -175,8 +175,17 @@ async def test_missing_fields_and_bad_numbers_are_400(site: Site) -> None:
 
 async def test_api_needs_the_bearer_token(site: Site) -> None:
     async with ClientSession() as session:
-        status, _ = await site.api(session, "GET", "/api/inbox/duty", token="wrong")
-    assert status == 401
+        for path in ("/api/inbox/duty", "/api/threads/t1", "/api/optout/01012345678"):
+            status, _ = await site.api(session, "GET", path, token="wrong")
+            assert status == 401, path
+        status, _ = await site.api(session, "POST", "/api/threads/t1/reply", {"text": "x", "staff": "k"}, token="")
+        assert status == 401
+        async with session.get(f"{site.base}/nowhere") as resp:
+            assert resp.status == 404
+    # Every answer is counted by route, refusals and unknown routes included (/metrics).
+    counts = site.gateway.http_counts
+    assert counts[("/api/inbox/{queue}", 401)] == 1 and counts[("/api/threads/{id}/reply", 401)] == 1
+    assert counts[("-", 404)] == 1
 
 
 async def test_staff_reply_goes_out_from_the_number_texted(site: Site) -> None:
