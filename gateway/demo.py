@@ -69,18 +69,15 @@ class ComplaintDesk:
         self.environ = environ
         self.out = out
         self.url = ""
-        self._runner: Any = None
+        self._http: HttpServer | None = None
 
     async def start(self) -> str:
         from aiohttp import web
 
         app = web.Application(client_max_size=64 * 1024)
         app.router.add_post("/citizen-sms", self._receive)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
+        self._http = HttpServer(app, "127.0.0.1", 0)
+        host, port = await self._http.start()
         self.url = f"http://{host}:{port}/citizen-sms"
         return self.url
 
@@ -100,8 +97,8 @@ class ComplaintDesk:
         return web.json_response({"status": "received"})
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._http is not None:
+            await self._http.stop()
 
 
 async def run_demo(config: GatewayConfig, *, out: TextIO = sys.stdout, duration_s: float | None = None,

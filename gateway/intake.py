@@ -168,7 +168,6 @@ class Intake:
         self.hash_key = hash_key
         self.outbox = outbox
         self.enqueuer = enqueuer
-        self.sms_provider = sms_provider
         self.sink = sink
         self.optouts = OptOutRegistry(client, hash_key)
         self.replies = Replies(outbox, enqueuer, sealer, sms_provider)

@@ -57,8 +57,7 @@ class Replies:
     async def send(self, tid: str, to: str, city_number: str, text: str, action: str, *,
                    rule_text: bool = False) -> str:
         """Admit, queue and record a reply in one step: "queued", "not_configured", or the
-        guard's verdict ("opted_out", "duplicate", "rate_limited", ...). Raises
-        `StoreUnavailable` when Redis cannot be reached."""
+        guard's verdict ("opted_out", "duplicate", "rate_limited", "store_unavailable", ...)."""
         outgoing = self.outgoing(tid, to, city_number, text, action, rule_text=rule_text)
         if outgoing is None or self.enqueuer is None:
             return "not_configured"

@@ -112,6 +112,7 @@ class WorkerRuntime:
         self.notify: Callable[[], NotifyRules] | None = None
         self.queue_names: Callable[[], Mapping[str, str]] = dict
         self.reply_provider = ""  # the SMS provider citizens' replies go through ("" : none configured)
+        self._replies: Replies | None = None
         self.handled = 0
         self.in_flight = 0
         self.deferred = 0  # jobs put back because their provider's circuit was open
@@ -122,6 +123,13 @@ class WorkerRuntime:
         if self._outbox is None:
             self._outbox = self._build_outbox()
         return self._outbox
+
+    @property
+    def replies(self) -> Replies:
+        """Built with the outbox, on the worker's event loop."""
+        if self._replies is None:
+            self._replies = Replies(self.outbox, self.enqueuer, self.sealer, self.reply_provider)
+        return self._replies
 
     def _emit(self, record: Mapping[str, Any]) -> None:
         if self.sink is not None:
@@ -229,8 +237,7 @@ class WorkerRuntime:
     async def _reply(self, tid: str, to: str, city_number: str, text: str, action: str) -> None:
         """The automatic reply of a citizen's message, through the guard (a retried job finds it
         a duplicate; a citizen who opted out since gets none but the opt-out's confirmation)."""
-        replies = Replies(self.outbox, self.enqueuer, self.sealer, self.reply_provider)
-        result = await replies.send(tid, to, city_number, text, action, rule_text=True)
+        result = await self.replies.send(tid, to, city_number, text, action, rule_text=True)
         if result == Verdict.STORE_UNAVAILABLE.value:
             raise TemporaryFailure(f"reply {action}: redis unavailable")
         self._emit({"event": "replied", "thread": tid, "action": action, "to": to, "result": result})
@@ -287,7 +294,7 @@ class WorkerRuntime:
 
     async def aclose(self) -> None:
         """Close what the actors opened on their loop: providers' HTTP sessions, the Redis client."""
-        outbox, self._outbox = self._outbox, None
+        outbox, self._outbox, self._replies = self._outbox, None, None
         if outbox is None:
             return
         providers: list[Any] = [*outbox.alimtalk.values(), *outbox.sms.values()]
