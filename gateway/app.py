@@ -32,7 +32,7 @@ from gateway.errors import ConfigError, RulesError, StoreUnavailable
 from gateway.intake import Intake
 from gateway.jobs import Enqueuer, dead_letter_counts, make_broker
 from gateway.messaging_rules import load_messaging
-from gateway.metrics import exposition, new_registry
+from gateway.metrics import backlog_report, exposition, new_registry
 from gateway.notify_rules import load_notify
 from gateway.outbox import Outbox
 from gateway.pbx.client import AmiSettings, PbxClient
@@ -43,7 +43,7 @@ from gateway.providerstats import read_published
 from gateway.reports import ReportIntake, build_parsers
 from gateway.routing_rules import ROUTING_FILE, load_routing
 from gateway.rules import load_rules
-from gateway.smtp import SmtpIntake, SmtpSettings
+from gateway.smtp import SmtpIntake, settings_from_config
 from gateway.store import RedisOutboxStore, connect, warm_up
 from gateway.webhooks import InboundProvider, add_routes
 from gateway.wire import Wire
@@ -232,18 +232,7 @@ class Gateway:
         self.http_counts: dict[tuple[str, int], int] = {}
         self.smtp: SmtpIntake | None = None
         if config.smtp:
-            plan = NumberPlan()
-            numbers = []
-            for raw in config.smtp["city_numbers"]:
-                number = plan.classify(str(raw)).e164
-                if not number.startswith("+"):
-                    raise ConfigError(f"{config.source}: smtp.city_numbers: {raw!r} is not a phone number")
-                numbers.append(number)
-            self.smtp = SmtpIntake(SmtpSettings(
-                host=config.smtp.get("host", "127.0.0.1"), port=int(config.smtp["port"]),
-                peers=tuple(config.smtp["peers"]), senders=tuple(config.smtp["senders"]),
-                recipient_domain=config.smtp["recipient_domain"], city_numbers=frozenset(numbers),
-                max_bytes=int(config.smtp.get("max_bytes", 64 * 1024))), self.intake)
+            self.smtp = SmtpIntake(settings_from_config(config.smtp, config.source), self.intake)
         self.pipeline = CallPipeline(self.rules.get, self.outbox, sink,
                                      trunks={p.name: p.trunks for p in config.pbxes},
                                      messaging=self.rules.get_messaging, enqueuer=self.enqueuer,
@@ -343,8 +332,9 @@ class Gateway:
         await self.redis.aclose()
         await self.wire.aclose()
 
-    def http_routes(self, app: Any) -> None:
-        """The citizen-facing webhooks, the staff API and /metrics on the gateway's HTTP listener."""
+    def http_routes(self, app: Any, *, metrics: bool = True) -> None:
+        """The citizen-facing webhooks, the staff API and (unless `metrics` is False: served on the
+        internal listener then) /metrics on the gateway's HTTP listener."""
         from aiohttp import web
 
         # Every answer is counted as it is sent (errors and unknown routes included). A signal, not
@@ -354,16 +344,23 @@ class Gateway:
             resource = request.match_info.route.resource
             self._count_http(resource.canonical if resource else "-", response.status)
 
-        async def metrics(_: web.Request) -> web.Response:
-            body = await asyncio.to_thread(exposition, self.registry)  # the collector reads Redis
-            return web.Response(body=body, content_type="text/plain", charset="utf-8")
-
         app.on_response_prepare.append(count)
-        app.router.add_get("/metrics", metrics)
+        if metrics:
+            self.metrics_routes(app)
         plan = NumberPlan(outside_line_prefixes=self.rules.rules.lettering.outside_line_prefixes,
                           extension_pattern=self.rules.rules.lettering.extension_pattern)
         add_routes(app, self.intake, self.inbound, api_token=self.api_token, unsubscribe=self.unsubscribe,
                    plan=plan, draining=lambda: self.draining)
+
+    def metrics_routes(self, app: Any) -> None:
+        """GET /metrics (Prometheus), on the public listener or on the internal one."""
+        from aiohttp import web
+
+        async def metrics(_: web.Request) -> web.Response:
+            body = await asyncio.to_thread(exposition, self.registry)  # the collector reads Redis
+            return web.Response(body=body, content_type="text/plain", charset="utf-8")
+
+        app.router.add_get("/metrics", metrics)
 
     def _count_http(self, route: str, status: int) -> None:
         key = (route, status)
@@ -389,6 +386,8 @@ class Gateway:
         if redis["reachable"]:
             try:
                 queues["dead_letters"] = await asyncio.to_thread(dead_letter_counts, self.broker)
+                # ready, delayed and held-by-a-worker jobs per queue and in total (gateway.metrics)
+                queues["backlog"] = await asyncio.to_thread(backlog_report, self.broker)
                 published = await asyncio.to_thread(read_published, self.broker.client, self.broker.namespace)
                 providers["messaging"] = published
             except Exception as exc:  # health must answer even when a queue cannot be read

@@ -245,16 +245,16 @@ def _run_async(coro: Coroutine[Any, Any, int]) -> int:
 async def _run(config: GatewayConfig) -> int:
     """`gateway run`: start, tell systemd READY, feed its watchdog, drain on SIGTERM within the bound."""
     from gateway.app import Gateway
-    from gateway.http import HttpServer, make_app
+    from gateway.http import gateway_listeners
     from gateway.sdnotify import Notifier
     from gateway.sinks import LogSink
 
     notifier = Notifier()
     gateway = Gateway(config, LogSink(logging.getLogger("gateway.decisions")))
-    app = make_app(gateway.health, gateway.reports, gateway.http_routes)
     # Intake already answers 503 when the listener closes, so in-flight requests are short: a
     # tenth of the bound for them, most of it for the pipeline (wait_for below takes 0.85).
-    http = HttpServer(app, config.http_host, config.http_port, shutdown_timeout=config.shutdown_timeout_s / 10)
+    # /health and /metrics go to the internal listener when one is configured.
+    http, internal = gateway_listeners(config, gateway, shutdown_timeout=config.shutdown_timeout_s / 10)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -263,6 +263,8 @@ async def _run(config: GatewayConfig) -> int:
         loop.add_signal_handler(signal.SIGHUP, gateway.rules.reload)
     watchdog = loop.create_task(notifier.watchdog_task(), name="watchdog")
     host, port = await http.start()
+    if internal is not None:
+        host, port = await internal.start()  # where /health is, for the messages below
     smtp = await gateway.start_smtp()
     if smtp:
         log.info("SMTP intake on %s:%d", *smtp)
@@ -286,6 +288,8 @@ async def _run(config: GatewayConfig) -> int:
     except TimeoutError:
         log.error("shutdown: the gateway did not stop within %.1f s", config.shutdown_timeout_s * 0.85)
     await http.stop()
+    if internal is not None:
+        await internal.stop()
     watchdog.cancel()
     log.info("stopped in %.1f s: %s", loop.time() - started, gateway.pipeline.status()["outbox"])
     return 0

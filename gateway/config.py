@@ -14,7 +14,8 @@ from typing import Any
 
 from gateway.crypto import Sealer
 from gateway.errors import ConfigError, RulesError
-from gateway.rules import file_label, load_yaml, validate
+from gateway.rules import Lines, file_label, line_of, load_yaml, validate
+from gateway.tls import TlsFileError, server_context
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG = PACKAGE_DIR / "data" / "gateway.default.yaml"
@@ -50,7 +51,14 @@ SCHEMA: dict[str, Any] = {
                   "properties": {"url": {"type": "string"}, "url_env": _ENV}},
         "http": {"type": "object", "additionalProperties": False,
                  "properties": {"host": {"type": "string"},
-                                "port": {"type": "integer", "minimum": 0, "maximum": 65535}}},
+                                "port": {"type": "integer", "minimum": 0, "maximum": 65535},
+                                # Bounds on slow, idle and numerous clients (every HTTP listener).
+                                "header_timeout_s": _SECONDS, "body_timeout_s": _SECONDS,
+                                "keepalive_timeout_s": _SECONDS,
+                                "max_connections": {"type": "integer", "minimum": 1},
+                                # /health and /metrics only here when set (not on the public listener).
+                                "internal_host": {"type": "string"},
+                                "internal_port": {"type": "integer", "minimum": 0, "maximum": 65535}}},
         "rules_dir": {"type": "string"},
         # SIGTERM: stop intake, finish in-flight work, exit within this bound (< systemd's TimeoutStopSec).
         "shutdown_timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 600},
@@ -87,7 +95,13 @@ SCHEMA: dict[str, Any] = {
                                 "senders": {"type": "array", "items": {"type": "string"}},
                                 "recipient_domain": {"type": "string", "minLength": 1},
                                 "city_numbers": {"type": "array", "minItems": 1, "items": {"type": "string"}},
-                                "max_bytes": {"type": "integer", "minimum": 1024}}},
+                                "max_bytes": {"type": "integer", "minimum": 1024},
+                                # a silent client (before a command or mid-DATA) is disconnected after this
+                                "idle_timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
+                                # STARTTLS: PEM certificate chain and unencrypted PEM key (relative to this file)
+                                "tls_cert": {"type": "string", "minLength": 1},
+                                "tls_key": {"type": "string", "minLength": 1},
+                                "require_tls": {"type": "boolean"}}},
         "api": {"type": "object", "additionalProperties": False, "properties": {"token_env": _ENV}},
         "worker": {"type": "object", "additionalProperties": False,
                    "properties": {"threads": {"type": "integer", "minimum": 1, "maximum": 64},
@@ -126,6 +140,16 @@ class PbxConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpLimits:
+    """What one client may take of an HTTP listener (gateway.yaml `http:`; the worker's listener too)."""
+
+    header_timeout_s: float = 10.0  # from a request's first byte to the end of its headers
+    body_timeout_s: float = 30.0  # from the end of the headers to the end of the body
+    keepalive_timeout_s: float = 15.0  # idle between requests (and before the first one)
+    max_connections: int = 1024  # open at once per listener; more are answered 503 and closed
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     source: str
     pbxes: tuple[PbxConfig, ...]
@@ -156,6 +180,10 @@ class GatewayConfig:
     ready_timeout_s: float = 30.0
     worker_http_host: str = "127.0.0.1"
     worker_http_port: int | None = None  # the worker's /healthz, /health and /metrics; None: no listener
+    http_limits: HttpLimits = field(default_factory=HttpLimits)
+    # /health and /metrics on their own listener (and not on the public one); None: on the public one.
+    http_internal_host: str = "127.0.0.1"
+    http_internal_port: int | None = None
 
     def resolved_redis_url(self, environ: Mapping[str, str]) -> str:
         """The Redis URL from the environment variable, else the file; "" if neither."""
@@ -170,6 +198,31 @@ class GatewayConfig:
 
     def sealer(self, environ: Mapping[str, str]) -> Sealer:
         return Sealer.from_env(environ.get(self.data_key_env, ""), self.data_key_env)
+
+
+def _smtp(section: Mapping[str, Any], source: Path, label: str, lines: Lines) -> dict[str, Any]:
+    """The `smtp:` section with its TLS settings checked now, at startup (each file read and
+    parsed; an error names the file, line and key), and their paths made absolute (relative
+    ones are read from the directory of gateway.yaml, like `rules_dir`)."""
+    smtp = dict(section)
+
+    def where(key: str) -> str:
+        return f"{label}:{line_of(lines, ('smtp', key))}: smtp.{key}"
+
+    cert, key = smtp.get("tls_cert"), smtp.get("tls_key")
+    if smtp.get("require_tls") and not (cert and key):
+        raise ConfigError(f"{where('require_tls')}: requiring STARTTLS needs smtp.tls_cert and smtp.tls_key")
+    if bool(cert) != bool(key):
+        raise ConfigError(f"{where('tls_cert' if cert else 'tls_key')}: "
+                          f"smtp.{'tls_key' if cert else 'tls_cert'} is needed too")
+    if cert and key:
+        paths = {name: (source.parent / str(smtp[name])).absolute() for name in ("tls_cert", "tls_key")}
+        try:
+            server_context(paths["tls_cert"], paths["tls_key"])
+        except TlsFileError as exc:
+            raise ConfigError(f"{where('tls_' + exc.setting)}: {exc}") from None
+        smtp.update({name: str(path) for name, path in paths.items()})
+    return smtp
 
 
 def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> GatewayConfig:
@@ -212,7 +265,7 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
         alimtalk=data.get("alimtalk") or {}, sms=data.get("sms") or {}, webhooks=data.get("webhooks") or {},
         inbound=data.get("inbound") or {}, unsubscribe=data.get("unsubscribe") or {},
         api_token_env=(data.get("api") or {}).get("token_env", "GATEWAY_API_TOKEN"),
-        smtp=data.get("smtp") or {},
+        smtp=_smtp(data.get("smtp") or {}, source, label, lines),
         worker_threads=int((data.get("worker") or {}).get("threads", 4)),
         queue_namespace=(data.get("worker") or {}).get("namespace", "gw"),
         heartbeat_timeout_ms=int((data.get("worker") or {}).get("heartbeat_timeout_ms", 60_000)),
@@ -223,4 +276,10 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
         ready_timeout_s=float(data.get("ready_timeout_s", 30.0)),
         worker_http_host=(data.get("worker") or {}).get("http_host", "127.0.0.1"),
         worker_http_port=(data.get("worker") or {}).get("http_port"),
+        http_limits=HttpLimits(header_timeout_s=float(http.get("header_timeout_s", 10.0)),
+                               body_timeout_s=float(http.get("body_timeout_s", 30.0)),
+                               keepalive_timeout_s=float(http.get("keepalive_timeout_s", 15.0)),
+                               max_connections=int(http.get("max_connections", 1024))),
+        http_internal_host=http.get("internal_host", "127.0.0.1"),
+        http_internal_port=http.get("internal_port"),
     )

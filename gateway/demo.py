@@ -150,12 +150,13 @@ async def run_demo(config: GatewayConfig, *, out: TextIO = sys.stdout, duration_
             ami={"backoff_initial_s": 0.2, "backoff_max_s": 2.0, "auth_backoff_initial_s": 1.0,
                  "auth_backoff_max_s": 5.0}))
         app = make_app(gateway.health, gateway.reports, gateway.http_routes)
-        http = HttpServer(app, config.http_host, config.http_port if http_port is None else http_port)
+        http = HttpServer(app, config.http_host, config.http_port if http_port is None else http_port,
+                          limits=config.http_limits)
         try:
             h_host, h_port = await http.start()
         except OSError as exc:  # the configured port is taken: any free port will do for a demo
             print(f"demo: port {http.port} unavailable ({exc.strerror}); using a free one", file=out)
-            http = HttpServer(app, config.http_host, 0)
+            http = HttpServer(app, config.http_host, 0, limits=config.http_limits)
             h_host, h_port = await http.start()
         print(f"demo: health at http://{h_host}:{h_port}/healthz and /health  (Ctrl-C to stop)", file=out)
         smtp = await gateway.start_smtp(port=0)

@@ -44,3 +44,19 @@ class StoreUnavailable(GatewayError):
 
 class CarrierError(GatewayError):
     """A carrier adapter could not be built or configured."""
+
+
+class RecipientUnknown(GatewayError):
+    """A citizen's message to a number that is not one of the city's (HTTP 400, SMTP 550 5.1.1)."""
+
+
+class ThreadNotFound(GatewayError):
+    """The staff API named a thread that does not exist (HTTP 404)."""
+
+
+class ClaimedByOther(GatewayError):
+    """A thread another staff member has claimed (HTTP 409); ``holder`` is who."""
+
+    def __init__(self, holder: str) -> None:
+        self.holder = holder
+        super().__init__(f"다른 담당자({holder})가 처리 중인 민원입니다 / claimed by {holder}")

@@ -15,12 +15,12 @@ opt-out record are keyed by a keyed hash of the number, never the number itself.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import time
-import unicodedata
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -30,11 +30,14 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.crypto import Sealer
-from gateway.domain.numbers import mask
+from gateway.domain.inputs import MAX_MESSAGE_ID, has_surrogate, message_key, shown_id
+from gateway.domain.models import NumberKind
+from gateway.domain.numbers import NumberPlan, mask
+from gateway.domain.optout import OPT_IN, OPT_OUT, QUESTION, QUESTION_TAG
 from gateway.domain.postcall import MessagingRules
 from gateway.domain.routing import InboundSms, RoutingRules, ThreadContext, route
-from gateway.errors import GatewayError, StoreUnavailable
-from gateway.jobs import Enqueuer
+from gateway.errors import ClaimedByOther, GatewayError, RecipientUnknown, StoreUnavailable, ThreadNotFound
+from gateway.jobs import Enqueuer, inbound_reply
 from gateway.outbox import Outbox, Verdict
 from gateway.ports import DecisionSink, QueuePut
 from gateway.replies import AUTO_REPLY, Replies
@@ -79,6 +82,31 @@ return {1, ARGV[1]}
 # provider retries) rather than loop.
 _ROUTING_ATTEMPTS = 3
 
+# Staff claim a thread (KEYS: thread hash, claim key; ARGV: staff, ttl). Returns {0, ""}: no such
+# thread; {1, earlier holder or ""}: claimed by ARGV[1] (again: the same staff's double click
+# renews it); {2, holder}: someone else has it. One step, so two staff never both win.
+_CLAIM = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, ''} end
+local holder = redis.call('GET', KEYS[2])
+if (not holder) or holder == ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+  return {1, holder or ''}
+end
+return {2, holder}
+"""
+CLAIM_TTL_S = 3600
+# The same reply text from the same staff to the same thread within this time is a double click
+# (or a client retry): sent once, the repeat answered "duplicate".
+REPLY_ONCE_S = 60
+NOT_MOBILE = "not_mobile"  # why no automatic reply: only a Korean mobile gets one (cost, and it can't be read)
+_PLAN = NumberPlan()  # sender kinds only: classify() takes E.164 as it is
+
+
+def is_mobile(e164: str) -> bool:
+    """Whether a citizen's number is a Korean mobile (the only numbers automatic replies go to:
+    a landline, a 1588 number or a foreign one cannot read them or costs more)."""
+    return _PLAN.classify(e164).kind is NumberKind.MOBILE
+
 
 @dataclass(slots=True)  # internal to one accept; not frozen: frozen construction costs 5 x more
 class _Plan:
@@ -104,18 +132,15 @@ class IntakeResult:
     status: str  # "accepted" or "duplicate"
     thread: str
     queue: str
-    optout: str = ""  # "opt_out" / "opt_in" when the message was such a keyword
+    optout: str = ""  # "opt_out" / "opt_in" when the message was such a keyword, "question" when it asked
+    reply: str = ""  # why no automatic reply goes to the citizen ("not_mobile"), "" otherwise
 
 
 def keyword_of(text: str, rules: MessagingRules) -> str:
-    """"opt_out", "opt_in" or "" — exact-word matching like the big providers: the whole
-    message, trimmed and case-folded, is the keyword ("수신거부", "STOP"), not a word in a sentence."""
-    word = unicodedata.normalize("NFC", text).strip().strip(".!").casefold()
-    if word in rules.optout_keywords:
-        return "opt_out"
-    if word in rules.optin_keywords:
-        return "opt_in"
-    return ""
+    """"opt_out", "opt_in", "question" or "": the whole short message is the keyword as citizens
+    write it ("[Web발신] 수신 거부합니다.", "STOP!!"), never a word in a sentence; a message that
+    asks about opting out or mentions it is a "question" (`gateway.domain.optout`)."""
+    return rules.optout_words.classify(text)
 
 
 class OptOutRegistry:
@@ -173,6 +198,7 @@ class Intake:
         self.replies = Replies(outbox, enqueuer, sealer, sms_provider)
         self.counts: dict[tuple[str, str, str], int] = {}  # (queue, status, keyword) for /metrics
         self._accept = self.wire.register_script(_ACCEPT)
+        self._claim = client.register_script(_CLAIM)
 
     @staticmethod
     def thread_id(sender_hash: str, city_number: str) -> str:
@@ -195,6 +221,14 @@ class Intake:
             raise InboundRejected("sender and recipient must be phone numbers")
         if not sms.message_id:
             raise InboundRejected("a provider message id is required (idempotency)")
+        if len(sms.message_id) > MAX_MESSAGE_ID:
+            raise InboundRejected(f"message_id longer than {MAX_MESSAGE_ID:,} characters")
+        for name, value in (("message_id", sms.message_id), ("text", sms.text), ("provider", sms.provider)):
+            # (every edge checks this first; here too, so that no edge can store what cannot be encoded)
+            if has_surrogate(value):
+                raise InboundRejected(f"'{name}' is not valid Unicode text (a lone surrogate)")
+        if routing is not None and routing.city_numbers and sms.to not in routing.city_numbers:
+            raise RecipientUnknown(f"'to' is not one of the city's numbers ({mask(sms.to)})")
         rules = self._messaging()
         keyword = keyword_of(sms.text, rules)
         sender_hash = number_hash(self.hash_key, sms.sender)
@@ -206,14 +240,14 @@ class Intake:
         # again with it: two round trips instead of a lookup before every message.
         contact = b""
         try:
-            if keyword:
+            if keyword in (OPT_OUT, OPT_IN):
                 # Recorded before the message itself: if storing fails, the provider's retry
                 # records it again (idempotent), but a refusal is never lost.
-                await self.optouts.set(sms.sender, keyword == "opt_out", channel="sms", via=sms.provider)
+                await self.optouts.set(sms.sender, keyword == OPT_OUT, channel="sms", via=sms.provider)
             for _ in range(_ROUTING_ATTEMPTS):
                 plan = self._plan(sms, routing=routing, rules=rules, keyword=keyword, context=self._context(contact),
                                   tid=tid, sealed_text=sealed_text, sealed_sender=sealed_sender)
-                keys = [f"{PREFIX}in:{sms.provider}:{sms.message_id}", f"{PREFIX}thread:{tid}",
+                keys = [f"{PREFIX}in:{sms.provider}:{message_key(sms.message_id)}", f"{PREFIX}thread:{tid}",
                         f"{PREFIX}thread:{tid}:msgs", f"{PREFIX}inbox:{plan.queue}",
                         plan.job.msgs_key if plan.job else NONE_KEY, plan.job.queue_key if plan.job else NONE_KEY,
                         contact_key(sender_hash)]
@@ -234,15 +268,16 @@ class Intake:
         status = "accepted" if int(stored) == 1 else "duplicate"
         key = (queue, status, keyword)
         self.counts[key] = self.counts.get(key, 0) + 1
-        self.sink.decision({"event": "inbound", "provider": sms.provider, "message_id": sms.message_id,
+        no_reply = "" if is_mobile(sms.sender) else NOT_MOBILE
+        self.sink.decision({"event": "inbound", "provider": sms.provider, "message_id": shown_id(sms.message_id),
                             "thread": tid, "queue": queue, "status": status, "optout": keyword,
-                            "rule": plan.rule if status == "accepted" else ""})
+                            "rule": plan.rule if status == "accepted" else "", "reply": no_reply})
         if log.isEnabledFor(logging.INFO):  # (the masks are not computed for a record that is dropped)
-            log.info("inbound %s from %s to %s: %s -> %s (%s)", sms.message_id, mask(sms.sender), mask(sms.to),
-                     status, queue, plan.rule)
+            log.info("inbound %s from %s to %s: %s -> %s (%s)", shown_id(sms.message_id), mask(sms.sender),
+                     mask(sms.to), status, queue, plan.rule)
         if status == "accepted" and self.enqueuer is not None:
             self.enqueuer.enqueued += plan.job is not None
-        return IntakeResult(status, tid, queue, keyword)
+        return IntakeResult(status, tid, queue, keyword, no_reply)
 
     def _plan(self, sms: InboundSms, *, routing: RoutingRules | None, rules: MessagingRules, keyword: str,
               context: ThreadContext | None, tid: str, sealed_text: str, sealed_sender: str) -> _Plan:
@@ -254,14 +289,19 @@ class Intake:
             decision = route(sms, routing, context)
             queue, priority, rule = decision.queue, decision.priority.value, decision.rule
             tags, reply = ",".join(decision.tags), decision.auto_reply
-        if keyword:
+        if keyword in (OPT_OUT, OPT_IN):
             # ("opt_out_confirm:..." is the one action the guard lets through to an opted-out number)
-            reply = rules.optout_confirmation if keyword == "opt_out" else rules.optin_confirmation
+            reply = rules.optout_confirmation if keyword == OPT_OUT else rules.optin_confirmation
             action = f"{keyword}_confirm:{sms.message_id}"
         else:
             action = f"{AUTO_REPLY}:{sms.message_id}"
+            if keyword == QUESTION:
+                # Asked about (or mentioned) opting out: routed as usual, tagged for staff, and the
+                # automatic reply tells how (an ordinary auto-reply: an opted-out citizen gets none).
+                tags = f"{tags},{QUESTION_TAG}" if tags else QUESTION_TAG
+                reply = f"{reply}\n{rules.optout_help}" if reply else rules.optout_help
         job = self._notification(sms, tid, sealed_text, queue=queue, rule=rule, priority=priority,
-                                 reply=(reply, action, sealed_sender) if reply else None)
+                                 reply=(reply, action, sealed_sender) if reply and is_mobile(sms.sender) else None)
         return _Plan(queue, priority, rule, tags, job)
 
     def _notification(self, sms: InboundSms, tid: str, sealed_text: str, *, queue: str, rule: str,
@@ -277,7 +317,8 @@ class Intake:
         if reply is not None and self.replies.sms_provider:
             text, action, sealed_sender = reply
             # The citizen's number sealed as the thread keeps it (bound to the thread id).
-            payload["reply"] = {"text": text, "action": action, "to": sealed_sender, "from": sms.to}
+            payload["reply"] = inbound_reply(self.sealer, tid, text=text, action=action, sealed_to=sealed_sender,
+                                             city_number=sms.to)
         return self.enqueuer.prepare("inbound", payload)
 
     # ------------------------------------------------------------------ staff side
@@ -304,7 +345,8 @@ class Intake:
             messages.append({"id": entry_id.decode(), "dir": f["dir"], "at": float(f["at"]),
                              "text": self.sealer.open(f["text"], tid.encode())})
         return {"thread": tid, "city_number": t["to"], "citizen": mask(sender), "queue": t["queue"],
-                "count": int(t.get("count", "0")), "messages": messages}
+                "count": int(t.get("count", "0")), "messages": messages,
+                "reply": "" if is_mobile(sender) else NOT_MOBILE}
 
     async def _recent_inbound(self, tid: str, count: int = 20) -> list[str]:
         """The provider message ids of the citizen's latest messages in a thread."""
@@ -312,19 +354,51 @@ class Intake:
         return [fields[b"message_id"].decode() for _, fields in entries
                 if fields.get(b"dir") == b"in" and b"message_id" in fields]
 
-    async def claim(self, tid: str, staff: str, ttl_s: int = 3600) -> bool:
-        return bool(await self.client.set(f"{PREFIX}claim:{tid}", staff, nx=True, ex=ttl_s))
+    async def claim(self, tid: str, staff: str, ttl_s: int = CLAIM_TTL_S) -> bool:
+        """Claim a thread for `staff` for `ttl_s`: True when newly claimed, False when `staff`
+        held it already (a double click: renewed, not an error). Raises `ThreadNotFound`, or
+        `ClaimedByOther` when another staff member holds it."""
+        try:
+            found, holder = await self._claim(keys=[f"{PREFIX}thread:{tid}", f"{PREFIX}claim:{tid}"],
+                                              args=[staff, ttl_s])
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        holder = holder.decode() if isinstance(holder, bytes) else str(holder)
+        if int(found) == 0:
+            raise ThreadNotFound(f"no thread {tid}")
+        if int(found) == 2:
+            raise ClaimedByOther(holder)
+        return holder != staff
 
     async def reply(self, tid: str, text: str, staff: str) -> str:
-        """Staff answer a thread: SMS/LMS from the city number the citizen texted."""
-        raw = await self.client.hgetall(f"{PREFIX}thread:{tid}")
-        if not raw:
-            raise InboundRejected(f"no thread {tid}")
-        t = {k.decode(): v.decode() for k, v in raw.items()}
+        """Staff answer a thread: SMS/LMS from the city number the citizen texted.
+
+        Only the staff member who claimed the thread may answer it (`ClaimedByOther` otherwise);
+        an unclaimed thread is claimed by its first answer, so that a second person does not
+        answer it too. The same text from the same staff within `REPLY_ONCE_S` is sent once and
+        the repeat returns "duplicate" (a double click, a client's retry)."""
         if not text.strip():
             raise InboundRejected("empty reply")
+        await self.claim(tid, staff)
+        once = f"{PREFIX}reply-once:{tid}:{hashlib.sha256(f'{staff}|{text}'.encode()).hexdigest()[:24]}"
+        try:
+            raw = await self.client.hgetall(f"{PREFIX}thread:{tid}")
+            if not await self.client.set(once, "1", nx=True, ex=REPLY_ONCE_S):
+                return "duplicate"
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        if not raw:  # (expired between the claim and now)
+            raise ThreadNotFound(f"no thread {tid}")
+        t = {k.decode(): v.decode() for k, v in raw.items()}
         sender = self.sealer.open(t["sender"], tid.encode())
-        result = await self.replies.send(tid, sender, t["to"], text, f"reply:{uuid.uuid4().hex[:12]}")
+        result = "failed"
+        try:
+            result = await self.replies.send(tid, sender, t["to"], text, f"reply:{uuid.uuid4().hex[:12]}")
+        finally:
+            if result != "queued":
+                # Not sent: the same answer may be posted again at once.
+                with contextlib.suppress(RedisError):
+                    await self.client.delete(once)
         if result == Verdict.OPTED_OUT.value:
             raise OptedOut("the citizen refused messages (수신거부); no reply is sent")
         if result == "queued":
@@ -351,6 +425,12 @@ def inbound_from_fields(fields: Mapping[str, str], provider: str, plan: Any, now
         raise InboundRejected(f"'from' is not a phone number: {mask(fields['from'])}")
     if not to.e164.startswith("+"):
         raise InboundRejected("'to' is not a phone number")
+    message_id = fields["message_id"]
+    if len(message_id) > MAX_MESSAGE_ID:
+        raise InboundRejected(f"message_id longer than {MAX_MESSAGE_ID:,} characters")
+    for name in ("message_id", "text"):
+        if has_surrogate(fields[name]):
+            raise InboundRejected(f"'{name}' is not valid Unicode text (a lone surrogate: an emoji cut in half?)")
     try:
         received = float(fields.get("received_at") or now)
     except ValueError:
@@ -361,4 +441,4 @@ def inbound_from_fields(fields: Mapping[str, str], provider: str, plan: Any, now
     text = fields["text"]
     if len(text) > 2000:
         raise InboundRejected("text longer than an LMS (2,000 characters)")
-    return InboundSms(fields["message_id"][:128], provider, to.e164, sender.e164, text, received)
+    return InboundSms(message_id, provider, to.e164, sender.e164, text, received)

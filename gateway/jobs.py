@@ -1,7 +1,8 @@
 """Durable jobs on dramatiq's Redis broker: what may wait goes here, so a crash, a restart or a
 provider outage loses nothing.
 
-* msgpack encoding of small payloads (ids and values, the citizen's number sealed with AES-GCM);
+* msgpack encoding of small payloads (ids and values; the citizen's number and every text to
+  send sealed with AES-GCM: Redis, its dead letters and its backups hold no citizen data in clear);
 * queues named for what they carry: `call_notice` (Alimtalk for phones that cannot show
   lettering), `postcall` (post-call content, deferred out of quiet hours), `sms` (SMS/LMS
   fallback);
@@ -137,35 +138,59 @@ def actor_options(queue: str) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ payloads
 
+# Version 2 seals the SMS/LMS text and title as well as the citizen's number (version 1, the
+# previous release's, kept them in clear). Both are read: jobs already queued at an upgrade,
+# dead letters re-driven days later. A worker of the previous release refuses version 2 (a
+# dead letter, re-driven once it is upgraded) instead of sending a sealed token as text.
+PAYLOAD_VERSION = 2
+_READABLE_VERSIONS = frozenset({1, 2})
+
 
 def encode_message(message: QueuedMessage, sealer: Sealer) -> dict[str, Any]:
-    """A queued message as a small msgpack-able dict; the citizen's number sealed."""
-    payload: dict[str, Any] = {"v": 1, "key": message.key, "pbx": message.pbx, "call": message.call_id,
-                               "action": message.action, "provider": message.provider,
-                               "to": sealer.seal(message.recipient, message.key.encode())}
+    """A queued message as a small msgpack-able dict: the citizen's number, and every SMS/LMS
+    text and title (a staff answer quotes the citizen; dead letters keep jobs for days), sealed
+    and bound to the message's key."""
+    aad = message.key.encode()
+    payload: dict[str, Any] = {"v": PAYLOAD_VERSION, "key": message.key, "pbx": message.pbx,
+                               "call": message.call_id, "action": message.action, "provider": message.provider,
+                               "to": sealer.seal(message.recipient, aad)}
+    sms_fields = None
+    if message.sms is not None:
+        sms_fields = payload["sms"] = _sms_fields(message.sms, sealer, aad)
     if message.alimtalk is not None:
         a = message.alimtalk
+        fallback = None
+        if a.fallback is not None:
+            # The call notice's fallback is usually its `sms` too: sealed once.
+            fallback = sms_fields if a.fallback is message.sms else _sms_fields(a.fallback, sealer, aad)
         payload["alimtalk"] = {"template": a.template_code, "vars": [list(v) for v in a.variables],
-                               "buttons": [[b.name, b.url] for b in a.buttons],
-                               "fallback": _sms_fields(a.fallback) if a.fallback else None}
-    if message.sms is not None:
-        payload["sms"] = _sms_fields(message.sms)
+                               "buttons": [[b.name, b.url] for b in a.buttons], "fallback": fallback}
     return payload
 
 
-def _sms_fields(sms: SmsRequest) -> dict[str, str]:
-    return {"sender": sms.sender, "text": sms.text, "title": sms.title, "kind": sms.kind}
+def _sms_fields(sms: SmsRequest, sealer: Sealer, aad: bytes) -> dict[str, str]:
+    return {"sender": sms.sender, "text": sealer.seal(sms.text, aad),
+            "title": sealer.seal(sms.title, aad) if sms.title else "", "kind": sms.kind}
 
 
 def decode_message(payload: Mapping[str, Any], sealer: Sealer) -> QueuedMessage:
-    if payload.get("v") != 1:
-        raise ValueError(f"unknown payload version {payload.get('v')!r}")
+    """The queued message of a version 1 (texts in clear) or 2 (texts sealed) payload; raises
+    `SealError` for a sealed value that cannot be opened, `ValueError`/`KeyError` for a payload
+    that is not one."""
+    version = payload.get("v")
+    if version not in _READABLE_VERSIONS:
+        raise ValueError(f"unknown payload version {version!r}")
     key = str(payload["key"])
-    to = sealer.open(str(payload["to"]), key.encode())
+    aad = key.encode()
+    to = sealer.open(str(payload["to"]), aad)
+
+    def clear(value: Any) -> str:
+        value = str(value)
+        return sealer.open(value, aad) if version >= 2 and value else value
 
     def sms(fields: Mapping[str, str]) -> SmsRequest:
-        return SmsRequest(idempotency_key=key, to=to, sender=fields["sender"], text=fields["text"],
-                          title=fields.get("title", ""), kind=fields.get("kind", "sms"))
+        return SmsRequest(idempotency_key=key, to=to, sender=fields["sender"], text=clear(fields["text"]),
+                          title=clear(fields.get("title", "")), kind=fields.get("kind", "sms"))
 
     alimtalk = None
     if payload.get("alimtalk"):
@@ -177,6 +202,23 @@ def decode_message(payload: Mapping[str, Any], sealer: Sealer) -> QueuedMessage:
     return QueuedMessage(key=key, pbx=str(payload["pbx"]), call_id=str(payload["call"]), action=str(payload["action"]),
                          recipient=to, provider=str(payload["provider"]), alimtalk=alimtalk,
                          sms=sms(payload["sms"]) if payload.get("sms") else None)
+
+
+def inbound_reply(sealer: Sealer, tid: str, *, text: str, action: str, sealed_to: str,
+                  city_number: str) -> dict[str, str]:
+    """The `reply` field of a citizen's notification job (the automatic reply or opt-out
+    confirmation the worker sends): the text sealed like the thread's (bound to the thread id),
+    under `sealed_text`: a worker of the previous release, which read `text`, dead-letters the
+    job instead of sending the sealed token to the citizen."""
+    return {"sealed_text": sealer.seal(text, tid.encode()), "action": action, "to": sealed_to, "from": city_number}
+
+
+def open_inbound_reply(reply: Mapping[str, Any], sealer: Sealer, tid: str) -> tuple[str, str, str, str]:
+    """(citizen's number, text, action, city number) of a notification's `reply`, sealed
+    (`sealed_text`) or from the previous release (`text`, in clear)."""
+    aad = tid.encode()
+    text = sealer.open(str(reply["sealed_text"]), aad) if "sealed_text" in reply else str(reply["text"])
+    return sealer.open(str(reply["to"]), aad), text, str(reply["action"]), str(reply["from"])
 
 
 # ------------------------------------------------------------------ enqueuing

@@ -12,6 +12,7 @@ from typing import Any
 
 from gateway.domain.directory import Directory
 from gateway.domain.models import Button
+from gateway.domain.optout import OptoutWords, compact
 from gateway.domain.postcall import Content, MessagingRules
 from gateway.errors import RulesError
 from gateway.rules import file_label, line_of, load_yaml, validate
@@ -21,6 +22,10 @@ _HHMM = {"type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$",
          "x-message": "{value!r} is not a time of day like \"21:00\""}
 _URL = {"type": "string", "pattern": "^https://", "x-message": "{value!r} must be an https:// link"}
 _TEXT = {"type": "string", "minLength": 1}
+_WORDS = {"type": "array", "items": _TEXT}
+# The opt-out word lists (see gateway.domain.optout): a list given replaces the built-in one.
+_OPTOUT_LISTS = {"keywords": "optout", "optin_keywords": "optin", "leads": "leads", "endings": "endings",
+                 "undo": "undo", "mentions": "mentions", "carrier_tags": "carrier_tags"}
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -35,9 +40,10 @@ SCHEMA: dict[str, Any] = {
                      "properties": {"call_notice_template": _TEXT, "postcall_template": _TEXT,
                                     "provider_resend": {"type": "boolean"}}},
         "optout": {"type": "object", "additionalProperties": False,
-                   "properties": {"keywords": {"type": "array", "minItems": 1, "items": _TEXT},
-                                  "optin_keywords": {"type": "array", "minItems": 1, "items": _TEXT},
-                                  "confirmation": _TEXT, "optin_confirmation": _TEXT}},
+                   "properties": {"keywords": {**_WORDS, "minItems": 1}, "optin_keywords": {**_WORDS, "minItems": 1},
+                                  "leads": _WORDS, "endings": _WORDS, "undo": _WORDS, "mentions": _WORDS,
+                                  "carrier_tags": _WORDS, "confirmation": _TEXT, "optin_confirmation": _TEXT,
+                                  "help": _TEXT}},
         "contents": {
             "type": "object",
             "propertyNames": {"pattern": "^[a-z0-9][a-z0-9-]*$"},
@@ -85,10 +91,7 @@ def load_messaging(directory: Path, departments: Directory | None = None) -> Mes
             raise RulesError([f"{label}:{line}: contents: no content for {', '.join(map(repr, missing))} "
                               "(named by postcall: in directory.yaml)"])
     optout = data.get("optout") or {}
-
-    def words(items: list[str] | None, default: frozenset[str]) -> frozenset[str]:
-        return frozenset(w.strip().casefold() for w in items) if items else default
-
+    optout_words = _optout_words(optout, lines, label)
     quiet = data.get("quiet_hours") or {}
     alimtalk = data.get("alimtalk") or {}
     defaults = MessagingRules()
@@ -102,8 +105,33 @@ def load_messaging(directory: Path, departments: Directory | None = None) -> Mes
         postcall_template=alimtalk.get("postcall_template", defaults.postcall_template),
         provider_resend=alimtalk.get("provider_resend", defaults.provider_resend),
         contents=contents,
-        optout_keywords=words(optout.get("keywords"), defaults.optout_keywords),
-        optin_keywords=words(optout.get("optin_keywords"), defaults.optin_keywords),
+        optout_words=optout_words,
         optout_confirmation=optout.get("confirmation", defaults.optout_confirmation),
         optin_confirmation=optout.get("optin_confirmation", defaults.optin_confirmation),
+        optout_help=optout.get("help", defaults.optout_help),
     )
+
+
+def _optout_words(optout: dict[str, Any], lines: dict[Any, int], label: str) -> OptoutWords:
+    """The `optout:` word lists over the built-in ones. Words are compared compacted (NFKC,
+    case-folded, letters and digits only), so a word with no letter could never match: an error,
+    as is a word that would be both an opt-out and an opt-in keyword."""
+    problems: list[str] = []
+    given: dict[str, tuple[str, ...]] = {}
+    for key, name in _OPTOUT_LISTS.items():
+        if key not in optout:
+            continue
+        for i, word in enumerate(optout[key]):
+            if not compact(word):
+                problems.append(f"{label}:{line_of(lines, ('optout', key, i))}: optout.{key}[{i}]: {word!r} has no "
+                                "letter or digit (spaces, punctuation and emoji are ignored when matching)")
+        given[name] = tuple(optout[key])
+    if problems:
+        raise RulesError(problems)
+    words = OptoutWords(**given)
+    both = sorted(set(words.optout) & set(words.optin))
+    if both:
+        key = "optin_keywords" if "optin_keywords" in optout else "keywords"
+        raise RulesError([f"{label}:{line_of(lines, ('optout', key))}: optout.{key}: {', '.join(map(repr, both))} "
+                          "would be both an opt-out and an opt-in keyword"])
+    return words

@@ -74,7 +74,7 @@ class CallPipeline:
         self._expire_every_s = expire_every_s
         self.events_handled = 0
         self.dial_latencies_ms: list[float] = []  # AMI receipt -> adapter call, bounded below
-        self.on_latency: Callable[[float], None] | None = None  # the /metrics histogram
+        self.on_latency: Callable[[float], None] | None = None  # the /metrics histogram, in seconds
         self.calls_by: dict[tuple[str, str, str], int] = {}
         # Lettering claims are leases this long until the carrier answered (Outgoing.lease_s);
         # None: claims are final at once. Set by the composition root from the carriers' deadlines.
@@ -119,6 +119,8 @@ class CallPipeline:
             log.warning("pbx %s restarted (uptime %s): ending its %d tracked calls", pbx, change.uptime,
                         tracker.live_calls)
             self._apply(tracker.pbx_restarted(at), received)
+        elif change.kind is SessionKind.LOST:
+            tracker.connection_lost(at)  # calls found gone after the reconnect ended by then
         self.sink.decision({"event": "pbx", "pbx": pbx, "state": change.kind.value, "detail": change.detail})
 
     # -------------------------------------------------------------- decisions
@@ -174,7 +176,7 @@ class CallPipeline:
         if len(self.dial_latencies_ms) < 100_000:
             self.dial_latencies_ms.append(latency_ms)
         if self.on_latency is not None:
-            self.on_latency(latency_ms)
+            self.on_latency(latency_ms / 1000)  # seconds: Prometheus's base unit
         self.sink.decision({
             "event": "lettering", "pbx": request.pbx, "call": request.call_id, "extension": request.extension,
             "to": request.to, "provider": delivery.outcome.provider, "organisation": request.organisation,
@@ -198,10 +200,7 @@ class CallPipeline:
         log.info("call %s on %s ended: %s %s -> %s %s (%s) talk %.1fs", r.call_id, r.pbx, r.direction,
                  r.extension, mask(r.party), r.disposition, r.cause, r.talk_seconds)
         if ended.external_dials == 0:
-            reason = r.direction.value if r.party else "not_dialed"
-            if r.direction.value == "outbound":
-                reason = "not_dialed"  # the desk phone never reached the outside number
-            self._skipped(r.pbx, r.call_id, reason)
+            self._skipped(r.pbx, r.call_id, self._unlettered_reason(r))
         if (r.direction is Direction.OUTBOUND and r.disposition is Disposition.ANSWERED
                 and r.party_kind is NumberKind.MOBILE and self.enqueuer is not None):
             self._spawn(self._postcall(r))
@@ -212,6 +211,21 @@ class CallPipeline:
             "answered_at": round(r.answered_at, 3) if r.answered_at else None, "ended_at": round(r.ended_at, 3),
             "transfers": [{"kind": t.kind, "to": t.to} for t in r.transfers], "recovered": r.recovered,
         })
+
+    def _unlettered_reason(self, r: CallRecord) -> str:
+        """Why a call that never rang an outside number here was not lettered."""
+        if r.direction is not Direction.OUTBOUND:
+            return r.direction.value if r.party else "not_dialed"
+        if r.recovered and r.party and r.answered_at is not None:
+            # Already answered when this gateway first saw it (rebuilt from CoreShowChannels after a
+            # gateway restart or reconnect): too late for lettering; whoever saw it ring decided then.
+            # The policy's own reason (landline, internal, ...) still comes first.
+            plan = self.tracker(r.pbx).plan
+            dial = ExternalDial(r.pbx, r.call_id, r.started_at, r.extension, plan.classify(r.party), r.trunk,
+                                r.direction, recovered=True)
+            decision = decide(dial, self._rules())
+            return decision.reason if isinstance(decision, Skip) else "recovered"
+        return "not_dialed"  # the desk phone never reached the outside number
 
     # -------------------------------------------------------- durable messages
     async def _call_notice(self, request: LetteringRequest) -> None:

@@ -3,7 +3,9 @@
 Staff replies (the intake's API), and the rules' automatic replies and opt-out confirmations
 (the worker, from a citizen's inbound notification job) all go the same way: admitted through
 the outbox guard (opt-out, dedupe, rate limit), queued on `sms` and written to the thread, in
-one atomic step. The dedupe key is the action ("auto_reply:<message id>", "reply:<id>"), so a
+one atomic step. The text is sealed in both (the job's bound to its key, the thread's to the
+thread id): a staff answer quotes the citizen, and dead letters keep a job for days. The
+dedupe key is the action ("auto_reply:<message id>", "reply:<id>"), so a
 retried notification job finds its reply a duplicate instead of sending it again.
 """
 

@@ -321,6 +321,7 @@ def _build(doc: _Doc, version: str) -> RoutingRules | None:
         calendar=calendar,
         version=version,
         organisation=organisation if isinstance(organisation, str) else "",
+        city_numbers=frozenset(numbers.values()),
     )
 
 

@@ -25,6 +25,10 @@ Where each check lives, and why:
   learns per recipient and never sends a body for nobody.
 - Size: aiosmtpd's ``data_size_limit`` answers ``552`` to ``MAIL ... SIZE=`` and after an
   oversized ``DATA``; `SmtpHandler.handle_DATA` checks again (defence in depth).
+- Encryption: STARTTLS (RFC 3207) is offered when ``smtp.tls_cert``/``tls_key`` are set; with
+  ``require_tls`` aiosmtpd answers ``530`` to every transaction command before it.
+- Time: aiosmtpd's ``timeout`` (``smtp.idle_timeout_s``) closes a session silent that long; it
+  restarts on valid commands only, so it also bounds one whole ``DATA``.
 - Content (MIME, charsets, sender number, Message-ID): `parse_mail`, a pure function.
 
 What `parse_mail` accepts as the citizen's number, first match wins:
@@ -45,9 +49,10 @@ import contextlib
 import ipaddress
 import logging
 import re
+import ssl
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC
 from email import policy
@@ -56,14 +61,18 @@ from email.message import EmailMessage, Message
 from email.parser import BytesParser
 from email.utils import getaddresses, parsedate_to_datetime
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any, Protocol
 
 from aiosmtpd.smtp import SMTP
 
+from gateway.domain.inputs import has_surrogate
 from gateway.domain.models import NumberKind
 from gateway.domain.numbers import NumberPlan, mask
 from gateway.domain.routing import InboundSms
-from gateway.errors import ConfigError, GatewayError, StoreUnavailable
+from gateway.edgelog import MalformedLog
+from gateway.errors import ConfigError, GatewayError, RecipientUnknown, StoreUnavailable
+from gateway.tls import TlsFileError, server_context
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +153,14 @@ class SmtpSettings:
     # Our name in the greeting and EHLO. Set explicitly: aiosmtpd's default is socket.getfqdn(),
     # a blocking DNS lookup per connection on the loop that also runs the PBX edge.
     server_name: str = "sms-gateway.invalid"
+    # aiosmtpd's `timeout`: a client silent this long is disconnected. Restarted by each valid
+    # command only, so it also bounds a whole DATA (a relay that stalls or trickles mid-mail).
     idle_timeout_s: float = 60.0
+    # STARTTLS (RFC 3207) with this PEM certificate chain and unencrypted PEM key; "": not offered.
+    tls_cert: str = ""
+    tls_key: str = ""
+    # Refuse every transaction command before STARTTLS (530); needs tls_cert.
+    require_tls: bool = False
     networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -163,6 +179,43 @@ class SmtpSettings:
         bad = sorted(n for n in self.city_numbers if not n.startswith("+"))
         if bad:
             raise ConfigError(f"smtp.city_numbers: not E.164: {', '.join(bad)}")
+        if self.idle_timeout_s <= 0:
+            raise ConfigError("smtp.idle_timeout_s: must be positive")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("smtp.tls_cert and smtp.tls_key: set both or neither")
+        if self.require_tls and not self.tls_cert:
+            raise ConfigError("smtp.require_tls: needs smtp.tls_cert and smtp.tls_key")
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The STARTTLS context (None: TLS not configured); a bad file is a `ConfigError`
+        naming its setting."""
+        if not self.tls_cert:
+            return None
+        try:
+            return server_context(Path(self.tls_cert), Path(self.tls_key))
+        except TlsFileError as exc:
+            raise ConfigError(f"smtp.tls_{exc.setting}: {exc}") from None
+
+
+def settings_from_config(section: Mapping[str, Any], source: str) -> SmtpSettings:
+    """The settings of gateway.yaml's `smtp:` section (checked by `gateway.config.load_config`:
+    schema, TLS files, paths made absolute); `source` names the file in errors."""
+    plan = NumberPlan()
+    numbers = []
+    for raw in section["city_numbers"]:
+        number = plan.classify(str(raw)).e164
+        if not number.startswith("+"):
+            raise ConfigError(f"{source}: smtp.city_numbers: {raw!r} is not a phone number")
+        numbers.append(number)
+    try:
+        return SmtpSettings(
+            host=section.get("host", "127.0.0.1"), port=int(section["port"]), peers=tuple(section["peers"]),
+            senders=tuple(section["senders"]), recipient_domain=section["recipient_domain"],
+            city_numbers=frozenset(numbers), max_bytes=int(section.get("max_bytes", DEFAULT_MAX_BYTES)),
+            idle_timeout_s=float(section.get("idle_timeout_s", 60.0)), tls_cert=str(section.get("tls_cert", "")),
+            tls_key=str(section.get("tls_key", "")), require_tls=bool(section.get("require_tls", False)))
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 # --------------------------------------------------------------------------- pure MIME logic
@@ -191,6 +244,10 @@ def parse_mail(raw: bytes, *, plan: NumberPlan, provider: str, recipients: list[
     text = _text(msg)
     if not text:
         text = _normalise(_header_text(raw_headers, "Subject"))
+    if has_surrogate(text):
+        # Some charsets (UTF-7, unicode_escape) decode bytes into lone surrogates: text that
+        # cannot be stored or sent. A bounce, like any undecodable mail.
+        raise MailRejected("5.6.0 text is not valid Unicode (a lone surrogate)")
     received_at = _received_at(raw_headers, now)
     return [InboundSms(message_id=f"{message_id}/{to}", provider=provider, to=to, sender=sender, text=text,
                        received_at=received_at)
@@ -364,6 +421,7 @@ class SmtpHandler:
         self.plan = plan or NumberPlan()
         self.draining = False
         self.replies: dict[tuple[str, str], int] = {}  # (command, reply code) for /metrics
+        self.malformed = MalformedLog(log)  # refused mail: one WARNING per kind, rate-limited
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -512,7 +570,8 @@ class SmtpHandler:
             messages = parse_mail(raw, plan=self.plan, provider=self.settings.provider, recipients=recipients,
                                   now=time.time())
         except MailRejected as exc:
-            log.info("smtp: rejected mail: %s", exc.reason)
+            # The reason's enhanced code only: its text may quote the sender's input (a charset).
+            self.malformed.note("smtp DATA", f"550 {exc.reason.split(' ', 1)[0]}")
             return f"550 {_reply_text(exc.reason)}"
         except Exception:
             log.exception("smtp: unexpected error while parsing a mail")
@@ -528,8 +587,11 @@ class SmtpHandler:
             except StoreUnavailable as exc:
                 log.warning("smtp: store unavailable for %s to %s: %s", sms.message_id, mask(sms.to), exc)
                 temporary = True
+            except RecipientUnknown as exc:  # a number the relay serves but routing.yaml does not list
+                self.malformed.note("smtp DATA", "550 5.1.1 RecipientUnknown")
+                rejection = rejection or f"550 5.1.1 {_reply_text(str(exc))}"
             except GatewayError as exc:
-                log.info("smtp: intake rejected %s from %s: %s", sms.message_id, mask(sms.sender), exc)
+                self.malformed.note("smtp DATA", f"550 5.6.0 {type(exc).__name__}")
                 rejection = rejection or f"550 5.6.0 {_reply_text(str(exc)) or 'rejected'}"
             except Exception:
                 log.exception("smtp: unexpected error accepting %s from %s to %s", sms.message_id,
@@ -566,6 +628,9 @@ class SmtpIntake:
     def __init__(self, settings: SmtpSettings, intake: IntakePort, *, plan: NumberPlan | None = None) -> None:
         self.settings = settings
         self.handler = SmtpHandler(settings, intake, plan=plan)
+        # Built (and the files read) now, at startup: a bad certificate stops the gateway here,
+        # not at a relay's first STARTTLS.
+        self.tls = settings.tls_context()
         self._server: asyncio.Server | None = None
         # Live sessions, so `stop` can close them: Server.wait_closed does not wait for (or
         # close) accepted connections on Python 3.11.
@@ -581,6 +646,10 @@ class SmtpIntake:
             hostname=self.settings.server_name,
             ident="civic-gateway",
             timeout=self.settings.idle_timeout_s,
+            tls_context=self.tls,
+            # aiosmtpd answers "530 Must issue a STARTTLS command first" to any command but
+            # EHLO, NOOP, QUIT and STARTTLS until the session is encrypted.
+            require_starttls=self.settings.require_tls,
             loop=asyncio.get_running_loop(),
         )
         self._sessions.add(smtp)

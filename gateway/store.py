@@ -310,11 +310,23 @@ class RedisOutboxStore:
         except RedisError as exc:
             log.warning("audit record not stored: %s", exc)
 
-    async def ping(self) -> float:
-        """Round-trip time in milliseconds; raises StoreUnavailable."""
+    async def ping(self, timeout_s: float = 2.0) -> float:
+        """Round-trip time in milliseconds of a PING on both connections to Redis (the redis-py
+        client's pool and the real-time `wire`), sent together and bounded by `timeout_s`.
+
+        Redis counts as reachable only when commands on both can complete now: the pool may
+        still hold working connections while the wire cannot connect (Redis at `maxclients`),
+        and the wire may be what is broken (issue #13: /health said reachable while every
+        webhook hung on it). Raises StoreUnavailable."""
         start = time.perf_counter()
         try:
-            await self.client.ping()
-        except RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
+            results = await asyncio.wait_for(asyncio.gather(self.client.ping(), self.wire.execute("PING"),
+                                                            return_exceptions=True), timeout_s)
+        except TimeoutError as exc:
+            raise StoreUnavailable(f"redis: no answer to PING within {timeout_s:g} s") from exc
+        for where, result in zip(("", " (real-time connection)"), results, strict=True):
+            if isinstance(result, RedisError):
+                raise StoreUnavailable(f"redis{where}: {result}") from result
+            if isinstance(result, BaseException):
+                raise result
         return (time.perf_counter() - start) * 1000

@@ -15,8 +15,11 @@ Failure semantics follow `gateway.store.connect`:
 * a command not answered within `timeout_s` drops the connection: every command pending on it
   fails with `redis.exceptions.TimeoutError` (a late reply could otherwise be handed to the
   wrong caller), and the next command reconnects;
-* a lost connection fails the pending commands with `redis.exceptions.ConnectionError`; a
-  connect that does not succeed within `connect_timeout_s` fails the same way;
+* a lost connection fails the pending commands with `redis.exceptions.ConnectionError`;
+* a connect that fails in any way (refused or reset, a TLS handshake error, AUTH or SELECT
+  refused or unanswered, a reply that is not RESP, not done within `connect_timeout_s`) fails
+  every command waiting for it with `redis.exceptions.ConnectionError`, and the next command
+  connects again: a failed connect never leaves a state later commands wait on;
 * an error reply fails its own command only, as `redis.exceptions.ResponseError`.
 
 All three are `RedisError`s, so callers keep one `except RedisError`. Nothing is retried here:
@@ -203,7 +206,7 @@ class Wire:
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
         self._conn: _Connection | None = None
-        self._connecting: asyncio.Future[_Connection] | None = None
+        self._connecting: asyncio.Task[_Connection] | None = None  # the connect under way, shared
         # For /health and /metrics: connections made, connects that failed, connections dropped
         # because a command timed out, connections lost (Redis closed them or went away),
         # connections dropped because Redis answered READONLY (demoted to a replica).
@@ -255,25 +258,52 @@ class Wire:
         return list(results)
 
     async def _connect(self) -> _Connection:
-        if self._connecting is not None:  # another caller is connecting: share its connection
-            return await asyncio.shield(self._connecting)
+        """The connection, once the connect under way (started here when there is none) is done.
+
+        The connect runs as a task of its own that every caller waits on through a shield: a
+        caller that is cancelled (its HTTP client went away, a `wait_for` around it expired)
+        stops waiting, and the others still get the connection; the task is bounded by
+        `connect_timeout_s` in any case. However it ends, `_connect_done` forgets it, so the
+        next command after a failure connects again."""
+        task = self._connecting
+        if task is None or task.done():
+            task = asyncio.get_running_loop().create_task(self._establish())
+            task.add_done_callback(self._connect_done)
+            self._connecting = task
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # The connect itself was cancelled (`aclose`), not this caller: to the caller that
+            # is a connect that failed, not a cancellation it must pass on.
+            current = asyncio.current_task()
+            if task.cancelled() and current is not None and not current.cancelling():
+                raise RedisConnectionError(f"redis: cannot connect to {self._address()}: "
+                                           "the connection was closed") from None
+            raise
+
+    async def _establish(self) -> _Connection:
         loop = asyncio.get_running_loop()
-        self._connecting = loop.create_future()
         try:
             conn = await asyncio.wait_for(self._open(loop), self.connect_timeout_s)
-        except (OSError, TimeoutError, RedisConnectionError, ResponseError) as exc:
-            error = RedisConnectionError(f"redis: cannot connect to {self._address()}: "
-                                         f"{str(exc) or type(exc).__name__}")
+        except Exception as exc:
+            # Every way a connect can fail becomes the one error callers handle (a RedisError):
+            # OSError (refused, reset, unreachable, ssl.SSLError from the TLS handshake), the
+            # builtin TimeoutError of `wait_for`, redis-py's TimeoutError (AUTH or SELECT not
+            # answered within `timeout_s`: a paused Redis accepts TCP connections but answers
+            # nothing), its ConnectionError (closed during the hello, not RESP) and its
+            # ResponseError (WRONGPASS, NOAUTH). A cancellation (`aclose`) passes through.
             self.events["connect_failures"] += 1
-            self._connecting.set_exception(error)
-            self._connecting.exception()  # retrieved: callers that did not wait need not see it
-            self._connecting = None
-            raise error from exc
+            raise RedisConnectionError(f"redis: cannot connect to {self._address()}: "
+                                       f"{str(exc) or type(exc).__name__}") from exc
         self._conn = conn
-        self._connecting.set_result(conn)
-        self._connecting = None
         self.events["connects"] += 1
         return conn
+
+    def _connect_done(self, task: asyncio.Task[_Connection]) -> None:
+        if self._connecting is task:
+            self._connecting = None
+        if not task.cancelled():
+            task.exception()  # retrieved: a failure whose callers all gave up is not an "unretrieved" error
 
     async def _open(self, loop: asyncio.AbstractEventLoop) -> _Connection:
         def factory() -> _Connection:
@@ -300,6 +330,10 @@ class Wire:
         return self.path or f"{self.host}:{self.port}"
 
     async def aclose(self) -> None:
+        task, self._connecting = self._connecting, None
+        if task is not None and not task.done():
+            task.cancel()  # its waiters get a ConnectionError (see `_connect`)
+            await asyncio.wait({task})  # a half-open connection is closed before this returns
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()

@@ -31,7 +31,7 @@ from gateway.domain.notify import NotifyRules, duty_sms
 from gateway.domain.numbers import mask
 from gateway.domain.smstext import choose
 from gateway.errors import GatewayError, StoreUnavailable
-from gateway.jobs import QUEUES, Enqueuer, actor_name, actor_options, decode_message
+from gateway.jobs import QUEUES, Enqueuer, actor_name, actor_options, decode_message, open_inbound_reply
 from gateway.outbox import Admission, Outbox, QueuedMessage, Verdict
 from gateway.ports import DecisionSink
 from gateway.replies import Replies
@@ -202,8 +202,8 @@ class WorkerRuntime:
             text = self.sealer.open(str(payload["text"]), tid.encode())
             reply = payload.get("reply")
             if reply:
-                reply_to = self.sealer.open(str(reply["to"]), tid.encode())
-                reply_text, reply_action, reply_from = str(reply["text"]), str(reply["action"]), str(reply["from"])
+                # sealed since payload v2; a job queued by the previous release has it in clear
+                reply_to, reply_text, reply_action, reply_from = open_inbound_reply(reply, self.sealer, tid)
         except (SealError, KeyError, ValueError, TypeError) as exc:
             raise UnreadableJob(f"unreadable inbound notification: {exc}") from None
         if reply:
@@ -373,15 +373,19 @@ def start_worker(broker: RedisBroker, *, threads: int = 4, idle_ms: int = 200) -
     return worker
 
 
-def stop_worker(worker: dramatiq.Worker) -> None:
-    """Stop an in-process worker (demo, replay). When Redis is already gone its consumers cannot
-    hand back the messages they held: that is logged, not raised; Redis's own bookkeeping puts
-    those messages back on their queue once the worker's heartbeat lapses."""
-    try:
-        worker.stop()
-    except redis.RedisError as exc:
+def stop_worker(worker: dramatiq.Worker, timeout_s: float = 30.0) -> None:
+    """Stop an in-process worker (demo, replay) within `timeout_s`. When Redis is gone or paused
+    its consumers cannot hand back the messages they held: that is logged, not raised, and the
+    actors' event loop is stopped all the same (the process could not exit otherwise); Redis's
+    own bookkeeping puts those messages back on their queue once the worker's heartbeat lapses."""
+    from gateway.workerstop import release_event_loop, stop_within
+
+    result = stop_within(worker, timeout_s)
+    if not result.complete:
         log.warning("worker stopped without Redis (%s): its unfinished messages return to their queue "
-                    "when its heartbeat lapses", exc)
+                    "when its heartbeat lapses", result.detail)
+        if not release_event_loop():
+            log.error("the actors' event loop does not stop: a job blocks it")
 
 
 async def wait_idle(broker: RedisBroker, runtime: WorkerRuntime, *, timeout_s: float = 30.0,
@@ -452,28 +456,62 @@ def run_worker(config: Any, *, threads: int | None = None) -> int:
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
     http: WorkerHttp | None = None
     if config.worker_http_port is not None:
-        http = WorkerHttp(broker, runtime, worker, config.worker_http_host, config.worker_http_port)
+        http = WorkerHttp(broker, runtime, worker, config.worker_http_host, config.worker_http_port,
+                          limits=config.http_limits)
         host, port = http.start()
         log.info("worker health on http://%s:%d/health", host, port)
     stop = threading.Event()
+    signalled: list[float] = []  # when the first SIGTERM/SIGINT came: the stop's budget starts there
+
+    def on_signal(*_: Any) -> None:
+        signalled.append(time.monotonic())
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     notifier.ready(f"consuming {', '.join(QUEUES)} with {count} threads")
     log.info("worker running: queues %s, %d threads", ", ".join(QUEUES), count)
     period = min(5.0, notifier.watchdog_s / 2) if notifier.watchdog_s else 5.0
-    while not stop.wait(period):
-        if worker_alive(worker):
-            if notifier.watchdog_s:
-                notifier.notify("WATCHDOG=1")
-        else:
-            log.error("worker wedged: a thread died or the event loop does not answer; watchdog not fed")
-        try:
-            publish(broker.client, broker.namespace, worker_id, runtime.provider_report())
-        except redis.RedisError as exc:
-            log.warning("cannot publish provider status: %s", exc)
-    log.info("worker stopping: finishing running jobs for at most %.0f s", config.shutdown_timeout_s)
+
+    def monitor() -> None:
+        # Off the main thread: a Redis that does not answer holds a publish for its socket
+        # timeouts, and the main thread must start the stop as soon as the signal comes.
+        while not stop.wait(period):
+            if worker_alive(worker):
+                if notifier.watchdog_s:
+                    notifier.notify("WATCHDOG=1")
+            else:
+                log.error("worker wedged: a thread died or the event loop does not answer; watchdog not fed")
+            try:
+                publish(broker.client, broker.namespace, worker_id, runtime.provider_report())
+            except redis.RedisError as exc:
+                log.warning("cannot publish provider status: %s", exc)
+
+    threading.Thread(target=monitor, name="worker-monitor", daemon=True).start()
+    while not stop.wait(1.0):
+        pass
+    return _stop(config, worker, http, notifier, signalled[0] if signalled else time.monotonic())
+
+
+def _stop(config: Any, worker: dramatiq.Worker, http: Any, notifier: Any, signalled_at: float) -> int:
+    """`gateway worker`'s stop, within shutdown_timeout_s of the signal whatever Redis does:
+    0 once every job finished or went back to Redis; otherwise the process ends at once with
+    EXIT_STOP_INCOMPLETE (threads still waiting for Redis, and dramatiq's event loop, would keep
+    it alive)."""
+    from gateway.workerstop import EXIT_STOP_INCOMPLETE, stop_within
+
+    budget = config.shutdown_timeout_s
+    log.info("worker stopping: finishing running jobs for at most %.0f s", budget)
     notifier.stopping("finishing running jobs")
-    worker.stop(timeout=int(config.shutdown_timeout_s * 1000))
+    reserve = min(1.0, budget / 5)  # closing the HTTP listener and the logs
+    result = stop_within(worker, budget - reserve - (time.monotonic() - signalled_at))
     if http is not None:
         http.stop()
-    return 0
+    if result.complete:
+        log.info("worker stopped: running jobs finished, held jobs handed back to Redis")
+        return 0
+    log.error("worker stop incomplete (%s): the jobs it held return to their queues once its heartbeat lapses "
+              "(%.0f s); exiting with code %d", result.detail, config.heartbeat_timeout_ms / 1000,
+              EXIT_STOP_INCOMPLETE)
+    logging.shutdown()  # flush: os._exit skips it
+    os._exit(EXIT_STOP_INCOMPLETE)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the gateway needs on a fresh Debian machine with Python 3.11:
 # Debian's redis-server (demo and tests start private instances of it), Debian's systemd
-# (for systemd-analyze: the tests verify the units in systemd/) and a virtualenv in .venv
+# (for systemd-analyze: the tests verify the units in systemd/), Debian's prometheus (for
+# promtool: the tests lint /metrics and the alert rules) and a virtualenv in .venv
 # with the project and its development tools.
 # Idempotent and quick when nothing changed: it is the first half of both README commands.
 set -euo pipefail
@@ -13,13 +14,16 @@ cd "$(dirname "$0")/.."
 packages=()
 command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
 command -v systemd-analyze >/dev/null 2>&1 || packages+=(systemd)
+# promtool (Debian's prometheus package): tests/test_promtool.py lints /metrics and alerts.yml.
+command -v promtool >/dev/null 2>&1 || packages+=(prometheus)
 if [ ${#packages[@]} -gt 0 ]; then
     echo "bootstrap: installing Debian's ${packages[*]}" >&2
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq >&2
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${packages[@]}" >&2
-    # Debian starts a system-wide Redis where systemd runs; the gateway's tests never use it.
+    # Debian starts a system-wide Redis (and Prometheus) where systemd runs; the gateway's tests
+    # use neither: they start private redis-servers and run promtool only.
 fi
 
 PY=${PYTHON:-python3}

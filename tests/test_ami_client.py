@@ -321,3 +321,36 @@ async def test_sessions_replayed_out_of_recording_order_do_not_look_like_a_resta
         assert uptimes[0] is not None and uptimes[1] is not None
         assert uptimes[1] >= uptimes[0] > 70
         assert K.PBX_RESTARTED not in rec.kinds()
+
+
+async def test_pbx_down_for_a_while_is_one_reconnect_and_session_changes_use_the_pbx_clock() -> None:
+    """The PBX dies mid-call (the connection drops, the port then refuses) and a restarted one
+    listens later. Refused attempts are counted apart from reconnections; LOST is dated when
+    the connection was lost and the new session's changes by the PBX's clock (its event stamps:
+    here the recording's, months away from this machine's clock), as the events are."""
+    before = Transcript.named("restart_during_call")
+    cut = max(i for i, b in enumerate(before.body) if b.event_name == "BridgeEnter") + 1
+    dying = server_for([SessionPlan(before, drop_after=cut)])  # its only session: then it refuses
+    back: AmiServer | None = None
+    async with running(dying) as (client, rec, _):
+        try:
+            await until(lambda: K.LOST in rec.kinds())
+            await until(lambda: "cannot connect" in (client.status()["last_error"] or ""))
+            refused_at = client.status()["last_error_at"]
+            await until(lambda: client.status()["last_error_at"] != refused_at)
+            assert client.status()["reconnects"] == 0
+            back = server_for([Transcript.named("restart_reconnect")], port=dying.port)
+            await back.start()
+            await until(lambda: rec.kinds().count(K.RESYNCED) >= 2)
+            status = client.status()
+        finally:
+            if back is not None:
+                await back.stop()
+    assert status["reconnects"] == 1
+    assert status["connect_attempts"] >= 4  # the first, two refused at least, the one that logged in
+    times = [(p, at) for _, kind, p, at in rec.log]
+    lost_i = next(i for i, (p, _) in enumerate(times) if isinstance(p, SessionChange) and p.kind is K.LOST)
+    last_event_at = next(at for p, at in reversed(times[:lost_i]) if isinstance(p, dict))
+    assert 0 <= times[lost_i][1] - last_event_at < 1.0
+    changes = {p.kind: at for p, at in times[lost_i:] if isinstance(p, SessionChange)}
+    assert 0 <= changes[K.RESYNCED] - changes[K.PBX_RESTARTED] < 1.0

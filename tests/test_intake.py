@@ -442,7 +442,7 @@ async def test_a_redelivered_notification_job_does_not_reply_twice(site: Site) -
                                    rule="streetlight-road", priority="normal", reply=reply)
         assert job is not None
         payload = msgpack.unpackb(job.data, raw=False)["args"][0]
-        assert set(payload["reply"]) == {"text", "action", "to", "from"} and CITIZEN not in str(payload)
+        assert set(payload["reply"]) == {"sealed_text", "action", "to", "from"} and CITIZEN not in str(payload)
         assert await site.gateway.enqueuer.enqueue_payload("inbound", payload, "redelivered notification")
         assert await wait_idle(site.broker, site.runtime, timeout_s=10)
         _, thread = await site.api(session, "GET", f"/api/threads/{tid}")

@@ -275,3 +275,13 @@ def test_manager_conf_user_gets_only_the_events_and_rights_the_gateway_needs() -
     assert filtered >= TRACKED_EVENTS | CLIENT_EVENTS
     assert filtered - TRACKED_EVENTS - CLIENT_EVENTS <= {"CoreShowChannelsComplete"}
     assert "timestampevents = yes" in text
+
+
+# ------------------------------------------------------------------ bootstrap.sh
+
+
+def test_bootstrap_installs_the_tools_the_tests_run() -> None:
+    """Each Debian tool the suite runs is installed when missing (and only then)."""
+    text = (OPS / "bootstrap.sh").read_text()
+    for tool, package in (("redis-server", "redis-server"), ("systemd-analyze", "systemd"), ("promtool", "prometheus")):
+        assert f"command -v {tool} >/dev/null 2>&1 || packages+=({package})" in text, tool

@@ -356,7 +356,9 @@ async def test_metrics_have_real_values(redis_url: str) -> None:
     lines = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
              if line and not line.startswith("#")}
     assert lines['gateway_calls_total{direction="outbound",disposition="answered",pbx="city-hall"}'] == 1
-    assert lines["gateway_lettering_latency_ms_count"] == 1
+    assert lines["gateway_lettering_latency_seconds_count"] == 1
+    assert 0 < lines["gateway_lettering_latency_seconds_sum"] < 5  # seconds, not milliseconds
+    assert lines['gateway_lettering_latency_seconds_bucket{le="2.5"}'] == 1
     assert lines['gateway_outbox_decisions_total{decision="sent:delivered"}'] == 1
     assert lines['gateway_ami_frames_total{pbx="city-hall"}'] > 90
     assert lines['gateway_ami_events_total{event="VarSet",pbx="city-hall"}'] > 10  # discarded, still counted

@@ -22,6 +22,7 @@ from gateway.domain.events import (
     LegGone,
     LegInfo,
     LegNew,
+    LegShutdown,
     LegsJoined,
 )
 from gateway.domain.models import Direction, Disposition
@@ -226,3 +227,82 @@ def test_memory_is_bounded_over_many_calls() -> None:
 ])
 def test_dialed_number(dial: str, number: str) -> None:
     assert dialed_number(dial) == number
+
+
+def test_pbx_shutdown_soft_hangup_is_the_cause_of_only_the_calls_it_cut() -> None:
+    """`core restart now`: SoftHangupRequest Cause 4 on each live channel, then Hangup Cause 16.
+    Calls running beside it that ended before (their own SoftHangupRequest has another Cause)
+    keep their causes."""
+    merged: list[tuple[float, dict[str, str]]] = []
+    for i, name in enumerate(["answered_mobile", "busy", "restart_during_call"]):
+        merged += list(timed_events(name, id_offset=(i + 1) * 1000, t0=0.002 * i))
+    merged.sort(key=lambda item: item[0])
+    t = tracker()
+    records = [o.record for o in run(t, merged) if isinstance(o, CallEnded)]
+    assert sorted((r.cause, r.disposition.value) for r in records) == [
+        ("busy", "busy"), ("normal", "answered"), ("pbx_restart", "answered")]
+    restarted = next(r for r in records if r.cause == "pbx_restart")
+    assert 2 <= restarted.talk_seconds <= 5
+    assert t.live_calls == 0
+
+
+def test_pbx_shutdown_while_ringing_keeps_the_disposition() -> None:
+    t = tracker()
+    phone = _info("5.1", "5.1", "PJSIP/2001-00000001", "2001", "01012345678", 6)
+    trunk = _info("5.2", "5.1", "PJSIP/carrier-00000002", "", "s", 5)
+    for ev in (LegNew(0, phone), LegNew(0.1, trunk), DialStart(0.1, phone, trunk, "01012345678@carrier"),
+               LegShutdown(3.0, "5.2"), LegShutdown(3.0, "5.1"), DialStop(3.0, "5.1", "5.2", "CANCEL")):
+        t.handle(ev)
+    out = t.handle(LegGone(3.0, "5.2", 16)) + t.handle(LegGone(3.0, "5.1", 16))
+    record = next(o.record for o in out if isinstance(o, CallEnded))
+    assert record.disposition is Disposition.CANCELLED and record.cause == "pbx_restart"
+
+
+@pytest.mark.parametrize("noticed_by", ["restart", "resync"])
+def test_calls_gone_after_a_reconnect_end_when_the_connection_was_lost(noticed_by: str) -> None:
+    """The connection is lost mid-call; the PBX comes back much later (restarted, or listing no
+    channel). The calls ended when the connection was lost, not when that was noticed."""
+    events = [(at, f) for at, f in timed_events("coreshowchannels") if f.get("Event") != "CoreShowChannel"]
+    bridged = [at for at, f in events if f.get("Event") == "BridgeEnter"]
+    cut = max(i for i, (_, f) in enumerate(events) if f.get("Event") == "BridgeEnter") + 1
+    t = tracker()
+    run(t, events[:cut])
+    assert t.live_calls == 2
+    lost = bridged[-1] + 2.0
+    t.connection_lost(lost)
+    t.connection_lost(lost + 1.0)  # a second loss before any resync: the first one counts
+    if noticed_by == "restart":
+        out = t.pbx_restarted(lost + 60.0)
+        t.resync_started()
+        out += t.resynced(lost + 60.1, [])
+    else:
+        t.resync_started()
+        out = t.resynced(lost + 60.0, [])
+    records = [o.record for o in out if isinstance(o, CallEnded)]
+    assert len(records) == 2
+    for r in records:
+        assert r.ended_at == pytest.approx(lost)
+        assert r.talk_seconds == pytest.approx(lost - max(bridged), abs=0.01)
+        assert r.cause == ("pbx_restart" if noticed_by == "restart" else "lost_while_disconnected")
+    # The loss was settled by that resync: a later restart is dated by itself.
+    phone = _info("8.1", "8.1", "PJSIP/2001-00000009", "2001", "", 6)
+    t.handle(LegNew(lost + 70.0, phone))
+    (late,) = [o.record for o in t.pbx_restarted(lost + 80.0) if isinstance(o, CallEnded)]
+    assert late.ended_at == lost + 80.0
+
+
+def test_a_call_alive_after_the_reconnect_keeps_its_real_end() -> None:
+    events = list(timed_events("answered_mobile"))
+    cut = max(i for i, (_, f) in enumerate(events) if f.get("Event") == "BridgeEnter") + 1
+    t = tracker()
+    run(t, events[:cut])
+    t.connection_lost(events[cut][0])
+    t.resync_started()
+    listed = [ChannelListed(events[cut][0] + 1.0, LegInfo(f["Uniqueid"], f["Linkedid"], f["Channel"],
+                                                          *split_channel(f["Channel"]), "", "", 6), "", "", "", 3.0)
+              for _, f in events[:cut] if f.get("Event") == "Newchannel"]
+    assert t.resynced(events[cut][0] + 1.0, listed) == []
+    out = run(t, events[cut:])
+    (record,) = [o.record for o in out if isinstance(o, CallEnded)]
+    assert record.ended_at == pytest.approx(max(at for at, f in events if f.get("Event") == "Hangup"))
+    assert record.cause == "normal" and 4 <= record.talk_seconds <= 7

@@ -257,3 +257,198 @@ async def test_tls_with_the_url_options_redis_py_takes(tmp_path: Path) -> None:
             await wire.aclose()
         server.terminate()
         await asyncio.wait_for(server.wait(), 10)
+
+
+# ------------------------------------------------------------------ the connect path (issue #13)
+
+
+class _ScriptedRedis:
+    """A TCP server on 127.0.0.1 that speaks just enough RESP to misbehave on purpose during a
+    connect's AUTH/SELECT: `mode` is "ok" (answers, after `delay_s`), "silent" (reads, never
+    answers), "garbage" (not RESP), "error" (an error reply), "close" (closes the connection) or
+    "reset" (aborts it). Every connection reads the mode when a command arrives."""
+
+    def __init__(self) -> None:
+        self.mode = "ok"
+        self.delay_s = 0.0
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port: int = self.server.sockets[0].getsockname()[1]
+        return port
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import hiredis
+
+        self.connections += 1
+        parser = hiredis.Reader()
+        try:
+            while data := await reader.read(4096):
+                parser.feed(data)
+                while (command := parser.gets()) is not False:
+                    mode = self.mode
+                    if mode == "silent":
+                        continue
+                    if mode == "close":
+                        writer.close()
+                        return
+                    if mode == "reset":
+                        writer.transport.abort()
+                        return
+                    if self.delay_s:
+                        await asyncio.sleep(self.delay_s)
+                    name = bytes(command[0]).upper()
+                    writer.write({"garbage": b"?this is not RESP\r\n",
+                                  "error": b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+                                  }.get(mode, b"+PONG\r\n" if name == b"PING" else b"+OK\r\n"))
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def scripted() -> Any:
+    server = _ScriptedRedis()
+    port = await server.start()
+    yield server, port
+    await server.stop()
+
+
+async def _all_fail(wire: Wire, callers: int = 20) -> list[BaseException]:
+    """`callers` commands at once; each must fail with a RedisError, none may hang."""
+    results = await asyncio.wait_for(asyncio.gather(*(wire.execute("PING") for _ in range(callers)),
+                                                    return_exceptions=True), 10)
+    assert all(isinstance(r, RedisError) for r in results), results
+    return [r for r in results if isinstance(r, BaseException)]
+
+
+@pytest.mark.parametrize("mode", ["silent", "garbage", "error", "close", "reset"])
+@pytest.mark.parametrize("hello", ["auth", "auth_user", "select"])
+async def test_every_connect_failure_releases_its_waiters_and_is_retried(
+        scripted: tuple[_ScriptedRedis, int], mode: str, hello: str) -> None:
+    """Whatever goes wrong during a connect's AUTH/SELECT (no answer: redis-py's TimeoutError;
+    garbage; an error reply; the connection closed or reset), every caller waiting for that
+    connect fails with a RedisError, the next command connects again, and once the server
+    answers properly the commands succeed: nothing stays stuck on a connect that failed."""
+    server, port = scripted
+    server.mode = mode
+    wire = Wire(port=port, password="pw" if hello.startswith("auth") else None,
+                username="gw" if hello == "auth_user" else None, db=2 if hello == "select" else 0,
+                timeout_s=0.2, connect_timeout_s=1.0)
+    try:
+        for _ in range(3):  # each round is a new connect, failing again
+            errors = await _all_fail(wire)
+            assert all(isinstance(e, RedisConnectionError) and "cannot connect" in str(e) for e in errors), errors
+        assert wire.events["connect_failures"] == 3 and wire.connects == 0
+        server.mode = "ok"
+        assert await asyncio.wait_for(wire.execute("PING"), 5) == b"PONG"
+        assert await asyncio.wait_for(asyncio.gather(*(wire.execute("PING") for _ in range(5))), 5) == [b"PONG"] * 5
+        assert wire.connects == 1
+    finally:
+        await wire.aclose()
+
+
+async def test_a_connect_slower_than_its_bound_is_a_connect_failure(scripted: tuple[_ScriptedRedis, int]) -> None:
+    """The whole connect is bounded by `connect_timeout_s` (the builtin TimeoutError of
+    `asyncio.wait_for`), here shorter than the command timeout."""
+    server, port = scripted
+    server.mode = "silent"
+    wire = Wire(port=port, password="pw", timeout_s=5.0, connect_timeout_s=0.2)
+    try:
+        await _all_fail(wire)
+        await _all_fail(wire)
+        server.mode = "ok"
+        assert await asyncio.wait_for(wire.execute("PING"), 5) == b"PONG"
+    finally:
+        await wire.aclose()
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_shared_connect(scripted: tuple[_ScriptedRedis, int]) -> None:
+    """The caller that started a connect is cancelled (its HTTP client went away, a
+    `wait_for` around it expired) while others wait for the same connect: they still get
+    the connection, and the connect is not started again."""
+    server, port = scripted
+    server.delay_s = 0.3  # AUTH answered late, within the timeouts
+    wire = Wire(port=port, password="pw", timeout_s=2.0, connect_timeout_s=2.0)
+    try:
+        first = asyncio.ensure_future(wire.execute("PING"))
+        await asyncio.sleep(0.05)
+        others = [asyncio.ensure_future(wire.execute("ECHO", "x")) for _ in range(5)]
+        await asyncio.sleep(0.05)
+        first.cancel()
+        late = asyncio.ensure_future(wire.execute("PING"))  # joins the connect still running
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert await asyncio.wait_for(asyncio.gather(*others, late), 5) == [b"OK"] * 5 + [b"PONG"]
+        assert wire.connects == 1 and server.connections == 1
+    finally:
+        await wire.aclose()
+
+
+async def test_a_bounded_wait_for_a_connect_leaves_it_for_the_next_caller(
+        scripted: tuple[_ScriptedRedis, int]) -> None:
+    """`asyncio.wait_for(wire.execute(...), short)`, as /health does, gives up on a slow
+    connect without breaking it: the next command uses the connection it made."""
+    server, port = scripted
+    server.delay_s = 0.3
+    wire = Wire(port=port, password="pw", timeout_s=2.0, connect_timeout_s=2.0)
+    try:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(wire.execute("PING"), 0.05)
+        assert await asyncio.wait_for(wire.execute("PING"), 5) == b"PONG"
+        assert wire.connects == 1 and server.connections == 1
+    finally:
+        await wire.aclose()
+
+
+async def test_closing_the_wire_during_a_connect_fails_its_waiters(scripted: tuple[_ScriptedRedis, int]) -> None:
+    """`aclose` while a connect is under way: its waiters get a RedisError (not a hang, not a
+    cancellation they did not ask for), and no connection is left open behind."""
+    server, port = scripted
+    server.mode = "silent"
+    wire = Wire(port=port, password="pw", timeout_s=60.0, connect_timeout_s=60.0)
+    waiters = [asyncio.ensure_future(wire.execute("PING")) for _ in range(3)]
+    await asyncio.sleep(0.1)
+    await wire.aclose()
+    results = await asyncio.wait_for(asyncio.gather(*waiters, return_exceptions=True), 5)  # well before 60 s
+    assert all(isinstance(r, RedisConnectionError) for r in results), results
+    assert wire._conn is None
+
+
+@pytest.mark.parametrize(("password", "db"), [("s3cret", 0), (None, 0), (None, 1), ("s3cret", 2)],
+                         ids=["password", "no_password", "select_only", "password_and_select"])
+async def test_a_paused_redis_fails_fast_and_is_used_again_once_it_resumes(tmp_path: Path, password: str | None,
+                                                                          db: int) -> None:
+    """SIGSTOP (a paused VM, a fork-heavy save, a debugger): with a password (or a database
+    other than 0) the reconnect's AUTH (SELECT) times out, as redis-py's TimeoutError, which
+    once escaped and left every later command waiting for ever. Commands fail within their
+    timeouts while paused, again and again, and succeed once Redis resumes, on the same Wire."""
+    proc = RedisProcess(data_dir=tmp_path).start()
+    assert proc.proc is not None
+    if password:
+        admin = redis.Redis(port=proc.port)
+        admin.config_set("requirepass", password)
+        admin.close()
+    auth = f":{password}@" if password else ""
+    wire = Wire.from_url(f"redis://{auth}127.0.0.1:{proc.port}/{db}", timeout_s=0.2)
+    try:
+        assert await wire.execute("SET", "k", "v") == b"OK"
+        os.kill(proc.proc.pid, signal.SIGSTOP)
+        try:
+            for _ in range(4):  # the first round times out on the connection; later ones reconnect
+                await _all_fail(wire, callers=10)
+        finally:
+            os.kill(proc.proc.pid, signal.SIGCONT)
+        assert await asyncio.wait_for(wire.execute("GET", "k"), 5) == b"v"
+        assert await asyncio.wait_for(asyncio.gather(*(wire.execute("GET", "k") for _ in range(10))), 5) == [b"v"] * 10
+    finally:
+        await wire.aclose()
+        proc.cleanup()

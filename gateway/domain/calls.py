@@ -40,6 +40,7 @@ from gateway.domain.events import (
     LegInfo,
     LegKind,
     LegNew,
+    LegShutdown,
     LegsJoined,
     LegUpdate,
     OriginateDone,
@@ -176,6 +177,9 @@ class CallTracker:
         self._tombstones = tombstones
         self._seq = 0
         self._resync_mark: int | None = None
+        # When the connection to the PBX was lost (PBX clock), until the next resync: calls that
+        # turn out to be gone ended no later than that, however long the PBX took to come back.
+        self._lost_at: float | None = None
 
     # ----------------------------------------------------------------- queries
     @property
@@ -213,6 +217,10 @@ class CallTracker:
             self._on_bridge_exit(event.leg, event.bridge, event.at)
         elif isinstance(event, LegGone):
             self._on_gone(event.leg, event.at, event.cause, event.tech_cause, out)
+        elif isinstance(event, LegShutdown):
+            leg = self._legs.get(event.leg)
+            if leg is not None:
+                self._call_end_cause(leg.call, "pbx_restart")
         elif isinstance(event, BlindTransferred):
             self._on_blind_transfer(event)
         elif isinstance(event, AttendedTransferred):
@@ -225,6 +233,15 @@ class CallTracker:
             self._on_listed(event, out)
         return out
 
+    def connection_lost(self, at: float) -> None:
+        """The connection to the PBX ended at `at`; nothing is known about its calls from then on."""
+        if self._lost_at is None:
+            self._lost_at = at
+
+    def _gone_since(self, at: float) -> float:
+        """When calls found gone at `at` ended at the latest: the loss of the connection, if any."""
+        return at if self._lost_at is None else min(at, self._lost_at)
+
     def resync_started(self) -> None:
         """Mark the point after which events are newer than the coming channel list."""
         self._resync_mark = self._seq
@@ -233,25 +250,30 @@ class CallTracker:
         """Reconcile with the PBX's list of live channels after a (re)connect.
 
         Legs known before the resync began, untouched since and missing from the list hung
-        up while we were away; listed legs we do not know are rebuilt (`recovered`).
+        up while we were away (they are ended at the moment the connection was lost: the last
+        moment they were known to be up); listed legs we do not know are rebuilt (`recovered`).
         """
         out: list[TrackerOutput] = []
         mark = self._resync_mark if self._resync_mark is not None else self._seq
         self._resync_mark = None
+        gone_at = self._gone_since(at)
+        self._lost_at = None
         listed = {c.info.leg for c in channels}
         for leg in [lg for lg in self._legs.values() if lg.seq <= mark and lg.id not in listed]:
             self._call_end_cause(leg.call, "lost_while_disconnected")
-            self._on_gone(leg.id, at, None, None, out)
+            self._on_gone(leg.id, max(gone_at, leg.created_at), None, None, out)
         for item in self._order_for_recovery(channels):
             self._on_listed(item, out)
         return out
 
     def pbx_restarted(self, at: float) -> list[TrackerOutput]:
-        """Asterisk restarted: every call it had is gone."""
+        """Asterisk restarted (noticed at `at`): every call it had is gone, since the connection
+        was lost if it was (a PBX killed mid-call takes its calls down with the connection)."""
         out: list[TrackerOutput] = []
+        gone_at = self._gone_since(at)
         for leg in list(self._legs.values()):
             self._call_end_cause(leg.call, "pbx_restart")
-            self._on_gone(leg.id, at, None, None, out)
+            self._on_gone(leg.id, max(gone_at, leg.created_at), None, None, out)
         self._bridges.clear()
         return out
 

@@ -88,6 +88,16 @@ class LegGone:
 
 
 @dataclass(frozen=True, slots=True)
+class LegShutdown:
+    """The PBX itself is hanging this leg up because it is shutting down or restarting.
+
+    It comes before the leg's `LegGone`, whose cause then reads like a normal hangup."""
+
+    at: float
+    leg: str
+
+
+@dataclass(frozen=True, slots=True)
 class BlindTransferred:
     at: float
     transferer: str
@@ -134,5 +144,5 @@ class ChannelListed:
     age_s: float
 
 
-LegEvent = (LegNew | LegUpdate | DialStart | DialStop | BridgeJoin | BridgeExit | LegGone
+LegEvent = (LegNew | LegUpdate | DialStart | DialStop | BridgeJoin | BridgeExit | LegGone | LegShutdown
             | BlindTransferred | AttendedTransferred | LegsJoined | OriginateDone | ChannelListed)

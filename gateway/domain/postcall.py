@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 
 from gateway.domain.directory import Department
 from gateway.domain.models import Button, CallRecord, Direction, Disposition, NumberKind
+from gateway.domain.optout import DEFAULT_WORDS, OptoutWords
 
 SEOUL = ZoneInfo("Asia/Seoul")
 
@@ -39,11 +40,13 @@ class MessagingRules:
     postcall_template: str = "POSTCALL"  # Alimtalk template: the post-call content
     provider_resend: bool = True  # ask the Alimtalk provider for SMS/LMS fallback (대체발송)
     contents: Mapping[str, Content] = field(default_factory=dict)
-    # Citizens' keywords (whole message, case-insensitive) and the confirmations they get.
-    optout_keywords: frozenset[str] = frozenset({"수신거부", "거부", "그만", "stop", "해지", "unsubscribe"})
-    optin_keywords: frozenset[str] = frozenset({"수신동의", "start", "unstop"})
+    # Citizens' opt-out/opt-in words as they write them (keywords, polite endings, carrier tags:
+    # gateway.domain.optout), the confirmations they get, and the how-to sent with the automatic
+    # reply of a message that asks about opting out.
+    optout_words: OptoutWords = DEFAULT_WORDS
     optout_confirmation: str = "수신거부가 처리되었습니다. 다시 받으시려면 '수신동의'를 보내주세요."
     optin_confirmation: str = "수신동의가 처리되었습니다. 그만 받으시려면 '수신거부'를 보내주세요."
+    optout_help: str = "문자를 그만 받으시려면 이 번호로 '수신거부'라고만 보내주세요."
 
 
 @dataclass(frozen=True, slots=True)

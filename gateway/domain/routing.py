@@ -520,6 +520,9 @@ class RoutingRules:
     calendar: Calendar
     version: str  # first 12 hex digits of the sha256 of routing.yaml
     organisation: str = ""
+    # E.164 of routing.yaml's city_numbers: the only numbers the intake takes messages for (empty:
+    # none listed, any number is taken).
+    city_numbers: frozenset[str] = frozenset()
     _engine: _Engine = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -120,8 +120,12 @@ class PbxClient:
         self._authenticated = False
         self._last_error: str | None = None
         self._last_error_at: float | None = None
+        # Every TCP connection attempt (refused ones included), and successful logins after the
+        # first one: a PBX restart is one reconnect, however many attempts it took.
+        self._connect_attempts = 0
+        self._logins = 0
         self._reconnects = 0
-        self._sessions = 0
+        self._lost_at: float | None = None  # PBX clock when this session's connection was lost
         self._login_failures = 0
         self._consecutive_failures = 0
         self._consecutive_auth_failures = 0
@@ -205,6 +209,7 @@ class PbxClient:
             # Any frame counts: discarded noise is still proof that the PBX talks to us.
             "seconds_since_last_event": None if last is None else round(time.monotonic() - last, 3),
             "reconnects": self._reconnects,
+            "connect_attempts": self._connect_attempts,
             "login_failures": self._login_failures,
             "pbx_uptime": self._current_uptime(),
             "ami_version": self._ami_version,
@@ -241,9 +246,8 @@ class PbxClient:
         """One TCP session; returns normally after a stable session, raises to back off."""
         if self._stop.is_set():
             return
-        if self._sessions:
-            self._reconnects += 1
-        self._sessions += 1
+        self._connect_attempts += 1
+        self._lost_at = None
         loop = asyncio.get_running_loop()
         self._session_end = loop.create_future()
         self._fully_booted = loop.create_future()
@@ -324,6 +328,9 @@ class PbxClient:
         answer = await self._send({"Action": "Login", "Username": s.username, "Secret": s.secret,
                                    "Events": s.events}, s.action_timeout_s, require_login=False)
         if answer.success:
+            if self._logins:
+                self._reconnects += 1
+            self._logins += 1
             manager.authenticated = True
             self._authenticated = True
             self._consecutive_auth_failures = 0
@@ -376,6 +383,9 @@ class PbxClient:
             except AmiTimeout:
                 why = "peer silent"
                 self._note_error(f"{why}: no Pong within {s.ping_timeout_s} s")
+                # The PBX was last heard from with its last frame, not now.
+                last = self._counters.last_frame_at
+                self._lost_at = self._pbx_now(last) if last is not None else None
                 log.warning("AMI %s: no Pong within %.1f s, replacing the connection", self.name,
                             s.ping_timeout_s)
                 self._end_session(why)
@@ -391,7 +401,8 @@ class PbxClient:
         self._connected = False
         self._authenticated = False
         if was_connected:
-            self._emit(SessionChange(SessionKind.LOST, detail=detail, uptime=self._pbx_uptime))
+            lost_at = self._lost_at if self._lost_at is not None else self._pbx_now()
+            self._emit(SessionChange(SessionKind.LOST, detail=detail, uptime=self._pbx_uptime), lost_at)
 
     # -- callbacks from the protocol (synchronous, on the loop) -------------------------------
 
@@ -446,6 +457,8 @@ class PbxClient:
         else:
             why = "connection closed by the PBX"
         if end is not None and not end.done():
+            if self._lost_at is None:
+                self._lost_at = self._pbx_now()
             end.set_result(why)
 
     # -- helpers -----------------------------------------------------------------------------
@@ -485,10 +498,17 @@ class PbxClient:
         self._last_error = why
         self._last_error_at = time.time()
 
+    def _pbx_now(self, monotonic: float | None = None) -> float:
+        """The PBX's clock now (or at `monotonic`), as its event stamps run; the gateway's own
+        clock until the PBX stamped an event. Session changes are dated with it, so that the
+        listener can compare them with event times (a resync's channel ages, a lost connection)."""
+        at = self._counters.pbx_time(time.monotonic() if monotonic is None else monotonic)
+        return time.time() if at is None else at
+
     def _emit(self, change: SessionChange, at: float | None = None) -> None:
         log.info("AMI %s: %s %s", self.name, change.kind.value, change.detail)
         try:
-            self._listener.ami_session(self.name, change, time.time() if at is None else at)
+            self._listener.ami_session(self.name, change, self._pbx_now() if at is None else at)
         except Exception:
             log.exception("AMI %s: listener failed on %s", self.name, change.kind.value)
 

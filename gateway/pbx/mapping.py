@@ -22,6 +22,7 @@ from gateway.domain.events import (
     LegGone,
     LegInfo,
     LegNew,
+    LegShutdown,
     LegsJoined,
     LegUpdate,
     OriginateDone,
@@ -30,8 +31,12 @@ from gateway.domain.events import (
 TRACKED_EVENTS: frozenset[str] = frozenset({
     "Newchannel", "Newstate", "NewCallerid", "DialBegin", "DialEnd", "BridgeEnter", "BridgeLeave",
     "Hangup", "BlindTransfer", "AttendedTransfer", "LocalBridge", "Pickup", "OriginateResponse",
-    "CoreShowChannel", "FullyBooted", "Shutdown",
+    "CoreShowChannel", "FullyBooted", "Shutdown", "SoftHangupRequest",
 })
+
+#: SoftHangupRequest's `Cause` is Asterisk's soft-hangup reason flag (not a Q.850 cause):
+#: AST_SOFTHANGUP_SHUTDOWN, set on every channel by `core stop|restart now`.
+SOFTHANGUP_SHUTDOWN = 4
 
 
 def _int(value: str | None, default: int = 0) -> int:
@@ -107,6 +112,14 @@ def _hangup(e: Mapping[str, str], at: float) -> LegEvent | None:
     return LegGone(at, leg, _int(e.get("Cause")), _int(tech) if tech else None)
 
 
+def _soft_hangup(e: Mapping[str, str], at: float) -> LegEvent | None:
+    # Other reasons (a bridge ending, a Hangup action, ...) say nothing the Hangup will not.
+    leg = e.get("Uniqueid", "")
+    if not leg or _int(e.get("Cause"), -1) != SOFTHANGUP_SHUTDOWN:
+        return None
+    return LegShutdown(at, leg)
+
+
 def _blind(e: Mapping[str, str], at: float) -> LegEvent | None:
     if e.get("Result", "Success") != "Success":
         return None
@@ -157,6 +170,7 @@ _MAP: dict[str, Callable[[Mapping[str, str], float], LegEvent | None]] = {
     "BridgeEnter": _bridge_enter,
     "BridgeLeave": _bridge_leave,
     "Hangup": _hangup,
+    "SoftHangupRequest": _soft_hangup,
     "BlindTransfer": _blind,
     "AttendedTransfer": _attended,
     "LocalBridge": _local_bridge,

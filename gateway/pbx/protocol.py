@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -52,7 +53,8 @@ LostCallback = Callable[[BaseException | None], None]
 class AmiCounters:
     """Counters shared by every connection of one client (they survive reconnects)."""
 
-    __slots__ = ("decode_errors", "discarded", "dispatched", "frames_in", "last_frame_at", "malformed")
+    __slots__ = ("decode_errors", "discarded", "dispatched", "frames_in", "last_frame_at", "last_stamp",
+                 "last_stamp_read_at", "malformed")
 
     def __init__(self) -> None:
         self.frames_in = 0
@@ -62,6 +64,19 @@ class AmiCounters:
         # Event name (raw bytes, as on the wire) -> number of frames dropped by the prefilter.
         self.discarded: dict[bytes, int] = {}
         self.last_frame_at: float | None = None  # time.monotonic() of the last complete frame
+        # The PBX's clock: the `Timestamp` of the last event that carried one (epoch s, as the
+        # PBX stamps it) and time.monotonic() when it was read. See `pbx_time`.
+        self.last_stamp: float | None = None
+        self.last_stamp_read_at: float | None = None
+
+    def pbx_time(self, monotonic: float) -> float | None:
+        """The PBX's clock at `monotonic` (a time.monotonic() value), from the last stamped event.
+
+        Events are stamped by the PBX (`timestampevents = yes`); the gateway's own clock may
+        differ from it (or, in a replay, be months away). None before any stamped event."""
+        if self.last_stamp is None or self.last_stamp_read_at is None:
+            return None
+        return self.last_stamp + (monotonic - self.last_stamp_read_at)
 
     def discarded_by_name(self) -> dict[str, int]:
         """The prefilter's drop counts keyed by event name (for metrics)."""
@@ -239,7 +254,13 @@ class AmiProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is untyped
         event = parse_frame(self._decode(frame))
         stamp = event.get("Timestamp")
         try:  # (a plain try, not contextlib.suppress: this runs for every event)
-            at = float(stamp) if stamp else time.time()
+            if stamp:
+                at = float(stamp)
+                if math.isfinite(at):
+                    counters = self.counters
+                    counters.last_stamp, counters.last_stamp_read_at = at, counters.last_frame_at
+            else:
+                at = time.time()
         except ValueError:
             at = time.time()
         self.counters.dispatched += 1
