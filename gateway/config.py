@@ -98,6 +98,7 @@ SCHEMA: dict[str, Any] = {
                                 "max_bytes": {"type": "integer", "minimum": 1024},
                                 # a silent client (before a command or mid-DATA) is disconnected after this
                                 "idle_timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
+                                "max_connections": {"type": "integer", "minimum": 1},
                                 # STARTTLS: PEM certificate chain and unencrypted PEM key (relative to this file)
                                 "tls_cert": {"type": "string", "minLength": 1},
                                 "tls_key": {"type": "string", "minLength": 1},

@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -27,6 +25,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_server import Server
 
 from gateway.config import GatewayConfig, HttpLimits
+from gateway.connlimit import ConnectionGate
 from gateway.errors import StoreUnavailable
 from gateway.reports import ReportIntake, UnknownProvider
 
@@ -36,7 +35,6 @@ HealthSource = Callable[[], Awaitable[dict[str, Any]]]
 Routes = Callable[[web.Application], None]
 
 MAX_REPORT_BODY = 256 * 1024  # a provider may batch many delivery reports in one call
-REFUSAL_WARNING_EVERY_S = 60.0  # a flood of refused connections logs one WARNING a minute, not one each
 _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 32\r\n"
          b"Connection: close\r\nRetry-After: 1\r\n\r\n" b'{"error": "too many connections"}')
 
@@ -76,33 +74,6 @@ class BodyTimeout(web.HTTPRequestTimeout, asyncio.TimeoutError):
     def __init__(self, seconds: float) -> None:
         super().__init__(content_type="application/json",
                          text=json.dumps({"error": f"request body not received within {seconds:g} s"}))
-
-
-class ConnectionGate:
-    """The open connections of one listener, against `max_connections`."""
-
-    def __init__(self, limit: int, name: str) -> None:
-        self.limit, self.name = limit, name
-        self.open = 0
-        self.refused = 0  # since start, for the log
-        self._unreported = 0
-        self._warned_at = -math.inf
-
-    def admit(self) -> bool:
-        if self.open >= self.limit:
-            self.refused += 1
-            self._unreported += 1
-            now = time.monotonic()
-            if now - self._warned_at >= REFUSAL_WARNING_EVERY_S:
-                log.warning("%s: %d connections open (http.max_connections): refused %d new connection(s) "
-                            "since the last warning", self.name, self.open, self._unreported)
-                self._warned_at, self._unreported = now, 0
-            return False
-        self.open += 1
-        return True
-
-    def release(self) -> None:
-        self.open -= 1
 
 
 class GuardedHandler(RequestHandler):

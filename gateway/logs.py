@@ -61,3 +61,6 @@ def setup_logging(level: str = "INFO", *, json_lines: bool = True) -> None:
     root.setLevel(level)
     # panoramisk logs every reconnect attempt at ERROR with tracebacks; our client reports them.
     logging.getLogger("panoramisk").setLevel(logging.CRITICAL)
+    # aiosmtpd logs every SMTP command at INFO and every DATA line (a citizen's text) at DEBUG:
+    # personal data our own SMTP handler already reports, masked, when it matters.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)

@@ -66,6 +66,7 @@ from typing import Any, Protocol
 
 from aiosmtpd.smtp import SMTP
 
+from gateway.connlimit import ConnectionGate
 from gateway.domain.inputs import has_surrogate
 from gateway.domain.models import NumberKind
 from gateway.domain.numbers import NumberPlan, mask
@@ -156,6 +157,8 @@ class SmtpSettings:
     # aiosmtpd's `timeout`: a client silent this long is disconnected. Restarted by each valid
     # command only, so it also bounds a whole DATA (a relay that stalls or trickles mid-mail).
     idle_timeout_s: float = 60.0
+    # Sessions open at once; one more is answered "421" and closed (a relay opens a handful).
+    max_connections: int = 100
     # STARTTLS (RFC 3207) with this PEM certificate chain and unencrypted PEM key; "": not offered.
     tls_cert: str = ""
     tls_key: str = ""
@@ -181,6 +184,8 @@ class SmtpSettings:
             raise ConfigError(f"smtp.city_numbers: not E.164: {', '.join(bad)}")
         if self.idle_timeout_s <= 0:
             raise ConfigError("smtp.idle_timeout_s: must be positive")
+        if self.max_connections < 1:
+            raise ConfigError("smtp.max_connections: must be at least 1")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("smtp.tls_cert and smtp.tls_key: set both or neither")
         if self.require_tls and not self.tls_cert:
@@ -212,7 +217,8 @@ def settings_from_config(section: Mapping[str, Any], source: str) -> SmtpSetting
             host=section.get("host", "127.0.0.1"), port=int(section["port"]), peers=tuple(section["peers"]),
             senders=tuple(section["senders"]), recipient_domain=section["recipient_domain"],
             city_numbers=frozenset(numbers), max_bytes=int(section.get("max_bytes", DEFAULT_MAX_BYTES)),
-            idle_timeout_s=float(section.get("idle_timeout_s", 60.0)), tls_cert=str(section.get("tls_cert", "")),
+            idle_timeout_s=float(section.get("idle_timeout_s", 60.0)),
+            max_connections=int(section.get("max_connections", 100)), tls_cert=str(section.get("tls_cert", "")),
             tls_key=str(section.get("tls_key", "")), require_tls=bool(section.get("require_tls", False)))
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
@@ -618,6 +624,40 @@ class SmtpHandler:
 # --------------------------------------------------------------------------- server lifecycle
 
 
+class _BoundedSMTP(SMTP):  # type: ignore[misc]
+    """aiosmtpd's session protocol behind the listener's connection gate: over
+    `smtp.max_connections`, a new session gets "421" (try later, RFC 5321 4.2.3) and is closed
+    before aiosmtpd starts serving it. `connection_made` runs again after STARTTLS on the same
+    session: only the first call counts."""
+
+    _REFUSAL = b"421 4.7.0 Too many connections, try again later\r\n"
+
+    def __init__(self, gate: ConnectionGate, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._gate = gate
+        self._admitted = False
+        self._refused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not self._admitted and not self._refused:
+            if not self._gate.admit():
+                self._refused = True
+                if isinstance(transport, asyncio.WriteTransport):
+                    transport.write(self._REFUSAL)
+                transport.close()
+                return
+            self._admitted = True
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:  # aiosmtpd never started this session: nothing of it to tear down
+            return
+        if self._admitted:
+            self._admitted = False
+            self._gate.release()
+        super().connection_lost(error)
+
+
 class SmtpIntake:
     """The SMTP server on the current running loop (not aiosmtpd's threaded Controller).
 
@@ -635,10 +675,12 @@ class SmtpIntake:
         # Live sessions, so `stop` can close them: Server.wait_closed does not wait for (or
         # close) accepted connections on Python 3.11.
         self._sessions: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.gate = ConnectionGate(settings.max_connections, "smtp listener", "smtp.max_connections")
         self.address: tuple[str, int] | None = None
 
     def _protocol(self) -> Any:
-        smtp = SMTP(
+        smtp = _BoundedSMTP(
+            self.gate,
             self.handler,
             data_size_limit=self.settings.max_bytes,
             enable_SMTPUTF8=False,

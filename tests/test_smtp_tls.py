@@ -420,3 +420,50 @@ async def test_an_oversized_mail_is_refused_and_its_body_not_kept(short_idle: Sm
 
         size, announced, after_data = await asyncio.to_thread(send)
     assert size == 4096 and announced == 552 and after_data == 552 and intake.calls == []
+
+
+async def test_sessions_over_the_limit_are_refused_with_421_and_the_held_ones_keep_working(
+        pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
+    """`smtp.max_connections`: past the limit a new session gets 421 at once and is closed; the
+    open sessions (one of them upgraded by STARTTLS, counted once) still deliver, and a session
+    is taken again once one closes."""
+    intake = RecordingIntake()
+    async with serving(replace(tls_settings(pki), max_connections=2), intake) as port:
+        def scenario() -> tuple[bytes, bytes, int, int]:
+            first = smtplib.SMTP("127.0.0.1", port, timeout=10)
+            first.starttls(context=client_context(pki))  # connection_made runs twice for this session
+            first.ehlo("relay.test")
+            second = smtplib.SMTP("127.0.0.1", port, timeout=10)
+            refused = []
+            for _ in range(3):
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                    refused.append(_recv_until_closed(sock))
+            assert refused[0] == refused[1] == refused[2]
+            first.sendmail(RELAY, [RCPT], mail("가로등이 꺼졌어요"))
+            second.sendmail(RELAY, [RCPT], mail("보도블록이 깨졌어요"))
+            second.quit()
+            # One closed: a new session is served again (greeting 220, not 421).
+            deadline = 50
+            while deadline:
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                    greeting = sock.recv(4096)
+                if greeting.startswith(b"220 "):
+                    break
+                deadline -= 1
+            first.quit()
+            return refused[0], greeting, deadline, len(refused)
+
+        refused, greeting, left, _ = await asyncio.to_thread(scenario)
+    assert refused.startswith(b"421 ") and b"220" not in refused
+    assert greeting.startswith(b"220 ") and left > 0
+    assert len(intake.calls) == 2
+    warnings = [r for r in caplog.records if "smtp.max_connections" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelname == "WARNING"
+
+
+def test_smtp_max_connections_comes_from_gateway_yaml(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, "  max_connections: 7\n"))
+    assert settings_from_config(config.smtp, config.source).max_connections == 7
+    assert settings_from_config(load_config(DEFAULT_CONFIG).smtp, "default").max_connections == 100
+    with pytest.raises(ConfigError, match=r"smtp\.max_connections"):
+        load_config(write_config(tmp_path, "  max_connections: 0\n"))
