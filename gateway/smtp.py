@@ -624,7 +624,7 @@ class SmtpHandler:
 # --------------------------------------------------------------------------- server lifecycle
 
 
-class _BoundedSMTP(SMTP):  # type: ignore[misc]
+class _BoundedSMTP(SMTP):
     """aiosmtpd's session protocol behind the listener's connection gate: over
     `smtp.max_connections`, a new session gets "421" (try later, RFC 5321 4.2.3) and is closed
     before aiosmtpd starts serving it. `connection_made` runs again after STARTTLS on the same

@@ -259,6 +259,8 @@ def add_routes(app: web.Application, intake: Intake, providers: Mapping[str, Inb
             return refused(request, 400, exc)
         except StoreUnavailable:
             return _json_error(503, "temporarily unavailable")
+        if result == "store_unavailable":  # the guard could not reach Redis: the client retries
+            return web.json_response({"result": result, "error": "temporarily unavailable"}, status=503)
         status = 202 if result == "queued" else 200 if result == "duplicate" else 409
         return web.json_response({"result": result}, status=status)
 

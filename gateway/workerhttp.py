@@ -28,7 +28,7 @@ from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
 from gateway.config import HttpLimits
-from gateway.http import ConnectionGate
+from gateway.connlimit import ConnectionGate
 from gateway.metrics import backlog_report, queue_families, sends_family
 
 log = logging.getLogger(__name__)

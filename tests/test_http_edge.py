@@ -523,7 +523,7 @@ async def test_connections_over_the_limit_are_refused(caplog: pytest.LogCaptureF
             writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             assert (await asyncio.wait_for(read_response(reader), 10)).status == 200
             held.append((reader, writer))
-        with caplog.at_level(logging.WARNING, logger="gateway.http"):
+        with caplog.at_level(logging.WARNING, logger="gateway.connlimit"):
             for _ in range(5):
                 reader, writer = await connect(http.port)
                 writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -534,7 +534,7 @@ async def test_connections_over_the_limit_are_refused(caplog: pytest.LogCaptureF
                     pass
                 assert await closed_within(reader, 10)
                 writer.close()
-        warnings = [r for r in caplog.records if r.name == "gateway.http" and r.levelno == logging.WARNING]
+        warnings = [r for r in caplog.records if r.name == "gateway.connlimit" and r.levelno == logging.WARNING]
         assert len(warnings) == 1, [r.getMessage() for r in warnings]  # rate-limited, not one per connection
         # The connections already open still work.
         for reader, writer in held:

@@ -146,14 +146,14 @@ async def _works(site: Site, session: ClientSession) -> None:
 
 async def _fails_fast(site: Site, session: ClientSession) -> None:
     """Redis cannot answer: a webhook and a staff reply get 503 (the provider, the staff client
-    retries), the guard answers
-    store_unavailable, /health 503 with Redis unreachable; each within its bound (no hang)."""
+    retries), the guard answers store_unavailable, /health 503 with Redis unreachable; each
+    within its bound (no hang)."""
     status, body = await site.webhook(session)
     assert status == 503, (status, body)
     status, body = await site.reply(session, site.thread)
-    # 503 when the thread cannot be read; when only the guard's admit fails (the pool still
-    # answers, the real-time connection does not) the staff API answers 409 "store_unavailable".
-    assert status == 503 or (status, body.get("result")) == (409, "store_unavailable"), (status, body)
+    # 503 whether the thread cannot be read or only the guard's admit fails (the pool still
+    # answers, the real-time connection does not).
+    assert status == 503, (status, body)
     assert await site.admit() is Verdict.STORE_UNAVAILABLE
     status, health = await site.health(session)
     assert status == 503 and not health["ready"] and not health["redis"]["reachable"], health
