@@ -1,7 +1,7 @@
 """Ports: the small interfaces between the gateway core and the outside world.
 
 One `typing.Protocol` per port. Adapters implement them; only the composition root
-(`gateway/app.py`) knows which implementation is used.
+(`gateway/app/gateway.py`) knows which implementation is used.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class LetteringCarrier(Protocol):
 
     `letter` must return within the adapter's own deadline and never raise for carrier-side
     problems: timeouts, 5xx and garbage answers are `LetteringResult.TEMPORARY_ERROR`.
-    It is only ever called by the outbox guard (`gateway/outbox.py`).
+    It is only ever called by the outbox guard (`gateway/outbox/guard.py`).
     """
 
     name: str
@@ -140,7 +140,7 @@ class AlimtalkProvider(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class QueuePut:
-    """A job ready to be put on a queue where dramatiq's broker puts it (`gateway.jobs`), and an
+    """A job ready to be put on a queue where dramatiq's broker puts it (`gateway.messaging.jobs`), and an
     optional stream entry: what `OutboxStore.claim(then=...)` does in the claim's atomic step."""
 
     msgs_key: str

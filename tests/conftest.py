@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from gateway.redisproc import RedisProcess
+from gateway.sim.redisproc import RedisProcess
 
 # Hypothesis profiles for the fuzz suite (tests/test_fuzz_*.py, marker `fuzz`; see tests/FUZZING.md).
 # "ci" (default) keeps the whole fuzz suite well under a minute on two cores; "long" is the

@@ -32,13 +32,13 @@ import redis
 from aiohttp import ClientError, ClientSession, ClientTimeout
 
 from adapters.carrier_http import PROFILES
-from gateway.amiserver import AmiServer, Transcript, header
-from gateway.crypto import Sealer, sign
-from gateway.jobs import QUEUES, MsgpackEncoder
-from gateway.redisproc import RedisProcess, free_port
+from gateway.infra.crypto import Sealer, sign
+from gateway.messaging.jobs import QUEUES, MsgpackEncoder
+from gateway.sim.amiserver import AmiServer, Transcript, header
+from gateway.sim.fake_carrier import FakeCarrierServer
+from gateway.sim.fake_nhn import FakeNhnServer
+from gateway.sim.redisproc import RedisProcess, free_port
 from tests.conftest import ROOT, RULES
-from tests.fake_carrier import FakeCarrierServer
-from tests.fake_nhn import FakeNhnServer
 from tests.tcpproxy import TcpProxy
 
 #: The calls looped by the AMI server: every outbound outcome with a mobile, a landline, an

@@ -11,10 +11,10 @@ from dataclasses import replace
 
 import pytest
 
-from gateway.amiserver import AmiServer, SessionPlan, Transcript
+from gateway.calls.pbx import AmiSettings, PbxClient
 from gateway.errors import AmiError
-from gateway.pbx import AmiSettings, PbxClient
 from gateway.ports import SessionChange, SessionKind
+from gateway.sim.amiserver import AmiServer, SessionPlan, Transcript
 
 SECRET = "fake-ami-secret"
 WANTED = frozenset({"Newchannel", "DialBegin", "DialEnd", "BridgeEnter", "Hangup", "Shutdown"})
@@ -187,7 +187,7 @@ async def test_silent_peer_is_detected_by_ping_and_replaced() -> None:
 
 async def test_login_rejected_backs_off(caplog: pytest.LogCaptureFixture) -> None:
     server = server_for([Transcript.named("login_failed")], loop_forever=True)
-    with caplog.at_level(logging.ERROR, logger="gateway.pbx.client"):
+    with caplog.at_level(logging.ERROR, logger="gateway.calls.pbx.client"):
         async with running(server, name="pbxA") as (client, rec, _):
             await until(lambda: K.AUTH_FAILED in rec.kinds())
             window = 1.5

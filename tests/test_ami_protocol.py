@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.amiserver import (
+from gateway.calls.pbx.protocol import MAX_BUFFER, AmiCounters, AmiProtocol, parse_frame
+from gateway.sim.amiserver import (
     ChannelTable,
     Transcript,
     add_timestamp,
@@ -17,7 +18,6 @@ from gateway.amiserver import (
     split_blocks,
     with_header,
 )
-from gateway.pbx.protocol import MAX_BUFFER, AmiCounters, AmiProtocol, parse_frame
 
 TRANSCRIPTS = Path(__file__).resolve().parent.parent / "gateway" / "data" / "transcripts"
 ALL_AMI = sorted(TRANSCRIPTS.glob("*.ami"))
@@ -98,7 +98,7 @@ async def test_invalid_utf8_is_replaced_counted_and_the_frame_kept(caplog: pytes
     # A recorded frame with its Hangul cut in the middle of a character.
     block = korean_block().replace(HONG.encode(), HONG.encode()[:4] + b"X")
     proto, sink, _ = make_protocol({"Newchannel"})
-    with caplog.at_level(logging.WARNING, logger="gateway.pbx.protocol"):
+    with caplog.at_level(logging.WARNING, logger="gateway.calls.pbx.protocol"):
         proto.data_received(b"Asterisk Call Manager/11.0.0\r\n" + block)
     events = sink.named("Newchannel")
     assert len(events) == 1
@@ -178,7 +178,7 @@ async def test_pending_actions_fail_fast_when_the_connection_closes() -> None:
 async def test_oversize_frame_closes_the_connection(caplog: pytest.LogCaptureFixture) -> None:
     proto, _sink, transport = make_protocol({"Newchannel"})
     proto.data_received(b"Asterisk Call Manager/11.0.0\r\n")
-    with caplog.at_level(logging.ERROR, logger="gateway.pbx.protocol"):
+    with caplog.at_level(logging.ERROR, logger="gateway.calls.pbx.protocol"):
         chunk = b"X" * 65536 + b"\r\n"
         for _ in range(MAX_BUFFER // len(chunk) + 2):
             proto.data_received(chunk)
@@ -198,7 +198,7 @@ async def test_garbage_peer_over_real_tcp_is_dropped(caplog: pytest.LogCaptureFi
     port = server.sockets[0].getsockname()[1]
     sink = Sink()
     loop = asyncio.get_running_loop()
-    with caplog.at_level(logging.ERROR, logger="gateway.pbx.protocol"):
+    with caplog.at_level(logging.ERROR, logger="gateway.calls.pbx.protocol"):
         _t, proto = await loop.create_connection(
             lambda: AmiProtocol(frozenset(), sink.on_event, sink.on_lost, name="junk"), "127.0.0.1", port)
         for _ in range(200):

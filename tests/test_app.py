@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.app import RulesHolder, build_carrier
-from gateway.config import load_config
+from gateway.app.gateway import RulesHolder, build_carrier
 from gateway.errors import CarrierError, ConfigError
+from gateway.infra.config import load_config
 from tests.conftest import RULES
 
 
@@ -80,7 +80,7 @@ def test_rules_change_on_disk_is_noticed(tmp_path: Path) -> None:
 
 def test_impossible_date_is_a_located_problem(tmp_path: Path) -> None:
     from gateway.errors import RulesError
-    from gateway.rules import parse_yaml
+    from gateway.rules.base import parse_yaml
 
     with pytest.raises(RulesError) as exc:
         parse_yaml("a: 1\nb: 2026-02-30\n", "rules/x.yaml")

@@ -27,7 +27,7 @@ from adapters.sandbox import SandboxCarrier
 from gateway.domain.models import LetteringOutcome, LetteringRequest, LetteringResult
 from gateway.errors import CarrierError
 from gateway.ports import LetteringCarrier
-from tests.fake_carrier import Behaviour, FakeCarrierServer
+from gateway.sim.fake_carrier import Behaviour, FakeCarrierServer
 
 R = LetteringResult
 TOKEN = "tok-3f9c2b7e-DO-NOT-LOG"

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.directory_gen import CATALOGUE, cmd_generate_directory, generate_directory
 from gateway.domain.directory import (
     Department,
     Directory,
@@ -17,7 +16,8 @@ from gateway.domain.directory import (
     find_overlaps,
     parse_extension_range,
 )
-from gateway.rules import load_rules
+from gateway.rules.base import load_rules
+from gateway.sim.directory_gen import CATALOGUE, cmd_generate_directory, generate_directory
 
 RULES = Path(__file__).resolve().parent.parent / "rules"
 

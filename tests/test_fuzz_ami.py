@@ -1,4 +1,4 @@
-"""Fuzzing the AMI framing layer (`gateway.pbx.protocol.AmiProtocol`) with recorded bytes.
+"""Fuzzing the AMI framing layer (`gateway.calls.pbx.protocol.AmiProtocol`) with recorded bytes.
 
 * Any split of a recorded session into TCP reads yields exactly the events of the unsplit stream.
 * Garbage between recorded frames (random bytes, invalid UTF-8, truncated frames, lines without a
@@ -21,9 +21,9 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from gateway.amiserver import Transcript
-from gateway.pbx.mapping import TRACKED_EVENTS
-from gateway.pbx.protocol import MAX_BUFFER, AmiCounters, AmiProtocol, parse_frame
+from gateway.calls.pbx.mapping import TRACKED_EVENTS
+from gateway.calls.pbx.protocol import MAX_BUFFER, AmiCounters, AmiProtocol, parse_frame
+from gateway.sim.amiserver import Transcript
 
 pytestmark = pytest.mark.fuzz
 
@@ -51,7 +51,7 @@ class _ListHandler(logging.Handler):
 
 
 @contextmanager
-def captured_logs(level: int, name: str = "gateway.pbx.protocol") -> Iterator[list[logging.LogRecord]]:
+def captured_logs(level: int, name: str = "gateway.calls.pbx.protocol") -> Iterator[list[logging.LogRecord]]:
     """caplog for one hypothesis example (function-scoped fixtures are shared between examples)."""
     records: list[logging.LogRecord] = []
     logger = logging.getLogger(name)

@@ -17,10 +17,10 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import RulesError
-from gateway.messaging_rules import load_messaging
-from gateway.notify_rules import load_notify
-from gateway.routing_rules import ROUTING_FILE, load_routing
-from gateway.rules import load_rules
+from gateway.rules.base import load_rules
+from gateway.rules.messaging import load_messaging
+from gateway.rules.notify import load_notify
+from gateway.rules.routing import ROUTING_FILE, load_routing
 from tests.conftest import RULES
 
 pytestmark = pytest.mark.fuzz

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from gateway.domain.numbers import NumberPlan
 from gateway.domain.routing import InboundSms
-from gateway.smtp import MailRejected, SmtpIntake, SmtpSettings, parse_mail
+from gateway.inbox.smtp import MailRejected, SmtpIntake, SmtpSettings, parse_mail
 
 pytestmark = pytest.mark.fuzz
 

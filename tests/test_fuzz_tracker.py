@@ -14,11 +14,11 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from gateway.calls.pbx.mapping import TRACKED_EVENTS, to_leg_event
 from gateway.domain.calls import CallEnded, CallTracker, ExternalDial, TrackerOutput
 from gateway.domain.events import LegEvent
 from gateway.domain.models import CallRecord
 from gateway.domain.numbers import NumberPlan
-from gateway.pbx.mapping import TRACKED_EVENTS, to_leg_event
 from tests.transcripts import expected, timed_events
 
 pytestmark = pytest.mark.fuzz

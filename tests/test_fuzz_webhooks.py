@@ -23,15 +23,10 @@ from hypothesis import strategies as st
 from adapters.nhn_alimtalk import ReportRejected
 from adapters.nhn_alimtalk import parse_report as nhn_parse_report
 from adapters.nhn_sms import parse_unsubscribe
-from gateway.app import Gateway, Overrides
-from gateway.config import load_config
-from gateway.crypto import Sealer, sign
+from gateway.app.gateway import Gateway, Overrides
 from gateway.domain.numbers import NumberPlan
-from gateway.http import HttpServer, make_app
-from gateway.intake import InboundRejected, inbound_from_fields
-from gateway.redisproc import RedisProcess
-from gateway.reports import ReportIntake, build_parsers
-from gateway.webhooks import (
+from gateway.inbox.intake import InboundRejected, inbound_from_fields
+from gateway.inbox.webhooks import (
     MAX_SMS_BODY,
     BadRequest,
     InboundProvider,
@@ -40,6 +35,11 @@ from gateway.webhooks import (
     parse_body,
     verify,
 )
+from gateway.infra.config import load_config
+from gateway.infra.crypto import Sealer, sign
+from gateway.infra.http import HttpServer, make_app
+from gateway.messaging.reports import ReportIntake, build_parsers
+from gateway.sim.redisproc import RedisProcess
 from tests.conftest import RULES
 
 pytestmark = pytest.mark.fuzz

@@ -13,9 +13,9 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.crypto import Sealer, _b64, hmac_sha256_hex
-from gateway.jobs import _job_id, _JobIds
-from gateway.store import number_hash
+from gateway.infra.crypto import Sealer, _b64, hmac_sha256_hex
+from gateway.messaging.jobs import _job_id, _JobIds
+from gateway.outbox.store import number_hash
 
 UUID_SHAPE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 

@@ -24,14 +24,14 @@ import pytest
 from aiohttp import web
 
 from adapters.nhn_sms import parse_unsubscribe
-from gateway.app import Gateway, Overrides
-from gateway.config import DEFAULT_CONFIG, HttpLimits, load_config
-from gateway.crypto import Sealer, sign
+from gateway.app.gateway import Gateway, Overrides
+from gateway.app.workerhttp import WorkerHttp
 from gateway.domain.numbers import NumberPlan
 from gateway.errors import ConfigError
-from gateway.http import HttpServer, gateway_listeners, make_app, read_body
-from gateway.webhooks import MAX_SMS_BODY, add_routes
-from gateway.workerhttp import WorkerHttp
+from gateway.inbox.webhooks import MAX_SMS_BODY, add_routes
+from gateway.infra.config import DEFAULT_CONFIG, HttpLimits, load_config
+from gateway.infra.crypto import Sealer, sign
+from gateway.infra.http import HttpServer, gateway_listeners, make_app, read_body
 from tests.conftest import RULES
 
 HOST = "127.0.0.1"
@@ -523,7 +523,7 @@ async def test_connections_over_the_limit_are_refused(caplog: pytest.LogCaptureF
             writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             assert (await asyncio.wait_for(read_response(reader), 10)).status == 200
             held.append((reader, writer))
-        with caplog.at_level(logging.WARNING, logger="gateway.connlimit"):
+        with caplog.at_level(logging.WARNING, logger="gateway.infra.connlimit"):
             for _ in range(5):
                 reader, writer = await connect(http.port)
                 writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -534,7 +534,7 @@ async def test_connections_over_the_limit_are_refused(caplog: pytest.LogCaptureF
                     pass
                 assert await closed_within(reader, 10)
                 writer.close()
-        warnings = [r for r in caplog.records if r.name == "gateway.connlimit" and r.levelno == logging.WARNING]
+        warnings = [r for r in caplog.records if r.name == "gateway.infra.connlimit" and r.levelno == logging.WARNING]
         assert len(warnings) == 1, [r.getMessage() for r in warnings]  # rate-limited, not one per connection
         # The connections already open still work.
         for reader, writer in held:

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession
 
-from gateway.crypto import sign
-from gateway.smtp import SmtpIntake, SmtpSettings
-from gateway.worker import wait_idle
+from gateway.app.worker import wait_idle
+from gateway.inbox.smtp import SmtpIntake, SmtpSettings
+from gateway.infra.crypto import sign
 from tests.test_intake import ENV, PUBLIC_URL, Site, _site, seoul, sms
 
 DAY = seoul("2026-11-24T10:00:00")  # a Tuesday morning: the rules send automatic replies
@@ -324,7 +324,8 @@ async def test_malformed_requests_are_one_warning_without_input_rate_limited(
         await asyncio.to_thread(send, i)
     # the edges' loggers (the worker's own complaints about the test's notify.yaml are not ours)
     records = [r for r in caplog.records
-               if r.name in ("gateway.webhooks", "gateway.smtp", "gateway.intake") or r.name.startswith("aiohttp")]
+               if r.name in ("gateway.inbox.webhooks", "gateway.inbox.smtp", "gateway.inbox.intake")
+               or r.name.startswith("aiohttp")]
     assert [r for r in records if r.levelno >= logging.ERROR] == []
     assert [r for r in records if r.exc_info or r.exc_text] == []
     assert not [r for r in caplog.records if MARKER in r.getMessage() and r.name != "mail.log"]
@@ -338,7 +339,7 @@ async def test_malformed_requests_are_one_warning_without_input_rate_limited(
 def test_malformed_log_counts_what_it_held_back(caplog: pytest.LogCaptureFixture) -> None:
     """The limiter itself, on an injected clock: one line per (edge, reason) per interval, and
     the next line says how many were held back."""
-    from gateway.edgelog import MalformedLog
+    from gateway.infra.edgelog import MalformedLog
 
     now = [1000.0]
     limiter = MalformedLog(logging.getLogger("gateway.test-edge"), interval_s=60, clock=lambda: now[0])

@@ -20,13 +20,13 @@ import pytest
 from aiohttp import ClientSession
 
 from adapters.sandbox_messaging import SandboxAlimtalk, SandboxSms
-from gateway.app import Gateway, Overrides, build_worker
-from gateway.config import load_config
-from gateway.crypto import Sealer, sign
-from gateway.http import HttpServer, make_app
-from gateway.outbox import Admission, Verdict
-from gateway.redisproc import RedisProcess
-from gateway.worker import start_worker, wait_idle
+from gateway.app.gateway import Gateway, Overrides, build_worker
+from gateway.app.worker import start_worker, wait_idle
+from gateway.infra.config import load_config
+from gateway.infra.crypto import Sealer, sign
+from gateway.infra.http import HttpServer, make_app
+from gateway.outbox.guard import Admission, Verdict
+from gateway.sim.redisproc import RedisProcess
 from tests.conftest import ROOT, RULES
 from tests.transcripts import TRANSCRIPTS
 
@@ -233,7 +233,7 @@ async def test_optout_stops_every_send_path(site: Site, env: dict[str, str], red
         assert await outbox.admit(Admission("pbx", "c1", action, CITIZEN)) is Verdict.OPTED_OUT
     # a message queued before the refusal is stopped at send time
     from gateway.domain.models import SmsRequest
-    from gateway.outbox import QueuedMessage
+    from gateway.outbox.guard import QueuedMessage
 
     queued = QueuedMessage("k-late", "pbx", "c1", "postcall_sms", CITIZEN, "sandbox-sms",
                            sms=SmsRequest("k-late", CITIZEN, "+82319002000", "늦은 문자"))

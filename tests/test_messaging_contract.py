@@ -31,7 +31,7 @@ from gateway.domain.models import (
 )
 from gateway.errors import CarrierError
 from gateway.ports import AlimtalkProvider, SmsProvider
-from tests.fake_nhn import FakeNhnServer, Template
+from gateway.sim.fake_nhn import FakeNhnServer, Template
 
 R = SendResult
 AT_APPKEY, AT_SECRET, SENDER_KEY = "at-appkey-7f3a", "at-secret-DO-NOT-LOG-91c2", "s" * 40

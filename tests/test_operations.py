@@ -18,15 +18,15 @@ import pytest
 import redis
 from aiohttp import ClientError, ClientSession
 
-from gateway.amiserver import AmiServer, Transcript
-from gateway.config import load_config
-from gateway.crypto import Sealer
 from gateway.domain.models import AlimtalkRequest
-from gateway.jobs import Enqueuer, make_broker
-from gateway.outbox import QueuedMessage
-from gateway.providerstats import ProviderStats, publish, read_published
-from gateway.redisproc import RedisProcess, free_port
-from gateway.sdnotify import Notifier
+from gateway.infra.config import load_config
+from gateway.infra.crypto import Sealer
+from gateway.infra.sdnotify import Notifier
+from gateway.messaging.jobs import Enqueuer, make_broker
+from gateway.outbox.guard import QueuedMessage
+from gateway.outbox.providerstats import ProviderStats, publish, read_published
+from gateway.sim.amiserver import AmiServer, Transcript
+from gateway.sim.redisproc import RedisProcess, free_port
 from tests.conftest import ROOT, RULES
 
 KEYS = {"TEST_NUMBER_KEY": "number-key-for-tests-0123", "TEST_DATA_KEY": Sealer.new_key_spec()}

@@ -19,12 +19,12 @@ import redis
 import yaml
 
 from adapters.sandbox import SandboxCarrier
-from gateway.amiserver import AmiServer, Transcript
-from gateway.app import Gateway, Overrides, build_alimtalk, build_carrier, build_sms, build_worker
-from gateway.config import load_config
-from gateway.pbx.mapping import TRACKED_EVENTS
-from gateway.pbx.protocol import CLIENT_EVENTS
-from gateway.replay import FAST_RECONNECT, demo_environ
+from gateway.app.gateway import Gateway, Overrides, build_alimtalk, build_carrier, build_sms, build_worker
+from gateway.app.replay import FAST_RECONNECT, demo_environ
+from gateway.calls.pbx.mapping import TRACKED_EVENTS
+from gateway.calls.pbx.protocol import CLIENT_EVENTS
+from gateway.infra.config import load_config
+from gateway.sim.amiserver import AmiServer, Transcript
 from tests.conftest import ROOT, RULES
 
 OPS = ROOT / "ops"
@@ -196,7 +196,7 @@ async def _gateway_scrape(redis_url: str) -> str:
     """GET /metrics of a running Gateway that has handled one recorded call with lettering."""
     from aiohttp import ClientSession
 
-    from gateway.http import HttpServer, make_app
+    from gateway.infra.http import HttpServer, make_app
 
     class Sink:
         def decision(self, record: Mapping[str, Any]) -> None:
@@ -232,7 +232,7 @@ def _worker_scrape(redis_url: str) -> str:
     """The `gateway worker` registry (its /metrics), built the way `gateway worker` builds it."""
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from gateway.workerhttp import WorkerCollector
+    from gateway.app.workerhttp import WorkerCollector
 
     config = load_config()
     broker, runtime = build_worker(config, environ=demo_environ(config, os.environ), redis_url=redis_url)

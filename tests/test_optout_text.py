@@ -18,13 +18,13 @@ from aiohttp import ClientSession
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from gateway.app.worker import wait_idle
 from gateway.domain.optout import MAX_KEYWORD_CHARS, MAX_KEYWORD_TEXT, OPT_IN, OPT_OUT, QUESTION, QUESTION_TAG, compact
 from gateway.domain.postcall import MessagingRules
 from gateway.errors import RulesError
-from gateway.intake import keyword_of
-from gateway.messaging_rules import load_messaging
-from gateway.outbox import Admission, Verdict
-from gateway.worker import wait_idle
+from gateway.inbox.intake import keyword_of
+from gateway.outbox.guard import Admission, Verdict
+from gateway.rules.messaging import load_messaging
 from tests.conftest import RULES
 from tests.test_intake import Site, _site, env, seoul, sms
 

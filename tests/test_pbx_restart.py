@@ -21,11 +21,11 @@ import pytest
 from aiohttp import ClientSession
 
 from adapters.sandbox import SandboxCarrier
-from gateway.amiserver import AmiServer, Block, SessionPlan, Transcript
-from gateway.app import Gateway, Overrides
-from gateway.config import load_config
-from gateway.http import HttpServer, make_app
-from gateway.replay import FAST_RECONNECT, demo_environ, replay
+from gateway.app.gateway import Gateway, Overrides
+from gateway.app.replay import FAST_RECONNECT, demo_environ, replay
+from gateway.infra.config import load_config
+from gateway.infra.http import HttpServer, make_app
+from gateway.sim.amiserver import AmiServer, Block, SessionPlan, Transcript
 from tests.conftest import RULES
 from tests.transcripts import TRANSCRIPTS, parse_block
 

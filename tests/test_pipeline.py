@@ -18,13 +18,13 @@ import pytest
 import redis
 
 from adapters.sandbox import SandboxCarrier
-from gateway.amiserver import AmiServer, Block, SessionPlan, Transcript
-from gateway.app import Gateway, Overrides
-from gateway.config import load_config
+from gateway.app.gateway import Gateway, Overrides
+from gateway.app.replay import FAST_RECONNECT, demo_environ, replay
 from gateway.domain.models import LetteringResult
-from gateway.redisproc import RedisProcess
-from gateway.replay import FAST_RECONNECT, demo_environ, replay
-from gateway.store import number_hash, optout_key
+from gateway.infra.config import load_config
+from gateway.outbox.store import number_hash, optout_key
+from gateway.sim.amiserver import AmiServer, Block, SessionPlan, Transcript
+from gateway.sim.redisproc import RedisProcess
 from tests.conftest import ROOT, RULES
 from tests.transcripts import TRANSCRIPTS, expected
 
@@ -125,8 +125,8 @@ async def test_unsupported_device_is_reported(redis_url: str, monkeypatch: pytes
 
 
 async def test_4000_phone_directory(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway.directory_gen import generate_directory
-    from gateway.rules import load_rules
+    from gateway.rules.base import load_rules
+    from gateway.sim.directory_gen import generate_directory
 
     (tmp_path / "directory.yaml").write_text(generate_directory(4000), encoding="utf-8")
     (tmp_path / "lettering.yaml").write_bytes((RULES / "lettering.yaml").read_bytes())
@@ -282,7 +282,7 @@ async def test_two_gateways_on_one_pbx_letter_each_call_once(redis_url: str) -> 
 async def test_health_reports_pbx_and_redis(redis_url: str) -> None:
     from aiohttp import ClientSession
 
-    from gateway.http import HttpServer, make_app
+    from gateway.infra.http import HttpServer, make_app
 
     config = load_config()
     environ = demo_environ(config, os.environ)
@@ -331,7 +331,7 @@ def test_cli_errors_are_clear(tmp_path: Path) -> None:
 async def test_metrics_have_real_values(redis_url: str) -> None:
     from aiohttp import ClientSession
 
-    from gateway.http import HttpServer, make_app
+    from gateway.infra.http import HttpServer, make_app
 
     config = load_config()
     environ = demo_environ(config, os.environ)
@@ -372,11 +372,11 @@ async def test_a_peer_gateways_lease_on_a_call(peer: str, redis_url: str) -> Non
     """Two gateways see every call; the first claims it as a short lease, settled once the carrier
     answered. If that gateway dies between claim and request, the lease lapses and the other
     letters the call while it still rings; a settled or live lease means: not again."""
+    from gateway.calls.pipeline import CallPipeline
     from gateway.domain.rules import Rules
-    from gateway.outbox import Outbox
-    from gateway.pipeline import CallPipeline
-    from gateway.rules import load_rules
-    from gateway.store import RedisOutboxStore, connect
+    from gateway.outbox.guard import Outbox
+    from gateway.outbox.store import RedisOutboxStore, connect
+    from gateway.rules.base import load_rules
     from tests.transcripts import timed_events
 
     rules: Rules = load_rules(RULES)

@@ -6,7 +6,6 @@ from datetime import datetime
 
 import pytest
 
-from gateway.crypto import Sealer, SealError
 from gateway.domain.directory import Department
 from gateway.domain.models import (
     AlimtalkRequest,
@@ -27,8 +26,9 @@ from gateway.domain.postcall import (
     plan_postcall,
     quiet_hours_end,
 )
-from gateway.jobs import MsgpackEncoder, decode_message, encode_message
-from gateway.outbox import QueuedMessage
+from gateway.infra.crypto import Sealer, SealError
+from gateway.messaging.jobs import MsgpackEncoder, decode_message, encode_message
+from gateway.outbox.guard import QueuedMessage
 
 DEPT = Department("civil-passport", "한빛시청", "민원여권과", "여권 안내", "+82319002000", "passport-guide")
 RULES = MessagingRules(contents={"passport-guide": Content("passport-guide", "여권 발급 안내", "서류 안내",

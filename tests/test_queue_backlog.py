@@ -23,16 +23,16 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from adapters.sandbox_messaging import SandboxAlimtalk, SandboxSms
-from gateway.app import Overrides, build_worker
-from gateway.config import load_config
-from gateway.crypto import Sealer
+from gateway.app.gateway import Overrides, build_worker
+from gateway.app.worker import start_worker, stop_worker
+from gateway.app.workerhttp import WorkerHttp
 from gateway.domain.models import AlimtalkRequest, SmsRequest
-from gateway.jobs import QUEUES, Enqueuer, actor_name, actor_options, make_broker
-from gateway.metrics import queue_families
-from gateway.outbox import QueuedMessage
-from gateway.wire import Wire
-from gateway.worker import start_worker, stop_worker
-from gateway.workerhttp import WorkerHttp
+from gateway.infra.config import load_config
+from gateway.infra.crypto import Sealer
+from gateway.infra.metrics import queue_families
+from gateway.infra.wire import Wire
+from gateway.messaging.jobs import QUEUES, Enqueuer, actor_name, actor_options, make_broker
+from gateway.outbox.guard import QueuedMessage
 
 KEYS = {"GATEWAY_NUMBER_KEY": "test-number-key-0123456789", "GATEWAY_DATA_KEY": Sealer.new_key_spec()}
 HOUR_MS = 3_600_000
@@ -203,10 +203,10 @@ async def test_gateway_health_and_metrics_show_the_backlog(redis_url: str) -> No
     from collections.abc import Mapping
 
     from adapters.sandbox import SandboxCarrier
-    from gateway.amiserver import AmiServer, Transcript
-    from gateway.app import Gateway
-    from gateway.metrics import exposition
-    from gateway.replay import FAST_RECONNECT, demo_environ
+    from gateway.app.gateway import Gateway
+    from gateway.app.replay import FAST_RECONNECT, demo_environ
+    from gateway.infra.metrics import exposition
+    from gateway.sim.amiserver import AmiServer, Transcript
     from tests.conftest import RULES
 
     class Sink:

@@ -8,7 +8,7 @@ its kernel still accepts TCP connections, so a reconnect gets as far as AUTH/SEL
 there; a kill-and-restart is a SIGKILL and a new redis-server on the same port.
 
 Everything is real: a redis-server per test, the gateway's HTTP app on a loopback port, signed
-webhooks over HTTP, the outbox guard's admit over the real-time connection (`gateway.wire`).
+webhooks over HTTP, the outbox guard's admit over the real-time connection (`gateway.infra.wire`).
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ import pytest
 import redis
 from aiohttp import ClientSession, ClientTimeout
 
-from gateway.app import Gateway, Overrides
-from gateway.config import load_config
-from gateway.crypto import Sealer, sign
-from gateway.http import HttpServer, make_app
-from gateway.outbox import Admission, Verdict
-from gateway.redisproc import RedisProcess
+from gateway.app.gateway import Gateway, Overrides
+from gateway.infra.config import load_config
+from gateway.infra.crypto import Sealer, sign
+from gateway.infra.http import HttpServer, make_app
+from gateway.outbox.guard import Admission, Verdict
+from gateway.sim.redisproc import RedisProcess
 from tests.conftest import RULES
 
 ENV = {"GATEWAY_NUMBER_KEY": "pause-number-key-0123456789", "GATEWAY_DATA_KEY": Sealer.new_key_spec(),

@@ -33,7 +33,7 @@ from gateway.domain.routing import (
     route,
 )
 from gateway.errors import RulesError
-from gateway.routing_rules import cmd_rules_test, load_routing, parse_routing, routing_problems
+from gateway.rules.routing import cmd_rules_test, load_routing, parse_routing, routing_problems
 from tests.conftest import RULES
 
 KST = ZoneInfo("Asia/Seoul")

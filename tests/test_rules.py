@@ -12,7 +12,7 @@ import pytest
 from gateway.domain.models import Direction, NumberKind
 from gateway.domain.rules import LetteringRules, ProviderRoute, template_problems
 from gateway.errors import RulesError
-from gateway.rules import (
+from gateway.rules.base import (
     DIRECTORY_SCHEMA,
     LETTERING_SCHEMA,
     cmd_rules_check,

@@ -13,9 +13,9 @@ from typing import Any
 
 from aiohttp import ClientError, ClientSession
 
-from gateway.amiserver import AmiServer, Transcript
-from gateway.crypto import Sealer
-from gateway.redisproc import RedisProcess, free_port
+from gateway.infra.crypto import Sealer
+from gateway.sim.amiserver import AmiServer, Transcript
+from gateway.sim.redisproc import RedisProcess, free_port
 from tests.conftest import ROOT, RULES
 
 

@@ -19,17 +19,17 @@ import redis
 from aiohttp import ClientSession
 
 from adapters.sandbox_messaging import SandboxAlimtalk, SandboxSms
-from gateway.app import Gateway, Overrides, build_worker
-from gateway.config import load_config
-from gateway.crypto import Sealer
+from gateway.app.gateway import Gateway, Overrides, build_worker
+from gateway.app.worker import start_worker, wait_idle
 from gateway.domain.models import AlimtalkRequest, Button, SmsRequest
-from gateway.http import HttpServer, make_app
-from gateway.intake import Intake
-from gateway.jobs import Enqueuer, MsgpackEncoder, dead_letter_counts, decode_message, encode_message, redrive
-from gateway.outbox import QueuedMessage
-from gateway.store import number_hash
-from gateway.wire import Wire
-from gateway.worker import start_worker, wait_idle
+from gateway.inbox.intake import Intake
+from gateway.infra.config import load_config
+from gateway.infra.crypto import Sealer
+from gateway.infra.http import HttpServer, make_app
+from gateway.infra.wire import Wire
+from gateway.messaging.jobs import Enqueuer, MsgpackEncoder, dead_letter_counts, decode_message, encode_message, redrive
+from gateway.outbox.guard import QueuedMessage
+from gateway.outbox.store import number_hash
 from tests.conftest import RULES
 from tests.test_intake import PUBLIC_URL, Collect, Site, seoul, sms
 

@@ -24,7 +24,7 @@ import pytest
 from gateway.domain.numbers import NumberPlan
 from gateway.domain.routing import InboundSms
 from gateway.errors import GatewayError, StoreUnavailable
-from gateway.smtp import MailRejected, SmtpIntake, SmtpSettings, parse_mail
+from gateway.inbox.smtp import MailRejected, SmtpIntake, SmtpSettings, parse_mail
 
 CITY = "+82319002000"
 CITY_2 = "+82319002001"
@@ -360,7 +360,7 @@ async def test_intake_rejection_is_550_with_its_message() -> None:
 
 async def test_unexpected_error_is_451_and_logged_with_masked_numbers(caplog: pytest.LogCaptureFixture) -> None:
     intake = RaisingIntake(RuntimeError("boom"))
-    with caplog.at_level(logging.ERROR, logger="gateway.smtp"):
+    with caplog.at_level(logging.ERROR, logger="gateway.inbox.smtp"):
         async with running(intake) as (_, port):
             with pytest.raises(smtplib.SMTPDataError) as info:
                 await relay(port, mail())

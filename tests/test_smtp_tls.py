@@ -28,11 +28,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from adapters.sandbox_messaging import SandboxAlimtalk, SandboxSms
-from gateway.app import Gateway, Overrides
-from gateway.config import DEFAULT_CONFIG, load_config
-from gateway.crypto import Sealer
+from gateway.app.gateway import Gateway, Overrides
 from gateway.errors import ConfigError
-from gateway.smtp import SmtpIntake, SmtpSettings, settings_from_config
+from gateway.inbox.smtp import SmtpIntake, SmtpSettings, settings_from_config
+from gateway.infra.config import DEFAULT_CONFIG, load_config
+from gateway.infra.crypto import Sealer
 from tests.conftest import ROOT, RULES
 from tests.test_smtp import RCPT, RELAY, RecordingIntake, mail
 

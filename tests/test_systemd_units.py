@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import _parser
-from gateway.config import load_config
+from gateway.app.cli import _parser
+from gateway.infra.config import load_config
 from tests.conftest import ROOT
 
 SYSTEMD = ROOT / "systemd"

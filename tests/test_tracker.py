@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.calls.pbx.mapping import TRACKED_EVENTS, to_leg_event
 from gateway.domain.calls import (
     CallEnded,
     CallTracker,
@@ -27,7 +28,6 @@ from gateway.domain.events import (
 )
 from gateway.domain.models import Direction, Disposition
 from gateway.domain.numbers import NumberPlan
-from gateway.pbx.mapping import TRACKED_EVENTS, to_leg_event
 from tests.transcripts import expected, timed_events
 
 

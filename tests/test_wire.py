@@ -1,4 +1,4 @@
-"""The lean multiplexed Redis connection (`gateway.wire`) against a real redis-server: replies
+"""The lean multiplexed Redis connection (`gateway.infra.wire`) against a real redis-server: replies
 reach their own callers under concurrency, errors stay with their command, and a dead, hung
 or restarted Redis fails the pending commands cleanly and is reconnected to."""
 
@@ -21,9 +21,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.redisproc import RedisProcess, free_port
-from gateway.store import connect
-from gateway.wire import Wire, wire_like
+from gateway.infra.wire import Wire, wire_like
+from gateway.outbox.store import connect
+from gateway.sim.redisproc import RedisProcess, free_port
 
 
 async def test_commands_scripts_and_batches(redis_url: str) -> None:

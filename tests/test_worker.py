@@ -24,21 +24,21 @@ from aiohttp import ClientSession
 from adapters.nhn_alimtalk import NhnAlimtalk
 from adapters.nhn_sms import NhnSms
 from adapters.sandbox_messaging import SandboxAlimtalk, SandboxSms
-from gateway.app import Overrides, build_worker
-from gateway.config import load_config
-from gateway.crypto import Sealer
+from gateway.app.gateway import Overrides, build_worker
+from gateway.app.replay import replay
+from gateway.app.worker import start_worker, wait_idle
 from gateway.domain.models import AlimtalkRequest, LetteringResult, SendOutcome, SendResult, SmsRequest
-from gateway.http import HttpServer, make_app
-from gateway.jobs import Enqueuer, actor_name, dead_letters, encode_message, make_broker, redrive
-from gateway.outbox import QueuedMessage
-from gateway.redisproc import RedisProcess
-from gateway.replay import replay
-from gateway.reports import ReportIntake, sandbox_parser
-from gateway.store import RedisOutboxStore, connect
-from gateway.wire import Wire
-from gateway.worker import start_worker, wait_idle
+from gateway.infra.config import load_config
+from gateway.infra.crypto import Sealer
+from gateway.infra.http import HttpServer, make_app
+from gateway.infra.wire import Wire
+from gateway.messaging.jobs import Enqueuer, actor_name, dead_letters, encode_message, make_broker, redrive
+from gateway.messaging.reports import ReportIntake, sandbox_parser
+from gateway.outbox.guard import QueuedMessage
+from gateway.outbox.store import RedisOutboxStore, connect
+from gateway.sim.fake_nhn import FakeNhnServer
+from gateway.sim.redisproc import RedisProcess
 from tests.conftest import ROOT, RULES
-from tests.fake_nhn import FakeNhnServer
 from tests.transcripts import TRANSCRIPTS
 
 NUMBER = "+821012345678"
@@ -365,7 +365,7 @@ async def test_sms_with_unknown_outcome_is_looked_up_not_sent_twice(env: dict[st
                                                                      nhn: FakeNhnServer) -> None:
     """NHN SMS has no idempotency key: an attempt whose answer never arrived (deadline passed, or
     the worker died mid-request) is looked up by its grouping key before anything is sent again."""
-    from gateway.outbox import FOUND_AT_PROVIDER, Outbox, Verdict
+    from gateway.outbox.guard import FOUND_AT_PROVIDER, Outbox, Verdict
 
     nhn.slow_s = 0.6
     provider = NhnSms("nhn-sms", nhn.base_url, nhn.sms_appkey, nhn.sms_secret, deadline_s=0.2)
@@ -421,8 +421,8 @@ async def test_open_circuit_defers_without_spending_retries(env: dict[str, str],
                                                               nhn: FakeNhnServer) -> None:
     """A provider outage must not dead-letter messages that were never tried: while the circuit
     is open a job goes back to the queue for after the cooldown, its retries untouched."""
-    from gateway.jobs import MsgpackEncoder
-    from gateway.worker import MAX_DEFERRALS, CircuitBreaker, TemporaryFailure
+    from gateway.app.worker import MAX_DEFERRALS, CircuitBreaker, TemporaryFailure
+    from gateway.messaging.jobs import MsgpackEncoder
 
     config = load_config()
     broker, runtime = build_worker(config, environ=env, redis_url=redis_url, overrides=_nhn_overrides(nhn))
@@ -467,7 +467,7 @@ async def test_async_enqueue_lands_where_the_broker_puts_it(env: dict[str, str],
         sync: Any = broker.client  # redis-py's sync replies are typed as unions of everything
         (now_id,) = sync.lrange(f"{ns}:sms", 0, -1)
         (later_id,) = sync.lrange(f"{ns}:sms.DQ", 0, -1)
-        from gateway.jobs import MsgpackEncoder
+        from gateway.messaging.jobs import MsgpackEncoder
 
         now = MsgpackEncoder().decode(sync.hget(f"{ns}:sms.msgs", now_id))
         later = MsgpackEncoder().decode(sync.hget(f"{ns}:sms.DQ.msgs", later_id))

@@ -3,7 +3,7 @@
 The real command runs as a subprocess against a private redis-server; it holds delayed jobs (so
 its stop has messages to hand back) and serves worker.http_port. Then Redis is killed, paused
 (SIGSTOP) or restarted empty, or left alone, and the worker gets SIGTERM: it must exit, say so
-in its log, and close its port. Exit codes (gateway/worker.py, ops/runbook.md): 0 when every
+in its log, and close its port. Exit codes (gateway/app/worker.py, ops/runbook.md): 0 when every
 job was handed back, 1 when Redis could not take them back (they return to their queue once the
 worker's heartbeat lapses).
 """
@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 import redis
 
-from gateway.config import load_config
-from gateway.jobs import make_broker
-from gateway.redisproc import RedisProcess, free_port
+from gateway.infra.config import load_config
+from gateway.messaging.jobs import make_broker
+from gateway.sim.redisproc import RedisProcess, free_port
 from tests.conftest import ROOT, RULES
 
 SHUTDOWN_S = 3.0
@@ -90,7 +90,7 @@ def _put_delayed(url: str, count: int) -> None:
     """Real dramatiq enqueues with a delay (an hour: the worker holds them, it runs none)."""
     import dramatiq
 
-    from gateway.jobs import actor_name, actor_options
+    from gateway.messaging.jobs import actor_name, actor_options
 
     broker = make_broker(url, namespace=NAMESPACE)
     try:
@@ -129,8 +129,8 @@ def _put_ready(url: str, env: dict[str, str], config_path: Path, count: int) -> 
     import asyncio
 
     from gateway.domain.models import AlimtalkRequest
-    from gateway.jobs import Enqueuer
-    from gateway.outbox import QueuedMessage
+    from gateway.messaging.jobs import Enqueuer
+    from gateway.outbox.guard import QueuedMessage
 
     broker = make_broker(url, namespace=NAMESPACE)
     enqueuer = Enqueuer(broker, load_config(config_path, env).sealer(env))

@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from gateway.amiserver import fresh_ids
+from gateway.sim.amiserver import fresh_ids
 
 TRANSCRIPTS = Path(__file__).resolve().parent.parent / "gateway" / "data" / "transcripts"
 

@@ -1,6 +1,6 @@
 """Routing of citizen SMS (flow B): which queue gets a message, with which auto-reply.
 
-Pure domain code: the rules arrive already validated (see ``gateway/routing_rules.py``), the
+Pure domain code: the rules arrive already validated (see ``gateway/rules/routing.py``), the
 message arrives already parsed by its provider adapter, and `route` returns a `RouteDecision`.
 The only "outside world" consulted is the public-holiday table of the ``holidays`` package,
 which is pure computation (the lunar calendar and substitute-holiday law, no I/O).

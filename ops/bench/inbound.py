@@ -4,8 +4,8 @@ Server side (this process, on uvloop as `gateway run`): either
 
 * **bare**: an aiohttp app whose ``POST /webhooks/sms/{provider}`` reads the body and answers
   200 ``{"status": "accepted"}`` (the baseline: what aiohttp alone costs), or
-* **gateway**: the real app of `gateway run`, ``make_app(gateway.health, gateway.reports,
-  gateway.http_routes)`` served by `gateway.http.HttpServer`, over a real `Gateway` (embedded
+* **gateway**: the real app of `gateway run`, ``make_app(gateway.health, gateway.messaging.reports,
+  gateway.http_routes)`` served by `gateway.infra.http.HttpServer`, over a real `Gateway` (embedded
   default configuration, ``rules/``, a private ``redis-server``, dramatiq broker on it, sandbox
   SMS/Alimtalk providers; no PBX connected). Each accepted message is verified, parsed, routed
   by ``rules/routing.yaml``, stored durably (one Lua step), its queue notification and its
@@ -30,11 +30,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.redisproc import RedisProcess
+from gateway.sim.redisproc import RedisProcess
 from ops.bench.cpu import CpuWindow
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.app.gateway import Gateway
 
 ROOT = Path(__file__).resolve().parents[2]
 GOAL_PER_S = 3000.0
@@ -95,7 +95,7 @@ async def _loadgen(url: str, public_url: str, secret: str, steps: list[int], *, 
 
 
 async def _run_bare(steps: list[int], seconds: float, warmup: float) -> list[dict[str, Any]]:
-    from gateway.http import HttpServer
+    from gateway.infra.http import HttpServer
 
     http = HttpServer(await _bare_app(), "127.0.0.1", 0)
     host, port = await http.start()
@@ -114,9 +114,9 @@ def bench_gateway(redis_url: str, sink: Any, *, redis_timeout_s: float | None = 
     the dramatiq broker on `redis_url`, sandbox SMS/Alimtalk providers, no PBX (also what
     `ops.bench.instructions` counts)."""
     from adapters.sandbox_messaging import SandboxAlimtalk, SandboxSms
-    from gateway.app import Gateway, Overrides
-    from gateway.config import load_config
-    from gateway.replay import demo_environ
+    from gateway.app.gateway import Gateway, Overrides
+    from gateway.app.replay import demo_environ
+    from gateway.infra.config import load_config
     from ops.bench.ami_ingest.runner import RULES_DIR
 
     config = load_config(None)
@@ -131,7 +131,7 @@ async def _run_gateway(redis_url: str, steps: list[int], seconds: float, warmup:
                        redis_pid: int | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     import redis.asyncio as aioredis
 
-    from gateway.http import HttpServer, make_app
+    from gateway.infra.http import HttpServer, make_app
 
     client = aioredis.Redis.from_url(redis_url)
     await client.flushall()

@@ -7,9 +7,9 @@ the machine is doing). This tool counts them for what the other sections time:
 * ``accept``: one citizen's message accepted by `Intake.accept` (routing, sealing, its notification
   job and its auto-reply admitted through the guard, the one Lua step's round trip to a private
   `redis-server`; what a webhook costs beyond parsing it);
-* ``hmac`` against ``hmac_stdlib``: `gateway.crypto.hmac_sha256_hex` against
+* ``hmac`` against ``hmac_stdlib``: `gateway.infra.crypto.hmac_sha256_hex` against
   ``hmac.new(key, message, hashlib.sha256).hexdigest()`` (the baseline, same key and message);
-* ``job_id`` against ``uuid4``: `gateway.jobs._job_id` against ``str(uuid.uuid4())``.
+* ``job_id`` against ``uuid4``: `gateway.messaging.jobs._job_id` against ``str(uuid.uuid4())``.
 
 Each figure is the difference between two runs of the same program doing the step N₁ and N₂
 times, divided by N₂ − N₁: start-up and imports cancel out. The gateway's Redis command timeouts
@@ -89,8 +89,8 @@ def _micro(step: str) -> Any:
     import hmac
     import uuid
 
-    from gateway.crypto import hmac_sha256_hex
-    from gateway.jobs import _job_id
+    from gateway.infra.crypto import hmac_sha256_hex
+    from gateway.messaging.jobs import _job_id
 
     key, message = b"k" * 32, b"+821012345678"
     return {"hmac": lambda: hmac_sha256_hex(key, message),
@@ -104,7 +104,7 @@ async def _accepts(n: int, redis_url: str, step: str = "accept") -> None:
 
     from gateway.domain.numbers import NumberPlan
     from gateway.domain.routing import route
-    from gateway.intake import inbound_from_fields
+    from gateway.inbox.intake import inbound_from_fields
     from ops.bench.inbound import PROVIDER, _Collect, bench_gateway
 
     gateway = bench_gateway(redis_url, _Collect(), redis_timeout_s=60.0)
@@ -146,7 +146,7 @@ async def _accepts(n: int, redis_url: str, step: str = "accept") -> None:
 
 
 def measure(*, parts: bool = False) -> dict[str, Any]:
-    from gateway.redisproc import RedisProcess
+    from gateway.sim.redisproc import RedisProcess
 
     began = time.perf_counter()
     out: dict[str, Any] = {"figures": {}}

@@ -6,7 +6,7 @@ own keep-alive HTTP/1.1 connection (`_Http11`: a minimal asyncio protocol, so th
 costs the shared cores as little as possible), each request a signed
 ``POST /webhooks/sms/{provider}`` exactly as a provider sends it (JSON body, UTF-8,
 ``X-Signature-Timestamp``, ``X-Signature`` = hex HMAC-SHA256(secret, ``timestamp.public_url.body``),
-see gateway/webhooks.py). Every message has its own provider message id and its own citizen
+see gateway/inbox/webhooks.py). Every message has its own provider message id and its own citizen
 number (many citizens text the city: no thread, no duplicate). The secret comes from the
 environment variable named by ``--secret-env``.
 
@@ -29,7 +29,7 @@ from collections import Counter
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-from gateway.crypto import sign
+from gateway.infra.crypto import sign
 
 TEXTS = ["집 앞 가로등이 꺼졌어요", "층간 소음이 너무 심해요", "민원 문의드립니다", "쓰레기 무단투기 신고합니다",
          "12가3456 차량이 입구를 막고 있어요", "도로에 포트홀이 생겼어요 위험합니다", "담당자 연락 부탁드립니다",

@@ -1,7 +1,7 @@
 """Memory per tracked call: `CallTracker` holding 10,000 concurrent calls.
 
 Each call is a recorded call scenario (``gateway/data/transcripts/*.ami``) with fresh
-Uniqueid/Linkedid values (`gateway.amiserver.fresh_ids`, a new offset per call), its own bridge
+Uniqueid/Linkedid values (`gateway.sim.amiserver.fresh_ids`, a new offset per call), its own bridge
 ids and its own citizen number, cut just before the first BridgeLeave or Hangup: the calls are in
 conversation (bridged) or still ringing, the state a busy city hall holds them in. The bytes
 are prepared first; their events then go through the production path (the AMI frame parser
@@ -20,12 +20,12 @@ import time
 import tracemalloc
 from typing import Any
 
-from gateway.amiserver import CYCLE_ID_OFFSET, Transcript, fresh_ids
+from gateway.calls.pbx.mapping import TRACKED_EVENTS, to_leg_event
+from gateway.calls.pbx.protocol import parse_frame
+from gateway.calls.pipeline import plan_of
 from gateway.domain.calls import CallTracker
-from gateway.pbx.mapping import TRACKED_EVENTS, to_leg_event
-from gateway.pbx.protocol import parse_frame
-from gateway.pipeline import plan_of
-from gateway.rules import load_rules
+from gateway.rules.base import load_rules
+from gateway.sim.amiserver import CYCLE_ID_OFFSET, Transcript, fresh_ids
 from ops.bench.ami_ingest.runner import RULES_DIR
 from ops.bench.ami_ingest.stream import NumberAllocator, event_blocks, event_name, fresh_bridges
 

@@ -38,7 +38,7 @@ from gateway.domain.routing import (
     fold,
     route,
 )
-from gateway.routing_rules import parse_routing
+from gateway.rules.routing import parse_routing
 
 KST = ZoneInfo("Asia/Seoul")
 GOAL_PER_S = 100_000.0

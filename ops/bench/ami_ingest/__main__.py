@@ -19,9 +19,9 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from gateway.logs import JsonFormatter
-from gateway.redisproc import RedisProcess
-from gateway.rules import load_rules
+from gateway.infra.logs import JsonFormatter
+from gateway.rules.base import load_rules
+from gateway.sim.redisproc import RedisProcess
 from ops.bench.ami_ingest.runner import (
     RULES_DIR,
     IngestRun,

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from adapters.carrier_http import PROFILES, HttpCarrier
-from gateway.app import Gateway, Overrides
-from gateway.config import GatewayConfig, load_config
+from gateway.app.gateway import Gateway, Overrides
+from gateway.app.replay import demo_environ, sandbox_carriers
 from gateway.domain.rules import Rules
+from gateway.infra.config import GatewayConfig, load_config
 from gateway.ports import LetteringCarrier
-from gateway.replay import demo_environ, sandbox_carriers
 from ops.bench.ami_ingest.server import TOKEN_ENV
 from ops.bench.ami_ingest.stream import IngestStream
 from ops.bench.cpu import CpuWindow

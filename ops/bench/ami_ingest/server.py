@@ -14,7 +14,7 @@ CoreShowChannels answer, i.e. once the gateway's AMI client has finished its ses
 ``python -m ops.bench.ami_ingest.server lettering --rate R --seconds S ...`` runs the same
 AMI server, paced: call k's carrier-leg DialBegin is written at k/R s, its earlier events
 `lead` before and the rest of the call `hold` after. It also runs the fake carrier
-(`tests.fake_carrier.FakeCarrierServer`, SKT profile). DialBegin write times and carrier
+(`gateway.sim.fake_carrier.FakeCarrierServer`, SKT profile). DialBegin write times and carrier
 receive times are both `time.perf_counter()` of this process.
 
 Protocol with the parent: one JSON object per line on stdout (``ready``, ``served``,
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.carrier_http import PROFILES
-from gateway.amiserver import ChannelTable, parse_action, with_header
+from gateway.sim.amiserver import ChannelTable, parse_action, with_header
 
 EOF = b"\r\n\r\n"
 BANNER = b"Asterisk Call Manager/11.0.0\r\n"
@@ -189,8 +189,8 @@ async def run_ingest(args: argparse.Namespace) -> int:
 
 
 async def run_lettering(args: argparse.Namespace) -> int:
+    from gateway.sim.fake_carrier import FakeCarrierServer
     from ops.bench.ami_ingest.stream import build_paced_calls
-    from tests.fake_carrier import FakeCarrierServer
 
     count = max(1, round(args.rate * args.seconds))
     calls = build_paced_calls(count, id_base=args.id_base, number_base=args.number_base)

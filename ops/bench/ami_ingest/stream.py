@@ -19,13 +19,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.amiserver import CYCLE_ID_OFFSET, TRANSCRIPTS_DIR, Transcript, fresh_ids
+from gateway.calls.pbx.mapping import TRACKED_EVENTS, to_leg_event
+from gateway.calls.pbx.protocol import CLIENT_EVENTS, parse_frame
+from gateway.calls.pipeline import plan_of
 from gateway.domain.calls import CallEnded, CallTracker, ExternalDial
 from gateway.domain.lettering import Letter, decide
 from gateway.domain.rules import Rules
-from gateway.pbx.mapping import TRACKED_EVENTS, to_leg_event
-from gateway.pbx.protocol import CLIENT_EVENTS, parse_frame
-from gateway.pipeline import plan_of
+from gateway.sim.amiserver import CYCLE_ID_OFFSET, TRANSCRIPTS_DIR, Transcript, fresh_ids
 
 EOF = b"\r\n\r\n"
 EOL = b"\r\n"

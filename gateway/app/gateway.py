@@ -1,0 +1,438 @@
+"""Composition root: the one place that knows which adapters exist and wires them.
+
+`Gateway` owns the Redis client, the carriers, the outbox, the call pipeline, one AMI
+client per PBX and the HTTP listener, and starts/stops them in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from redis.exceptions import RedisError
+
+from adapters.carrier_http import HttpCarrier
+from adapters.nhn_alimtalk import NhnAlimtalk
+from adapters.nhn_sms import NhnSms, parse_unsubscribe
+from adapters.sandbox import SandboxCarrier
+from adapters.sandbox_messaging import SandboxAlimtalk, SandboxSms
+from gateway.app.worker import WorkerRuntime, declare_actors
+from gateway.calls.pbx.client import AmiSettings, PbxClient
+from gateway.calls.pbx.mapping import TRACKED_EVENTS
+from gateway.calls.pipeline import CallPipeline
+from gateway.domain.notify import NotifyRules
+from gateway.domain.numbers import NumberPlan
+from gateway.domain.postcall import MessagingRules
+from gateway.domain.routing import RoutingRules
+from gateway.domain.rules import Rules
+from gateway.errors import ConfigError, RulesError, StoreUnavailable
+from gateway.inbox.intake import Intake
+from gateway.inbox.smtp import SmtpIntake, settings_from_config
+from gateway.inbox.webhooks import InboundProvider, add_routes
+from gateway.infra.config import GatewayConfig, PbxConfig
+from gateway.infra.metrics import backlog_report, exposition, new_registry
+from gateway.infra.wire import Wire
+from gateway.messaging.jobs import Enqueuer, dead_letter_counts, make_broker
+from gateway.messaging.reports import ReportIntake, build_parsers
+from gateway.outbox.guard import Outbox
+from gateway.outbox.providerstats import read_published
+from gateway.outbox.store import RedisOutboxStore, connect, warm_up
+from gateway.ports import AlimtalkProvider, DecisionSink, LetteringCarrier, SmsProvider
+from gateway.rules.base import load_rules
+from gateway.rules.messaging import load_messaging
+from gateway.rules.notify import load_notify
+from gateway.rules.routing import ROUTING_FILE, load_routing
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def _build(what: str, name: str, spec: Mapping[str, Any], builders: Mapping[str, Callable[[], T]]) -> T:
+    kind = str(spec.get("kind"))
+    builder = builders.get(kind)
+    if builder is None:
+        raise ConfigError(f"{what} {name!r}: unknown kind {kind!r} ({', '.join(builders)})")
+    return builder()
+
+
+def build_carrier(name: str, spec: Mapping[str, Any], environ: Mapping[str, str]) -> LetteringCarrier:
+    builders: dict[str, Callable[[], LetteringCarrier]] = {
+        "sandbox": lambda: SandboxCarrier.from_spec(name, spec),
+        "http": lambda: HttpCarrier.from_spec(name, spec, environ)}
+    return _build("carrier", name, spec, builders)
+
+
+def build_alimtalk(name: str, spec: Mapping[str, Any], environ: Mapping[str, str]) -> AlimtalkProvider:
+    builders: dict[str, Callable[[], AlimtalkProvider]] = {
+        "sandbox": lambda: SandboxAlimtalk.from_spec(name, spec),
+        "nhn": lambda: NhnAlimtalk.from_spec(name, spec, environ)}
+    return _build("alimtalk provider", name, spec, builders)
+
+
+def build_sms(name: str, spec: Mapping[str, Any], environ: Mapping[str, str]) -> SmsProvider:
+    builders: dict[str, Callable[[], SmsProvider]] = {
+        "sandbox": lambda: SandboxSms.from_spec(name, spec),
+        "nhn": lambda: NhnSms.from_spec(name, spec, environ)}
+    return _build("sms provider", name, spec, builders)
+
+
+def _secret(environ: Mapping[str, str], variable: str, where: str) -> str:
+    value = environ.get(variable, "")
+    if not value:
+        raise ConfigError(f"{where}: environment variable {variable} is not set")
+    return value
+
+
+def _unsubscribe_parser(secret: str) -> Callable[[Mapping[str, str], bytes], list[str]]:
+    def parse(headers: Mapping[str, str], body: bytes) -> list[str]:
+        return parse_unsubscribe(headers, body, secret)
+    return parse
+
+
+class RulesHolder:
+    """The live rules; a reload that fails keeps the last good rules in place."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.rules: Rules = load_rules(directory)
+        self.messaging: MessagingRules = load_messaging(directory, self.rules.directory)
+        self.routing: RoutingRules | None = self._routing()
+        self.notify: NotifyRules = load_notify(directory)
+        self.loaded_at = time.time()
+        self.last_error = ""
+        self._seen = self._fingerprint()
+
+    def _fingerprint(self) -> tuple[tuple[str, int, int], ...]:
+        return tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size)
+                            for p in self.directory.glob("*.yaml") if p.is_file()))
+
+    def reload_if_changed(self) -> bool | None:
+        """Reload when a rules file changed since the last look; None when nothing changed."""
+        seen = self._fingerprint()
+        if seen == self._seen:
+            return None
+        self._seen = seen
+        return self.reload()
+
+    async def watch(self, every_s: float = 2.0) -> None:
+        """Hot reload on file change (SIGHUP reloads at once)."""
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await asyncio.to_thread(self.reload_if_changed)
+            except OSError as exc:
+                log.warning("rules directory not readable: %s", exc)
+
+    def _routing(self) -> RoutingRules | None:
+        path = self.directory / ROUTING_FILE
+        return load_routing(path) if path.exists() else None
+
+    def get_routing(self) -> RoutingRules | None:
+        return self.routing
+
+    def get_notify(self) -> NotifyRules:
+        return self.notify
+
+    def get(self) -> Rules:
+        return self.rules
+
+    def get_messaging(self) -> MessagingRules:
+        return self.messaging
+
+    def reload(self) -> bool:
+        try:
+            rules = load_rules(self.directory)
+            messaging = load_messaging(self.directory, rules.directory)
+            routing = self._routing()
+            notify = load_notify(self.directory)
+        except RulesError as exc:
+            self.last_error = str(exc)
+            log.error("rules reload failed, keeping version %s:\n%s", self.rules.version, exc)
+            return False
+        self.rules, self.messaging, self.routing, self.notify = rules, messaging, routing, notify
+        self.loaded_at, self.last_error = time.time(), ""
+        log.info("rules reloaded: version %s", rules.version)
+        return True
+
+    def status(self) -> dict[str, Any]:
+        return {"version": self.rules.version, "routing_version": self.routing.version if self.routing else None,
+                "loaded_at": self.loaded_at, "last_error": self.last_error,
+                "extensions": self.rules.directory.extension_count()}
+
+
+@dataclass
+class Overrides:
+    """What `demo`, `replay` and tests change in a loaded configuration."""
+
+    redis_url: str | None = None
+    rules_dir: Path | None = None
+    pbx_address: tuple[str, int] | None = None  # point every PBX at this AMI server
+    carriers: dict[str, LetteringCarrier] = field(default_factory=dict)  # prebuilt adapters by name
+    alimtalk: dict[str, AlimtalkProvider] = field(default_factory=dict)
+    sms: dict[str, SmsProvider] = field(default_factory=dict)
+    queue_namespace: str | None = None
+    ami: dict[str, Any] = field(default_factory=dict)  # AmiSettings field overrides (backoff, ping)
+    # Longer Redis command timeouts on the real-time connections, for a process slowed down on
+    # purpose (`ops.bench.instructions` runs the gateway under valgrind, ~50 times slower).
+    redis_timeout_s: float | None = None
+    # Every queue's notification webhook (notify.yaml) goes here instead: the demo's loopback
+    # stand-in for the complaint system.
+    notify_webhook_url: str | None = None
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, sink: DecisionSink, *, environ: Mapping[str, str] | None = None,
+                 overrides: Overrides | None = None) -> None:
+        self.config = config
+        self.sink = sink
+        self.environ = dict(os.environ if environ is None else environ)
+        self.over = overrides or Overrides()
+        self.rules = RulesHolder(self.over.rules_dir or config.rules_dir)
+        redis_url = self.over.redis_url or config.resolved_redis_url(self.environ)
+        if not redis_url:
+            raise ConfigError(f"no Redis: set {config.redis_url_env} or redis.url in {config.source}")
+        self.redis_url = redis_url
+        self.redis = connect(redis_url)
+        # The real-time path's lean connection (claims, settlements, inbound accepts), with the
+        # same 0.25 s command timeout as `connect`.
+        slow = self.over.redis_timeout_s or 0.0
+        self.wire = Wire.from_url(redis_url, timeout_s=max(0.25, slow), connect_timeout_s=max(1.0, slow))
+        self.store = RedisOutboxStore(self.redis, self.wire)
+        carriers: dict[str, LetteringCarrier] = {}
+        for name, spec in config.carriers.items():
+            carriers[name] = self.over.carriers.get(name) or build_carrier(name, spec, self.environ)
+        for name, carrier in self.over.carriers.items():
+            carriers.setdefault(name, carrier)
+        self.carriers = carriers
+        self.outbox = Outbox(self.store, carriers, hash_key=config.number_key(self.environ),
+                             dedupe_ttl_s=config.dedupe_ttl_s)
+        self.sealer = config.sealer(self.environ)
+        self.broker = make_broker(redis_url, namespace=self.over.queue_namespace or config.queue_namespace)
+        # Its own connection: enqueues get 2 s, not the real-time path's 0.25 s timeouts.
+        self.enqueuer = Enqueuer(self.broker, self.sealer, wire=Wire.from_url(redis_url, timeout_s=max(2.0, slow)))
+        alimtalk_provider = next(iter(self.over.alimtalk or config.alimtalk), "")
+        self.reports = ReportIntake(build_parsers(config.webhooks, self.environ), self.store)
+        sms_provider = reply_provider(config, self.over)
+        self.intake = Intake(self.redis, routing=self.rules.get_routing, messaging=self.rules.get_messaging,
+                             sealer=self.sealer, hash_key=self.outbox.hash_key, outbox=self.outbox,
+                             enqueuer=self.enqueuer, sms_provider=sms_provider, sink=sink, wire=self.wire)
+        self.inbound = {name: InboundProvider(name, _secret(self.environ, spec["signature_env"], f"inbound.{name}"),
+                                              spec["public_url"]) for name, spec in config.inbound.items()}
+        self.unsubscribe = {name: _unsubscribe_parser(_secret(self.environ, spec["signature_env"],
+                                                              f"unsubscribe.{name}"))
+                            for name, spec in config.unsubscribe.items()}
+        self.api_token = self.environ.get(config.api_token_env, "")
+        self.draining = False
+        self.http_counts: dict[tuple[str, int], int] = {}
+        self.smtp: SmtpIntake | None = None
+        if config.smtp:
+            self.smtp = SmtpIntake(settings_from_config(config.smtp, config.source), self.intake)
+        self.pipeline = CallPipeline(self.rules.get, self.outbox, sink,
+                                     trunks={p.name: p.trunks for p in config.pbxes},
+                                     messaging=self.rules.get_messaging, enqueuer=self.enqueuer,
+                                     alimtalk_provider=alimtalk_provider)
+        # A lease outlives the slowest carrier's hard deadline, so it never lapses while its owner
+        # is still waiting for the carrier (which would let the other gateway letter the call too).
+        self.pipeline.lease_s = max((float(getattr(c, "deadline_s", 3.0)) for c in carriers.values()),
+                                    default=3.0) + 2.0
+        self.clients = [PbxClient(self._ami_settings(p), self.pipeline, TRACKED_EVENTS) for p in config.pbxes]
+        self.registry, latency = new_registry(self)
+        self.pipeline.on_latency = latency.observe
+        self._tasks: list[asyncio.Task[None]] = []
+        self.started_at = time.time()
+
+    def _ami_settings(self, pbx: PbxConfig) -> AmiSettings:
+        host, port = self.over.pbx_address or (pbx.host, pbx.port)
+        settings = AmiSettings(name=pbx.name, host=host, port=port, username=pbx.username,
+                               secret=pbx.secret(self.environ), ping_interval_s=pbx.ping_interval_s,
+                               ping_timeout_s=pbx.ping_timeout_s, backoff_max_s=pbx.backoff_max_s)
+        return replace(settings, **self.over.ami) if self.over.ami else settings
+
+    async def start(self) -> None:
+        """Check Redis, then connect every PBX (each reconnects on its own from now on)."""
+        try:
+            await self.store.ping()
+            await warm_up(self.redis)
+            await self.wire.execute("PING")  # connected before the first call needs it
+        except (StoreUnavailable, RedisError) as exc:
+            log.error("redis not reachable at start (%s); lettering fails closed until it is", exc)
+        for client in self.clients:
+            self._tasks.append(asyncio.get_running_loop().create_task(client.run(), name=f"ami-{client.name}"))
+        self._tasks.append(asyncio.get_running_loop().create_task(self.rules.watch(), name="rules-watch"))
+
+    async def start_smtp(self, port: int | None = None) -> tuple[str, int] | None:
+        if self.smtp is None:
+            return None
+        if port is not None:
+            self.smtp = SmtpIntake(replace(self.smtp.settings, port=port), self.intake)
+        return await self.smtp.start()
+
+    def begin_drain(self) -> None:
+        """Stop taking work: webhooks answer 503, /health 503, SMTP 421 (each sender retries elsewhere/later)."""
+        self.draining = True
+        if self.smtp is not None:
+            self.smtp.handler.draining = True
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """True once Redis answers and every PBX is logged in; False when `timeout` passes first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        redis_ok = False
+        while True:
+            if not redis_ok:
+                try:
+                    await self.store.ping()
+                    redis_ok = True
+                except StoreUnavailable:
+                    pass
+            if redis_ok and all(c.status()["authenticated"] for c in self.clients):
+                return True
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+
+    async def stop(self, drain_timeout: float = 5.0) -> None:
+        """Graceful stop, bounded by `drain_timeout` in all.
+
+        Order matters: intake refuses first (nothing new is accepted that could be lost), then the
+        AMI clients close (no new calls), then in-flight letterings and their enqueues finish, then
+        the queue client is flushed and Redis closed. Calls still ringing are not lost: another
+        gateway letters them, or this one rebuilds them from CoreShowChannels when it comes back."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_timeout
+
+        def left() -> float:
+            return max(0.1, deadline - loop.time())
+
+        self.begin_drain()
+        if self.smtp is not None:
+            await self.smtp.stop(left() / 2)
+        for client in self.clients:
+            await client.stop()
+        await self.pipeline.drain(left())
+        try:
+            await asyncio.wait_for(self.outbox.flush(), left())
+        except TimeoutError:
+            log.warning("shutdown: lettering settlements still pending after the drain bound")
+        if self.pipeline.status()["in_flight"]:
+            log.warning("shutdown: %d letterings still in flight after the drain bound",
+                        self.pipeline.status()["in_flight"])
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for carrier in self.carriers.values():
+            await carrier.close()
+        await self.enqueuer.aclose(left())
+        await self.redis.aclose()
+        await self.wire.aclose()
+
+    def http_routes(self, app: Any, *, metrics: bool = True) -> None:
+        """The citizen-facing webhooks, the staff API and (unless `metrics` is False: served on the
+        internal listener then) /metrics on the gateway's HTTP listener."""
+        from aiohttp import web
+
+        # Every answer is counted as it is sent (errors and unknown routes included). A signal, not
+        # a middleware: any middleware makes aiohttp wrap every request in a chain of handler
+        # layers, ~10 % of a citizen's webhook on the benchmark.
+        async def count(request: web.Request, response: web.StreamResponse) -> None:
+            resource = request.match_info.route.resource
+            self._count_http(resource.canonical if resource else "-", response.status)
+
+        app.on_response_prepare.append(count)
+        if metrics:
+            self.metrics_routes(app)
+        plan = NumberPlan(outside_line_prefixes=self.rules.rules.lettering.outside_line_prefixes,
+                          extension_pattern=self.rules.rules.lettering.extension_pattern)
+        add_routes(app, self.intake, self.inbound, api_token=self.api_token, unsubscribe=self.unsubscribe,
+                   plan=plan, draining=lambda: self.draining)
+
+    def metrics_routes(self, app: Any) -> None:
+        """GET /metrics (Prometheus), on the public listener or on the internal one."""
+        from aiohttp import web
+
+        async def metrics(_: web.Request) -> web.Response:
+            body = await asyncio.to_thread(exposition, self.registry)  # the collector reads Redis
+            return web.Response(body=body, content_type="text/plain", charset="utf-8")
+
+        app.router.add_get("/metrics", metrics)
+
+    def _count_http(self, route: str, status: int) -> None:
+        key = (route, status)
+        self.http_counts[key] = self.http_counts.get(key, 0) + 1
+
+    async def health(self) -> dict[str, Any]:
+        """Every component's state; `ready` is what /health turns into 200 or 503."""
+        redis: dict[str, Any]
+        try:
+            redis = {"reachable": True, "latency_ms": round(await self.store.ping(), 3)}
+        except StoreUnavailable as exc:
+            redis = {"reachable": False, "error": str(exc)}
+        redis["wire"] = dict(self.wire.events)  # the real-time connection (gateway.infra.wire)
+        pbx = [c.status() for c in self.clients]
+        ready = redis["reachable"] and all(p.get("authenticated") for p in pbx)
+        queues: dict[str, Any] = {"enqueued": self.enqueuer.enqueued, "enqueue_failed": self.enqueuer.failed}
+        # Lettering carriers are called from here (one try while the phone rings: no circuit);
+        # Alimtalk/SMS providers from the workers, which publish their circuit state to Redis.
+        recent = self.outbox.providers.snapshot()
+        providers: dict[str, dict[str, Any]] = {"lettering": {
+            name: {"circuit": "none", **recent.get(name, {"recent": 0, "recent_errors": 0, "error_rate": 0.0})}
+            for name in self.carriers}, "messaging": {}}
+        if redis["reachable"]:
+            try:
+                queues["dead_letters"] = await asyncio.to_thread(dead_letter_counts, self.broker)
+                # ready, delayed and held-by-a-worker jobs per queue and in total (gateway.infra.metrics)
+                queues["backlog"] = await asyncio.to_thread(backlog_report, self.broker)
+                published = await asyncio.to_thread(read_published, self.broker.client, self.broker.namespace)
+                providers["messaging"] = published
+            except Exception as exc:  # health must answer even when a queue cannot be read
+                queues["error"] = str(exc)
+        if self.draining:
+            ready = False  # a load balancer takes a draining gateway out of rotation
+        return {
+            "ready": ready, "draining": self.draining, "uptime_s": round(time.time() - self.started_at, 1),
+            "pbx": pbx, "redis": redis, "providers": providers,
+            "rules": self.rules.status(), "pipeline": self.pipeline.status(), "queues": queues,
+        }
+
+
+def reply_provider(config: GatewayConfig, over: Overrides) -> str:
+    """The SMS provider replies to citizens go through (staff replies, automatic replies): the
+    first configured; "" when there is none."""
+    return next(iter(over.sms or config.sms), "")
+
+
+def build_worker(config: GatewayConfig, *, environ: Mapping[str, str], redis_url: str,
+                 sink: DecisionSink | None = None, overrides: Overrides | None = None) -> tuple[Any, WorkerRuntime]:
+    """The broker with its actors and the runtime they use (`gateway worker`, replay, demo)."""
+    over = overrides or Overrides()
+    sealer = config.sealer(environ)
+    broker = make_broker(redis_url, namespace=over.queue_namespace or config.queue_namespace,
+                         heartbeat_timeout_ms=config.heartbeat_timeout_ms, maintenance_chance=config.maintenance_chance)
+    holder = RulesHolder(over.rules_dir or config.rules_dir)
+    alimtalk = {n: over.alimtalk.get(n) or build_alimtalk(n, s, environ) for n, s in config.alimtalk.items()}
+    sms = {n: over.sms.get(n) or build_sms(n, s, environ) for n, s in config.sms.items()}
+    alimtalk.update({n: p for n, p in over.alimtalk.items() if n not in alimtalk})
+    sms.update({n: p for n, p in over.sms.items() if n not in sms})
+    hash_key = config.number_key(environ)
+
+    def outbox() -> Outbox:
+        # Built on the worker's own event loop (the async Redis client belongs to it).
+        return Outbox(RedisOutboxStore(connect(redis_url, timeout_s=2.0)), {}, hash_key=hash_key,
+                      dedupe_ttl_s=config.dedupe_ttl_s, alimtalk=alimtalk, sms=sms,
+                      device_memory_s=holder.messaging.device_memory_days * 86400)
+
+    runtime = WorkerRuntime(outbox, sealer, Enqueuer(broker, sealer), sink, environ=environ)
+    runtime.reply_provider = reply_provider(config, over)
+    runtime.notify = holder.get_notify
+    if over.notify_webhook_url:
+        redirect = over.notify_webhook_url
+        runtime.notify = lambda: holder.get_notify().with_webhook_url(redirect)
+    runtime.queue_names = lambda: {q: info.name for q, info in holder.routing.queues.items()} if holder.routing else {}
+    declare_actors(broker, runtime)
+    return broker, runtime

@@ -1,0 +1,444 @@
+"""Citizens' text messages: intake, opt-out, routing, the staff inbox and replies.
+
+`Intake.accept` is what both intake edges (HTTP webhook, SMTP relay) call. It returns only
+once the message is durable in Redis (one Lua step: idempotency key, thread, inbox entry and
+the queue's notification job), so the edge can answer 2xx/250; when Redis cannot be reached it
+raises `StoreUnavailable` and the edge answers 503/451 so the provider retries. A repeated
+provider message id is a duplicate: stored once, answered as success. What may wait is done by
+the worker from the notification job: the rules' automatic reply or opt-out confirmation
+(`gateway.inbox.replies`) and the queue's sinks (webhook, officer on duty), so that the provider's
+request does only what must be durable before it is answered.
+
+The citizen's number and every text are sealed (AES-GCM) at rest; the thread id and the
+opt-out record are keyed by a keyed hash of the number, never the number itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway.domain.inputs import MAX_MESSAGE_ID, has_surrogate, message_key, shown_id
+from gateway.domain.models import NumberKind
+from gateway.domain.numbers import NumberPlan, mask
+from gateway.domain.optout import OPT_IN, OPT_OUT, QUESTION, QUESTION_TAG
+from gateway.domain.postcall import MessagingRules
+from gateway.domain.routing import InboundSms, RoutingRules, ThreadContext, route
+from gateway.errors import ClaimedByOther, GatewayError, RecipientUnknown, StoreUnavailable, ThreadNotFound
+from gateway.inbox.replies import AUTO_REPLY, Replies
+from gateway.infra.crypto import Sealer
+from gateway.infra.wire import Wire
+from gateway.messaging.jobs import Enqueuer, inbound_reply
+from gateway.outbox.guard import Outbox, Verdict
+from gateway.outbox.store import NONE_KEY, PREFIX, contact_key, number_hash, optout_key
+from gateway.ports import DecisionSink, QueuePut
+
+log = logging.getLogger(__name__)
+
+IDEMPOTENCY_TTL_S = 30 * 86400
+CONTACT_TTL_S = 30 * 86400
+
+# One atomic step per citizen's message (one round trip):
+# KEYS: idempotency, thread hash, thread messages, inbox stream; the notification job's message
+#       hash and queue list (both NONE_KEY: no job); the citizen's contact key.
+# ARGV: result, ttl, city number, sealed sender, sender hash, queue, at, sealed text, message id,
+#       provider, thread id, priority, rule, tags, job id, job data; the contact value the
+#       message was routed with ("" for none).
+# Returns {0, earlier result} for a duplicate; {2, contact} when the citizen's contact is not the
+# one routed with (nothing stored: route again with it); else {1, result}: stored and
+# notification queued, or nothing.
+_ACCEPT = """
+local earlier = redis.call('GET', KEYS[1])
+if earlier then return {0, earlier} end
+local contact = redis.call('GET', KEYS[7]) or ''
+if contact ~= ARGV[17] then return {2, contact} end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('HSET', KEYS[2], 'to', ARGV[3], 'sender', ARGV[4], 'sender_hash', ARGV[5], 'queue', ARGV[6],
+           'last_at', ARGV[7])
+redis.call('HSETNX', KEYS[2], 'created_at', ARGV[7])
+redis.call('HINCRBY', KEYS[2], 'count', 1)
+redis.call('XADD', KEYS[3], '*', 'dir', 'in', 'at', ARGV[7], 'text', ARGV[8], 'message_id', ARGV[9],
+           'provider', ARGV[10])
+redis.call('XADD', KEYS[4], '*', 'thread', ARGV[11], 'at', ARGV[7], 'priority', ARGV[12], 'rule', ARGV[13],
+           'tags', ARGV[14], 'message_id', ARGV[9])
+if KEYS[5] ~= KEYS[6] then
+  redis.call('HSET', KEYS[5], ARGV[15], ARGV[16])
+  redis.call('RPUSH', KEYS[6], ARGV[15])
+end
+return {1, ARGV[1]}
+"""
+# A contact that changes between routing and storing, again and again: give up (503, the
+# provider retries) rather than loop.
+_ROUTING_ATTEMPTS = 3
+
+# Staff claim a thread (KEYS: thread hash, claim key; ARGV: staff, ttl). Returns {0, ""}: no such
+# thread; {1, earlier holder or ""}: claimed by ARGV[1] (again: the same staff's double click
+# renews it); {2, holder}: someone else has it. One step, so two staff never both win.
+_CLAIM = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, ''} end
+local holder = redis.call('GET', KEYS[2])
+if (not holder) or holder == ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+  return {1, holder or ''}
+end
+return {2, holder}
+"""
+CLAIM_TTL_S = 3600
+# The same reply text from the same staff to the same thread within this time is a double click
+# (or a client retry): sent once, the repeat answered "duplicate".
+REPLY_ONCE_S = 60
+NOT_MOBILE = "not_mobile"  # why no automatic reply: only a Korean mobile gets one (cost, and it can't be read)
+_PLAN = NumberPlan()  # sender kinds only: classify() takes E.164 as it is
+
+
+def is_mobile(e164: str) -> bool:
+    """Whether a citizen's number is a Korean mobile (the only numbers automatic replies go to:
+    a landline, a 1588 number or a foreign one cannot read them or costs more)."""
+    return _PLAN.classify(e164).kind is NumberKind.MOBILE
+
+
+@dataclass(slots=True)  # internal to one accept; not frozen: frozen construction costs 5 x more
+class _Plan:
+    """What one accept step stores and queues besides the message (see `_ACCEPT`)."""
+
+    queue: str
+    priority: str
+    rule: str
+    tags: str
+    job: QueuePut | None  # the queue's notification (with the reply the worker sends, if any)
+
+
+class InboundRejected(GatewayError):
+    """The message cannot be taken (not for one of our numbers, empty, ...)."""
+
+
+class OptedOut(GatewayError):
+    """A reply to a citizen who refused messages."""
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeResult:
+    status: str  # "accepted" or "duplicate"
+    thread: str
+    queue: str
+    optout: str = ""  # "opt_out" / "opt_in" when the message was such a keyword, "question" when it asked
+    reply: str = ""  # why no automatic reply goes to the citizen ("not_mobile"), "" otherwise
+
+
+def keyword_of(text: str, rules: MessagingRules) -> str:
+    """"opt_out", "opt_in", "question" or "": the whole short message is the keyword as citizens
+    write it ("[Web발신] 수신 거부합니다.", "STOP!!"), never a word in a sentence; a message that
+    asks about opting out or mentions it is a "question" (`gateway.domain.optout`)."""
+    return rules.optout_words.classify(text)
+
+
+class OptOutRegistry:
+    """Opt-outs keyed by the number's keyed hash, with an append-only audit stream."""
+
+    AUDIT = PREFIX + "optout:audit"
+
+    def __init__(self, client: aioredis.Redis, hash_key: bytes) -> None:
+        self.client: Any = client
+        self.hash_key = hash_key
+        self.counts: dict[tuple[str, str], int] = {}  # (opt_out|opt_in, channel) for /metrics
+
+    async def set(self, e164: str, opted_out: bool, *, channel: str, via: str) -> None:
+        h = number_hash(self.hash_key, e164)
+        record = json.dumps({"at": round(time.time(), 3), "channel": channel, "via": via})
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                if opted_out:
+                    pipe.set(optout_key(h), record)
+                else:
+                    pipe.delete(optout_key(h))
+                pipe.xadd(self.AUDIT, {"number": h, "action": "opt_out" if opted_out else "opt_in",
+                                       "channel": channel, "via": via, "at": f"{time.time():.3f}"})
+                await pipe.execute()
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        key = ("opt_out" if opted_out else "opt_in", channel)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        log.info("%s %s via %s (%s)", mask(e164), "opted out" if opted_out else "opted in", channel, via)
+
+    async def status(self, e164: str) -> dict[str, Any] | None:
+        try:
+            raw = await self.client.get(optout_key(number_hash(self.hash_key, e164)))
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        return json.loads(raw) if raw else None
+
+
+class Intake:
+    def __init__(self, client: aioredis.Redis, *, routing: Callable[[], RoutingRules | None],
+                 messaging: Callable[[], MessagingRules], sealer: Sealer, hash_key: bytes,
+                 outbox: Outbox, enqueuer: Enqueuer | None, sms_provider: str, sink: DecisionSink,
+                 wire: Wire) -> None:
+        # redis-py types every reply as a union of everything; this module reads bytes replies.
+        self.client: Any = client
+        self.wire = wire  # the accept path's round trips (lean connection: gateway.infra.wire)
+        self._routing = routing
+        self._messaging = messaging
+        self.sealer = sealer
+        self.hash_key = hash_key
+        self.outbox = outbox
+        self.enqueuer = enqueuer
+        self.sink = sink
+        self.optouts = OptOutRegistry(client, hash_key)
+        self.replies = Replies(outbox, enqueuer, sealer, sms_provider)
+        self.counts: dict[tuple[str, str, str], int] = {}  # (queue, status, keyword) for /metrics
+        self._accept = self.wire.register_script(_ACCEPT)
+        self._claim = client.register_script(_CLAIM)
+
+    @staticmethod
+    def thread_id(sender_hash: str, city_number: str) -> str:
+        """One conversation per citizen (by the number's keyed hash) and city number; not
+        reversible to the number."""
+        digest = hashlib.sha256(sender_hash.encode() + b"|" + city_number.encode())
+        return "t" + digest.hexdigest()[:20]
+
+    @staticmethod
+    def _context(raw: bytes) -> ThreadContext | None:
+        """The department that recently messaged the citizen (see `remember_contact`)."""
+        if not raw:
+            return None
+        data = json.loads(raw)
+        return ThreadContext(str(data["department"]), float(data["at"]))
+
+    async def accept(self, sms: InboundSms) -> IntakeResult:
+        routing = self._routing()
+        if not sms.sender.startswith("+") or not sms.to.startswith("+"):
+            raise InboundRejected("sender and recipient must be phone numbers")
+        if not sms.message_id:
+            raise InboundRejected("a provider message id is required (idempotency)")
+        if len(sms.message_id) > MAX_MESSAGE_ID:
+            raise InboundRejected(f"message_id longer than {MAX_MESSAGE_ID:,} characters")
+        for name, value in (("message_id", sms.message_id), ("text", sms.text), ("provider", sms.provider)):
+            # (every edge checks this first; here too, so that no edge can store what cannot be encoded)
+            if has_surrogate(value):
+                raise InboundRejected(f"'{name}' is not valid Unicode text (a lone surrogate)")
+        if routing is not None and routing.city_numbers and sms.to not in routing.city_numbers:
+            raise RecipientUnknown(f"'to' is not one of the city's numbers ({mask(sms.to)})")
+        rules = self._messaging()
+        keyword = keyword_of(sms.text, rules)
+        sender_hash = number_hash(self.hash_key, sms.sender)
+        tid = self.thread_id(sender_hash, sms.to)
+        sealed_sender = self.sealer.seal(sms.sender, tid.encode())
+        sealed_text = self.sealer.seal(sms.text, tid.encode())
+        # Optimistic: most citizens have no recent department contact, so the message is routed
+        # without one and the script checks that (atomically); a citizen who has one is routed
+        # again with it: two round trips instead of a lookup before every message.
+        contact = b""
+        try:
+            if keyword in (OPT_OUT, OPT_IN):
+                # Recorded before the message itself: if storing fails, the provider's retry
+                # records it again (idempotent), but a refusal is never lost.
+                await self.optouts.set(sms.sender, keyword == OPT_OUT, channel="sms", via=sms.provider)
+            for _ in range(_ROUTING_ATTEMPTS):
+                plan = self._plan(sms, routing=routing, rules=rules, keyword=keyword, context=self._context(contact),
+                                  tid=tid, sealed_text=sealed_text, sealed_sender=sealed_sender)
+                keys = [f"{PREFIX}in:{sms.provider}:{message_key(sms.message_id)}", f"{PREFIX}thread:{tid}",
+                        f"{PREFIX}thread:{tid}:msgs", f"{PREFIX}inbox:{plan.queue}",
+                        plan.job.msgs_key if plan.job else NONE_KEY, plan.job.queue_key if plan.job else NONE_KEY,
+                        contact_key(sender_hash)]
+                args: list[str | int | bytes] = [
+                    f"{tid}|{plan.queue}", IDEMPOTENCY_TTL_S, sms.to, sealed_sender, sender_hash, plan.queue,
+                    f"{sms.received_at:.3f}", sealed_text, sms.message_id, sms.provider, tid, plan.priority, plan.rule,
+                    plan.tags, plan.job.message_id if plan.job else "", plan.job.data if plan.job else b"",
+                    contact]
+                stored, value = await self._accept(keys=keys, args=args)
+                if int(stored) != 2:
+                    break
+                contact = value
+            else:
+                raise StoreUnavailable("the citizen's contact changed while routing, again and again")
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        tid, _, queue = (value.decode() if isinstance(value, bytes) else str(value)).partition("|")
+        status = "accepted" if int(stored) == 1 else "duplicate"
+        key = (queue, status, keyword)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        no_reply = "" if is_mobile(sms.sender) else NOT_MOBILE
+        self.sink.decision({"event": "inbound", "provider": sms.provider, "message_id": shown_id(sms.message_id),
+                            "thread": tid, "queue": queue, "status": status, "optout": keyword,
+                            "rule": plan.rule if status == "accepted" else "", "reply": no_reply})
+        if log.isEnabledFor(logging.INFO):  # (the masks are not computed for a record that is dropped)
+            log.info("inbound %s from %s to %s: %s -> %s (%s)", shown_id(sms.message_id), mask(sms.sender),
+                     mask(sms.to), status, queue, plan.rule)
+        if status == "accepted" and self.enqueuer is not None:
+            self.enqueuer.enqueued += plan.job is not None
+        return IntakeResult(status, tid, queue, keyword, no_reply)
+
+    def _plan(self, sms: InboundSms, *, routing: RoutingRules | None, rules: MessagingRules, keyword: str,
+              context: ThreadContext | None, tid: str, sealed_text: str, sealed_sender: str) -> _Plan:
+        """Route the message and prepare its notification job, with the automatic reply (or
+        opt-out confirmation) the worker is to send, all to go into the accept's one step."""
+        if routing is None:
+            queue, priority, rule, tags, reply = "complaint", "normal", "(no routing.yaml)", "", None
+        else:
+            decision = route(sms, routing, context)
+            queue, priority, rule = decision.queue, decision.priority.value, decision.rule
+            tags, reply = ",".join(decision.tags), decision.auto_reply
+        if keyword in (OPT_OUT, OPT_IN):
+            # ("opt_out_confirm:..." is the one action the guard lets through to an opted-out number)
+            reply = rules.optout_confirmation if keyword == OPT_OUT else rules.optin_confirmation
+            action = f"{keyword}_confirm:{sms.message_id}"
+        else:
+            action = f"{AUTO_REPLY}:{sms.message_id}"
+            if keyword == QUESTION:
+                # Asked about (or mentioned) opting out: routed as usual, tagged for staff, and the
+                # automatic reply tells how (an ordinary auto-reply: an opted-out citizen gets none).
+                tags = f"{tags},{QUESTION_TAG}" if tags else QUESTION_TAG
+                reply = f"{reply}\n{rules.optout_help}" if reply else rules.optout_help
+        job = self._notification(sms, tid, sealed_text, queue=queue, rule=rule, priority=priority,
+                                 reply=(reply, action, sealed_sender) if reply and is_mobile(sms.sender) else None)
+        return _Plan(queue, priority, rule, tags, job)
+
+    def _notification(self, sms: InboundSms, tid: str, sealed_text: str, *, queue: str, rule: str,
+                      priority: str, reply: tuple[str, str, str] | None = None) -> QueuePut | None:
+        """The queue's notification job (webhook, duty SMS) for an accepted message, with the
+        reply (text, action, the citizen's sealed number) the worker sends from the city number
+        texted; None when nothing is queued (no broker)."""
+        if self.enqueuer is None:
+            return None
+        payload: dict[str, Any] = {
+            "v": 1, "thread": tid, "queue": queue, "rule": rule, "priority": priority, "message_id": sms.message_id,
+            "provider": sms.provider, "at": sms.received_at, "citizen": mask(sms.sender), "text": sealed_text}
+        if reply is not None and self.replies.sms_provider:
+            text, action, sealed_sender = reply
+            # The citizen's number sealed as the thread keeps it (bound to the thread id).
+            payload["reply"] = inbound_reply(self.sealer, tid, text=text, action=action, sealed_to=sealed_sender,
+                                             city_number=sms.to)
+        return self.enqueuer.prepare("inbound", payload)
+
+    # ------------------------------------------------------------------ staff side
+    async def inbox(self, queue: str, *, count: int = 50) -> list[dict[str, Any]]:
+        entries = await self.client.xrevrange(f"{PREFIX}inbox:{queue}", count=count)
+        out = []
+        for entry_id, fields in entries:
+            f = {k.decode(): v.decode() for k, v in fields.items()}
+            claimed = await self.client.get(f"{PREFIX}claim:{f['thread']}")
+            out.append({"entry": entry_id.decode(), "thread": f["thread"], "at": float(f["at"]),
+                        "priority": f["priority"], "rule": f["rule"], "tags": [t for t in f["tags"].split(",") if t],
+                        "claimed_by": claimed.decode() if claimed else None})
+        return out
+
+    async def thread(self, tid: str) -> dict[str, Any] | None:
+        raw = await self.client.hgetall(f"{PREFIX}thread:{tid}")
+        if not raw:
+            return None
+        t = {k.decode(): v.decode() for k, v in raw.items()}
+        sender = self.sealer.open(t["sender"], tid.encode())
+        messages = []
+        for entry_id, fields in await self.client.xrange(f"{PREFIX}thread:{tid}:msgs"):
+            f = {k.decode(): v.decode() for k, v in fields.items()}
+            messages.append({"id": entry_id.decode(), "dir": f["dir"], "at": float(f["at"]),
+                             "text": self.sealer.open(f["text"], tid.encode())})
+        return {"thread": tid, "city_number": t["to"], "citizen": mask(sender), "queue": t["queue"],
+                "count": int(t.get("count", "0")), "messages": messages,
+                "reply": "" if is_mobile(sender) else NOT_MOBILE}
+
+    async def _recent_inbound(self, tid: str, count: int = 20) -> list[str]:
+        """The provider message ids of the citizen's latest messages in a thread."""
+        entries = await self.client.xrevrange(f"{PREFIX}thread:{tid}:msgs", count=count)
+        return [fields[b"message_id"].decode() for _, fields in entries
+                if fields.get(b"dir") == b"in" and b"message_id" in fields]
+
+    async def claim(self, tid: str, staff: str, ttl_s: int = CLAIM_TTL_S) -> bool:
+        """Claim a thread for `staff` for `ttl_s`: True when newly claimed, False when `staff`
+        held it already (a double click: renewed, not an error). Raises `ThreadNotFound`, or
+        `ClaimedByOther` when another staff member holds it."""
+        try:
+            found, holder = await self._claim(keys=[f"{PREFIX}thread:{tid}", f"{PREFIX}claim:{tid}"],
+                                              args=[staff, ttl_s])
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        holder = holder.decode() if isinstance(holder, bytes) else str(holder)
+        if int(found) == 0:
+            raise ThreadNotFound(f"no thread {tid}")
+        if int(found) == 2:
+            raise ClaimedByOther(holder)
+        return holder != staff
+
+    async def reply(self, tid: str, text: str, staff: str) -> str:
+        """Staff answer a thread: SMS/LMS from the city number the citizen texted.
+
+        Only the staff member who claimed the thread may answer it (`ClaimedByOther` otherwise);
+        an unclaimed thread is claimed by its first answer, so that a second person does not
+        answer it too. The same text from the same staff within `REPLY_ONCE_S` is sent once and
+        the repeat returns "duplicate" (a double click, a client's retry)."""
+        if not text.strip():
+            raise InboundRejected("empty reply")
+        await self.claim(tid, staff)
+        once = f"{PREFIX}reply-once:{tid}:{hashlib.sha256(f'{staff}|{text}'.encode()).hexdigest()[:24]}"
+        try:
+            raw = await self.client.hgetall(f"{PREFIX}thread:{tid}")
+            if not await self.client.set(once, "1", nx=True, ex=REPLY_ONCE_S):
+                return "duplicate"
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        if not raw:  # (expired between the claim and now)
+            raise ThreadNotFound(f"no thread {tid}")
+        t = {k.decode(): v.decode() for k, v in raw.items()}
+        sender = self.sealer.open(t["sender"], tid.encode())
+        result = "failed"
+        try:
+            result = await self.replies.send(tid, sender, t["to"], text, f"reply:{uuid.uuid4().hex[:12]}")
+        finally:
+            if result != "queued":
+                # Not sent: the same answer may be posted again at once.
+                with contextlib.suppress(RedisError):
+                    await self.client.delete(once)
+        if result == Verdict.OPTED_OUT.value:
+            raise OptedOut("the citizen refused messages (수신거부); no reply is sent")
+        if result == "queued":
+            # The worker sends automatic replies from the messages' notification jobs; if it is
+            # behind, this answer came first and those are no longer sent.
+            await self.replies.supersede(tid, sender, await self._recent_inbound(tid))
+        self.sink.decision({"event": "reply", "thread": tid, "staff": staff, "result": result})
+        if t["queue"].startswith("dept:"):
+            await self.remember_contact(sender, t["queue"].removeprefix("dept:"))
+        return result
+
+    async def remember_contact(self, e164: str, department: str) -> None:
+        """A department messaged this citizen: a reply within N days goes back to it."""
+        await self.outbox.store.remember_contact(number_hash(self.hash_key, e164), department, CONTACT_TTL_S)
+
+
+def inbound_from_fields(fields: Mapping[str, str], provider: str, plan: Any, now: float) -> InboundSms:
+    """An `InboundSms` from a webhook's fields (`message_id`, `from`, `to`, `text`, `received_at`)."""
+    missing = [k for k in ("message_id", "from", "to", "text") if not fields.get(k)]
+    if missing:
+        raise InboundRejected(f"missing field(s): {', '.join(missing)}")
+    sender, to = plan.classify(fields["from"]), plan.classify(fields["to"])
+    if not sender.e164.startswith("+"):
+        raise InboundRejected(f"'from' is not a phone number: {mask(fields['from'])}")
+    if not to.e164.startswith("+"):
+        raise InboundRejected("'to' is not a phone number")
+    message_id = fields["message_id"]
+    if len(message_id) > MAX_MESSAGE_ID:
+        raise InboundRejected(f"message_id longer than {MAX_MESSAGE_ID:,} characters")
+    for name in ("message_id", "text"):
+        if has_surrogate(fields[name]):
+            raise InboundRejected(f"'{name}' is not valid Unicode text (a lone surrogate: an emoji cut in half?)")
+    try:
+        received = float(fields.get("received_at") or now)
+    except ValueError:
+        raise InboundRejected("'received_at' must be epoch seconds") from None
+    # inf, nan or a year past 2286 would crash the calendar (and the routing) further in: a 400 here.
+    if not math.isfinite(received) or not 0 < received < 1e10:
+        raise InboundRejected("'received_at' must be epoch seconds") from None
+    text = fields["text"]
+    if len(text) > 2000:
+        raise InboundRejected("text longer than an LMS (2,000 characters)")
+    return InboundSms(message_id, provider, to.e164, sender.e164, text, received)
