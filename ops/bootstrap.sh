@@ -9,12 +9,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: redis-server (the demo and the tests start private instances of it) and
-# systemd for systemd-analyze (tests/test_systemd_units.py verifies the units in systemd/;
+# systemd for systemd-analyze (tests/system/test_systemd_units.py verifies the units in systemd/;
 # in a container it only installs the tools: nothing is started).
 packages=()
 command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
 command -v systemd-analyze >/dev/null 2>&1 || packages+=(systemd)
-# promtool (Debian's prometheus package): tests/test_promtool.py lints /metrics and alerts.yml.
+# promtool (Debian's prometheus package): tests/system/test_promtool.py lints /metrics and alerts.yml.
 command -v promtool >/dev/null 2>&1 || packages+=(prometheus)
 if [ ${#packages[@]} -gt 0 ]; then
     echo "bootstrap: installing Debian's ${packages[*]}" >&2

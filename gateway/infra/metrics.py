@@ -5,7 +5,7 @@ process (tests, the demo) never share or clash. Most figures are collected on sc
 state the components keep anyway (AMI clients, pipeline, outbox, intake, queues); only the
 lettering latency is a histogram observed as it happens. Names follow Prometheus's conventions
 (base units, `_total` on counters: CounterMetricFamily adds it); `promtool check metrics` runs
-on real scrapes in tests/test_promtool.py.
+on real scrapes in tests/system/test_promtool.py.
 """
 
 from __future__ import annotations

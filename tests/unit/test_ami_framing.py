@@ -19,7 +19,7 @@ from gateway.sim.amiserver import (
     with_header,
 )
 
-TRANSCRIPTS = Path(__file__).resolve().parent.parent / "gateway" / "data" / "transcripts"
+TRANSCRIPTS = Path(__file__).resolve().parents[2] / "gateway" / "data" / "transcripts"
 ALL_AMI = sorted(TRANSCRIPTS.glob("*.ami"))
 HONG = "홍길동"
 

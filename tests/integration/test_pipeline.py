@@ -26,7 +26,7 @@ from gateway.outbox.store import number_hash, optout_key
 from gateway.sim.amiserver import AmiServer, Block, SessionPlan, Transcript
 from gateway.sim.redisproc import RedisProcess
 from tests.conftest import ROOT, RULES
-from tests.transcripts import TRANSCRIPTS, expected
+from tests.support.transcripts import TRANSCRIPTS, expected
 
 
 def check(name: str, want: Mapping[str, Any], got: Sequence[Mapping[str, Any]]) -> None:
@@ -377,7 +377,7 @@ async def test_a_peer_gateways_lease_on_a_call(peer: str, redis_url: str) -> Non
     from gateway.outbox.guard import Outbox
     from gateway.outbox.store import RedisOutboxStore, connect
     from gateway.rules.base import load_rules
-    from tests.transcripts import timed_events
+    from tests.support.transcripts import timed_events
 
     rules: Rules = load_rules(RULES)
     client = connect(redis_url, timeout_s=2.0)

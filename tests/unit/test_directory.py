@@ -19,7 +19,7 @@ from gateway.domain.directory import (
 from gateway.rules.base import load_rules
 from gateway.sim.directory_gen import CATALOGUE, cmd_generate_directory, generate_directory
 
-RULES = Path(__file__).resolve().parent.parent / "rules"
+RULES = Path(__file__).resolve().parents[2] / "rules"
 
 
 def dept(dept_id: str) -> Department:

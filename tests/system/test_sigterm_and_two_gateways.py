@@ -1,4 +1,4 @@
-"""Operations under load (issue #5 items 5 and 6), on the fault harness (tests/fault_harness.py):
+"""Operations under load (issue #5 items 5 and 6), on the fault harness (tests/support/fault_harness.py):
 
 * SIGTERM while calls and citizens' SMS keep coming: the gateway drains (intake answers 503,
   in-flight lettering finishes, queued messages are flushed, AMI closes) and exits 0 within
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from gateway.domain.models import LetteringResult
-from tests.fault_harness import (
+from tests.support.fault_harness import (
     INVALID_CITIZEN,
     Ledger,
     WebhookLoad,
@@ -26,7 +26,7 @@ from tests.fault_harness import (
     check_messages,
     harness,
 )
-from tests.test_faults import calls_lettered_since, under_load, until
+from tests.system.test_faults import calls_lettered_since, under_load, until
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
 

@@ -27,7 +27,7 @@ from gateway.infra.config import load_config
 from gateway.infra.http import HttpServer, make_app
 from gateway.sim.amiserver import AmiServer, Block, SessionPlan, Transcript
 from tests.conftest import RULES
-from tests.transcripts import TRANSCRIPTS, parse_block
+from tests.support.transcripts import TRANSCRIPTS, parse_block
 
 
 class Collect:

@@ -27,7 +27,7 @@ from gateway.infra.config import load_config
 from gateway.messaging.jobs import Enqueuer
 from gateway.outbox.guard import QueuedMessage
 from tests.conftest import ROOT
-from tests.test_ops_files import _gateway_scrape
+from tests.system.test_ops_files import _gateway_scrape
 
 PROMTOOL = shutil.which("promtool")
 # Skipped only outside CI (a contributor without Debian's prometheus); in CI a missing promtool fails.

@@ -2,7 +2,7 @@
 server through a TCP proxy) and signed citizens' SMS, kill -9 and restart Redis and the queue
 worker, cut and silence the AMI link, make the providers slow, failing and talking garbage.
 
-Afterwards (tests/fault_harness.py): every SMS that got a 2xx is in its queue exactly once;
+Afterwards (tests/support/fault_harness.py): every SMS that got a 2xx is in its queue exactly once;
 every call was lettered at most once and every logged lettering reached the carrier; every
 queued post-call content was delivered to NHN exactly once, or is a dead letter, or is still
 held by the broker (retry backoff), or was refused because its citizen opted out; nothing
@@ -23,7 +23,7 @@ import pytest
 from aiohttp import ClientSession
 
 from gateway.domain.models import LetteringResult
-from tests.fault_harness import (
+from tests.support.fault_harness import (
     INVALID_CITIZEN,
     MAIN_CITIZEN,
     GatewayProc,

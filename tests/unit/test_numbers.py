@@ -19,7 +19,8 @@ def test_mobile_fast_path_matches_phonenumbers(subscriber: str, form: str) -> No
     raw = form.format(subscriber, a=subscriber[:4], b=subscriber[4:])
     got = NumberPlan().classify(raw)
     number = phonenumbers.parse("010" + subscriber, "KR")
-    assert phonenumbers.number_type(number) == phonenumbers.PhoneNumberType.MOBILE
+    # The whole 010 range is mobile; phonenumbers' metadata marks some unallocated 010 blocks as
+    # unknown (010-597x... in 9.0.43), which does not make a citizen's 010 number anything else.
     assert got.kind is NumberKind.MOBILE
     assert got.e164 == phonenumbers.format_number(number, PhoneNumberFormat.E164)
 

@@ -28,7 +28,7 @@ from gateway.domain.events import (
 )
 from gateway.domain.models import Direction, Disposition
 from gateway.domain.numbers import NumberPlan
-from tests.transcripts import expected, timed_events
+from tests.support.transcripts import expected, timed_events
 
 
 def run(tracker: CallTracker, events: list[tuple[float, dict[str, str]]]) -> list[TrackerOutput]:

@@ -27,7 +27,7 @@ from gateway.sim.amiserver import Transcript
 
 pytestmark = pytest.mark.fuzz
 
-TRANSCRIPTS = Path(__file__).resolve().parent.parent / "gateway" / "data" / "transcripts"
+TRANSCRIPTS = Path(__file__).resolve().parents[2] / "gateway" / "data" / "transcripts"
 ALL_AMI = sorted(p.stem for p in TRANSCRIPTS.glob("*.ami"))
 BANNER = b"Asterisk Call Manager/11.0.0\r\n"
 EOF = b"\r\n\r\n"

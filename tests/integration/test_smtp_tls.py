@@ -34,7 +34,7 @@ from gateway.inbox.smtp import SmtpIntake, SmtpSettings, settings_from_config
 from gateway.infra.config import DEFAULT_CONFIG, load_config
 from gateway.infra.crypto import Sealer
 from tests.conftest import ROOT, RULES
-from tests.test_smtp import RCPT, RELAY, RecordingIntake, mail
+from tests.integration.test_smtp import RCPT, RELAY, RecordingIntake, mail
 
 ENV = {"GATEWAY_NUMBER_KEY": "test-number-key-0123456789", "GATEWAY_DATA_KEY": Sealer.new_key_spec(),
        "GATEWAY_INBOUND_SECRET": "inbound-secret", "GATEWAY_API_TOKEN": "staff-token",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from gateway.sim.amiserver import fresh_ids
 
-TRANSCRIPTS = Path(__file__).resolve().parent.parent / "gateway" / "data" / "transcripts"
+TRANSCRIPTS = Path(__file__).resolve().parents[2] / "gateway" / "data" / "transcripts"
 
 
 def expected() -> dict[str, dict[str, object]]:

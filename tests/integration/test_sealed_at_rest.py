@@ -31,7 +31,7 @@ from gateway.messaging.jobs import Enqueuer, MsgpackEncoder, dead_letter_counts,
 from gateway.outbox.guard import QueuedMessage
 from gateway.outbox.store import number_hash
 from tests.conftest import RULES
-from tests.test_intake import PUBLIC_URL, Collect, Site, seoul, sms
+from tests.integration.test_intake import PUBLIC_URL, Collect, Site, seoul, sms
 
 CITIZEN_LOCAL = "010-4827-3916"
 CITIZEN = "+821048273916"

@@ -1,4 +1,5 @@
-"""Harness of the fault suite (tests/test_faults.py) and the operations tests (tests/test_operate.py).
+"""Harness of the fault suite (tests/system/test_faults.py) and the operations tests
+(tests/system/test_sigterm_and_two_gateways.py).
 
 One `Harness` per test: a private redis-server (AOF on, so it can be SIGKILLed and restarted
 with its data), a fake KT lettering carrier and a fake NHN Cloud on loopback, the built-in AMI
@@ -39,7 +40,7 @@ from gateway.sim.fake_carrier import FakeCarrierServer
 from gateway.sim.fake_nhn import FakeNhnServer
 from gateway.sim.redisproc import RedisProcess, free_port
 from tests.conftest import ROOT, RULES
-from tests.tcpproxy import TcpProxy
+from tests.support.tcpproxy import TcpProxy
 
 #: The calls looped by the AMI server: every outbound outcome with a mobile, a landline, an
 #: inbound call. One cycle is ~60 recorded seconds.

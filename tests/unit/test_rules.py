@@ -24,7 +24,7 @@ from gateway.rules.base import (
     validate,
 )
 
-RULES = Path(__file__).resolve().parent.parent / "rules"
+RULES = Path(__file__).resolve().parents[2] / "rules"
 
 # Line numbers in the comments are what the assertions below rely on.
 DIRECTORY = textwrap.dedent(

@@ -28,7 +28,7 @@ from gateway.infra.http import HttpServer, make_app
 from gateway.outbox.guard import Admission, Verdict
 from gateway.sim.redisproc import RedisProcess
 from tests.conftest import ROOT, RULES
-from tests.transcripts import TRANSCRIPTS
+from tests.support.transcripts import TRANSCRIPTS
 
 SEOUL = ZoneInfo("Asia/Seoul")
 CITIZEN = "+821012345678"

@@ -23,7 +23,7 @@ from aiohttp import ClientSession
 from gateway.app.worker import wait_idle
 from gateway.inbox.smtp import SmtpIntake, SmtpSettings
 from gateway.infra.crypto import sign
-from tests.test_intake import ENV, PUBLIC_URL, Site, _site, seoul, sms
+from tests.integration.test_intake import ENV, PUBLIC_URL, Site, _site, seoul, sms
 
 DAY = seoul("2026-11-24T10:00:00")  # a Tuesday morning: the rules send automatic replies
 MARKER = "SECRETINPUT7731"  # sender input that must never reach a log line

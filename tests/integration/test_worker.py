@@ -39,7 +39,7 @@ from gateway.outbox.store import RedisOutboxStore, connect
 from gateway.sim.fake_nhn import FakeNhnServer
 from gateway.sim.redisproc import RedisProcess
 from tests.conftest import ROOT, RULES
-from tests.transcripts import TRANSCRIPTS
+from tests.support.transcripts import TRANSCRIPTS
 
 NUMBER = "+821012345678"
 KEYS = {"GATEWAY_NUMBER_KEY": "test-number-key-0123456789", "GATEWAY_DATA_KEY": Sealer.new_key_spec()}

@@ -19,7 +19,7 @@ from gateway.domain.calls import CallEnded, CallTracker, ExternalDial, TrackerOu
 from gateway.domain.events import LegEvent
 from gateway.domain.models import CallRecord
 from gateway.domain.numbers import NumberPlan
-from tests.transcripts import expected, timed_events
+from tests.support.transcripts import expected, timed_events
 
 pytestmark = pytest.mark.fuzz
 

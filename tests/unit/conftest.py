@@ -1,0 +1,16 @@
+"""The unit tier runs without Redis, sockets or subprocesses (`pytest tests/unit`, seconds):
+a unit test that asks for a Redis fixture fails here instead of quietly starting one."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> None:
+    pytest.fail("unit tests do not use Redis: move this test to tests/integration")
+
+
+@pytest.fixture
+def redis_url() -> None:
+    pytest.fail("unit tests do not use Redis: move this test to tests/integration")
