@@ -7,7 +7,8 @@
 - `post_within_deadline`: one request within what is left of a hard deadline, retried once
   only when the connection could not be opened (nothing was sent) and time remains;
 - answer and webhook parsing common to both NHN products: JSON objects, result codes,
-  national numbers, the `X-Toast-Webhook-Signature` check and `ReportRejected`.
+  national numbers, the `X-Toast-Webhook-Signature` check (`ReportForged`: HTTP 401) and
+  `ReportRejected` (an unreadable webhook: HTTP 400), both from `gateway.errors`.
 
 Private to the adapters package: each adapter re-exports the public names it has always had.
 """
@@ -26,7 +27,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from gateway.domain.numbers import display
-from gateway.errors import CarrierError
+from gateway.errors import CarrierError, ReportForged, ReportRejected  # unreadable (400) / forged (401)
 
 SIGNATURE_HEADER = "X-Toast-Webhook-Signature"
 NHN_MAX_BODY = 256 * 1024  # largest NHN answer or webhook body read
@@ -35,10 +36,6 @@ _RETRY_WAIT_S = 0.02
 _KEEPALIVE_S = 15.0  # below common server idle timeouts, so we rarely reuse a dead socket
 _NATIONAL_RECIPIENT = re.compile(r"0\d{8,10}")
 _NATIONAL_SENDER = re.compile(r"0\d{8,10}|1\d{7}")
-
-
-class ReportRejected(ValueError):
-    """A webhook body that must not be trusted or cannot be read; `str()` says why."""
 
 
 # --------------------------------------------------------------------------- configuration
@@ -222,15 +219,15 @@ def national(e164: str, *, sender: bool = False) -> str | None:
 
 
 def verify_signature(headers: Mapping[str, str], expected_signature: str) -> None:
-    """Raise ReportRejected unless the webhook carries the configured signature string."""
+    """Raise ReportForged unless the webhook carries the configured signature string."""
     if not expected_signature:
         # Fail closed: without a configured signature anybody could forge delivery reports.
-        raise ReportRejected("no webhook signature is configured")
+        raise ReportForged("no webhook signature is configured")
     received = next((v for k, v in headers.items() if k.lower() == SIGNATURE_HEADER.lower()), None)
     if received is None:
-        raise ReportRejected(f"missing {SIGNATURE_HEADER} header")
+        raise ReportForged(f"missing {SIGNATURE_HEADER} header")
     if not hmac.compare_digest(received.encode(), expected_signature.encode()):
-        raise ReportRejected(f"wrong {SIGNATURE_HEADER}")
+        raise ReportForged(f"wrong {SIGNATURE_HEADER}")
 
 
 def webhook_hooks(headers: Mapping[str, str], body: bytes, expected_signature: str) -> tuple[str, list[Any]]:

@@ -73,7 +73,6 @@ from adapters._http import (
     NHN_MAX_BODY,
     SIGNATURE_HEADER,
     HttpAdapter,
-    ReportRejected,
     as_int,
     check_spec,
     check_url,
@@ -94,10 +93,11 @@ from gateway.domain.models import (
     SendResult,
 )
 from gateway.domain.numbers import mask
-from gateway.errors import CarrierError
+from gateway.errors import CarrierError, ReportRejected
 
-# SIGNATURE_HEADER, ReportRejected, national and verify_signature live in adapters._http
-# (shared with nhn_sms) and are re-exported here, where they have always been importable.
+# SIGNATURE_HEADER, national and verify_signature live in adapters._http (shared with nhn_sms),
+# ReportRejected in gateway.errors (it carries its HTTP status); all are re-exported here, where
+# they have always been importable.
 __all__ = [
     "API_CODES",
     "DEFAULT_BASE_URL",

@@ -54,7 +54,6 @@ from adapters._http import (
     NHN_MAX_BODY,
     SIGNATURE_HEADER,
     HttpAdapter,
-    ReportRejected,
     as_int,
     check_spec,
     check_url,
@@ -69,9 +68,11 @@ from adapters._http import (
 from gateway.domain.models import SendOutcome, SendResult, SmsRequest
 from gateway.domain.numbers import mask
 from gateway.domain.smstext import encoded_length
+from gateway.errors import ReportRejected
 
-# SIGNATURE_HEADER, ReportRejected and national live in adapters._http (shared with
-# nhn_alimtalk) and are re-exported here, where they have always been importable.
+# SIGNATURE_HEADER and national live in adapters._http (shared with nhn_alimtalk),
+# ReportRejected in gateway.errors (it carries its HTTP status); all are re-exported here, where
+# they have always been importable.
 __all__ = [
     "API_CODES",
     "DEFAULT_BASE_URL",

@@ -1,19 +1,20 @@
 """`gateway` command line (also `python -m gateway`).
 
 Exit codes: 0 ok, 1 the check or run failed, 2 bad configuration, rules or arguments.
+
+Each command imports what it runs inside its branch: for start-up cost (`gateway rules check`
+loads neither aiohttp, Redis nor dramatiq), not to dodge an import circle.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import gc
 import json
 import logging
-import signal
+import os
 import sys
 from collections.abc import Coroutine, Sequence
+from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "rules":
         if args.rules_command == "check":
-            return _rules_check(args.dir)
+            from gateway.rules.ruleset import cmd_rules_check
+
+            return cmd_rules_check(args.dir, sys.stdout)
         if args.rules_command == "test":
             from gateway.rules.routing import cmd_rules_test
 
@@ -123,8 +126,6 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         setup_logging(config.log_level, json_lines=config.log_json)
         if args.http_port is not None:
-            from dataclasses import replace
-
             config = replace(config, worker_http_port=args.http_port)
         return run_worker(config, threads=args.threads)
     if args.command == "deadletters":
@@ -137,8 +138,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         setup_logging("WARNING", json_lines=False)
         return _run_async(run_demo(config, duration_s=args.duration, http_port=args.http_port,
                                    speed=args.speed, rules_dir=args.rules))
+    from gateway.app.run import run_gateway
+
     setup_logging(config.log_level, json_lines=config.log_json)
-    return _run_async(_run(config))
+    return _run_async(run_gateway(config))
 
 
 def _pairs(items: list[str], kind: type[StrEnum]) -> list[tuple[str, str]]:
@@ -152,44 +155,7 @@ def _pairs(items: list[str], kind: type[StrEnum]) -> list[tuple[str, str]]:
     return out
 
 
-def _rules_check(directory: Path) -> int:
-    """Every rules file checked, every problem printed (file:line: key: message)."""
-    from gateway.errors import RulesError
-    from gateway.rules.base import file_label, load_rules
-    from gateway.rules.messaging import load_messaging
-    from gateway.rules.notify import load_notify
-    from gateway.rules.routing import routing_problems
-
-    problems: list[str] = []
-    summary = ""
-    try:
-        rules = load_rules(directory)
-        summary = (f"version {rules.version}, {len(rules.directory.departments)} departments, "
-                   f"{rules.directory.extension_count()} extensions")
-        try:
-            messaging = load_messaging(directory, rules.directory)
-            summary += f", {len(messaging.contents)} post-call contents"
-        except RulesError as exc:
-            problems += exc.problems
-    except RulesError as exc:
-        problems += exc.problems
-    problems += routing_problems(directory)
-    try:
-        load_notify(directory)
-    except RulesError as exc:
-        problems += exc.problems
-    for problem in problems:
-        print(problem)
-    if problems:
-        print(f"rules NOT OK: {len(problems)} problem{'s' if len(problems) != 1 else ''} in {file_label(directory)}")
-        return 1
-    print(f"rules OK: {summary}")
-    return 0
-
-
 async def _optout(config: GatewayConfig, action: str, number: str) -> int:
-    import os
-
     from gateway.domain.numbers import NumberPlan, mask
     from gateway.inbox.intake import OptOutRegistry
     from gateway.outbox.store import connect
@@ -218,9 +184,6 @@ async def _optout(config: GatewayConfig, action: str, number: str) -> int:
 
 
 def _deadletters(config: GatewayConfig, action: str, queue: str | None) -> int:
-    import json
-    import os
-
     from gateway.messaging.jobs import dead_letters, make_broker, redrive
 
     url = config.resolved_redis_url(os.environ)
@@ -240,71 +203,6 @@ def _run_async(coro: Coroutine[Any, Any, int]) -> int:
     import uvloop
 
     return uvloop.run(coro)
-
-
-async def _run(config: GatewayConfig) -> int:
-    """`gateway run`: start, tell systemd READY, feed its watchdog, drain on SIGTERM within the bound."""
-    from gateway.app.gateway import Gateway
-    from gateway.infra.http import gateway_listeners
-    from gateway.infra.sdnotify import Notifier
-    from gateway.infra.sinks import LogSink
-
-    notifier = Notifier()
-    gateway = Gateway(config, LogSink(logging.getLogger("gateway.decisions")))
-    # Intake already answers 503 when the listener closes, so in-flight requests are short: a
-    # tenth of the bound for them, most of it for the pipeline (wait_for below takes 0.85).
-    # /health and /metrics go to the internal listener when one is configured.
-    http, internal = gateway_listeners(config, gateway, shutdown_timeout=config.shutdown_timeout_s / 10)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    with contextlib.suppress(NotImplementedError):
-        loop.add_signal_handler(signal.SIGHUP, gateway.rules.reload)
-    watchdog = loop.create_task(notifier.watchdog_task(), name="watchdog")
-    host, port = await http.start()
-    if internal is not None:
-        host, port = await internal.start()  # where /health is, for the messages below
-    smtp = await gateway.start_smtp()
-    if smtp:
-        log.info("SMTP intake on %s:%d", *smtp)
-    await gateway.start()
-    # Everything imported and built so far lives for the whole run: keep it out of the
-    # collector's full passes, which otherwise pause the event loop for tens of ms.
-    gc.freeze()
-    # READY once every PBX is logged in, or after ready_timeout_s anyway: citizens' SMS intake
-    # must not wait for a PBX that is down (/health says 503 and why until it is back).
-    logged_in = await _first(gateway.wait_ready(config.ready_timeout_s), stop)
-    state = "ready" if logged_in else "running without every PBX or Redis (see /health)"
-    notifier.ready(f"{state}; health on http://{host}:{port}/health")
-    log.info("gateway %s: %d pbx, health on http://%s:%d/health, rules %s", state, len(gateway.clients), host,
-             port, gateway.rules.rules.version)
-    await stop.wait()
-    started = loop.time()
-    log.info("stopping: draining for at most %.1f s", config.shutdown_timeout_s)
-    notifier.stopping("draining")
-    try:  # stop() refuses intake first (503/421) while the HTTP listener is still up
-        await asyncio.wait_for(gateway.stop(config.shutdown_timeout_s * 0.7), config.shutdown_timeout_s * 0.85)
-    except TimeoutError:
-        log.error("shutdown: the gateway did not stop within %.1f s", config.shutdown_timeout_s * 0.85)
-    await http.stop()
-    if internal is not None:
-        await internal.stop()
-    watchdog.cancel()
-    log.info("stopped in %.1f s: %s", loop.time() - started, gateway.pipeline.status()["outbox"])
-    return 0
-
-
-async def _first(work: Coroutine[Any, Any, bool], stop: asyncio.Event) -> bool:
-    """`work`'s result, or False as soon as `stop` is set (SIGTERM while starting)."""
-    task = asyncio.ensure_future(work)
-    stopper = asyncio.ensure_future(stop.wait())
-    done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    stopper.cancel()
-    if task in done:
-        return task.result()
-    task.cancel()
-    return False
 
 
 if __name__ == "__main__":  # pragma: no cover

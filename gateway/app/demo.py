@@ -19,21 +19,29 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
+import dramatiq
+from aiohttp import ClientError, ClientSession, web
+from dramatiq.brokers.redis import RedisBroker
 from redis.exceptions import RedisError
 
-from gateway.app.gateway import Gateway, Overrides, build_worker
+from gateway.app.gateway import Gateway, Overrides
+from gateway.app.httpapps import make_app
 from gateway.app.replay import demo_environ, sandbox_carriers, sandbox_messaging
-from gateway.app.worker import start_worker, stop_worker
+from gateway.app.worker import build_worker
 from gateway.domain.models import LetteringResult, SendResult
 from gateway.domain.notify import NotifyRules
 from gateway.errors import GatewayError
 from gateway.inbox.webhooks import InboundProvider, verify
 from gateway.infra.config import GatewayConfig
-from gateway.infra.http import HttpServer, make_app
+from gateway.infra.crypto import sign
+from gateway.infra.http import HttpServer
 from gateway.infra.sinks import ConsoleSink
+from gateway.messaging.runtime import WorkerRuntime
+from gateway.messaging.workers import start_worker, stop_worker
 from gateway.outbox.providerstats import publish
 from gateway.rules.notify import load_notify
 from gateway.sim.amiserver import TRANSCRIPTS_DIR, AmiServer, Transcript
@@ -72,8 +80,6 @@ class ComplaintDesk:
         self._http: HttpServer | None = None
 
     async def start(self) -> str:
-        from aiohttp import web
-
         app = web.Application(client_max_size=64 * 1024)
         app.router.add_post("/citizen-sms", self._receive)
         self._http = HttpServer(app, "127.0.0.1", 0)
@@ -81,9 +87,7 @@ class ComplaintDesk:
         self.url = f"http://{host}:{port}/citizen-sms"
         return self.url
 
-    async def _receive(self, request: Any) -> Any:
-        from aiohttp import web
-
+    async def _receive(self, request: web.Request) -> web.Response:
         body = await request.read()
         try:
             data = json.loads(body)
@@ -126,7 +130,7 @@ async def run_demo(config: GatewayConfig, *, out: TextIO = sys.stdout, duration_
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    worker: Any = None
+    worker: dramatiq.Worker | None = None
     gateway: Gateway | None = None
     http: HttpServer | None = None
     publisher: asyncio.Task[None] | None = None
@@ -189,7 +193,7 @@ async def run_demo(config: GatewayConfig, *, out: TextIO = sys.stdout, duration_
     return 0
 
 
-async def _publish_providers(broker: Any, runtime: Any, every_s: float = 2.0) -> None:
+async def _publish_providers(broker: RedisBroker, runtime: WorkerRuntime, every_s: float = 2.0) -> None:
     """What `gateway worker` does in its main loop: its providers' state, for /health."""
     while True:
         with contextlib.suppress(RedisError):
@@ -207,14 +211,6 @@ SAMPLE_SMS = [
 
 async def _sample_citizen_sms(gateway: Gateway, base: str, out: TextIO) -> None:
     """Flow B in the demo: three citizens text the city; the answers show the routing."""
-    import json
-    import time
-    from datetime import datetime
-
-    from aiohttp import ClientError, ClientSession
-
-    from gateway.infra.crypto import sign
-
     provider = next(iter(gateway.inbound.values()), None)
     if provider is None:
         return

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from aiohttp import web
 from redis.exceptions import RedisError
 
 from adapters.carrier_http import HttpCarrier
@@ -22,7 +23,8 @@ from adapters.nhn_alimtalk import NhnAlimtalk
 from adapters.nhn_sms import NhnSms, parse_unsubscribe
 from adapters.sandbox import SandboxCarrier
 from adapters.sandbox_messaging import SandboxAlimtalk, SandboxSms
-from gateway.app.worker import WorkerRuntime, declare_actors
+from gateway.app.httpapps import add_gateway_routes, add_metrics_route
+from gateway.app.metrics import GatewayCollector
 from gateway.calls.pbx.client import AmiSettings, PbxClient
 from gateway.calls.pbx.mapping import TRACKED_EVENTS
 from gateway.calls.pipeline import CallPipeline
@@ -34,20 +36,18 @@ from gateway.domain.rules import Rules
 from gateway.errors import ConfigError, RulesError, StoreUnavailable
 from gateway.inbox.intake import Intake
 from gateway.inbox.smtp import SmtpIntake, settings_from_config
-from gateway.inbox.webhooks import InboundProvider, add_routes
+from gateway.inbox.webhooks import InboundProvider
 from gateway.infra.config import GatewayConfig, PbxConfig
-from gateway.infra.metrics import backlog_report, exposition, new_registry
+from gateway.infra.metrics import lettering_latency, new_registry
 from gateway.infra.wire import Wire
+from gateway.messaging.backlog import backlog_report
 from gateway.messaging.jobs import Enqueuer, dead_letter_counts, make_broker
 from gateway.messaging.reports import ReportIntake, build_parsers
 from gateway.outbox.guard import Outbox
 from gateway.outbox.providerstats import read_published
 from gateway.outbox.store import RedisOutboxStore, connect, warm_up
 from gateway.ports import AlimtalkProvider, DecisionSink, LetteringCarrier, SmsProvider
-from gateway.rules.base import load_rules
-from gateway.rules.messaging import load_messaging
-from gateway.rules.notify import load_notify
-from gateway.rules.routing import ROUTING_FILE, load_routing
+from gateway.rules.ruleset import RuleSet, load_all
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -96,14 +96,18 @@ def _unsubscribe_parser(secret: str) -> Callable[[Mapping[str, str], bytes], lis
 
 
 class RulesHolder:
-    """The live rules; a reload that fails keeps the last good rules in place."""
+    """The live rules; a reload that fails keeps the last good rules in place.
+
+    Start-up and reload both go through `gateway.rules.ruleset.load_all`, which lists the files.
+    """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.rules: Rules = load_rules(directory)
-        self.messaging: MessagingRules = load_messaging(directory, self.rules.directory)
-        self.routing: RoutingRules | None = self._routing()
-        self.notify: NotifyRules = load_notify(directory)
+        ruleset = load_all(directory)
+        self.rules: Rules = ruleset.rules
+        self.messaging: MessagingRules = ruleset.messaging
+        self.routing: RoutingRules | None = ruleset.routing
+        self.notify: NotifyRules = ruleset.notify
         self.loaded_at = time.time()
         self.last_error = ""
         self._seen = self._fingerprint()
@@ -129,10 +133,6 @@ class RulesHolder:
             except OSError as exc:
                 log.warning("rules directory not readable: %s", exc)
 
-    def _routing(self) -> RoutingRules | None:
-        path = self.directory / ROUTING_FILE
-        return load_routing(path) if path.exists() else None
-
     def get_routing(self) -> RoutingRules | None:
         return self.routing
 
@@ -147,17 +147,15 @@ class RulesHolder:
 
     def reload(self) -> bool:
         try:
-            rules = load_rules(self.directory)
-            messaging = load_messaging(self.directory, rules.directory)
-            routing = self._routing()
-            notify = load_notify(self.directory)
+            ruleset: RuleSet = load_all(self.directory)
         except RulesError as exc:
             self.last_error = str(exc)
             log.error("rules reload failed, keeping version %s:\n%s", self.rules.version, exc)
             return False
-        self.rules, self.messaging, self.routing, self.notify = rules, messaging, routing, notify
+        self.rules, self.messaging = ruleset.rules, ruleset.messaging
+        self.routing, self.notify = ruleset.routing, ruleset.notify
         self.loaded_at, self.last_error = time.time(), ""
-        log.info("rules reloaded: version %s", rules.version)
+        log.info("rules reloaded: version %s", ruleset.rules.version)
         return True
 
     def status(self) -> dict[str, Any]:
@@ -233,17 +231,18 @@ class Gateway:
         self.smtp: SmtpIntake | None = None
         if config.smtp:
             self.smtp = SmtpIntake(settings_from_config(config.smtp, config.source), self.intake)
+        # A lease outlives the slowest carrier's hard deadline, so it never lapses while its owner
+        # is still waiting for the carrier (which would let the other gateway letter the call too).
+        lease_s = max((float(getattr(c, "deadline_s", 3.0)) for c in carriers.values()), default=3.0) + 2.0
+        latency = lettering_latency()
         self.pipeline = CallPipeline(self.rules.get, self.outbox, sink,
                                      trunks={p.name: p.trunks for p in config.pbxes},
                                      messaging=self.rules.get_messaging, enqueuer=self.enqueuer,
-                                     alimtalk_provider=alimtalk_provider)
-        # A lease outlives the slowest carrier's hard deadline, so it never lapses while its owner
-        # is still waiting for the carrier (which would let the other gateway letter the call too).
-        self.pipeline.lease_s = max((float(getattr(c, "deadline_s", 3.0)) for c in carriers.values()),
-                                    default=3.0) + 2.0
+                                     alimtalk_provider=alimtalk_provider, lease_s=lease_s,
+                                     on_latency=latency.observe)
         self.clients = [PbxClient(self._ami_settings(p), self.pipeline, TRACKED_EVENTS) for p in config.pbxes]
-        self.registry, latency = new_registry(self)
-        self.pipeline.on_latency = latency.observe
+        # The collector reads this gateway at scrape time only; the latency histogram comes after it.
+        self.registry = new_registry(GatewayCollector(self), latency)
         self._tasks: list[asyncio.Task[None]] = []
         self.started_at = time.time()
 
@@ -332,35 +331,18 @@ class Gateway:
         await self.redis.aclose()
         await self.wire.aclose()
 
-    def http_routes(self, app: Any, *, metrics: bool = True) -> None:
+    def http_routes(self, app: web.Application, *, metrics: bool = True) -> None:
         """The citizen-facing webhooks, the staff API and (unless `metrics` is False: served on the
-        internal listener then) /metrics on the gateway's HTTP listener."""
-        from aiohttp import web
-
-        # Every answer is counted as it is sent (errors and unknown routes included). A signal, not
-        # a middleware: any middleware makes aiohttp wrap every request in a chain of handler
-        # layers, ~10 % of a citizen's webhook on the benchmark.
-        async def count(request: web.Request, response: web.StreamResponse) -> None:
-            resource = request.match_info.route.resource
-            self._count_http(resource.canonical if resource else "-", response.status)
-
-        app.on_response_prepare.append(count)
-        if metrics:
-            self.metrics_routes(app)
+        internal listener then) /metrics on the gateway's HTTP listener (`gateway.app.httpapps`)."""
         plan = NumberPlan(outside_line_prefixes=self.rules.rules.lettering.outside_line_prefixes,
                           extension_pattern=self.rules.rules.lettering.extension_pattern)
-        add_routes(app, self.intake, self.inbound, api_token=self.api_token, unsubscribe=self.unsubscribe,
-                   plan=plan, draining=lambda: self.draining)
+        add_gateway_routes(app, intake=self.intake, providers=self.inbound, unsubscribe=self.unsubscribe,
+                           api_token=self.api_token, plan=plan, draining=lambda: self.draining,
+                           count=self._count_http, registry=self.registry if metrics else None)
 
-    def metrics_routes(self, app: Any) -> None:
-        """GET /metrics (Prometheus), on the public listener or on the internal one."""
-        from aiohttp import web
-
-        async def metrics(_: web.Request) -> web.Response:
-            body = await asyncio.to_thread(exposition, self.registry)  # the collector reads Redis
-            return web.Response(body=body, content_type="text/plain", charset="utf-8")
-
-        app.router.add_get("/metrics", metrics)
+    def metrics_routes(self, app: web.Application) -> None:
+        """GET /metrics (Prometheus), on the internal listener."""
+        add_metrics_route(app, self.registry)
 
     def _count_http(self, route: str, status: int) -> None:
         key = (route, status)
@@ -386,7 +368,7 @@ class Gateway:
         if redis["reachable"]:
             try:
                 queues["dead_letters"] = await asyncio.to_thread(dead_letter_counts, self.broker)
-                # ready, delayed and held-by-a-worker jobs per queue and in total (gateway.infra.metrics)
+                # ready, delayed and held-by-a-worker jobs per queue and in total (gateway.messaging.backlog)
                 queues["backlog"] = await asyncio.to_thread(backlog_report, self.broker)
                 published = await asyncio.to_thread(read_published, self.broker.client, self.broker.namespace)
                 providers["messaging"] = published
@@ -405,34 +387,3 @@ def reply_provider(config: GatewayConfig, over: Overrides) -> str:
     """The SMS provider replies to citizens go through (staff replies, automatic replies): the
     first configured; "" when there is none."""
     return next(iter(over.sms or config.sms), "")
-
-
-def build_worker(config: GatewayConfig, *, environ: Mapping[str, str], redis_url: str,
-                 sink: DecisionSink | None = None, overrides: Overrides | None = None) -> tuple[Any, WorkerRuntime]:
-    """The broker with its actors and the runtime they use (`gateway worker`, replay, demo)."""
-    over = overrides or Overrides()
-    sealer = config.sealer(environ)
-    broker = make_broker(redis_url, namespace=over.queue_namespace or config.queue_namespace,
-                         heartbeat_timeout_ms=config.heartbeat_timeout_ms, maintenance_chance=config.maintenance_chance)
-    holder = RulesHolder(over.rules_dir or config.rules_dir)
-    alimtalk = {n: over.alimtalk.get(n) or build_alimtalk(n, s, environ) for n, s in config.alimtalk.items()}
-    sms = {n: over.sms.get(n) or build_sms(n, s, environ) for n, s in config.sms.items()}
-    alimtalk.update({n: p for n, p in over.alimtalk.items() if n not in alimtalk})
-    sms.update({n: p for n, p in over.sms.items() if n not in sms})
-    hash_key = config.number_key(environ)
-
-    def outbox() -> Outbox:
-        # Built on the worker's own event loop (the async Redis client belongs to it).
-        return Outbox(RedisOutboxStore(connect(redis_url, timeout_s=2.0)), {}, hash_key=hash_key,
-                      dedupe_ttl_s=config.dedupe_ttl_s, alimtalk=alimtalk, sms=sms,
-                      device_memory_s=holder.messaging.device_memory_days * 86400)
-
-    runtime = WorkerRuntime(outbox, sealer, Enqueuer(broker, sealer), sink, environ=environ)
-    runtime.reply_provider = reply_provider(config, over)
-    runtime.notify = holder.get_notify
-    if over.notify_webhook_url:
-        redirect = over.notify_webhook_url
-        runtime.notify = lambda: holder.get_notify().with_webhook_url(redirect)
-    runtime.queue_names = lambda: {q: info.name for q, info in holder.routing.queues.items()} if holder.routing else {}
-    declare_actors(broker, runtime)
-    return broker, runtime

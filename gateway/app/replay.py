@@ -21,13 +21,14 @@ from typing import TextIO
 
 from adapters.sandbox import SandboxCarrier
 from adapters.sandbox_messaging import SandboxAlimtalk, SandboxSms
-from gateway.app.gateway import Gateway, Overrides, build_worker
-from gateway.app.worker import start_worker, stop_worker, wait_idle
+from gateway.app.gateway import Gateway, Overrides
+from gateway.app.worker import build_worker
 from gateway.domain.models import LetteringResult, SendResult
 from gateway.errors import ConfigError
 from gateway.infra.config import GatewayConfig
 from gateway.infra.crypto import Sealer
 from gateway.infra.sinks import JsonLinesSink
+from gateway.messaging.workers import start_worker, stop_worker, wait_idle
 from gateway.ports import LetteringCarrier
 from gateway.sim.amiserver import AmiServer, Transcript
 from gateway.sim.redisproc import RedisProcess

@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -29,7 +31,10 @@ from redis.exceptions import RedisError
 
 from gateway.infra.config import HttpLimits
 from gateway.infra.connlimit import ConnectionGate
-from gateway.infra.metrics import backlog_report, queue_families, sends_family
+from gateway.infra.metrics import sends_family
+from gateway.messaging.backlog import backlog_report, queue_families
+from gateway.messaging.runtime import WorkerRuntime
+from gateway.messaging.workers import worker_alive
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +42,7 @@ _BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\
          b"Connection: close\r\n\r\n" b'{"error": "too many connections"}')
 
 
-def holding(worker: Any) -> dict[str, int]:
+def holding(worker: dramatiq.Worker | None) -> dict[str, int]:
     """Jobs in this worker's memory that are not running: delayed ones its delay-queue consumers
     fetched and keep until their eta, and ready ones prefetched for its threads."""
     if worker is None:
@@ -47,14 +52,14 @@ def holding(worker: Any) -> dict[str, int]:
 
 
 class WorkerCollector(Collector):
-    def __init__(self, runtime: Any, broker: Any, worker: Any = None) -> None:
+    def __init__(self, runtime: WorkerRuntime, broker: RedisBroker, worker: dramatiq.Worker | None = None) -> None:
         self.runtime = runtime
         self.broker = broker
         self.worker = worker
 
     def collect(self) -> Iterator[Metric]:
         rt = self.runtime
-        outbox = rt._outbox  # built on the actors' loop with the first job; nothing to report before
+        outbox = rt.built_outbox  # built on the actors' loop with the first job; nothing to report before
         if outbox is not None:
             yield sends_family(outbox.providers.totals())
             decisions = CounterMetricFamily("gateway_outbox_decisions", "outbox guard decisions and send results "
@@ -117,7 +122,7 @@ class _BoundedServer(ThreadingHTTPServer):
 
 
 class WorkerHttp:
-    def __init__(self, broker: Any, runtime: Any, worker: Any, host: str, port: int, *,
+    def __init__(self, broker: RedisBroker, runtime: WorkerRuntime, worker: dramatiq.Worker, host: str, port: int, *,
                  limits: HttpLimits | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(WorkerCollector(runtime, broker, worker))
@@ -128,8 +133,6 @@ class WorkerHttp:
         self._thread: threading.Thread | None = None
 
     def health(self) -> dict[str, Any]:
-        from gateway.app.worker import worker_alive
-
         alive = worker_alive(self.worker)
         queues: dict[str, Any] = {}
         try:

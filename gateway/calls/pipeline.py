@@ -58,7 +58,8 @@ class CallPipeline:
     def __init__(self, rules: Callable[[], Rules], outbox: Outbox, sink: DecisionSink, *,
                  trunks: Mapping[str, tuple[str, ...]], expire_every_s: float = 60.0,
                  messaging: Callable[[], MessagingRules] | None = None, enqueuer: Enqueuer | None = None,
-                 alimtalk_provider: str = "") -> None:
+                 alimtalk_provider: str = "", lease_s: float | None = None,
+                 on_latency: Callable[[float], None] | None = None) -> None:
         self._rules = rules
         self._messaging = messaging or MessagingRules
         self.enqueuer = enqueuer
@@ -74,11 +75,11 @@ class CallPipeline:
         self._expire_every_s = expire_every_s
         self.events_handled = 0
         self.dial_latencies_ms: list[float] = []  # AMI receipt -> adapter call, bounded below
-        self.on_latency: Callable[[float], None] | None = None  # the /metrics histogram, in seconds
+        self.on_latency = on_latency  # the /metrics histogram, in seconds
         self.calls_by: dict[tuple[str, str, str], int] = {}
         # Lettering claims are leases this long until the carrier answered (Outgoing.lease_s);
-        # None: claims are final at once. Set by the composition root from the carriers' deadlines.
-        self.lease_s: float | None = None
+        # None: claims are final at once. Given by the composition root from the carriers' deadlines.
+        self.lease_s = lease_s
 
     # -------------------------------------------------------------- listener
     def tracker(self, pbx: str) -> CallTracker:

@@ -2,7 +2,7 @@
 will be past their queue's age limit when their time comes (dramatiq's AgeLimit then drops
 them to the dead letters instead of running them).
 
-Pure: the Redis reads are `gateway.infra.metrics.read_backlog`'s.
+Pure: the Redis reads are `gateway.messaging.backlog.read_backlog`'s.
 """
 
 from __future__ import annotations

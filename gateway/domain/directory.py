@@ -1,7 +1,7 @@
 """The extension directory: which department owns a desk extension.
 
 Pure domain code: the directory is built from already-parsed entries (the YAML side lives in
-``gateway/rules/base.py``). Lookups run on every ``DialBegin``, so they are a binary search over sorted
+``gateway/rules/directory.py``). Lookups run on every ``DialBegin``, so they are a binary search over sorted
 ranges instead of a dict of every extension (4,000 phones today, the whole 5-digit space tomorrow).
 """
 

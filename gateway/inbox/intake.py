@@ -38,10 +38,23 @@ from gateway.domain.routing import InboundSms, RoutingRules, ThreadContext, rout
 from gateway.errors import ClaimedByOther, GatewayError, RecipientUnknown, StoreUnavailable, ThreadNotFound
 from gateway.inbox.replies import AUTO_REPLY, Replies
 from gateway.infra.crypto import Sealer
+from gateway.infra.rediskeys import (
+    NONE_KEY,
+    OPTOUT_AUDIT,
+    contact_key,
+    inbound_key,
+    inbox_key,
+    lua_script,
+    optout_key,
+    reply_once_key,
+    thread_claim_key,
+    thread_key,
+    thread_messages_key,
+)
 from gateway.infra.wire import Wire
 from gateway.messaging.jobs import Enqueuer, inbound_reply
 from gateway.outbox.guard import Outbox, Verdict
-from gateway.outbox.store import NONE_KEY, PREFIX, contact_key, number_hash, optout_key
+from gateway.outbox.store import number_hash
 from gateway.ports import DecisionSink, QueuePut
 
 log = logging.getLogger(__name__)
@@ -49,51 +62,15 @@ log = logging.getLogger(__name__)
 IDEMPOTENCY_TTL_S = 30 * 86400
 CONTACT_TTL_S = 30 * 86400
 
-# One atomic step per citizen's message (one round trip):
-# KEYS: idempotency, thread hash, thread messages, inbox stream; the notification job's message
-#       hash and queue list (both NONE_KEY: no job); the citizen's contact key.
-# ARGV: result, ttl, city number, sealed sender, sender hash, queue, at, sealed text, message id,
-#       provider, thread id, priority, rule, tags, job id, job data; the contact value the
-#       message was routed with ("" for none).
-# Returns {0, earlier result} for a duplicate; {2, contact} when the citizen's contact is not the
-# one routed with (nothing stored: route again with it); else {1, result}: stored and
-# notification queued, or nothing.
-_ACCEPT = """
-local earlier = redis.call('GET', KEYS[1])
-if earlier then return {0, earlier} end
-local contact = redis.call('GET', KEYS[7]) or ''
-if contact ~= ARGV[17] then return {2, contact} end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-redis.call('HSET', KEYS[2], 'to', ARGV[3], 'sender', ARGV[4], 'sender_hash', ARGV[5], 'queue', ARGV[6],
-           'last_at', ARGV[7])
-redis.call('HSETNX', KEYS[2], 'created_at', ARGV[7])
-redis.call('HINCRBY', KEYS[2], 'count', 1)
-redis.call('XADD', KEYS[3], '*', 'dir', 'in', 'at', ARGV[7], 'text', ARGV[8], 'message_id', ARGV[9],
-           'provider', ARGV[10])
-redis.call('XADD', KEYS[4], '*', 'thread', ARGV[11], 'at', ARGV[7], 'priority', ARGV[12], 'rule', ARGV[13],
-           'tags', ARGV[14], 'message_id', ARGV[9])
-if KEYS[5] ~= KEYS[6] then
-  redis.call('HSET', KEYS[5], ARGV[15], ARGV[16])
-  redis.call('RPUSH', KEYS[6], ARGV[15])
-end
-return {1, ARGV[1]}
-"""
+# One atomic step per citizen's message (one round trip): idempotency key, thread, inbox entry
+# and the queue's notification job (keys, arguments and answers described in `accept.lua`).
+_ACCEPT = lua_script(__package__, "accept.lua")
 # A contact that changes between routing and storing, again and again: give up (503, the
 # provider retries) rather than loop.
 _ROUTING_ATTEMPTS = 3
 
-# Staff claim a thread (KEYS: thread hash, claim key; ARGV: staff, ttl). Returns {0, ""}: no such
-# thread; {1, earlier holder or ""}: claimed by ARGV[1] (again: the same staff's double click
-# renews it); {2, holder}: someone else has it. One step, so two staff never both win.
-_CLAIM = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {0, ''} end
-local holder = redis.call('GET', KEYS[2])
-if (not holder) or holder == ARGV[1] then
-  redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
-  return {1, holder or ''}
-end
-return {2, holder}
-"""
+# Staff claim a thread, in one step so that two staff never both win (`claim_thread.lua`).
+_CLAIM = lua_script(__package__, "claim_thread.lua")
 CLAIM_TTL_S = 3600
 # The same reply text from the same staff to the same thread within this time is a double click
 # (or a client retry): sent once, the repeat answered "duplicate".
@@ -120,11 +97,15 @@ class _Plan:
 
 
 class InboundRejected(GatewayError):
-    """The message cannot be taken (not for one of our numbers, empty, ...)."""
+    """The message cannot be taken (not for one of our numbers, empty, ...): HTTP 400."""
+
+    http_status = 400
 
 
 class OptedOut(GatewayError):
-    """A reply to a citizen who refused messages."""
+    """A reply to a citizen who refused messages: HTTP 409."""
+
+    http_status = 409
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +127,7 @@ def keyword_of(text: str, rules: MessagingRules) -> str:
 class OptOutRegistry:
     """Opt-outs keyed by the number's keyed hash, with an append-only audit stream."""
 
-    AUDIT = PREFIX + "optout:audit"
+    AUDIT = OPTOUT_AUDIT
 
     def __init__(self, client: aioredis.Redis, hash_key: bytes) -> None:
         self.client: Any = client
@@ -247,8 +228,8 @@ class Intake:
             for _ in range(_ROUTING_ATTEMPTS):
                 plan = self._plan(sms, routing=routing, rules=rules, keyword=keyword, context=self._context(contact),
                                   tid=tid, sealed_text=sealed_text, sealed_sender=sealed_sender)
-                keys = [f"{PREFIX}in:{sms.provider}:{message_key(sms.message_id)}", f"{PREFIX}thread:{tid}",
-                        f"{PREFIX}thread:{tid}:msgs", f"{PREFIX}inbox:{plan.queue}",
+                keys = [inbound_key(sms.provider, message_key(sms.message_id)), thread_key(tid),
+                        thread_messages_key(tid), inbox_key(plan.queue),
                         plan.job.msgs_key if plan.job else NONE_KEY, plan.job.queue_key if plan.job else NONE_KEY,
                         contact_key(sender_hash)]
                 args: list[str | int | bytes] = [
@@ -323,24 +304,24 @@ class Intake:
 
     # ------------------------------------------------------------------ staff side
     async def inbox(self, queue: str, *, count: int = 50) -> list[dict[str, Any]]:
-        entries = await self.client.xrevrange(f"{PREFIX}inbox:{queue}", count=count)
+        entries = await self.client.xrevrange(inbox_key(queue), count=count)
         out = []
         for entry_id, fields in entries:
             f = {k.decode(): v.decode() for k, v in fields.items()}
-            claimed = await self.client.get(f"{PREFIX}claim:{f['thread']}")
+            claimed = await self.client.get(thread_claim_key(f['thread']))
             out.append({"entry": entry_id.decode(), "thread": f["thread"], "at": float(f["at"]),
                         "priority": f["priority"], "rule": f["rule"], "tags": [t for t in f["tags"].split(",") if t],
                         "claimed_by": claimed.decode() if claimed else None})
         return out
 
     async def thread(self, tid: str) -> dict[str, Any] | None:
-        raw = await self.client.hgetall(f"{PREFIX}thread:{tid}")
+        raw = await self.client.hgetall(thread_key(tid))
         if not raw:
             return None
         t = {k.decode(): v.decode() for k, v in raw.items()}
         sender = self.sealer.open(t["sender"], tid.encode())
         messages = []
-        for entry_id, fields in await self.client.xrange(f"{PREFIX}thread:{tid}:msgs"):
+        for entry_id, fields in await self.client.xrange(thread_messages_key(tid)):
             f = {k.decode(): v.decode() for k, v in fields.items()}
             messages.append({"id": entry_id.decode(), "dir": f["dir"], "at": float(f["at"]),
                              "text": self.sealer.open(f["text"], tid.encode())})
@@ -350,7 +331,7 @@ class Intake:
 
     async def _recent_inbound(self, tid: str, count: int = 20) -> list[str]:
         """The provider message ids of the citizen's latest messages in a thread."""
-        entries = await self.client.xrevrange(f"{PREFIX}thread:{tid}:msgs", count=count)
+        entries = await self.client.xrevrange(thread_messages_key(tid), count=count)
         return [fields[b"message_id"].decode() for _, fields in entries
                 if fields.get(b"dir") == b"in" and b"message_id" in fields]
 
@@ -359,7 +340,7 @@ class Intake:
         held it already (a double click: renewed, not an error). Raises `ThreadNotFound`, or
         `ClaimedByOther` when another staff member holds it."""
         try:
-            found, holder = await self._claim(keys=[f"{PREFIX}thread:{tid}", f"{PREFIX}claim:{tid}"],
+            found, holder = await self._claim(keys=[thread_key(tid), thread_claim_key(tid)],
                                               args=[staff, ttl_s])
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
@@ -380,9 +361,9 @@ class Intake:
         if not text.strip():
             raise InboundRejected("empty reply")
         await self.claim(tid, staff)
-        once = f"{PREFIX}reply-once:{tid}:{hashlib.sha256(f'{staff}|{text}'.encode()).hexdigest()[:24]}"
+        once = reply_once_key(tid, hashlib.sha256(f"{staff}|{text}".encode()).hexdigest()[:24])
         try:
-            raw = await self.client.hgetall(f"{PREFIX}thread:{tid}")
+            raw = await self.client.hgetall(thread_key(tid))
             if not await self.client.set(once, "1", nx=True, ex=REPLY_ONCE_S):
                 return "duplicate"
         except RedisError as exc:

@@ -18,9 +18,9 @@ from functools import lru_cache
 from gateway.domain.models import SmsRequest
 from gateway.domain.smstext import choose
 from gateway.infra.crypto import Sealer
+from gateway.infra.rediskeys import thread_messages_key
 from gateway.messaging.jobs import Enqueuer, encode_message
 from gateway.outbox.guard import Admission, Outbox, QueuedMessage, Verdict
-from gateway.outbox.store import PREFIX
 from gateway.ports import QueuePut
 
 # The action of a message's automatic reply: "auto_reply:<provider message id>".
@@ -51,7 +51,7 @@ class Replies:
         sms = SmsRequest(key, to, city_number, safe, safe.split("\n", 1)[0][:20], kind)
         message = QueuedMessage(key, "sms", tid, action, to, self.sms_provider, sms=sms)
         put = self.enqueuer.prepare("sms", encode_message(message, self.sealer),
-                                    stream_key=f"{PREFIX}thread:{tid}:msgs", stream_fields=(
+                                    stream_key=thread_messages_key(tid), stream_fields=(
                                         ("dir", "out"), ("at", f"{time.time():.3f}"),
                                         ("text", self.sealer.seal(safe, tid.encode())), ("action", action)))
         return Admission("sms", tid, action, to), put

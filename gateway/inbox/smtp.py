@@ -70,7 +70,7 @@ from gateway.domain.inputs import has_surrogate
 from gateway.domain.models import NumberKind
 from gateway.domain.numbers import NumberPlan, mask
 from gateway.domain.routing import InboundSms
-from gateway.errors import ConfigError, GatewayError, RecipientUnknown, StoreUnavailable
+from gateway.errors import ConfigError, GatewayError, StoreUnavailable
 from gateway.infra.connlimit import ConnectionGate
 from gateway.infra.edgelog import MalformedLog
 from gateway.infra.tls import TlsFileError, server_context
@@ -593,12 +593,9 @@ class SmtpHandler:
             except StoreUnavailable as exc:
                 log.warning("smtp: store unavailable for %s to %s: %s", sms.message_id, mask(sms.to), exc)
                 temporary = True
-            except RecipientUnknown as exc:  # a number the relay serves but routing.yaml does not list
-                self.malformed.note("smtp DATA", "550 5.1.1 RecipientUnknown")
-                rejection = rejection or f"550 5.1.1 {_reply_text(str(exc))}"
-            except GatewayError as exc:
-                self.malformed.note("smtp DATA", f"550 5.6.0 {type(exc).__name__}")
-                rejection = rejection or f"550 5.6.0 {_reply_text(str(exc)) or 'rejected'}"
+            except GatewayError as exc:  # e.g. RecipientUnknown: a number routing.yaml does not list
+                self.malformed.note("smtp DATA", f"{exc.smtp_reply} {type(exc).__name__}")
+                rejection = rejection or f"{exc.smtp_reply} {_reply_text(str(exc)) or 'rejected'}"
             except Exception:
                 log.exception("smtp: unexpected error accepting %s from %s to %s", sms.message_id,
                               mask(sms.sender), mask(sms.to))

@@ -15,7 +15,7 @@ from typing import Any
 from gateway.errors import ConfigError, RulesError
 from gateway.infra.crypto import Sealer
 from gateway.infra.tls import TlsFileError, server_context
-from gateway.rules.base import Lines, file_label, line_of, load_yaml, validate
+from gateway.infra.yamldoc import Lines, file_label, line_of, load_yaml, validate
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the gateway package (its data/ folder)
 DEFAULT_CONFIG = PACKAGE_DIR / "data" / "gateway.default.yaml"

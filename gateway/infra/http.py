@@ -1,9 +1,14 @@
-"""HTTP edge: health endpoints, delivery reports, the listeners and their bounds.
+"""HTTP server machinery: bounded listeners, whole-body reads, health handlers, error answers.
 
-`GET /healthz`: the process is alive. `GET /health`: every component's state as JSON,
-503 while the gateway is not ready (a PBX not logged in, Redis unreachable). With an internal
-listener configured (`http.internal_port`), `/health` and `/metrics` are served only there:
-`/health` names the PBX hosts and ports, which is nobody's business on the webhook listener.
+Nothing here knows a flow: the routes are declared by the edge modules (`gateway.inbox.webhooks`,
+`gateway.inbox.staffapi`, `gateway.messaging.reports`) and assembled into the public and internal
+applications in one place, the composition root (`gateway.app.httpapps`).
+
+`GET /healthz`: the process is alive. `GET /health`: every component's state as JSON, 503 while
+the gateway is not ready (a PBX not logged in, Redis unreachable); both from a `HealthSource`.
+
+`error_response` is the one place a `GatewayError` becomes an HTTP answer: its class's
+`http_status` and its `http_body()` as JSON. No edge chooses a status by reading error text.
 
 Every listener bounds what one client can hold (`HttpLimits`): the time to send the request
 headers, the time to send the body, the idle time between requests, and the number of
@@ -17,26 +22,53 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import web
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_server import Server
 
-from gateway.errors import StoreUnavailable
-from gateway.infra.config import GatewayConfig, HttpLimits
+from gateway.errors import GatewayError
+from gateway.infra.config import HttpLimits
 from gateway.infra.connlimit import ConnectionGate
-from gateway.messaging.reports import ReportIntake, UnknownProvider
+from gateway.infra.edgelog import MalformedLog
 
 log = logging.getLogger(__name__)
 
 HealthSource = Callable[[], Awaitable[dict[str, Any]]]
-Routes = Callable[[web.Application], None]
+Routes = Callable[[web.Application], None]  # adds an edge's routes (and its app hooks) to an app
 
-MAX_REPORT_BODY = 256 * 1024  # a provider may batch many delivery reports in one call
 _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 32\r\n"
          b"Connection: close\r\nRetry-After: 1\r\n\r\n" b'{"error": "too many connections"}')
+
+
+def json_error(status: int, message: str) -> web.Response:
+    """An error answer that is not an exception (unknown provider, draining): ``{"error": message}``."""
+    return web.json_response({"error": message}, status=status)
+
+
+def error_response(exc: GatewayError, *, message: str | None = None) -> web.Response:
+    """The HTTP answer to a deliberate error: the class's `http_status`, its `http_body()` as JSON.
+
+    `message` replaces the body's ``error`` text where a route words it its own way (the
+    citizens' webhooks add ", retry" to a 503)."""
+    body = exc.http_body()
+    if message is not None:
+        body["error"] = message
+    return web.json_response(body, status=exc.http_status, dumps=_readable if exc.http_readable_json else json.dumps)
+
+
+def refused(malformed: MalformedLog, request: web.Request, exc: GatewayError) -> web.Response:
+    """`error_response` for bad input, noted as one rate-limited WARNING per route and kind (the
+    input itself is never logged: `gateway.infra.edgelog`)."""
+    resource = request.match_info.route.resource
+    malformed.note(f"http {resource.canonical if resource else '-'}", f"{exc.http_status} {type(exc).__name__}")
+    return error_response(exc)
+
+
+def _readable(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False)
 
 
 async def read_body(request: web.BaseRequest, limit: int) -> bytes:
@@ -156,46 +188,8 @@ class GuardedHandler(RequestHandler):
         self._cancel_body_timer()
 
 
-def make_app(health: HealthSource, reports: ReportIntake | None = None, extra: Routes | None = None, *,
-             full_health: bool = True) -> web.Application:
-    """The public listener's app: /healthz, /health (unless `full_health` is False: it is then on
-    the internal listener), delivery reports, and whatever `extra` adds (webhooks, staff API)."""
-    async def report(request: web.Request) -> web.Response:
-        if reports is None:
-            raise web.HTTPNotFound(text="delivery reports are not configured")
-        provider = request.match_info["provider"]
-        body = await read_body(request, MAX_REPORT_BODY)
-        try:
-            counts = await reports.handle(provider, request.headers, body)
-        except UnknownProvider as exc:
-            return web.json_response({"error": str(exc)}, status=404)
-        except ValueError as exc:  # ReportRejected: forged or unreadable
-            status = 401 if "signature" in str(exc).lower() else 400
-            return web.json_response({"error": str(exc)}, status=status)
-        except StoreUnavailable:
-            # The provider retries on 5xx: nothing is lost while Redis is down.
-            return web.json_response({"error": "temporarily unavailable"}, status=503)
-        return web.json_response(counts)
-
-    # Webhook bodies are small; a larger one is refused with 413 before it is read.
-    app = web.Application(client_max_size=MAX_REPORT_BODY)
-    _add_health(app, health, full=full_health)
-    app.router.add_post("/webhooks/report/{provider}", report)
-    if extra is not None:
-        extra(app)
-    return app
-
-
-def make_internal_app(health: HealthSource, extra: Routes | None = None) -> web.Application:
-    """The internal listener's app: /healthz, /health and whatever `extra` adds (/metrics)."""
-    app = web.Application(client_max_size=1024)  # it takes no bodies
-    _add_health(app, health, full=True)
-    if extra is not None:
-        extra(app)
-    return app
-
-
-def _add_health(app: web.Application, health: HealthSource, *, full: bool) -> None:
+def add_health_routes(app: web.Application, health: HealthSource, *, full: bool) -> None:
+    """`GET /healthz` (always) and `GET /health` (when `full`: else it is on the internal listener)."""
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"alive": True})
 
@@ -244,35 +238,3 @@ class HttpServer:
         if self._server is not None:
             self._server.close()  # no new connections; the runner closes the open ones
         await self.runner.cleanup()
-
-
-class GatewayRoutes(Protocol):
-    """What `gateway_listeners` needs of a Gateway (gateway.app.gateway.Gateway)."""
-
-    reports: ReportIntake
-
-    async def health(self) -> dict[str, Any]: ...
-
-    def http_routes(self, app: web.Application, *, metrics: bool = True) -> None: ...
-
-    def metrics_routes(self, app: web.Application) -> None: ...
-
-
-def gateway_listeners(config: GatewayConfig, gateway: GatewayRoutes, *,
-                      shutdown_timeout: float = 5.0) -> tuple[HttpServer, HttpServer | None]:
-    """`gateway run`'s listeners: the public one (webhooks, staff API, /healthz), and the internal
-    one for /health and /metrics when `http.internal_port` is set (else those are on the public one)."""
-    internal = config.http_internal_port is not None
-
-    def routes(app: web.Application) -> None:
-        gateway.http_routes(app, metrics=not internal)
-
-    public = HttpServer(make_app(gateway.health, gateway.reports, routes, full_health=not internal),
-                        config.http_host, config.http_port, shutdown_timeout=shutdown_timeout,
-                        limits=config.http_limits, name="http")
-    if config.http_internal_port is None:
-        return public, None
-    private = HttpServer(make_internal_app(gateway.health, gateway.metrics_routes), config.http_internal_host,
-                         config.http_internal_port, shutdown_timeout=shutdown_timeout, limits=config.http_limits,
-                         name="internal http")
-    return public, private

@@ -41,6 +41,13 @@ from redis.retry import Retry as SyncRetry
 
 from gateway.domain.models import AlimtalkRequest, Button, SmsRequest
 from gateway.infra.crypto import Sealer
+from gateway.infra.rediskeys import (
+    dead_letters_key,
+    dead_letters_messages_key,
+    lua_script,
+    queue_key,
+    queue_messages_key,
+)
 from gateway.infra.wire import Wire
 from gateway.outbox.guard import QueuedMessage
 from gateway.ports import QueuePut
@@ -250,10 +257,7 @@ if tuple(f.name for f in dataclasses.fields(dramatiq.Message)) != _MESSAGE_FIELD
     raise ImportError("dramatiq.Message has changed its fields: update Enqueuer._prepared")
 
 # dispatch.lua's "enqueue" command without its worker-side preamble (heartbeat, maintenance).
-_ENQUEUE = """
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('RPUSH', KEYS[2], ARGV[1])
-"""
+_ENQUEUE = lua_script(__package__, "enqueue.lua")
 
 
 class Enqueuer:
@@ -330,9 +334,10 @@ class Enqueuer:
         # enqueue); _MESSAGE_FIELDS checks at import that dramatiq's Message still has exactly these.
         fields = {"queue_name": queue_name, "actor_name": actor_name(queue), "args": (payload,), "kwargs": {},
                   "options": options, "message_id": _job_id(), "message_timestamp": int(time.time() * 1000)}
-        full = f"{self.broker.namespace}:{queue_name}"
+        ns = self.broker.namespace
         data = dramatiq.get_encoder().encode(fields)
-        return QueuePut(f"{full}.msgs", full, redis_id, data, stream_key, stream_fields)
+        return QueuePut(queue_messages_key(ns, queue_name), queue_key(ns, queue_name), redis_id, data, stream_key,
+                        stream_fields)
 
     def _put(self, message: dramatiq.Message[Any], delay_ms: int | None) -> None:
         self.broker.enqueue(message, delay=delay_ms)
@@ -361,9 +366,9 @@ def dead_letters(broker: RedisBroker, queue: str | None = None) -> list[dict[str
     out: list[dict[str, Any]] = []
     client: Any = broker.client  # redis-py's sync return types are unions of everything
     for name in [queue] if queue else sorted(QUEUES):
-        xq = f"{broker.namespace}:{name}.XQ"
+        xq = dead_letters_key(broker.namespace, name)
         for raw_id, score in client.zrange(xq, 0, -1, withscores=True):
-            raw = client.hget(xq + ".msgs", raw_id)
+            raw = client.hget(dead_letters_messages_key(broker.namespace, name), raw_id)
             if raw is None:
                 continue
             message = dramatiq.Message.decode(raw)
@@ -376,7 +381,7 @@ def dead_letters(broker: RedisBroker, queue: str | None = None) -> list[dict[str
 
 
 def dead_letter_counts(broker: RedisBroker) -> dict[str, int]:
-    return {name: int(broker.client.zcard(f"{broker.namespace}:{name}.XQ")) for name in sorted(QUEUES)}
+    return {name: int(broker.client.zcard(dead_letters_key(broker.namespace, name))) for name in sorted(QUEUES)}
 
 
 def redrive(broker: RedisBroker, queue: str | None = None) -> int:
@@ -384,9 +389,9 @@ def redrive(broker: RedisBroker, queue: str | None = None) -> int:
     count = 0
     client: Any = broker.client
     for name in [queue] if queue else sorted(QUEUES):
-        xq = f"{broker.namespace}:{name}.XQ"
+        xq = dead_letters_key(broker.namespace, name)
         for raw_id in client.zrange(xq, 0, -1):
-            raw = client.hget(xq + ".msgs", raw_id)
+            raw = client.hget(dead_letters_messages_key(broker.namespace, name), raw_id)
             if raw is None:
                 continue
             message = dramatiq.Message.decode(raw)
@@ -394,6 +399,6 @@ def redrive(broker: RedisBroker, queue: str | None = None) -> int:
                        if k not in ("retries", "traceback", "redis_message_id", "requeue_timestamp")}
             broker.enqueue(dataclasses.replace(message, options=options, message_timestamp=int(time.time() * 1000)))
             client.zrem(xq, raw_id)
-            client.hdel(xq + ".msgs", raw_id)
+            client.hdel(dead_letters_messages_key(broker.namespace, name), raw_id)
             count += 1
     return count

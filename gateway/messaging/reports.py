@@ -1,5 +1,10 @@
 """Delivery reports: `POST /webhooks/report/{provider}` updates each message's state.
 
+The route is declared here (`add_routes`); the composition root (`gateway.app.httpapps`) puts
+it on the public listener. Answers: 200 with counts, 404 for an unknown provider, 401 for a
+forged report (`ReportForged`), 400 for an unreadable one (`ReportRejected`), 503 while Redis is
+down (the provider retries on 5xx: nothing is lost).
+
 The state of a message only moves forward (queued < sent < delivered | failed): reports
 arrive out of order and more than once, so a late "sent" after "delivered" is ignored and a
 repeated report changes nothing. Terminal states do not replace each other.
@@ -13,10 +18,12 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from adapters.nhn_alimtalk import ReportRejected
+from aiohttp import web
+
 from adapters.nhn_alimtalk import parse_report as nhn_parse_report
 from gateway.domain.models import DeliveryReport, ReportStatus
-from gateway.errors import ConfigError, GatewayError
+from gateway.errors import ConfigError, GatewayError, ReportForged, ReportRejected, StoreUnavailable
+from gateway.infra.http import error_response, read_body
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +31,13 @@ RANK = {ReportStatus.QUEUED: 0, ReportStatus.SENT: 1, ReportStatus.DELIVERED: 3,
 
 Parser = Callable[[Mapping[str, str], bytes], list[DeliveryReport]]
 
+MAX_REPORT_BODY = 256 * 1024  # a provider may batch many delivery reports in one call
+
 
 class UnknownProvider(GatewayError):
-    """No report parser is configured under this name."""
+    """No report parser is configured under this name (HTTP 404)."""
+
+    http_status = 404
 
 
 def sandbox_parser(secret: str, provider: str = "sandbox") -> Parser:
@@ -36,7 +47,7 @@ def sandbox_parser(secret: str, provider: str = "sandbox") -> Parser:
     def parse(headers: Mapping[str, str], body: bytes) -> list[DeliveryReport]:
         given = next((v for k, v in headers.items() if k.lower() == "x-sandbox-signature"), "")
         if not secret or not hmac.compare_digest(given.encode(), secret.encode()):
-            raise ReportRejected("bad or missing signature")
+            raise ReportForged("bad or missing signature")
         try:
             data = json.loads(body.decode("utf-8"))
             return [DeliveryReport(provider, str(r["reference"]), ReportStatus(r["status"]), float(r["at"]),
@@ -73,8 +84,8 @@ class ReportIntake:
         self.counts: dict[str, int] = {}
 
     async def handle(self, provider: str, headers: Mapping[str, str], body: bytes) -> dict[str, int]:
-        """Apply every report of one webhook call. Raises UnknownProvider, ReportRejected
-        (a ValueError: forged or malformed) or StoreUnavailable."""
+        """Apply every report of one webhook call. Raises UnknownProvider, ReportForged (a bad
+        signature), ReportRejected (an unreadable body) or StoreUnavailable."""
         parser = self.parsers.get(provider)
         if parser is None:
             raise UnknownProvider(f"no delivery-report webhook named {provider!r}")
@@ -90,3 +101,19 @@ class ReportIntake:
             self.counts[outcome] = self.counts.get(outcome, 0) + 1
         log.info("delivery reports from %s: %s", provider, counts)
         return counts
+
+
+def add_routes(app: web.Application, reports: ReportIntake | None) -> None:
+    """`POST /webhooks/report/{provider}`; without `reports` (none configured) it answers 404."""
+    async def report(request: web.Request) -> web.Response:
+        if reports is None:
+            raise web.HTTPNotFound(text="delivery reports are not configured")
+        provider = request.match_info["provider"]
+        body = await read_body(request, MAX_REPORT_BODY)
+        try:
+            counts = await reports.handle(provider, request.headers, body)
+        except (UnknownProvider, ReportRejected, StoreUnavailable) as exc:
+            return error_response(exc)
+        return web.json_response(counts)
+
+    app.router.add_post("/webhooks/report/{provider}", report)

@@ -78,6 +78,10 @@ def stop_within(worker: Any, timeout_s: float) -> StopResult:
     if errors:
         exc = errors[0]
         return StopResult(False, f"{type(exc).__name__}: {str(exc) or 'no detail'}")
+    if running and running[0]:
+        # dramatiq's own stop may return in time while those jobs still run on its (daemon)
+        # threads: they were abandoned, not finished, so the stop did not complete.
+        return StopResult(False, f"{running[0]} job(s) still running after {JOBS_SHARE * timeout_s:.1f} s")
     return StopResult(True)
 
 

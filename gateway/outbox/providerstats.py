@@ -13,6 +13,8 @@ import time
 from collections import deque
 from typing import Any
 
+from gateway.infra.rediskeys import providers_key
+
 # Answers that mean the provider (not the citizen) is in trouble.
 ERROR_RESULTS = frozenset({"temporary_error", "rejected"})
 
@@ -56,10 +58,6 @@ class ProviderStats:
 # Alimtalk and SMS are sent by `gateway worker` processes, so their circuit breakers live there.
 # Each worker writes its view to one Redis hash every few seconds (field "<provider>@<worker>");
 # every gateway's /health reads and merges it, so an operator sees all providers in one place.
-
-
-def providers_key(namespace: str) -> str:
-    return f"{namespace}:providers"
 
 
 def publish(client: Any, namespace: str, worker_id: str, report: dict[str, dict[str, Any]],

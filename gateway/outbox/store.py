@@ -24,67 +24,32 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.errors import StoreUnavailable
+from gateway.infra import rediskeys
 from gateway.infra.crypto import hmac_sha256_hex
+from gateway.infra.rediskeys import (
+    AUDIT_STREAM,
+    NONE_KEY,
+    attempt_key,
+    contact_key,
+    lua_script,
+    message_key,
+    no_lettering_key,
+    optout_key,
+    rate_key,
+    sent_key,
+)
 from gateway.infra.wire import Wire, wire_like
 from gateway.ports import QueuePut
 
 log = logging.getLogger(__name__)
 
-PREFIX = "gw:"
-AUDIT_STREAM = PREFIX + "audit"
 AUDIT_MAXLEN = 200_000
 
-# The guard as a Lua function over a key table K and an argument table A (`claim_call` builds
-# them), so that a script of its own could run it inside its atomic step.
-# K: opt-out, dedupe, rate, cap, no-lettering-device flag (the last two may be the unused NONE
-# key), NONE; then optionally the job's message hash, its queue list and a stream (NONE: no
-# entry). A: dedupe ttl ms, rate limit, window s, claim value, cap ttl ms; then the job's redis
-# message id and data, then the stream entry's field/value pairs. A claim value starting
-# "lease:" is a lease (see RedisOutboxStore.settle): a clash with it answers 'leased'. When
-# admitted and K[7] is given, the job is put where dramatiq's broker puts it, and the stream
-# entry added, in the same step: a message is admitted and queued, or neither.
-CLAIM_LUA = """
-local function claim(K, A)
-  if redis.call('EXISTS', K[1]) == 1 then return 'opted_out' end
-  if not redis.call('SET', K[2], A[4], 'NX', 'PX', A[1]) then
-    local held = redis.call('GET', K[2])
-    if held and string.sub(held, 1, 6) == 'lease:' then return 'leased' end
-    return 'duplicate'
-  end
-  if K[4] ~= K[6] then
-    if not redis.call('SET', K[4], A[4], 'NX', 'PX', A[5]) then return 'capped' end
-  end
-  local limit = tonumber(A[2])
-  if limit > 0 then
-    local n = redis.call('INCR', K[3])
-    if n == 1 then redis.call('EXPIRE', K[3], A[3]) end
-    if n > limit then return 'rate_limited' end
-  end
-  if K[5] ~= K[6] and redis.call('EXISTS', K[5]) == 1 then return 'ok_no_lettering' end
-  return 'ok'
-end
-local function claim_then(K, A)
-  local verdict = claim(K, A)
-  if K[7] and (verdict == 'ok' or verdict == 'ok_no_lettering') then
-    redis.call('HSET', K[7], A[6], A[7])
-    redis.call('RPUSH', K[8], A[6])
-    if K[9] ~= K[6] then redis.call('XADD', K[9], '*', unpack(A, 8)) end
-  end
-  return verdict
-end
-"""
+# The guard as Lua functions (`claim.lua`: keys and arguments described there), so that a
+# script of its own could run it inside its atomic step; the claim script calls `claim_then`.
+CLAIM_LUA = lua_script(__package__, "claim.lua")
 _CLAIM = CLAIM_LUA + "return claim_then(KEYS, ARGV)\n"
-
-# Delivery state only moves forward (reports arrive out of order). KEYS: state hash.
-# ARGV: new rank, new status, at, detail. Returns 'updated', 'stale' or 'unknown'.
-_REPORT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 'unknown' end
-local rank = tonumber(redis.call('HGET', KEYS[1], 'rank') or '0')
-if tonumber(ARGV[1]) <= rank then return 'stale' end
-redis.call('HSET', KEYS[1], 'rank', ARGV[1], 'status', ARGV[2], 'at', ARGV[3], 'detail', ARGV[4])
-return 'updated'
-"""
-NONE_KEY = PREFIX + "none"
+_REPORT = lua_script(__package__, "report.lua")  # delivery state only moves forward
 
 
 def _text(value: bytes | str) -> str:
@@ -104,31 +69,6 @@ def number_hash(key: bytes, e164: str) -> str:
     digest = hmac_sha256_hex(key, e164.encode())[:32]
     _last_hash[0] = (key, e164, digest)
     return digest
-
-
-def optout_key(recipient_hash: str) -> str:
-    return f"{PREFIX}optout:{recipient_hash}"
-
-
-def no_lettering_key(recipient_hash: str) -> str:
-    """Set when a citizen's phone answered `unsupported_device`: the next call goes to Alimtalk."""
-    return f"{PREFIX}nolettering:{recipient_hash}"
-
-
-def contact_key(recipient_hash: str) -> str:
-    return f"{PREFIX}contact:{recipient_hash}"
-
-
-def sent_key(idempotency_key: str) -> str:
-    return f"{PREFIX}sent:{idempotency_key}"
-
-
-def attempt_key(idempotency_key: str) -> str:
-    return f"{PREFIX}attempt:{idempotency_key}"
-
-
-def message_key(provider: str, reference: str) -> str:
-    return f"{PREFIX}msg:{provider}:{reference}"
 
 
 def connect(url: str, *, timeout_s: float = 0.25, max_connections: int = 32,
@@ -204,8 +144,8 @@ class RedisOutboxStore:
         """The claim's (K, A) for `CLAIM_LUA`'s `claim_then`: what `claim` sends."""
         window = max(1, rate_window_s)
         bucket = int(time.time() // window)
-        keys = [NONE_KEY if ignore_optout else optout_key(recipient_hash), PREFIX + "dedupe:" + dedupe_key,
-                f"{PREFIX}rate:{recipient_hash}:{bucket}", PREFIX + "cap:" + cap_key if cap_key else NONE_KEY,
+        keys = [NONE_KEY if ignore_optout else optout_key(recipient_hash), rediskeys.dedupe_key(dedupe_key),
+                rate_key(recipient_hash, bucket), rediskeys.cap_key(cap_key) if cap_key else NONE_KEY,
                 no_lettering_key(recipient_hash) if check_no_lettering else NONE_KEY, NONE_KEY]
         value = f"lease:{time.time():.3f}" if lease else f"{time.time():.3f}"
         args: list[int | str | bytes] = [int(ttl_s * 1000), rate_limit, window, value, max(1, cap_ttl_s) * 1000]
@@ -224,7 +164,7 @@ class RedisOutboxStore:
         """`settle` for several claims in one round trip (letterings finishing together)."""
         commands: list[list[Any]] = []
         for dedupe_key, ttl_s, audit in items:
-            commands.append(["SET", PREFIX + "dedupe:" + dedupe_key, f"settled:{time.time():.3f}", "EX", ttl_s])
+            commands.append(["SET", rediskeys.dedupe_key(dedupe_key), f"settled:{time.time():.3f}", "EX", ttl_s])
             if audit is not None:
                 commands.append(self._xadd_audit(dedupe_key, audit))
         try:

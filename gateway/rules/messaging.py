@@ -1,7 +1,8 @@
 """Loading `rules/messaging.yaml` (post-call content, Alimtalk templates, quiet hours).
 
 The file is optional: without it the defaults of `MessagingRules` apply and no department
-has post-call content. Problems are reported as `file:line: key: message`, all at once.
+has post-call content. Problems are reported as `file:line: key: message` through the shared
+helper (`gateway.infra.yamldoc`), all at once.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from gateway.domain.models import Button
 from gateway.domain.optout import OptoutWords, compact
 from gateway.domain.postcall import Content, MessagingRules
 from gateway.errors import RulesError
-from gateway.rules.base import file_label, line_of, load_yaml, validate
+from gateway.infra.yamldoc import Lines, file_label, line_of, load_yaml, problem, validate
 
 FILE = "messaging.yaml"
 _HHMM = {"type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$",
@@ -88,8 +89,8 @@ def load_messaging(directory: Path, departments: Directory | None = None) -> Mes
         missing = sorted({d.postcall for d in departments.departments if d.postcall and d.postcall not in contents})
         if missing:
             line = line_of(lines, ("contents",)) if "contents" in data else 1
-            raise RulesError([f"{label}:{line}: contents: no content for {', '.join(map(repr, missing))} "
-                              "(named by postcall: in directory.yaml)"])
+            raise RulesError([problem(label, line, ("contents",), f"no content for {', '.join(map(repr, missing))} "
+                                      "(named by postcall: in directory.yaml)")])
     optout = data.get("optout") or {}
     optout_words = _optout_words(optout, lines, label)
     quiet = data.get("quiet_hours") or {}
@@ -112,7 +113,7 @@ def load_messaging(directory: Path, departments: Directory | None = None) -> Mes
     )
 
 
-def _optout_words(optout: dict[str, Any], lines: dict[Any, int], label: str) -> OptoutWords:
+def _optout_words(optout: dict[str, Any], lines: Lines, label: str) -> OptoutWords:
     """The `optout:` word lists over the built-in ones. Words are compared compacted (NFKC,
     case-folded, letters and digits only), so a word with no letter could never match: an error,
     as is a word that would be both an opt-out and an opt-in keyword."""
@@ -123,8 +124,9 @@ def _optout_words(optout: dict[str, Any], lines: dict[Any, int], label: str) -> 
             continue
         for i, word in enumerate(optout[key]):
             if not compact(word):
-                problems.append(f"{label}:{line_of(lines, ('optout', key, i))}: optout.{key}[{i}]: {word!r} has no "
-                                "letter or digit (spaces, punctuation and emoji are ignored when matching)")
+                path = ("optout", key, i)
+                problems.append(problem(label, line_of(lines, path), path, f"{word!r} has no letter or digit "
+                                        "(spaces, punctuation and emoji are ignored when matching)"))
         given[name] = tuple(optout[key])
     if problems:
         raise RulesError(problems)
@@ -132,6 +134,7 @@ def _optout_words(optout: dict[str, Any], lines: dict[Any, int], label: str) -> 
     both = sorted(set(words.optout) & set(words.optin))
     if both:
         key = "optin_keywords" if "optin_keywords" in optout else "keywords"
-        raise RulesError([f"{label}:{line_of(lines, ('optout', key))}: optout.{key}: {', '.join(map(repr, both))} "
-                          "would be both an opt-out and an opt-in keyword"])
+        where = ("optout", key)
+        raise RulesError([problem(label, line_of(lines, where), where, f"{', '.join(map(repr, both))} "
+                                  "would be both an opt-out and an opt-in keyword")])
     return words

@@ -1,4 +1,8 @@
-"""Loading `rules/notify.yaml` (queue sinks, duty roster). Optional: absent means inbox only."""
+"""Loading `rules/notify.yaml` (queue sinks, duty roster). Optional: absent means inbox only.
+
+Problems are ``file:line: key.path: message`` through the shared helper (`gateway.infra.yamldoc`):
+the schema's first, else every semantic one in the order found.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from gateway.domain.models import NumberKind
 from gateway.domain.notify import NotifyRules, Officer, QueueSinks, Shift
 from gateway.domain.numbers import NumberPlan
 from gateway.errors import RulesError
-from gateway.rules.base import file_label, line_of, load_yaml, validate
+from gateway.infra.yamldoc import Doc, file_label, load_yaml, validate
 
 FILE = "notify.yaml"
 SEOUL = ZoneInfo("Asia/Seoul")
@@ -51,13 +55,15 @@ def load_notify(directory: Path) -> NotifyRules:
     problems = validate(data, SCHEMA, lines, label)
     if problems:
         raise RulesError(problems)
+    doc = Doc(data, lines, label)
     plan = NumberPlan()
 
     def officer(raw: dict[str, str], where: tuple[str | int, ...]) -> Officer:
         number = plan.classify(raw["phone"])
         if number.kind is not NumberKind.MOBILE:
-            problems.append(f"{label}:{line_of(lines, (*where, 'phone'))}: {'.'.join(map(str, where))}.phone: "
-                            f"{raw['phone']!r} is not a mobile number (the officer gets an SMS)")
+            # The key path is shown dotted (duty_roster.shifts.0.phone): the wording predates the helper.
+            doc.add((*where, "phone"), f"{raw['phone']!r} is not a mobile number (the officer gets an SMS)",
+                    where=".".join(map(str, (*where, "phone"))))
         return Officer(raw["name"], number.e164)
 
     roster = data.get("duty_roster") or {}
@@ -67,12 +73,10 @@ def load_notify(directory: Path) -> NotifyRules:
             start = datetime.fromisoformat(raw["from"]).replace(tzinfo=SEOUL).timestamp()
             end = datetime.fromisoformat(raw["to"]).replace(tzinfo=SEOUL).timestamp()
         except ValueError as exc:  # the schema checks the shape only: "2026-13-45T99:99" gets here
-            problems.append(f"{label}:{line_of(lines, ('duty_roster', 'shifts', i))}: duty_roster.shifts[{i}]: "
-                            f"not a real local time ({exc})")
+            doc.add(("duty_roster", "shifts", i), f"not a real local time ({exc})")
             continue
         if end <= start:
-            problems.append(f"{label}:{line_of(lines, ('duty_roster', 'shifts', i))}: duty_roster.shifts[{i}]: "
-                            f"'to' {raw['to']} is not after 'from' {raw['from']}")
+            doc.add(("duty_roster", "shifts", i), f"'to' {raw['to']} is not after 'from' {raw['from']}")
         shifts.append(Shift(officer(raw, ("duty_roster", "shifts", i)), start, end))
     fallback = officer(roster["fallback"], ("duty_roster", "fallback")) if roster.get("fallback") else None
     queues = {name: QueueSinks(webhook_url=(q.get("webhook") or {}).get("url", ""),
@@ -83,7 +87,7 @@ def load_notify(directory: Path) -> NotifyRules:
     if "sender" in data:
         sender = plan.classify(str(data["sender"])).e164
         if not sender.startswith("+"):
-            problems.append(f"{label}:{line_of(lines, ('sender',))}: sender: {data['sender']!r} is not a phone number")
-    if problems:
-        raise RulesError(problems)
+            doc.add(("sender",), f"{data['sender']!r} is not a phone number")
+    if doc.problems:
+        raise RulesError(doc.texts())
     return NotifyRules(queues, tuple(shifts), fallback, sender)

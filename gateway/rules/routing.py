@@ -1,6 +1,6 @@
 """Loading ``rules/routing.yaml`` into `RoutingRules`, and ``gateway rules test``.
 
-Same contract as the other rule files (see `gateway.rules.base`): every problem reads
+Same contract as the other rule files (see `gateway.infra.yamldoc`): every problem reads
 ``file:line: key.path: message`` and all problems of a load are reported at once, schema
 problems and semantic ones (duplicate rule names, unknown queues, bad regexes and time windows,
 template variables, the default rule, calendar dates, city numbers) alike.
@@ -12,7 +12,6 @@ import difflib
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
@@ -45,16 +44,18 @@ from gateway.domain.routing import (
     route,
 )
 from gateway.errors import RulesError
-from gateway.rules.base import (
+from gateway.infra.yamldoc import (
+    Doc,
     KeyPath,
     Lines,
     file_label,
     format_path,
-    line_of,
-    normalise_caller_number,
     parse_yaml,
-    validate,
+    read_file,
+    unique_sorted,
+    validate_located,
 )
+from gateway.rules.directory import normalise_caller_number
 
 ROUTING_FILE = "routing.yaml"
 
@@ -167,13 +168,7 @@ def load_routing(path: Path) -> RoutingRules:
     ``version`` is the first 12 hex digits of the sha256 of the file's bytes.
     """
     label = file_label(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise RulesError([f"{label}: file not found"]) from None
-    except OSError as exc:
-        raise RulesError([f"{label}: cannot read: {exc.strerror or exc}"]) from None
-    rules = parse_routing(raw, label)
+    rules = parse_routing(read_file(path, label), label)
     # The national holidays are computed on first use: about half a second the first time in a
     # process (the holidays package loads its Korean calendar). Pay it here, when the rules are
     # loaded, rather than on the first citizen's message (which would wait for it).
@@ -187,23 +182,25 @@ def parse_routing(source: bytes | str, label: str) -> RoutingRules:
     raw = source.encode("utf-8") if isinstance(source, str) else source
     data, lines = _parse(raw, label)
     data = _plain(data)
-    doc = _Doc(data, lines, label)
-    for text in validate(data, ROUTING_SCHEMA, lines, label):
-        doc.problems.append((_line_in(text, label), text))
+    doc = Doc(data, lines, label)
+    doc.problems += validate_located(data, ROUTING_SCHEMA, lines, label)
     rules = _build(doc, hashlib.sha256(raw).hexdigest()[:12])
     if doc.problems or rules is None:
-        ordered = sorted(dict.fromkeys(doc.problems), key=lambda p: p[0])
-        raise RulesError([text for _, text in ordered] or [f"{label}: routing rules could not be loaded"])
+        ordered = unique_sorted(doc.problems)
+        raise RulesError([p.text for p in ordered] or [f"{label}: routing rules could not be loaded"])
     return rules
+
+
+def load_routing_rules(directory: Path) -> RoutingRules | None:
+    """``directory/routing.yaml`` loaded (`load_routing`), or None when the file is absent (it is optional)."""
+    path = directory / ROUTING_FILE
+    return load_routing(path) if path.exists() else None
 
 
 def routing_problems(directory: Path) -> list[str]:
     """Every problem of ``directory/routing.yaml`` for ``gateway rules check``; [] when absent or fine."""
-    path = directory / ROUTING_FILE
-    if not path.exists():
-        return []
     try:
-        load_routing(path)
+        load_routing_rules(directory)
     except RulesError as exc:
         return exc.problems
     return []
@@ -264,28 +261,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _line_in(problem: str, label: str) -> int:
-    head = problem[len(label) + 1 :].split(":", 1)[0]
-    return int(head) if head.isdigit() else 0
-
-
-@dataclass
-class _Doc:
-    data: Any
-    lines: Lines
-    label: str
-    problems: list[tuple[int, str]] = field(default_factory=list)
-
-    def add(self, path: Sequence[str | int], message: str) -> None:
-        line = line_of(self.lines, path)
-        where = format_path(path)
-        text = f"{self.label}:{line}: {where}: {message}" if where else f"{self.label}:{line}: {message}"
-        self.problems.append((line, text))
-
-    def line(self, path: Sequence[str | int]) -> int:
-        return line_of(self.lines, path)
-
-
 def _mapping(value: Any) -> Mapping[Any, Any]:
     return value if isinstance(value, Mapping) else {}
 
@@ -305,7 +280,7 @@ def _suggest(word: str, known: Sequence[str]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _build(doc: _Doc, version: str) -> RoutingRules | None:
+def _build(doc: Doc, version: str) -> RoutingRules | None:
     data = _mapping(doc.data)
     numbers = _city_numbers(doc, _mapping(data.get("city_numbers")))
     queues = _queues(doc, _mapping(data.get("queues")))
@@ -325,7 +300,7 @@ def _build(doc: _Doc, version: str) -> RoutingRules | None:
     )
 
 
-def _city_numbers(doc: _Doc, raw: Mapping[Any, Any]) -> dict[str, str]:
+def _city_numbers(doc: Doc, raw: Mapping[Any, Any]) -> dict[str, str]:
     """Alias -> E.164 of the city's numbers."""
     out: dict[str, str] = {}
     for alias, text in raw.items():
@@ -338,7 +313,7 @@ def _city_numbers(doc: _Doc, raw: Mapping[Any, Any]) -> dict[str, str]:
     return out
 
 
-def _queues(doc: _Doc, raw: Mapping[Any, Any]) -> dict[str, QueueInfo]:
+def _queues(doc: Doc, raw: Mapping[Any, Any]) -> dict[str, QueueInfo]:
     out: dict[str, QueueInfo] = {}
     for queue_id, name in raw.items():
         key = str(queue_id)
@@ -358,7 +333,7 @@ def _date(text: str) -> date | None:
         return None
 
 
-def _calendar(doc: _Doc, raw: Mapping[Any, Any]) -> Calendar | None:
+def _calendar(doc: Doc, raw: Mapping[Any, Any]) -> Calendar | None:
     holidays: dict[date, str] = {}
     for key, name in _mapping(raw.get("holidays")).items():
         day = _date(str(key))
@@ -383,7 +358,7 @@ def _calendar(doc: _Doc, raw: Mapping[Any, Any]) -> Calendar | None:
 
 
 def _rules(
-    doc: _Doc, raw_rules: list[Any], numbers: Mapping[str, str], queues: Mapping[str, QueueInfo]
+    doc: Doc, raw_rules: list[Any], numbers: Mapping[str, str], queues: Mapping[str, QueueInfo]
 ) -> tuple[Rule, ...] | None:
     built: list[Rule] = []
     first_named: dict[str, int] = {}
@@ -422,7 +397,7 @@ def _rules(
 
 
 def _rule(
-    doc: _Doc, base: KeyPath, raw: Mapping[Any, Any], numbers: Mapping[str, str], queues: Mapping[str, QueueInfo]
+    doc: Doc, base: KeyPath, raw: Mapping[Any, Any], numbers: Mapping[str, str], queues: Mapping[str, QueueInfo]
 ) -> Rule | None:
     """One rule, or None after reporting why it cannot be built."""
     before = len(doc.problems)
@@ -504,7 +479,7 @@ def _thread(value: Any) -> ThreadCondition | None:
     return None  # reported by the schema
 
 
-def _to_numbers(doc: _Doc, base: KeyPath, value: Any, numbers: Mapping[str, str]) -> frozenset[str]:
+def _to_numbers(doc: Doc, base: KeyPath, value: Any, numbers: Mapping[str, str]) -> frozenset[str]:
     out: set[str] = set()
     known = set(numbers.values())
     for j, text in _strings(value):
@@ -525,7 +500,7 @@ def _to_numbers(doc: _Doc, base: KeyPath, value: Any, numbers: Mapping[str, str]
     return frozenset(out)
 
 
-def _senders(doc: _Doc, base: KeyPath, value: Any) -> tuple[frozenset[str], tuple[str, ...]]:
+def _senders(doc: Doc, base: KeyPath, value: Any) -> tuple[frozenset[str], tuple[str, ...]]:
     """Exact E.164 numbers and E.164 prefixes ("010*" -> "+8210") of a ``sender`` condition."""
     exact: set[str] = set()
     prefixes: list[str] = []

@@ -4,12 +4,12 @@ Server side (this process, on uvloop as `gateway run`): either
 
 * **bare**: an aiohttp app whose ``POST /webhooks/sms/{provider}`` reads the body and answers
   200 ``{"status": "accepted"}`` (the baseline: what aiohttp alone costs), or
-* **gateway**: the real app of `gateway run`, ``make_app(gateway.health, gateway.messaging.reports,
-  gateway.http_routes)`` served by `gateway.infra.http.HttpServer`, over a real `Gateway` (embedded
-  default configuration, ``rules/``, a private ``redis-server``, dramatiq broker on it, sandbox
-  SMS/Alimtalk providers; no PBX connected). Each accepted message is verified, parsed, routed
-  by ``rules/routing.yaml``, stored durably (one Lua step), its queue notification and its
-  auto-reply SMS are enqueued (dramatiq), as in production.
+* **gateway**: the real app of `gateway run`, ``make_app(gateway.health, gateway.reports,
+  gateway.http_routes)`` (`gateway.app.httpapps`) served by `gateway.infra.http.HttpServer`,
+  over a real `Gateway` (embedded default configuration, ``rules/``, a private ``redis-server``,
+  dramatiq broker on it, sandbox SMS/Alimtalk providers; no PBX connected). Each accepted
+  message is verified, parsed, routed by ``rules/routing.yaml``, stored durably (one Lua step),
+  its queue notification and its auto-reply SMS are enqueued (dramatiq), as in production.
 
 Client side: `ops.bench.loadgen` in its own process, the same for both variants, run through the
 same concurrency steps. After the gateway run every 2xx ``accepted`` answer is looked for in
@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gateway.infra.rediskeys import inbound_key, inbox_key
 from gateway.sim.redisproc import RedisProcess
 from ops.bench.cpu import CpuWindow
 
@@ -131,7 +132,8 @@ async def _run_gateway(redis_url: str, steps: list[int], seconds: float, warmup:
                        redis_pid: int | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     import redis.asyncio as aioredis
 
-    from gateway.infra.http import HttpServer, make_app
+    from gateway.app.httpapps import make_app
+    from gateway.infra.http import HttpServer
 
     client = aioredis.Redis.from_url(redis_url)
     await client.flushall()
@@ -166,12 +168,12 @@ async def _count_stored(client: Any, records: list[dict[str, Any]]) -> dict[str,
         for queue, n in r["accepted_by_queue"].items():
             by_queue[queue] = by_queue.get(queue, 0) + n
     keys = 0
-    async for _ in client.scan_iter(match=f"gw:in:{PROVIDER}:*", count=10_000):
+    async for _ in client.scan_iter(match=inbound_key(PROVIDER, "*"), count=10_000):
         keys += 1
     inbox: dict[str, int] = {}
-    async for key in client.scan_iter(match="gw:inbox:*", count=1000):
+    async for key in client.scan_iter(match=inbox_key("*"), count=1000):
         name = key.decode() if isinstance(key, bytes) else str(key)
-        inbox[name.removeprefix("gw:inbox:")] = int(await client.xlen(name))
+        inbox[name.removeprefix(inbox_key(""))] = int(await client.xlen(name))
     lost_by_queue = {q: n - inbox.get(q, 0) for q, n in by_queue.items() if n > inbox.get(q, 0)}
     return {
         "accepted_answers": accepted, "stored_messages": keys, "inbox_entries": inbox,

@@ -24,7 +24,7 @@ from gateway.calls.pbx.mapping import TRACKED_EVENTS, to_leg_event
 from gateway.calls.pbx.protocol import parse_frame
 from gateway.calls.pipeline import plan_of
 from gateway.domain.calls import CallTracker
-from gateway.rules.base import load_rules
+from gateway.rules.lettering import load_rules
 from gateway.sim.amiserver import CYCLE_ID_OFFSET, Transcript, fresh_ids
 from ops.bench.ami_ingest.runner import RULES_DIR
 from ops.bench.ami_ingest.stream import NumberAllocator, event_blocks, event_name, fresh_bridges

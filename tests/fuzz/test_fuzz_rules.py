@@ -17,7 +17,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import RulesError
-from gateway.rules.base import load_rules
+from gateway.rules.lettering import load_rules
 from gateway.rules.messaging import load_messaging
 from gateway.rules.notify import load_notify
 from gateway.rules.routing import ROUTING_FILE, load_routing

@@ -24,20 +24,15 @@ from adapters.nhn_alimtalk import ReportRejected
 from adapters.nhn_alimtalk import parse_report as nhn_parse_report
 from adapters.nhn_sms import parse_unsubscribe
 from gateway.app.gateway import Gateway, Overrides
+from gateway.app.httpapps import make_app
 from gateway.domain.numbers import NumberPlan
+from gateway.errors import BadRequest, Unauthorized
+from gateway.inbox import staffapi, webhooks
 from gateway.inbox.intake import InboundRejected, inbound_from_fields
-from gateway.inbox.webhooks import (
-    MAX_SMS_BODY,
-    BadRequest,
-    InboundProvider,
-    Unauthorized,
-    add_routes,
-    parse_body,
-    verify,
-)
+from gateway.inbox.webhooks import MAX_SMS_BODY, InboundProvider, parse_body, verify
 from gateway.infra.config import load_config
 from gateway.infra.crypto import Sealer, sign
-from gateway.infra.http import HttpServer, make_app
+from gateway.infra.http import HttpServer
 from gateway.messaging.reports import ReportIntake, build_parsers
 from gateway.sim.redisproc import RedisProcess
 from tests.conftest import RULES
@@ -261,8 +256,9 @@ class Server:
                                gateway.store)
 
         def routes(app: Any) -> None:
-            add_routes(app, gateway.intake, gateway.inbound, api_token="staff-token", plan=PLAN,
-                       unsubscribe={"nhn": lambda h, b: parse_unsubscribe(h, b, NHN_SIG)})
+            webhooks.add_routes(app, gateway.intake, gateway.inbound, plan=PLAN,
+                                unsubscribe={"nhn": lambda h, b: parse_unsubscribe(h, b, NHN_SIG)})
+            staffapi.add_routes(app, gateway.intake, api_token="staff-token", plan=PLAN)
 
         http = HttpServer(make_app(gateway.health, reports, routes), "127.0.0.1", 0)
         await http.start()

@@ -25,13 +25,15 @@ from aiohttp import web
 
 from adapters.nhn_sms import parse_unsubscribe
 from gateway.app.gateway import Gateway, Overrides
+from gateway.app.httpapps import gateway_listeners, make_app
 from gateway.app.workerhttp import WorkerHttp
 from gateway.domain.numbers import NumberPlan
 from gateway.errors import ConfigError
-from gateway.inbox.webhooks import MAX_SMS_BODY, add_routes
+from gateway.inbox import staffapi, webhooks
+from gateway.inbox.webhooks import MAX_SMS_BODY
 from gateway.infra.config import DEFAULT_CONFIG, HttpLimits, load_config
 from gateway.infra.crypto import Sealer, sign
-from gateway.infra.http import HttpServer, gateway_listeners, make_app, read_body
+from gateway.infra.http import HttpServer, read_body
 from tests.conftest import RULES
 
 HOST = "127.0.0.1"
@@ -160,8 +162,9 @@ async def edge(env: dict[str, str], redis_url: str) -> AsyncIterator[Edge]:
 
     def routes(app: web.Application) -> None:
         # The gateway's own routes, plus an NHN 080 opt-out webhook (not in the default config).
-        add_routes(app, gateway.intake, gateway.inbound, api_token="staff-token", plan=NumberPlan(),
-                   unsubscribe={"nhn": lambda h, b: parse_unsubscribe(h, b, NHN_SIG)})
+        webhooks.add_routes(app, gateway.intake, gateway.inbound, plan=NumberPlan(),
+                            unsubscribe={"nhn": lambda h, b: parse_unsubscribe(h, b, NHN_SIG)})
+        staffapi.add_routes(app, gateway.intake, api_token="staff-token", plan=NumberPlan())
 
     http = HttpServer(make_app(gateway.health, gateway.reports, routes), HOST, 0,
                       limits=HttpLimits(header_timeout_s=5, body_timeout_s=5, keepalive_timeout_s=5))
@@ -565,7 +568,7 @@ async def _try_healthz(port: int) -> int:
 
 def _worker_http(limits: HttpLimits) -> WorkerHttp:
     # /healthz reads no state: no broker, runtime or worker needed to serve it.
-    return WorkerHttp(None, None, None, HOST, 0, limits=limits)
+    return WorkerHttp(None, None, None, HOST, 0, limits=limits)  # type: ignore[arg-type]
 
 
 async def test_worker_listener_cuts_slowloris_and_idle() -> None:

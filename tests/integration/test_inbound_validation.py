@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession
 
-from gateway.app.worker import wait_idle
 from gateway.inbox.smtp import SmtpIntake, SmtpSettings
 from gateway.infra.crypto import sign
+from gateway.messaging.workers import wait_idle
 from tests.integration.test_intake import ENV, PUBLIC_URL, Site, _site, seoul, sms
 
 DAY = seoul("2026-11-24T10:00:00")  # a Tuesday morning: the rules send automatic replies
@@ -324,7 +324,8 @@ async def test_malformed_requests_are_one_warning_without_input_rate_limited(
         await asyncio.to_thread(send, i)
     # the edges' loggers (the worker's own complaints about the test's notify.yaml are not ours)
     records = [r for r in caplog.records
-               if r.name in ("gateway.inbox.webhooks", "gateway.inbox.smtp", "gateway.inbox.intake")
+               if r.name in ("gateway.inbox.webhooks", "gateway.inbox.staffapi", "gateway.inbox.smtp",
+                             "gateway.inbox.intake")
                or r.name.startswith("aiohttp")]
     assert [r for r in records if r.levelno >= logging.ERROR] == []
     assert [r for r in records if r.exc_info or r.exc_text] == []

@@ -20,11 +20,13 @@ import pytest
 from aiohttp import ClientSession
 
 from adapters.sandbox_messaging import SandboxAlimtalk, SandboxSms
-from gateway.app.gateway import Gateway, Overrides, build_worker
-from gateway.app.worker import start_worker, wait_idle
+from gateway.app.gateway import Gateway, Overrides
+from gateway.app.httpapps import make_app
+from gateway.app.worker import build_worker
 from gateway.infra.config import load_config
 from gateway.infra.crypto import Sealer, sign
-from gateway.infra.http import HttpServer, make_app
+from gateway.infra.http import HttpServer
+from gateway.messaging.workers import start_worker, wait_idle
 from gateway.outbox.guard import Admission, Verdict
 from gateway.sim.redisproc import RedisProcess
 from tests.conftest import ROOT, RULES

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import ClientSession
 
-from gateway.app.worker import wait_idle
 from gateway.domain.optout import QUESTION_TAG
+from gateway.messaging.workers import wait_idle
 from gateway.outbox.guard import Admission, Verdict
 from gateway.rules.messaging import load_messaging
 from tests.conftest import RULES

@@ -22,9 +22,10 @@ from aiohttp import ClientSession
 
 from adapters.sandbox import SandboxCarrier
 from gateway.app.gateway import Gateway, Overrides
+from gateway.app.httpapps import make_app
 from gateway.app.replay import FAST_RECONNECT, demo_environ, replay
 from gateway.infra.config import load_config
-from gateway.infra.http import HttpServer, make_app
+from gateway.infra.http import HttpServer
 from gateway.sim.amiserver import AmiServer, Block, SessionPlan, Transcript
 from tests.conftest import RULES
 from tests.support.transcripts import TRANSCRIPTS, parse_block

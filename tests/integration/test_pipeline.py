@@ -22,7 +22,8 @@ from gateway.app.gateway import Gateway, Overrides
 from gateway.app.replay import FAST_RECONNECT, demo_environ, replay
 from gateway.domain.models import LetteringResult
 from gateway.infra.config import load_config
-from gateway.outbox.store import number_hash, optout_key
+from gateway.infra.rediskeys import optout_key
+from gateway.outbox.store import number_hash
 from gateway.sim.amiserver import AmiServer, Block, SessionPlan, Transcript
 from gateway.sim.redisproc import RedisProcess
 from tests.conftest import ROOT, RULES
@@ -125,7 +126,7 @@ async def test_unsupported_device_is_reported(redis_url: str, monkeypatch: pytes
 
 
 async def test_4000_phone_directory(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway.rules.base import load_rules
+    from gateway.rules.lettering import load_rules
     from gateway.sim.directory_gen import generate_directory
 
     (tmp_path / "directory.yaml").write_text(generate_directory(4000), encoding="utf-8")
@@ -282,7 +283,8 @@ async def test_two_gateways_on_one_pbx_letter_each_call_once(redis_url: str) -> 
 async def test_health_reports_pbx_and_redis(redis_url: str) -> None:
     from aiohttp import ClientSession
 
-    from gateway.infra.http import HttpServer, make_app
+    from gateway.app.httpapps import make_app
+    from gateway.infra.http import HttpServer
 
     config = load_config()
     environ = demo_environ(config, os.environ)
@@ -331,7 +333,8 @@ def test_cli_errors_are_clear(tmp_path: Path) -> None:
 async def test_metrics_have_real_values(redis_url: str) -> None:
     from aiohttp import ClientSession
 
-    from gateway.infra.http import HttpServer, make_app
+    from gateway.app.httpapps import make_app
+    from gateway.infra.http import HttpServer
 
     config = load_config()
     environ = demo_environ(config, os.environ)
@@ -376,7 +379,7 @@ async def test_a_peer_gateways_lease_on_a_call(peer: str, redis_url: str) -> Non
     from gateway.domain.rules import Rules
     from gateway.outbox.guard import Outbox
     from gateway.outbox.store import RedisOutboxStore, connect
-    from gateway.rules.base import load_rules
+    from gateway.rules.lettering import load_rules
     from tests.support.transcripts import timed_events
 
     rules: Rules = load_rules(RULES)

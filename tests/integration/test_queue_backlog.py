@@ -23,15 +23,16 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from adapters.sandbox_messaging import SandboxAlimtalk, SandboxSms
-from gateway.app.gateway import Overrides, build_worker
-from gateway.app.worker import start_worker, stop_worker
+from gateway.app.gateway import Overrides
+from gateway.app.worker import build_worker
 from gateway.app.workerhttp import WorkerHttp
 from gateway.domain.models import AlimtalkRequest, SmsRequest
 from gateway.infra.config import load_config
 from gateway.infra.crypto import Sealer
-from gateway.infra.metrics import queue_families
 from gateway.infra.wire import Wire
+from gateway.messaging.backlog import queue_families
 from gateway.messaging.jobs import QUEUES, Enqueuer, actor_name, actor_options, make_broker
+from gateway.messaging.workers import start_worker, stop_worker
 from gateway.outbox.guard import QueuedMessage
 
 KEYS = {"GATEWAY_NUMBER_KEY": "test-number-key-0123456789", "GATEWAY_DATA_KEY": Sealer.new_key_spec()}

@@ -29,9 +29,10 @@ import redis
 from aiohttp import ClientSession, ClientTimeout
 
 from gateway.app.gateway import Gateway, Overrides
+from gateway.app.httpapps import make_app
 from gateway.infra.config import load_config
 from gateway.infra.crypto import Sealer, sign
-from gateway.infra.http import HttpServer, make_app
+from gateway.infra.http import HttpServer
 from gateway.outbox.guard import Admission, Verdict
 from gateway.sim.redisproc import RedisProcess
 from tests.conftest import RULES
@@ -81,6 +82,20 @@ class Site:
         async with session.post(f"{self.base}/api/threads/{thread}/reply", json=body,
                                 headers={"Authorization": "Bearer staff-token"}) as resp:
             return resp.status, await resp.json()
+
+    async def staff_reads(self, session: ClientSession) -> list[tuple[str, int, Any]]:
+        """Every other staff API route: the inbox, a thread, a claim, opt-out status and change.
+        Each answers JSON (a 503 while Redis cannot answer, never a plain-text 500)."""
+        auth = {"Authorization": "Bearer staff-token"}
+        calls = [("GET", "/api/inbox/complaint", None), ("GET", f"/api/threads/{self.thread}", None),
+                 ("POST", f"/api/threads/{self.thread}/claim", {"staff": "kim"}),
+                 ("GET", "/api/optout/010-5555-0001", None),
+                 ("POST", "/api/optout", {"number": "010-5555-0002", "action": "add", "staff": "kim"})]
+        out = []
+        for method, path, body in calls:
+            async with session.request(method, f"{self.base}{path}", json=body, headers=auth) as resp:
+                out.append((path, resp.status, await resp.json()))
+        return out
 
     async def health(self, session: ClientSession) -> tuple[int, dict[str, Any]]:
         async with session.get(f"{self.base}/health") as resp:
@@ -139,12 +154,13 @@ async def _works(site: Site, session: ClientSession) -> None:
     site.thread = body["thread"]
     status, answer = await site.reply(session, site.thread)
     assert status == 202 and answer["result"] == "queued", (status, answer)
+    assert [status for _, status, _ in await site.staff_reads(session)] == [200] * 5
     assert await site.admit() is Verdict.ADMITTED
     status, health = await site.health(session)
     assert status == 200 and health["ready"] and health["redis"]["reachable"], health
 
 
-async def _fails_fast(site: Site, session: ClientSession) -> None:
+async def _fails_fast(site: Site, session: ClientSession, *, pool_down: bool = True) -> None:
     """Redis cannot answer: a webhook and a staff reply get 503 (the provider, the staff client
     retries), the guard answers store_unavailable, /health 503 with Redis unreachable; each
     within its bound (no hang)."""
@@ -154,6 +170,9 @@ async def _fails_fast(site: Site, session: ClientSession) -> None:
     # 503 whether the thread cannot be read or only the guard's admit fails (the pool still
     # answers, the real-time connection does not).
     assert status == 503, (status, body)
+    if pool_down:  # (reads over the redis-py pool still work when only the real-time connection is cut)
+        for path, status, body in await site.staff_reads(session):
+            assert status == 503 and "error" in body, (path, status, body)
     assert await site.admit() is Verdict.STORE_UNAVAILABLE
     status, health = await site.health(session)
     assert status == 503 and not health["ready"] and not health["redis"]["reachable"], health
@@ -240,7 +259,7 @@ async def test_health_is_not_ready_while_the_real_time_connection_cannot_reach_r
             assert len(realtime) == 1, clients
             admin.config_set("maxclients", int(admin.info("clients")["connected_clients"]) - 1)
             admin.client_kill_filter(_id=realtime[0]["id"])
-            await _during(1.0, lambda: _fails_fast(site, session))
+            await _during(1.0, lambda: _fails_fast(site, session, pool_down=False))
             admin.config_set("maxclients", 10000)
             await _recovers(site, session)
     finally:

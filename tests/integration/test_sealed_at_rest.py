@@ -19,15 +19,17 @@ import redis
 from aiohttp import ClientSession
 
 from adapters.sandbox_messaging import SandboxAlimtalk, SandboxSms
-from gateway.app.gateway import Gateway, Overrides, build_worker
-from gateway.app.worker import start_worker, wait_idle
+from gateway.app.gateway import Gateway, Overrides
+from gateway.app.httpapps import make_app
+from gateway.app.worker import build_worker
 from gateway.domain.models import AlimtalkRequest, Button, SmsRequest
 from gateway.inbox.intake import Intake
 from gateway.infra.config import load_config
 from gateway.infra.crypto import Sealer
-from gateway.infra.http import HttpServer, make_app
+from gateway.infra.http import HttpServer
 from gateway.infra.wire import Wire
 from gateway.messaging.jobs import Enqueuer, MsgpackEncoder, dead_letter_counts, decode_message, encode_message, redrive
+from gateway.messaging.workers import start_worker, wait_idle
 from gateway.outbox.guard import QueuedMessage
 from gateway.outbox.store import number_hash
 from tests.conftest import RULES

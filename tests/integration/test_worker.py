@@ -24,16 +24,18 @@ from aiohttp import ClientSession
 from adapters.nhn_alimtalk import NhnAlimtalk
 from adapters.nhn_sms import NhnSms
 from adapters.sandbox_messaging import SandboxAlimtalk, SandboxSms
-from gateway.app.gateway import Overrides, build_worker
+from gateway.app.gateway import Overrides
+from gateway.app.httpapps import make_app
 from gateway.app.replay import replay
-from gateway.app.worker import start_worker, wait_idle
+from gateway.app.worker import build_worker
 from gateway.domain.models import AlimtalkRequest, LetteringResult, SendOutcome, SendResult, SmsRequest
 from gateway.infra.config import load_config
 from gateway.infra.crypto import Sealer
-from gateway.infra.http import HttpServer, make_app
+from gateway.infra.http import HttpServer
 from gateway.infra.wire import Wire
 from gateway.messaging.jobs import Enqueuer, actor_name, dead_letters, encode_message, make_broker, redrive
 from gateway.messaging.reports import ReportIntake, sandbox_parser
+from gateway.messaging.workers import start_worker, wait_idle
 from gateway.outbox.guard import QueuedMessage
 from gateway.outbox.store import RedisOutboxStore, connect
 from gateway.sim.fake_nhn import FakeNhnServer
@@ -421,8 +423,8 @@ async def test_open_circuit_defers_without_spending_retries(env: dict[str, str],
                                                               nhn: FakeNhnServer) -> None:
     """A provider outage must not dead-letter messages that were never tried: while the circuit
     is open a job goes back to the queue for after the cooldown, its retries untouched."""
-    from gateway.app.worker import MAX_DEFERRALS, CircuitBreaker, TemporaryFailure
     from gateway.messaging.jobs import MsgpackEncoder
+    from gateway.messaging.runtime import MAX_DEFERRALS, CircuitBreaker, TemporaryFailure
 
     config = load_config()
     broker, runtime = build_worker(config, environ=env, redis_url=redis_url, overrides=_nhn_overrides(nhn))

@@ -34,6 +34,7 @@ from aiohttp import ClientError, ClientSession, ClientTimeout
 
 from adapters.carrier_http import PROFILES
 from gateway.infra.crypto import Sealer, sign
+from gateway.infra.rediskeys import inbox_key
 from gateway.messaging.jobs import QUEUES, MsgpackEncoder
 from gateway.sim.amiserver import AmiServer, Transcript, header
 from gateway.sim.fake_carrier import FakeCarrierServer
@@ -487,7 +488,7 @@ class WebhookLoad:
 def inbox_counts(client: Any) -> Counter[str]:
     """How often each provider message id is in a queue's inbox (every queue)."""
     counts: Counter[str] = Counter()
-    for key in client.scan_iter("gw:inbox:*"):
+    for key in client.scan_iter(inbox_key("*")):
         for _, fields in client.xrange(key):
             counts[fields[b"message_id"].decode()] += 1
     return counts

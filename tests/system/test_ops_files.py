@@ -19,8 +19,9 @@ import redis
 import yaml
 
 from adapters.sandbox import SandboxCarrier
-from gateway.app.gateway import Gateway, Overrides, build_alimtalk, build_carrier, build_sms, build_worker
+from gateway.app.gateway import Gateway, Overrides, build_alimtalk, build_carrier, build_sms
 from gateway.app.replay import FAST_RECONNECT, demo_environ
+from gateway.app.worker import build_worker
 from gateway.calls.pbx.mapping import TRACKED_EVENTS
 from gateway.calls.pbx.protocol import CLIENT_EVENTS
 from gateway.infra.config import load_config
@@ -196,7 +197,8 @@ async def _gateway_scrape(redis_url: str) -> str:
     """GET /metrics of a running Gateway that has handled one recorded call with lettering."""
     from aiohttp import ClientSession
 
-    from gateway.infra.http import HttpServer, make_app
+    from gateway.app.httpapps import make_app
+    from gateway.infra.http import HttpServer
 
     class Sink:
         def decision(self, record: Mapping[str, Any]) -> None:

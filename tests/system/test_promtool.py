@@ -18,13 +18,14 @@ from typing import Any
 import pytest
 
 from adapters.sandbox_messaging import SandboxAlimtalk, SandboxSms
-from gateway.app.gateway import Overrides, build_worker
+from gateway.app.gateway import Overrides
 from gateway.app.replay import demo_environ
-from gateway.app.worker import start_worker, stop_worker, wait_idle
+from gateway.app.worker import build_worker
 from gateway.app.workerhttp import WorkerHttp
 from gateway.domain.models import AlimtalkRequest
 from gateway.infra.config import load_config
 from gateway.messaging.jobs import Enqueuer
+from gateway.messaging.workers import start_worker, stop_worker, wait_idle
 from gateway.outbox.guard import QueuedMessage
 from tests.conftest import ROOT
 from tests.system.test_ops_files import _gateway_scrape

@@ -80,7 +80,7 @@ def test_rules_change_on_disk_is_noticed(tmp_path: Path) -> None:
 
 def test_impossible_date_is_a_located_problem(tmp_path: Path) -> None:
     from gateway.errors import RulesError
-    from gateway.rules.base import parse_yaml
+    from gateway.infra.yamldoc import parse_yaml
 
     with pytest.raises(RulesError) as exc:
         parse_yaml("a: 1\nb: 2026-02-30\n", "rules/x.yaml")

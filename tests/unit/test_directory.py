@@ -16,7 +16,7 @@ from gateway.domain.directory import (
     find_overlaps,
     parse_extension_range,
 )
-from gateway.rules.base import load_rules
+from gateway.rules.lettering import load_rules
 from gateway.sim.directory_gen import CATALOGUE, cmd_generate_directory, generate_directory
 
 RULES = Path(__file__).resolve().parents[2] / "rules"

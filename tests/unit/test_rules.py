@@ -12,17 +12,11 @@ import pytest
 from gateway.domain.models import Direction, NumberKind
 from gateway.domain.rules import LetteringRules, ProviderRoute, template_problems
 from gateway.errors import RulesError
-from gateway.rules.base import (
-    DIRECTORY_SCHEMA,
-    LETTERING_SCHEMA,
-    cmd_rules_check,
-    file_label,
-    format_path,
-    load_rules,
-    load_yaml,
-    parse_yaml,
-    validate,
-)
+from gateway.infra.yamldoc import file_label, format_path, load_yaml, parse_yaml, validate
+from gateway.rules.directory import DIRECTORY_SCHEMA
+from gateway.rules.lettering import LETTERING_SCHEMA, load_rules
+from gateway.rules.messaging import load_messaging
+from gateway.rules.ruleset import check, cmd_rules_check, load_all
 
 RULES = Path(__file__).resolve().parents[2] / "rules"
 
@@ -118,13 +112,15 @@ def test_sample_rules_load_and_map_the_recorded_pbx_phones() -> None:
 
 
 def test_cmd_rules_check_on_the_sample_rules() -> None:
+    # The command `gateway rules check` runs: every rules file, the post-call contents counted too.
     out = io.StringIO()
     assert cmd_rules_check(RULES, out) == 0
     rules = load_rules(RULES)
     count = rules.directory.extension_count()
+    contents = len(load_messaging(RULES, rules.directory).contents)
     assert out.getvalue() == (
         f"rules OK: version {rules.version}, {len(rules.directory.departments)} departments, "
-        f"{count} extensions\n"
+        f"{count} extensions, {contents} post-call contents\n"
     )
 
 
@@ -168,7 +164,24 @@ def test_cmd_rules_check_ok_summary(rules_dir: Path) -> None:
     out = io.StringIO()
     assert cmd_rules_check(write(rules_dir), out) == 0
     assert out.getvalue().startswith("rules OK: version ")
-    assert out.getvalue().endswith(", 2 departments, 205 extensions\n")
+    assert out.getvalue().endswith(", 2 departments, 205 extensions, 0 post-call contents\n")
+
+
+def test_load_all_and_check_cover_every_rules_file(rules_dir: Path) -> None:
+    ruleset = load_all(RULES)
+    assert ruleset.rules.version == load_rules(RULES).version
+    assert ruleset.routing is not None and ruleset.notify.queues and ruleset.messaging.contents
+    assert check(RULES) == []
+    # Broken in two files: check reports both, load_all (start-up, reload) stops at the first.
+    write(rules_dir, lettering=LETTERING.replace("template:", "templte:"))
+    (rules_dir / "notify.yaml").write_text('sender: "abc"\n', encoding="utf-8")
+    assert check(rules_dir) == [
+        "rules/lettering.yaml:8: unknown key 'templte' (did you mean 'template'?)",
+        "rules/notify.yaml:1: sender: 'abc' is not a phone number",
+    ]
+    with pytest.raises(RulesError) as info:
+        load_all(rules_dir)
+    assert info.value.problems == check(rules_dir)[:1]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.infra.logs import JsonFormatter
-from gateway.rules.base import load_rules
+from gateway.rules.lettering import load_rules
 from gateway.sim.redisproc import RedisProcess
 from ops.bench.ami_ingest.runner import (
     RULES_DIR,
