@@ -146,8 +146,15 @@ def _never_sent(exc: BaseException) -> bool:
 
 
 async def post_within_deadline(
-    session: aiohttp.ClientSession, method: str, url: str, data: bytes, headers: Mapping[str, str],
-    *, started: float, deadline_s: float, max_body: int,
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    data: bytes,
+    headers: Mapping[str, str],
+    *,
+    started: float,
+    deadline_s: float,
+    max_body: int,
 ) -> tuple[int, bytes]:
     """(status, up to `max_body` + 1 bytes of answer) within what is left of the deadline.
 
@@ -162,7 +169,10 @@ async def post_within_deadline(
         for attempt in (1, 2):
             try:
                 async with session.request(
-                    method, url, data=data, headers=headers,
+                    method,
+                    url,
+                    data=data,
+                    headers=headers,
                     allow_redirects=False,  # a redirect would resend the secret to wherever it points
                 ) as resp:
                     return resp.status, await resp.content.read(max_body + 1)

@@ -55,9 +55,7 @@ NumberFormat = Literal["e164", "national"]
 JsonScalar = str | int | float | bool
 
 #: Our names for what a lettering request carries; profiles map them to the carrier's names.
-REQUEST_FIELDS = frozenset(
-    {"call_id", "to", "caller_number", "organisation", "department", "text", "extension"}
-)
+REQUEST_FIELDS = frozenset({"call_id", "to", "caller_number", "organisation", "department", "text", "extension"})
 #: Fields that hold a phone number and are therefore written in the profile's number format.
 NUMBER_FIELDS = frozenset({"to", "caller_number"})
 _METHODS = frozenset({"POST", "PUT"})
@@ -145,9 +143,7 @@ class CarrierProfile:
     def __post_init__(self) -> None:
         # Freeze the mappings too, so a shared default profile cannot be changed by accident.
         object.__setattr__(self, "fields", MappingProxyType(dict(self.fields)))
-        object.__setattr__(
-            self, "codes", MappingProxyType({str(k): LetteringResult(v) for k, v in self.codes.items()})
-        )
+        object.__setattr__(self, "codes", MappingProxyType({str(k): LetteringResult(v) for k, v in self.codes.items()}))
         object.__setattr__(self, "extra_fields", MappingProxyType(dict(self.extra_fields)))
         object.__setattr__(self, "unknown_code", LetteringResult(self.unknown_code))
         self._validate()
@@ -175,8 +171,14 @@ class CarrierProfile:
         # Building a dummy body detects colliding names ("display" and "display.title").
         self.render_body(
             LetteringRequest(
-                call_id="x", to="+820", caller_number="", organisation="", department="",
-                text="", extension="", pbx="",
+                call_id="x",
+                to="+820",
+                caller_number="",
+                organisation="",
+                department="",
+                text="",
+                extension="",
+                pbx="",
             )
         )
 
@@ -263,8 +265,13 @@ PROFILES: dict[str, CarrierProfile] = {
             "department": "display.subtitle",
             "text": "display.message",
         },
-        codes={"0000": _R.DELIVERED, "1001": _R.UNSUPPORTED_DEVICE, "1002": _R.NOT_SUBSCRIBED,
-               "2001": _R.REJECTED, "9000": _R.TEMPORARY_ERROR},
+        codes={
+            "0000": _R.DELIVERED,
+            "1001": _R.UNSUPPORTED_DEVICE,
+            "1002": _R.NOT_SUBSCRIBED,
+            "2001": _R.REJECTED,
+            "9000": _R.TEMPORARY_ERROR,
+        },
         code_path="result.code",
         reference_path="result.transactionId",
         message_path="result.message",
@@ -285,8 +292,13 @@ PROFILES: dict[str, CarrierProfile] = {
             "text": "cidText",
             "extension": "extNo",
         },
-        codes={"S000": _R.DELIVERED, "E101": _R.UNSUPPORTED_DEVICE, "E102": _R.NOT_SUBSCRIBED,
-               "E201": _R.REJECTED, "E900": _R.TEMPORARY_ERROR},
+        codes={
+            "S000": _R.DELIVERED,
+            "E101": _R.UNSUPPORTED_DEVICE,
+            "E102": _R.NOT_SUBSCRIBED,
+            "E201": _R.REJECTED,
+            "E900": _R.TEMPORARY_ERROR,
+        },
         code_path="resultCode",
         reference_path="msgKey",
         message_path="resultMsg",
@@ -307,8 +319,13 @@ PROFILES: dict[str, CarrierProfile] = {
             "text": "body.content.text",
             "extension": "body.content.extension",
         },
-        codes={"0": _R.DELIVERED, "10": _R.UNSUPPORTED_DEVICE, "20": _R.NOT_SUBSCRIBED,
-               "30": _R.REJECTED, "90": _R.TEMPORARY_ERROR},
+        codes={
+            "0": _R.DELIVERED,
+            "10": _R.UNSUPPORTED_DEVICE,
+            "20": _R.NOT_SUBSCRIBED,
+            "30": _R.REJECTED,
+            "90": _R.TEMPORARY_ERROR,
+        },
         code_path="header.resultCode",
         reference_path="header.messageId",
         message_path="header.resultMessage",
@@ -355,9 +372,7 @@ class HttpCarrier(HttpAdapter):
         return f"HttpCarrier(name={self.name!r}, base_url={self.base_url!r}, deadline_s={self.deadline_s})"
 
     @classmethod
-    def from_spec(
-        cls, name: str, spec: Mapping[str, Any], environ: Mapping[str, str]
-    ) -> HttpCarrier:
+    def from_spec(cls, name: str, spec: Mapping[str, Any], environ: Mapping[str, str]) -> HttpCarrier:
         """Build from a gateway.yaml carrier entry; raises CarrierError naming the problem.
 
         `{"kind": "http", "profile": "skt", "base_url": "https://...",
@@ -373,9 +388,7 @@ class HttpCarrier(HttpAdapter):
             raise CarrierError(f"{where}: kind must be 'http', got {spec.get('kind')!r}")
         profile_name = spec.get("profile")
         if profile_name not in PROFILES:
-            raise CarrierError(
-                f"{where}: unknown profile {profile_name!r} (known: {', '.join(sorted(PROFILES))})"
-            )
+            raise CarrierError(f"{where}: unknown profile {profile_name!r} (known: {', '.join(sorted(PROFILES))})")
         profile = PROFILES[profile_name]
         overrides = spec.get("overrides") or {}
         if not isinstance(overrides, Mapping):
@@ -413,8 +426,12 @@ class HttpCarrier(HttpAdapter):
             outcome = self._outcome(LetteringResult.TEMPORARY_ERROR, detail="internal error")
         log.info(
             "lettering %s call=%s to=%s result=%s detail=%s in %.0f ms",
-            self.name, request.call_id, mask_number(request.to), outcome.result.value,
-            outcome.detail, (time.monotonic() - started) * 1000,
+            self.name,
+            request.call_id,
+            mask_number(request.to),
+            outcome.result.value,
+            outcome.detail,
+            (time.monotonic() - started) * 1000,
         )
         return outcome
 
@@ -438,8 +455,14 @@ class HttpCarrier(HttpAdapter):
         }
         try:
             status, payload = await post_within_deadline(
-                session, self.profile.method, url, body, headers,
-                started=started, deadline_s=self.deadline_s, max_body=_MAX_BODY,
+                session,
+                self.profile.method,
+                url,
+                body,
+                headers,
+                started=started,
+                deadline_s=self.deadline_s,
+                max_body=_MAX_BODY,
             )
         except (TimeoutError, aiohttp.ClientError) as exc:
             return self._outcome(LetteringResult.TEMPORARY_ERROR, detail=transport_failure(exc, self.deadline_s))

@@ -146,8 +146,12 @@ KAKAO_CODES: Mapping[int, SendResult] = {
     3019: _R.NOT_KAKAO_USER,  # not a KakaoTalk user
     3020: _R.BLOCKED,  # the user refuses Alimtalk
     3021: _R.NOT_KAKAO_USER,  # KakaoTalk version too old
-    2001: _R.TEMPORARY_ERROR, 3000: _R.TEMPORARY_ERROR, 3006: _R.TEMPORARY_ERROR,
-    3010: _R.TEMPORARY_ERROR, 3012: _R.TEMPORARY_ERROR, 9998: _R.TEMPORARY_ERROR,
+    2001: _R.TEMPORARY_ERROR,
+    3000: _R.TEMPORARY_ERROR,
+    3006: _R.TEMPORARY_ERROR,
+    3010: _R.TEMPORARY_ERROR,
+    3012: _R.TEMPORARY_ERROR,
+    9998: _R.TEMPORARY_ERROR,
     9999: _R.TEMPORARY_ERROR,
 }
 _FALLBACK_FIXES = frozenset({_R.NOT_KAKAO_USER, _R.BLOCKED})
@@ -220,8 +224,14 @@ class NhnAlimtalk(HttpAdapter):
             outcome = self._outcome(_R.TEMPORARY_ERROR, detail="internal error")
         log.info(
             "alimtalk %s key=%s to=%s template=%s result=%s ref=%s detail=%s in %.0f ms",
-            self.name, request.idempotency_key, mask(request.to), request.template_code,
-            outcome.result.value, outcome.reference, outcome.detail, (time.monotonic() - started) * 1000,
+            self.name,
+            request.idempotency_key,
+            mask(request.to),
+            request.template_code,
+            outcome.result.value,
+            outcome.reference,
+            outcome.detail,
+            (time.monotonic() - started) * 1000,
         )
         return outcome
 
@@ -360,10 +370,18 @@ _REPORT_QUEUED = frozenset({"4161"})  # message being processed
 #: resendStatus of the message record: RSC01 no resend, RSC02 resend due, RSC03 resending,
 #: RSC04 resend succeeded, RSC05 resend failed.
 _RESEND_STATUS: Mapping[str, ReportStatus] = {
-    "RSC03": ReportStatus.SENT, "RSC04": ReportStatus.DELIVERED, "RSC05": ReportStatus.FAILED,
+    "RSC03": ReportStatus.SENT,
+    "RSC04": ReportStatus.DELIVERED,
+    "RSC05": ReportStatus.FAILED,
 }
-_DATE_FORMATS = ("%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S",
-                 "%Y-%m-%d %H:%M", "%Y-%m-%d")
+_DATE_FORMATS = (
+    "%Y-%m-%d %H:%M:%S.%f",
+    "%Y-%m-%d %H:%M:%S",
+    "%Y-%m-%dT%H:%M:%S.%f",
+    "%Y-%m-%dT%H:%M:%S",
+    "%Y-%m-%d %H:%M",
+    "%Y-%m-%d",
+)
 
 
 def _timestamp(hook: Mapping[str, Any]) -> float:
@@ -416,8 +434,12 @@ def _report(provider: str, index: int, hook: Any) -> DeliveryReport | None:
         resend_code = hook.get("resendResultCode")
         detail += f"; fallback {resend}" + (f" code {resend_code}" if resend_code else "")
     return DeliveryReport(
-        provider=provider, reference=f"{request_id}:{seq}", status=status, at=_timestamp(hook),
-        detail=detail, fallback_used=fallback_used,
+        provider=provider,
+        reference=f"{request_id}:{seq}",
+        status=status,
+        at=_timestamp(hook),
+        detail=detail,
+        fallback_used=fallback_used,
     )
 
 

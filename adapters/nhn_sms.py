@@ -179,8 +179,14 @@ class NhnSms(HttpAdapter):
             outcome = self._outcome(_R.TEMPORARY_ERROR, detail="internal error")
         log.info(
             "sms %s key=%s kind=%s to=%s result=%s ref=%s detail=%s in %.0f ms",
-            self.name, request.idempotency_key, request.kind, mask(request.to), outcome.result.value,
-            outcome.reference, outcome.detail, (time.monotonic() - started) * 1000,
+            self.name,
+            request.idempotency_key,
+            request.kind,
+            mask(request.to),
+            outcome.result.value,
+            outcome.reference,
+            outcome.detail,
+            (time.monotonic() - started) * 1000,
         )
         return outcome
 
@@ -218,16 +224,27 @@ class NhnSms(HttpAdapter):
         except ValueError:
             return None  # never sendable, so never sent
         kst = 9 * 3600
-        query = urlencode({
-            "senderGroupingKey": body["senderGroupingKey"],
-            "startRequestDate": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(since - 300 + kst)),
-            "endRequestDate": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() + 300 + kst)),
-            "pageNum": 1, "pageSize": 10})
+        query = urlencode(
+            {
+                "senderGroupingKey": body["senderGroupingKey"],
+                "startRequestDate": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(since - 300 + kst)),
+                "endRequestDate": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() + 300 + kst)),
+                "pageNum": 1,
+                "pageSize": 10,
+            }
+        )
         headers = {SECRET_HEADER: self._secret, "Accept": "application/json"}
         try:
             status, payload = await post_within_deadline(
-                self._session_for_use(), "GET", f"{self.base_url}{path}?{query}", b"", headers,
-                started=started, deadline_s=self.deadline_s, max_body=NHN_MAX_BODY)
+                self._session_for_use(),
+                "GET",
+                f"{self.base_url}{path}?{query}",
+                b"",
+                headers,
+                started=started,
+                deadline_s=self.deadline_s,
+                max_body=NHN_MAX_BODY,
+            )
         except (TimeoutError, aiohttp.ClientError) as exc:
             return self._outcome(_R.TEMPORARY_ERROR, detail=f"lookup: {transport_failure(exc, self.deadline_s)}")
         data = parse_json(payload) if 200 <= status < 300 else None
@@ -240,8 +257,9 @@ class NhnSms(HttpAdapter):
             if isinstance(item, dict) and item.get("senderGroupingKey") == body["senderGroupingKey"]:
                 seq = as_int(item.get("recipientSeq"))
                 reference = f"{item.get('requestId')}:{seq}" if seq is not None else str(item.get("requestId", ""))
-                log.warning("sms %s key=%s: already at NHN (%s), not sent again", self.name,
-                            request.idempotency_key, reference)
+                log.warning(
+                    "sms %s key=%s: already at NHN (%s), not sent again", self.name, request.idempotency_key, reference
+                )
                 return self._outcome(_R.ACCEPTED, reference, "found at provider after an unknown outcome")
         return None
 
@@ -268,8 +286,14 @@ class NhnSms(HttpAdapter):
         data = json.dumps(body, ensure_ascii=False).encode()
         try:
             status, payload = await post_within_deadline(
-                session, "POST", self.base_url + path, data, headers,
-                started=started, deadline_s=self.deadline_s, max_body=NHN_MAX_BODY,
+                session,
+                "POST",
+                self.base_url + path,
+                data,
+                headers,
+                started=started,
+                deadline_s=self.deadline_s,
+                max_body=NHN_MAX_BODY,
             )
         except (TimeoutError, aiohttp.ClientError) as exc:
             return self._outcome(_R.TEMPORARY_ERROR, detail=transport_failure(exc, self.deadline_s))

@@ -80,17 +80,28 @@ class OutboxStore(Protocol):
     Every method raises `StoreUnavailable` when the store cannot answer.
     """
 
-    async def claim(self, *, dedupe_key: str, recipient_hash: str, ttl_s: float, rate_limit: int,
-                    rate_window_s: int, cap_key: str = "", cap_ttl_s: int = 0,
-                    check_no_lettering: bool = False, ignore_optout: bool = False, lease: bool = False,
-                    then: QueuePut | None = None) -> str:
-        """"ok", "ok_no_lettering", "duplicate", "leased" (held by a lease not yet settled),
+    async def claim(
+        self,
+        *,
+        dedupe_key: str,
+        recipient_hash: str,
+        ttl_s: float,
+        rate_limit: int,
+        rate_window_s: int,
+        cap_key: str = "",
+        cap_ttl_s: int = 0,
+        check_no_lettering: bool = False,
+        ignore_optout: bool = False,
+        lease: bool = False,
+        then: QueuePut | None = None,
+    ) -> str:
+        """ "ok", "ok_no_lettering", "duplicate", "leased" (held by a lease not yet settled),
         "opted_out", "capped" or "rate_limited". With `lease`, the claim is a lease for `ttl_s`.
         With `then`, an admitted claim also queues that job, in the same atomic step."""
         ...
 
     async def check_send(self, *, recipient_hash: str, idempotency_key: str) -> str:
-        """"ok", "opted_out" or "already_sent"."""
+        """ "ok", "opted_out" or "already_sent"."""
         ...
 
     async def mark_sent(self, *, idempotency_key: str, provider: str, reference: str, ttl_s: int = ...) -> None: ...

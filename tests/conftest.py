@@ -14,10 +14,12 @@ from gateway.sim.redisproc import RedisProcess
 # Hypothesis profiles for the fuzz suite (tests/test_fuzz_*.py, marker `fuzz`; see tests/fuzz/FUZZING.md).
 # "ci" (default) keeps the whole fuzz suite well under a minute on two cores; "long" is the
 # documented soak run (HYPOTHESIS_PROFILE=long). No deadline: shared CI cores make timing flaky.
-settings.register_profile("ci", max_examples=60, deadline=None, print_blob=True,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("long", max_examples=5000, deadline=None, print_blob=True,
-                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "ci", max_examples=60, deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "long", max_examples=5000, deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow]
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 ROOT = Path(__file__).resolve().parent.parent

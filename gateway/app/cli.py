@@ -44,16 +44,30 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--rules", type=Path, help="rules directory (default: the project's rules/)")
     rp.add_argument("--config", type=Path)
     rp.add_argument("--json", action="store_true", help="one JSON object per line (the default output)")
-    rp.add_argument("--outcome", action="append", default=[], metavar="E164=RESULT",
-                    help="sandbox carrier answer for a number, e.g. +821012345678=unsupported_device")
-    rp.add_argument("--messaging-outcome", action="append", default=[], metavar="E164=RESULT",
-                    help="sandbox Alimtalk/SMS answer for a number, e.g. +821012345678=not_kakao_user")
+    rp.add_argument(
+        "--outcome",
+        action="append",
+        default=[],
+        metavar="E164=RESULT",
+        help="sandbox carrier answer for a number, e.g. +821012345678=unsupported_device",
+    )
+    rp.add_argument(
+        "--messaging-outcome",
+        action="append",
+        default=[],
+        metavar="E164=RESULT",
+        help="sandbox Alimtalk/SMS answer for a number, e.g. +821012345678=not_kakao_user",
+    )
 
     wk = sub.add_parser("worker", help="run the queue workers (post-call content, Alimtalk, SMS)")
     wk.add_argument("--config", type=Path)
     wk.add_argument("--threads", type=int)
-    wk.add_argument("--http-port", type=int, help="/healthz, /health, /metrics on this port (overrides "
-                    "worker.http_port; one per instance, e.g. 910%%i in gateway-worker@.service)")
+    wk.add_argument(
+        "--http-port",
+        type=int,
+        help="/healthz, /health, /metrics on this port (overrides "
+        "worker.http_port; one per instance, e.g. 910%%i in gateway-worker@.service)",
+    )
 
     oo = sub.add_parser("optout", help="refuse, allow again or look up messages to a citizen")
     oo.add_argument("action", choices=["add", "remove", "status"])
@@ -105,8 +119,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.rules_command == "test":
             from gateway.rules.routing import cmd_rules_test
 
-            return cmd_rules_test(args.dir, args.to, args.sender, args.at, args.text, sys.stdout,
-                                  thread_department=args.thread)
+            return cmd_rules_test(
+                args.dir, args.to, args.sender, args.at, args.text, sys.stdout, thread_department=args.thread
+            )
         from gateway.sim.directory_gen import cmd_generate_directory
 
         return cmd_generate_directory(args.phones, sys.stdout, seed=args.seed)
@@ -119,8 +134,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         setup_logging("WARNING", json_lines=True)
         outcomes = {n: LetteringResult(r) for n, r in _pairs(args.outcome, LetteringResult)}
         messaging = {n: SendResult(r) for n, r in _pairs(args.messaging_outcome, SendResult)}
-        return _run_async(replay(args.files, config, rules_dir=args.rules, out=sys.stdout, outcomes=outcomes,
-                                 messaging_outcomes=messaging))
+        return _run_async(
+            replay(
+                args.files,
+                config,
+                rules_dir=args.rules,
+                out=sys.stdout,
+                outcomes=outcomes,
+                messaging_outcomes=messaging,
+            )
+        )
     if args.command == "worker":
         from gateway.app.worker import run_worker
 
@@ -136,8 +159,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         from gateway.app.demo import run_demo
 
         setup_logging("WARNING", json_lines=False)
-        return _run_async(run_demo(config, duration_s=args.duration, http_port=args.http_port,
-                                   speed=args.speed, rules_dir=args.rules))
+        return _run_async(
+            run_demo(config, duration_s=args.duration, http_port=args.http_port, speed=args.speed, rules_dir=args.rules)
+        )
     from gateway.app.run import run_gateway
 
     setup_logging(config.log_level, json_lines=config.log_json)

@@ -49,10 +49,25 @@ from gateway.sim.redisproc import RedisProcess
 
 # The order a visitor learns most from: ordinary calls first, the odd cases after.
 DEMO_ORDER = [
-    "answered_mobile", "landline", "inbound_from_citizen", "busy", "internal", "no_answer",
-    "blind_transfer", "inbound_queue_korean_name", "answered_callee_hangs_up", "rejected", "caller_cancels",
-    "unavailable", "invalid_number", "blind_transfer_ami", "coreshowchannels", "originate_phone_no_answer",
-    "restart_during_call", "restart_reconnect", "login_failed",
+    "answered_mobile",
+    "landline",
+    "inbound_from_citizen",
+    "busy",
+    "internal",
+    "no_answer",
+    "blind_transfer",
+    "inbound_queue_korean_name",
+    "answered_callee_hangs_up",
+    "rejected",
+    "caller_cancels",
+    "unavailable",
+    "invalid_number",
+    "blind_transfer_ami",
+    "coreshowchannels",
+    "originate_phone_no_answer",
+    "restart_during_call",
+    "restart_reconnect",
+    "login_failed",
 ]
 
 # One recorded citizen's phone cannot show lettering (as an iPhone would answer) and has no
@@ -96,8 +111,11 @@ class ComplaintDesk:
         except (ValueError, KeyError, TypeError, GatewayError) as exc:
             print(f"[complaint] rejected: {exc}", file=self.out)
             return web.json_response({"error": str(exc)}, status=401)
-        print(f"[complaint] received (signature ok): queue {data['queue']} thread {data['thread']} "
-              f"citizen {data.get('citizen')} \"{data.get('text')}\"", file=self.out)
+        print(
+            f"[complaint] received (signature ok): queue {data['queue']} thread {data['thread']} "
+            f'citizen {data.get("citizen")} "{data.get("text")}"',
+            file=self.out,
+        )
         return web.json_response({"status": "received"})
 
     async def stop(self) -> None:
@@ -105,8 +123,15 @@ class ComplaintDesk:
             await self._http.stop()
 
 
-async def run_demo(config: GatewayConfig, *, out: TextIO = sys.stdout, duration_s: float | None = None,
-                   http_port: int | None = None, speed: str = "real", rules_dir: Path | None = None) -> int:
+async def run_demo(
+    config: GatewayConfig,
+    *,
+    out: TextIO = sys.stdout,
+    duration_s: float | None = None,
+    http_port: int | None = None,
+    speed: str = "real",
+    rules_dir: Path | None = None,
+) -> int:
     environ = demo_environ(config, os.environ)
     notify = load_notify(rules_dir or config.rules_dir)
     for sinks in notify.queues.values():  # the stand-in complaint system's keys
@@ -120,10 +145,15 @@ async def run_demo(config: GatewayConfig, *, out: TextIO = sys.stdout, duration_
         redis_url = redis_proc.url
         print(f"demo: started a private redis-server on {redis_url}", file=out)
     pbx = config.pbxes[0]
-    server = AmiServer(demo_transcripts(), username=pbx.username, secret=pbx.secret(environ),
-                       speed="real" if speed == "real" else float(speed), loop_forever=True,
-                       # Faster than real: stamp events with their recorded time so talk times stay true.
-                       add_timestamps=speed != "real")
+    server = AmiServer(
+        demo_transcripts(),
+        username=pbx.username,
+        secret=pbx.secret(environ),
+        speed="real" if speed == "real" else float(speed),
+        loop_forever=True,
+        # Faster than real: stamp events with their recorded time so talk times stay true.
+        add_timestamps=speed != "real",
+    )
     sink = ConsoleSink(out)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -138,24 +168,42 @@ async def run_demo(config: GatewayConfig, *, out: TextIO = sys.stdout, duration_
     # on stdout included): dramatiq's worker threads would otherwise keep the process alive.
     try:
         host, port = await server.start()
-        print(f"demo: built-in AMI server replaying {len(server.plans)} recorded sessions on {host}:{port}",
-              file=out)
+        print(f"demo: built-in AMI server replaying {len(server.plans)} recorded sessions on {host}:{port}", file=out)
         desk_url = await desk.start()
         print(f"demo: stand-in complaint system (notify.yaml's webhooks) at {desk_url}", file=out)
         messaging = sandbox_messaging(config, DEMO_MESSAGING_OUTCOMES)
         messaging.queue_namespace = "gw-demo"
-        broker, runtime = build_worker(config, environ=environ, redis_url=redis_url, sink=sink,
-                                        overrides=replace(messaging, rules_dir=rules_dir, notify_webhook_url=desk_url))
+        broker, runtime = build_worker(
+            config,
+            environ=environ,
+            redis_url=redis_url,
+            sink=sink,
+            overrides=replace(messaging, rules_dir=rules_dir, notify_webhook_url=desk_url),
+        )
         worker = start_worker(broker, threads=2, idle_ms=200)
-        gateway = Gateway(config, sink, environ=environ, overrides=Overrides(
-            redis_url=redis_url, rules_dir=rules_dir, pbx_address=(host, port),
-            alimtalk=messaging.alimtalk, queue_namespace=messaging.queue_namespace,
-            carriers=sandbox_carriers(config, DEMO_OUTCOMES),
-            ami={"backoff_initial_s": 0.2, "backoff_max_s": 2.0, "auth_backoff_initial_s": 1.0,
-                 "auth_backoff_max_s": 5.0}))
+        gateway = Gateway(
+            config,
+            sink,
+            environ=environ,
+            overrides=Overrides(
+                redis_url=redis_url,
+                rules_dir=rules_dir,
+                pbx_address=(host, port),
+                alimtalk=messaging.alimtalk,
+                queue_namespace=messaging.queue_namespace,
+                carriers=sandbox_carriers(config, DEMO_OUTCOMES),
+                ami={
+                    "backoff_initial_s": 0.2,
+                    "backoff_max_s": 2.0,
+                    "auth_backoff_initial_s": 1.0,
+                    "auth_backoff_max_s": 5.0,
+                },
+            ),
+        )
         app = make_app(gateway.health, gateway.reports, gateway.http_routes)
-        http = HttpServer(app, config.http_host, config.http_port if http_port is None else http_port,
-                          limits=config.http_limits)
+        http = HttpServer(
+            app, config.http_host, config.http_port if http_port is None else http_port, limits=config.http_limits
+        )
         try:
             h_host, h_port = await http.start()
         except OSError as exc:  # the configured port is taken: any free port will do for a demo
@@ -165,8 +213,11 @@ async def run_demo(config: GatewayConfig, *, out: TextIO = sys.stdout, duration_
         print(f"demo: health at http://{h_host}:{h_port}/healthz and /health  (Ctrl-C to stop)", file=out)
         smtp = await gateway.start_smtp(port=0)
         if smtp:
-            print(f"demo: citizens' SMS intake: SMTP {smtp[0]}:{smtp[1]}, "
-                  f"POST http://{h_host}:{h_port}/webhooks/sms/<provider>", file=out)
+            print(
+                f"demo: citizens' SMS intake: SMTP {smtp[0]}:{smtp[1]}, "
+                f"POST http://{h_host}:{h_port}/webhooks/sms/<provider>",
+                file=out,
+            )
         await gateway.start()
         publisher = asyncio.get_running_loop().create_task(_publish_providers(broker, runtime))
         await _sample_citizen_sms(gateway, f"http://{h_host}:{h_port}", out)
@@ -216,15 +267,26 @@ async def _sample_citizen_sms(gateway: Gateway, base: str, out: TextIO) -> None:
         return
     async with ClientSession() as session:
         for message_id, sender, to, text, at in SAMPLE_SMS:
-            body = json.dumps({"message_id": message_id, "from": sender, "to": to, "text": text,
-                               "received_at": datetime.fromisoformat(at).timestamp()}, ensure_ascii=False).encode()
+            body = json.dumps(
+                {
+                    "message_id": message_id,
+                    "from": sender,
+                    "to": to,
+                    "text": text,
+                    "received_at": datetime.fromisoformat(at).timestamp(),
+                },
+                ensure_ascii=False,
+            ).encode()
             ts = str(int(time.time()))
-            headers = {"Content-Type": "application/json; charset=utf-8", "X-Signature-Timestamp": ts,
-                       "X-Signature": sign(provider.secret, ts, provider.public_url, body)}
+            headers = {
+                "Content-Type": "application/json; charset=utf-8",
+                "X-Signature-Timestamp": ts,
+                "X-Signature": sign(provider.secret, ts, provider.public_url, body),
+            }
             try:
                 async with session.post(f"{base}/webhooks/sms/{provider.name}", data=body, headers=headers) as resp:
                     answer = await resp.json()
             except ClientError as exc:
                 print(f"demo: sample SMS not posted: {exc}", file=out)
                 return
-            print(f"[sms in]    {at[:16]} \"{text}\" -> HTTP {resp.status} queue {answer.get('queue')}", file=out)
+            print(f'[sms in]    {at[:16]} "{text}" -> HTTP {resp.status} queue {answer.get("queue")}', file=out)

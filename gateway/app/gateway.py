@@ -64,21 +64,24 @@ def _build(what: str, name: str, spec: Mapping[str, Any], builders: Mapping[str,
 def build_carrier(name: str, spec: Mapping[str, Any], environ: Mapping[str, str]) -> LetteringCarrier:
     builders: dict[str, Callable[[], LetteringCarrier]] = {
         "sandbox": lambda: SandboxCarrier.from_spec(name, spec),
-        "http": lambda: HttpCarrier.from_spec(name, spec, environ)}
+        "http": lambda: HttpCarrier.from_spec(name, spec, environ),
+    }
     return _build("carrier", name, spec, builders)
 
 
 def build_alimtalk(name: str, spec: Mapping[str, Any], environ: Mapping[str, str]) -> AlimtalkProvider:
     builders: dict[str, Callable[[], AlimtalkProvider]] = {
         "sandbox": lambda: SandboxAlimtalk.from_spec(name, spec),
-        "nhn": lambda: NhnAlimtalk.from_spec(name, spec, environ)}
+        "nhn": lambda: NhnAlimtalk.from_spec(name, spec, environ),
+    }
     return _build("alimtalk provider", name, spec, builders)
 
 
 def build_sms(name: str, spec: Mapping[str, Any], environ: Mapping[str, str]) -> SmsProvider:
     builders: dict[str, Callable[[], SmsProvider]] = {
         "sandbox": lambda: SandboxSms.from_spec(name, spec),
-        "nhn": lambda: NhnSms.from_spec(name, spec, environ)}
+        "nhn": lambda: NhnSms.from_spec(name, spec, environ),
+    }
     return _build("sms provider", name, spec, builders)
 
 
@@ -92,6 +95,7 @@ def _secret(environ: Mapping[str, str], variable: str, where: str) -> str:
 def _unsubscribe_parser(secret: str) -> Callable[[Mapping[str, str], bytes], list[str]]:
     def parse(headers: Mapping[str, str], body: bytes) -> list[str]:
         return parse_unsubscribe(headers, body, secret)
+
     return parse
 
 
@@ -113,8 +117,11 @@ class RulesHolder:
         self._seen = self._fingerprint()
 
     def _fingerprint(self) -> tuple[tuple[str, int, int], ...]:
-        return tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size)
-                            for p in self.directory.glob("*.yaml") if p.is_file()))
+        return tuple(
+            sorted(
+                (p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in self.directory.glob("*.yaml") if p.is_file()
+            )
+        )
 
     def reload_if_changed(self) -> bool | None:
         """Reload when a rules file changed since the last look; None when nothing changed."""
@@ -159,9 +166,13 @@ class RulesHolder:
         return True
 
     def status(self) -> dict[str, Any]:
-        return {"version": self.rules.version, "routing_version": self.routing.version if self.routing else None,
-                "loaded_at": self.loaded_at, "last_error": self.last_error,
-                "extensions": self.rules.directory.extension_count()}
+        return {
+            "version": self.rules.version,
+            "routing_version": self.routing.version if self.routing else None,
+            "loaded_at": self.loaded_at,
+            "last_error": self.last_error,
+            "extensions": self.rules.directory.extension_count(),
+        }
 
 
 @dataclass
@@ -185,8 +196,14 @@ class Overrides:
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig, sink: DecisionSink, *, environ: Mapping[str, str] | None = None,
-                 overrides: Overrides | None = None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        sink: DecisionSink,
+        *,
+        environ: Mapping[str, str] | None = None,
+        overrides: Overrides | None = None,
+    ) -> None:
         self.config = config
         self.sink = sink
         self.environ = dict(os.environ if environ is None else environ)
@@ -208,8 +225,9 @@ class Gateway:
         for name, carrier in self.over.carriers.items():
             carriers.setdefault(name, carrier)
         self.carriers = carriers
-        self.outbox = Outbox(self.store, carriers, hash_key=config.number_key(self.environ),
-                             dedupe_ttl_s=config.dedupe_ttl_s)
+        self.outbox = Outbox(
+            self.store, carriers, hash_key=config.number_key(self.environ), dedupe_ttl_s=config.dedupe_ttl_s
+        )
         self.sealer = config.sealer(self.environ)
         self.broker = make_broker(redis_url, namespace=self.over.queue_namespace or config.queue_namespace)
         # Its own connection: enqueues get 2 s, not the real-time path's 0.25 s timeouts.
@@ -217,14 +235,28 @@ class Gateway:
         alimtalk_provider = next(iter(self.over.alimtalk or config.alimtalk), "")
         self.reports = ReportIntake(build_parsers(config.webhooks, self.environ), self.store)
         sms_provider = reply_provider(config, self.over)
-        self.intake = Intake(self.redis, routing=self.rules.get_routing, messaging=self.rules.get_messaging,
-                             sealer=self.sealer, hash_key=self.outbox.hash_key, outbox=self.outbox,
-                             enqueuer=self.enqueuer, sms_provider=sms_provider, sink=sink, wire=self.wire)
-        self.inbound = {name: InboundProvider(name, _secret(self.environ, spec["signature_env"], f"inbound.{name}"),
-                                              spec["public_url"]) for name, spec in config.inbound.items()}
-        self.unsubscribe = {name: _unsubscribe_parser(_secret(self.environ, spec["signature_env"],
-                                                              f"unsubscribe.{name}"))
-                            for name, spec in config.unsubscribe.items()}
+        self.intake = Intake(
+            self.redis,
+            routing=self.rules.get_routing,
+            messaging=self.rules.get_messaging,
+            sealer=self.sealer,
+            hash_key=self.outbox.hash_key,
+            outbox=self.outbox,
+            enqueuer=self.enqueuer,
+            sms_provider=sms_provider,
+            sink=sink,
+            wire=self.wire,
+        )
+        self.inbound = {
+            name: InboundProvider(
+                name, _secret(self.environ, spec["signature_env"], f"inbound.{name}"), spec["public_url"]
+            )
+            for name, spec in config.inbound.items()
+        }
+        self.unsubscribe = {
+            name: _unsubscribe_parser(_secret(self.environ, spec["signature_env"], f"unsubscribe.{name}"))
+            for name, spec in config.unsubscribe.items()
+        }
         self.api_token = self.environ.get(config.api_token_env, "")
         self.draining = False
         self.http_counts: dict[tuple[str, int], int] = {}
@@ -235,11 +267,17 @@ class Gateway:
         # is still waiting for the carrier (which would let the other gateway letter the call too).
         lease_s = max((float(getattr(c, "deadline_s", 3.0)) for c in carriers.values()), default=3.0) + 2.0
         latency = lettering_latency()
-        self.pipeline = CallPipeline(self.rules.get, self.outbox, sink,
-                                     trunks={p.name: p.trunks for p in config.pbxes},
-                                     messaging=self.rules.get_messaging, enqueuer=self.enqueuer,
-                                     alimtalk_provider=alimtalk_provider, lease_s=lease_s,
-                                     on_latency=latency.observe)
+        self.pipeline = CallPipeline(
+            self.rules.get,
+            self.outbox,
+            sink,
+            trunks={p.name: p.trunks for p in config.pbxes},
+            messaging=self.rules.get_messaging,
+            enqueuer=self.enqueuer,
+            alimtalk_provider=alimtalk_provider,
+            lease_s=lease_s,
+            on_latency=latency.observe,
+        )
         self.clients = [PbxClient(self._ami_settings(p), self.pipeline, TRACKED_EVENTS) for p in config.pbxes]
         # The collector reads this gateway at scrape time only; the latency histogram comes after it.
         self.registry = new_registry(GatewayCollector(self), latency)
@@ -248,9 +286,16 @@ class Gateway:
 
     def _ami_settings(self, pbx: PbxConfig) -> AmiSettings:
         host, port = self.over.pbx_address or (pbx.host, pbx.port)
-        settings = AmiSettings(name=pbx.name, host=host, port=port, username=pbx.username,
-                               secret=pbx.secret(self.environ), ping_interval_s=pbx.ping_interval_s,
-                               ping_timeout_s=pbx.ping_timeout_s, backoff_max_s=pbx.backoff_max_s)
+        settings = AmiSettings(
+            name=pbx.name,
+            host=host,
+            port=port,
+            username=pbx.username,
+            secret=pbx.secret(self.environ),
+            ping_interval_s=pbx.ping_interval_s,
+            ping_timeout_s=pbx.ping_timeout_s,
+            backoff_max_s=pbx.backoff_max_s,
+        )
         return replace(settings, **self.over.ami) if self.over.ami else settings
 
     async def start(self) -> None:
@@ -320,8 +365,9 @@ class Gateway:
         except TimeoutError:
             log.warning("shutdown: lettering settlements still pending after the drain bound")
         if self.pipeline.status()["in_flight"]:
-            log.warning("shutdown: %d letterings still in flight after the drain bound",
-                        self.pipeline.status()["in_flight"])
+            log.warning(
+                "shutdown: %d letterings still in flight after the drain bound", self.pipeline.status()["in_flight"]
+            )
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -334,11 +380,21 @@ class Gateway:
     def http_routes(self, app: web.Application, *, metrics: bool = True) -> None:
         """The citizen-facing webhooks, the staff API and (unless `metrics` is False: served on the
         internal listener then) /metrics on the gateway's HTTP listener (`gateway.app.httpapps`)."""
-        plan = NumberPlan(outside_line_prefixes=self.rules.rules.lettering.outside_line_prefixes,
-                          extension_pattern=self.rules.rules.lettering.extension_pattern)
-        add_gateway_routes(app, intake=self.intake, providers=self.inbound, unsubscribe=self.unsubscribe,
-                           api_token=self.api_token, plan=plan, draining=lambda: self.draining,
-                           count=self._count_http, registry=self.registry if metrics else None)
+        plan = NumberPlan(
+            outside_line_prefixes=self.rules.rules.lettering.outside_line_prefixes,
+            extension_pattern=self.rules.rules.lettering.extension_pattern,
+        )
+        add_gateway_routes(
+            app,
+            intake=self.intake,
+            providers=self.inbound,
+            unsubscribe=self.unsubscribe,
+            api_token=self.api_token,
+            plan=plan,
+            draining=lambda: self.draining,
+            count=self._count_http,
+            registry=self.registry if metrics else None,
+        )
 
     def metrics_routes(self, app: web.Application) -> None:
         """GET /metrics (Prometheus), on the internal listener."""
@@ -362,9 +418,13 @@ class Gateway:
         # Lettering carriers are called from here (one try while the phone rings: no circuit);
         # Alimtalk/SMS providers from the workers, which publish their circuit state to Redis.
         recent = self.outbox.providers.snapshot()
-        providers: dict[str, dict[str, Any]] = {"lettering": {
-            name: {"circuit": "none", **recent.get(name, {"recent": 0, "recent_errors": 0, "error_rate": 0.0})}
-            for name in self.carriers}, "messaging": {}}
+        providers: dict[str, dict[str, Any]] = {
+            "lettering": {
+                name: {"circuit": "none", **recent.get(name, {"recent": 0, "recent_errors": 0, "error_rate": 0.0})}
+                for name in self.carriers
+            },
+            "messaging": {},
+        }
         if redis["reachable"]:
             try:
                 queues["dead_letters"] = await asyncio.to_thread(dead_letter_counts, self.broker)
@@ -377,9 +437,15 @@ class Gateway:
         if self.draining:
             ready = False  # a load balancer takes a draining gateway out of rotation
         return {
-            "ready": ready, "draining": self.draining, "uptime_s": round(time.time() - self.started_at, 1),
-            "pbx": pbx, "redis": redis, "providers": providers,
-            "rules": self.rules.status(), "pipeline": self.pipeline.status(), "queues": queues,
+            "ready": ready,
+            "draining": self.draining,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "pbx": pbx,
+            "redis": redis,
+            "providers": providers,
+            "rules": self.rules.status(),
+            "pipeline": self.pipeline.status(),
+            "queues": queues,
         }
 
 

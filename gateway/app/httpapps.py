@@ -36,8 +36,9 @@ from gateway.messaging import reports as delivery_reports
 from gateway.messaging.reports import MAX_REPORT_BODY, ReportIntake
 
 
-def make_app(health: HealthSource, reports: ReportIntake | None = None, extra: Routes | None = None, *,
-             full_health: bool = True) -> web.Application:
+def make_app(
+    health: HealthSource, reports: ReportIntake | None = None, extra: Routes | None = None, *, full_health: bool = True
+) -> web.Application:
     """The public listener's app: /healthz, /health (unless `full_health` is False: it is then on
     the internal listener), delivery reports, and whatever `extra` adds (a Gateway's
     `http_routes`: webhooks, staff API, /metrics)."""
@@ -59,13 +60,22 @@ def make_internal_app(health: HealthSource, extra: Routes | None = None) -> web.
     return app
 
 
-def add_gateway_routes(app: web.Application, *, intake: Intake, providers: Mapping[str, InboundProvider],
-                       unsubscribe: Mapping[str, UnsubscribeParser], api_token: str, plan: NumberPlan,
-                       draining: Callable[[], bool], count: Callable[[str, int], None],
-                       registry: CollectorRegistry | None) -> None:
+def add_gateway_routes(
+    app: web.Application,
+    *,
+    intake: Intake,
+    providers: Mapping[str, InboundProvider],
+    unsubscribe: Mapping[str, UnsubscribeParser],
+    api_token: str,
+    plan: NumberPlan,
+    draining: Callable[[], bool],
+    count: Callable[[str, int], None],
+    registry: CollectorRegistry | None,
+) -> None:
     """A Gateway's routes on the public listener: the citizens' webhooks, the staff API, and
     /metrics unless `registry` is None (served on the internal listener then). `count` is told
     every answer's route and status (`gateway_http_responses_total`)."""
+
     # Every answer is counted as it is sent (errors and unknown routes included). A signal, not
     # a middleware: any middleware makes aiohttp wrap every request in a chain of handler
     # layers, ~10 % of a citizen's webhook on the benchmark.
@@ -82,6 +92,7 @@ def add_gateway_routes(app: web.Application, *, intake: Intake, providers: Mappi
 
 def add_metrics_route(app: web.Application, registry: CollectorRegistry) -> None:
     """GET /metrics (Prometheus), on the public listener or on the internal one."""
+
     async def metrics(_: web.Request) -> web.Response:
         body = await asyncio.to_thread(exposition, registry)  # the collector reads Redis
         return web.Response(body=body, content_type="text/plain", charset="utf-8")
@@ -101,8 +112,9 @@ class ServedGateway(Protocol):
     def metrics_routes(self, app: web.Application) -> None: ...
 
 
-def gateway_listeners(config: GatewayConfig, gateway: ServedGateway, *,
-                      shutdown_timeout: float = 5.0) -> tuple[HttpServer, HttpServer | None]:
+def gateway_listeners(
+    config: GatewayConfig, gateway: ServedGateway, *, shutdown_timeout: float = 5.0
+) -> tuple[HttpServer, HttpServer | None]:
     """`gateway run`'s listeners: the public one (webhooks, staff API, /healthz), and the internal
     one for /health and /metrics when `http.internal_port` is set (else those are on the public one)."""
     internal = config.http_internal_port is not None
@@ -110,12 +122,22 @@ def gateway_listeners(config: GatewayConfig, gateway: ServedGateway, *,
     def routes(app: web.Application) -> None:
         gateway.http_routes(app, metrics=not internal)
 
-    public = HttpServer(make_app(gateway.health, gateway.reports, routes, full_health=not internal),
-                        config.http_host, config.http_port, shutdown_timeout=shutdown_timeout,
-                        limits=config.http_limits, name="http")
+    public = HttpServer(
+        make_app(gateway.health, gateway.reports, routes, full_health=not internal),
+        config.http_host,
+        config.http_port,
+        shutdown_timeout=shutdown_timeout,
+        limits=config.http_limits,
+        name="http",
+    )
     if config.http_internal_port is None:
         return public, None
-    private = HttpServer(make_internal_app(gateway.health, gateway.metrics_routes), config.http_internal_host,
-                         config.http_internal_port, shutdown_timeout=shutdown_timeout, limits=config.http_limits,
-                         name="internal http")
+    private = HttpServer(
+        make_internal_app(gateway.health, gateway.metrics_routes),
+        config.http_internal_host,
+        config.http_internal_port,
+        shutdown_timeout=shutdown_timeout,
+        limits=config.http_limits,
+        name="internal http",
+    )
     return public, private

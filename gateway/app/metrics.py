@@ -61,16 +61,24 @@ class GatewayCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         gw = self.gateway
-        events = CounterMetricFamily("gateway_ami_events", "AMI events read, by PBX and event name "
-                                     "(discarded noise included)", labels=["pbx", "event"])
+        events = CounterMetricFamily(
+            "gateway_ami_events",
+            "AMI events read, by PBX and event name (discarded noise included)",
+            labels=["pbx", "event"],
+        )
         frames = CounterMetricFamily("gateway_ami_frames", "AMI frames read", labels=["pbx"])
-        reconnects = CounterMetricFamily("gateway_ami_reconnects", "AMI sessions logged in again after the first "
-                                         "(one per PBX restart or network loss)", labels=["pbx"])
-        attempts = CounterMetricFamily("gateway_ami_connect_attempts", "AMI connection attempts, refused and "
-                                       "failed ones included", labels=["pbx"])
+        reconnects = CounterMetricFamily(
+            "gateway_ami_reconnects",
+            "AMI sessions logged in again after the first (one per PBX restart or network loss)",
+            labels=["pbx"],
+        )
+        attempts = CounterMetricFamily(
+            "gateway_ami_connect_attempts", "AMI connection attempts, refused and failed ones included", labels=["pbx"]
+        )
         connected = GaugeMetricFamily("gateway_ami_connected", "1 when logged in to the PBX", labels=["pbx"])
-        silence = GaugeMetricFamily("gateway_ami_seconds_since_last_frame", "seconds since the PBX last wrote",
-                                    labels=["pbx"])
+        silence = GaugeMetricFamily(
+            "gateway_ami_seconds_since_last_frame", "seconds since the PBX last wrote", labels=["pbx"]
+        )
         for client in gw.clients:
             st = client.status()
             pbx = st["name"]
@@ -90,29 +98,39 @@ class GatewayCollector(Collector):
             calls.add_metric([pbx, direction, disposition], count)
         yield calls
 
-        sends = CounterMetricFamily("gateway_outbox_decisions", "outbox guard decisions and send results "
-                                    "(kind:channel:result)", labels=["decision"])
+        sends = CounterMetricFamily(
+            "gateway_outbox_decisions",
+            "outbox guard decisions and send results (kind:channel:result)",
+            labels=["decision"],
+        )
         for decision, count in gw.outbox.counts.items():
             sends.add_metric([decision], count)
         yield sends
 
         yield sends_family(gw.outbox.providers.totals())
 
-        inbound = CounterMetricFamily("gateway_inbound_messages", "citizens' messages by route (queue) and outcome",
-                                      labels=["queue", "status", "keyword"])
+        inbound = CounterMetricFamily(
+            "gateway_inbound_messages",
+            "citizens' messages by route (queue) and outcome",
+            labels=["queue", "status", "keyword"],
+        )
         for (queue, status, keyword), count in gw.intake.counts.items():
             inbound.add_metric([queue, status, keyword], count)
         yield inbound
 
-        optouts = CounterMetricFamily("gateway_optouts", "opt-outs and opt-ins recorded by this process, by channel "
-                                      "(sms keyword, 080 unsubscribe, api)", labels=["action", "channel"])
+        optouts = CounterMetricFamily(
+            "gateway_optouts",
+            "opt-outs and opt-ins recorded by this process, by channel (sms keyword, 080 unsubscribe, api)",
+            labels=["action", "channel"],
+        )
         for (action, channel), count in gw.intake.optouts.counts.items():
             optouts.add_metric([action, channel], count)
         yield optouts
 
         rules = gw.rules.status()
-        reload_failed = GaugeMetricFamily("gateway_rules_reload_failed", "1 while the last rules reload failed "
-                                          "(the last good rules stay in force)")
+        reload_failed = GaugeMetricFamily(
+            "gateway_rules_reload_failed", "1 while the last rules reload failed (the last good rules stay in force)"
+        )
         reload_failed.add_metric([], 1.0 if rules["last_error"] else 0.0)
         loaded = GaugeMetricFamily("gateway_rules_loaded_timestamp_seconds", "when the rules in force were loaded")
         loaded.add_metric([], float(rules["loaded_at"]))
@@ -120,17 +138,23 @@ class GatewayCollector(Collector):
         yield loaded
 
         if gw.smtp is not None:
-            smtp = CounterMetricFamily("gateway_smtp_replies", "SMTP intake replies by command and code "
-                                       "(550 refused, 451 Redis down, 421 draining)", labels=["command", "code"])
+            smtp = CounterMetricFamily(
+                "gateway_smtp_replies",
+                "SMTP intake replies by command and code (550 refused, 451 Redis down, 421 draining)",
+                labels=["command", "code"],
+            )
             for (command, code), count in dict(gw.smtp.handler.replies).items():
                 smtp.add_metric([command, code], count)
             yield smtp
 
         yield from queue_families(gw.broker)
 
-        wire = CounterMetricFamily("gateway_redis_wire_events", "the real-time Redis connection: connects, "
-                                   "connect failures, drops after a command timeout or a READONLY answer, losses",
-                                   labels=["event"])
+        wire = CounterMetricFamily(
+            "gateway_redis_wire_events",
+            "the real-time Redis connection: connects, "
+            "connect failures, drops after a command timeout or a READONLY answer, losses",
+            labels=["event"],
+        )
         for event, count in gw.wire.events.items():
             wire.add_metric([event], count)
         yield wire
@@ -140,8 +164,9 @@ class GatewayCollector(Collector):
         queued.add_metric(["failed"], gw.enqueuer.failed)
         yield queued
 
-        http = CounterMetricFamily("gateway_http_responses", "HTTP responses by route and status",
-                                   labels=["route", "status"])
+        http = CounterMetricFamily(
+            "gateway_http_responses", "HTTP responses by route and status", labels=["route", "status"]
+        )
         for (route, http_status), count in gw.http_counts.items():
             http.add_metric([route, str(http_status)], count)
         yield http

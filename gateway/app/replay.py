@@ -34,8 +34,11 @@ from gateway.sim.amiserver import AmiServer, Transcript
 from gateway.sim.redisproc import RedisProcess
 
 FAST_RECONNECT = {
-    "backoff_initial_s": 0.01, "backoff_max_s": 0.05, "auth_backoff_initial_s": 0.01,
-    "auth_backoff_max_s": 0.05, "connect_timeout_s": 2.0,
+    "backoff_initial_s": 0.01,
+    "backoff_max_s": 0.05,
+    "auth_backoff_initial_s": 0.01,
+    "auth_backoff_max_s": 0.05,
+    "connect_timeout_s": 2.0,
 }
 
 
@@ -61,17 +64,26 @@ def sandbox_messaging(config: GatewayConfig, outcomes: Mapping[str, SendResult])
     # KakaoTalk-only answers mean nothing to an SMS provider: there the number gets its SMS.
     kakao_only = {SendResult.NOT_KAKAO_USER, SendResult.BLOCKED}
     sms_spec = {"kind": "sandbox", "outcomes": {k: v.value for k, v in outcomes.items() if v not in kakao_only}}
-    return Overrides(alimtalk={n: SandboxAlimtalk.from_spec(n, spec) for n in config.alimtalk or {"sandbox": {}}},
-                     sms={n: SandboxSms.from_spec(n, sms_spec) for n in config.sms or {"sandbox": {}}})
+    return Overrides(
+        alimtalk={n: SandboxAlimtalk.from_spec(n, spec) for n in config.alimtalk or {"sandbox": {}}},
+        sms={n: SandboxSms.from_spec(n, sms_spec) for n in config.sms or {"sandbox": {}}},
+    )
 
 
 def sandbox_carriers(config: GatewayConfig, outcomes: Mapping[str, LetteringResult]) -> dict[str, LetteringCarrier]:
     return {name: SandboxCarrier(name=name, outcomes=dict(outcomes)) for name in config.carriers}
 
 
-async def replay(files: Sequence[Path], config: GatewayConfig, *, rules_dir: Path | None, out: TextIO,
-                 outcomes: Mapping[str, LetteringResult] | None = None,
-                 messaging_outcomes: Mapping[str, SendResult] | None = None, timeout_s: float = 60.0) -> int:
+async def replay(
+    files: Sequence[Path],
+    config: GatewayConfig,
+    *,
+    rules_dir: Path | None,
+    out: TextIO,
+    outcomes: Mapping[str, LetteringResult] | None = None,
+    messaging_outcomes: Mapping[str, SendResult] | None = None,
+    timeout_s: float = 60.0,
+) -> int:
     for f in files:
         if not f.is_file():
             raise ConfigError(f"{f}: no such transcript")
@@ -89,15 +101,26 @@ async def replay(files: Sequence[Path], config: GatewayConfig, *, rules_dir: Pat
     # Jobs of this replay live in their own namespace: never mixed with a live deployment's queues.
     messaging = sandbox_messaging(config, messaging_outcomes or {})
     messaging.queue_namespace = f"gw-replay-{secrets.token_hex(4)}"
-    broker, runtime = build_worker(config, environ=environ, redis_url=redis_url, sink=sink,
-                                   overrides=replace(messaging, rules_dir=rules_dir))
+    broker, runtime = build_worker(
+        config, environ=environ, redis_url=redis_url, sink=sink, overrides=replace(messaging, rules_dir=rules_dir)
+    )
     worker = start_worker(broker, threads=2, idle_ms=100)
     try:
         host, port = await server.start()
-        gateway = Gateway(config, sink, environ=environ, overrides=Overrides(
-            redis_url=redis_url, rules_dir=rules_dir, pbx_address=(host, port),
-            carriers=sandbox_carriers(config, outcomes or {}), ami=FAST_RECONNECT,
-            alimtalk=messaging.alimtalk, queue_namespace=messaging.queue_namespace))
+        gateway = Gateway(
+            config,
+            sink,
+            environ=environ,
+            overrides=Overrides(
+                redis_url=redis_url,
+                rules_dir=rules_dir,
+                pbx_address=(host, port),
+                carriers=sandbox_carriers(config, outcomes or {}),
+                ami=FAST_RECONNECT,
+                alimtalk=messaging.alimtalk,
+                queue_namespace=messaging.queue_namespace,
+            ),
+        )
         await gateway.start()
         try:
             await asyncio.wait_for(server.wait_done(), timeout_s)

@@ -50,8 +50,14 @@ async def run_gateway(config: GatewayConfig) -> int:
     logged_in = await _first(gateway.wait_ready(config.ready_timeout_s), stop)
     state = "ready" if logged_in else "running without every PBX or Redis (see /health)"
     notifier.ready(f"{state}; health on http://{host}:{port}/health")
-    log.info("gateway %s: %d pbx, health on http://%s:%d/health, rules %s", state, len(gateway.clients), host,
-             port, gateway.rules.rules.version)
+    log.info(
+        "gateway %s: %d pbx, health on http://%s:%d/health, rules %s",
+        state,
+        len(gateway.clients),
+        host,
+        port,
+        gateway.rules.rules.version,
+    )
     await stop.wait()
     started = loop.time()
     log.info("stopping: draining for at most %.1f s", config.shutdown_timeout_s)

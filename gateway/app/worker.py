@@ -40,17 +40,26 @@ from gateway.ports import DecisionSink
 log = logging.getLogger(__name__)
 
 
-def build_worker(config: GatewayConfig, *, environ: Mapping[str, str], redis_url: str,
-                 sink: DecisionSink | None = None,
-                 overrides: Overrides | None = None) -> tuple[Any, WorkerRuntime]:
+def build_worker(
+    config: GatewayConfig,
+    *,
+    environ: Mapping[str, str],
+    redis_url: str,
+    sink: DecisionSink | None = None,
+    overrides: Overrides | None = None,
+) -> tuple[Any, WorkerRuntime]:
     """The broker with its actors and the runtime they use (`gateway worker`, replay, demo).
 
     The broker is returned as `Any` (a `RedisBroker`): callers read its synchronous Redis client,
     whose answers redis-py types as `Any | bytes | str | None` while ours are bytes."""
     over = overrides or Overrides()
     sealer = config.sealer(environ)
-    broker = make_broker(redis_url, namespace=over.queue_namespace or config.queue_namespace,
-                         heartbeat_timeout_ms=config.heartbeat_timeout_ms, maintenance_chance=config.maintenance_chance)
+    broker = make_broker(
+        redis_url,
+        namespace=over.queue_namespace or config.queue_namespace,
+        heartbeat_timeout_ms=config.heartbeat_timeout_ms,
+        maintenance_chance=config.maintenance_chance,
+    )
     holder = RulesHolder(over.rules_dir or config.rules_dir)
     alimtalk = {n: over.alimtalk.get(n) or build_alimtalk(n, s, environ) for n, s in config.alimtalk.items()}
     sms = {n: over.sms.get(n) or build_sms(n, s, environ) for n, s in config.sms.items()}
@@ -60,9 +69,15 @@ def build_worker(config: GatewayConfig, *, environ: Mapping[str, str], redis_url
 
     def outbox() -> Outbox:
         # Built on the worker's own event loop (the async Redis client belongs to it).
-        return Outbox(RedisOutboxStore(connect(redis_url, timeout_s=2.0)), {}, hash_key=hash_key,
-                      dedupe_ttl_s=config.dedupe_ttl_s, alimtalk=alimtalk, sms=sms,
-                      device_memory_s=holder.messaging.device_memory_days * 86400)
+        return Outbox(
+            RedisOutboxStore(connect(redis_url, timeout_s=2.0)),
+            {},
+            hash_key=hash_key,
+            dedupe_ttl_s=config.dedupe_ttl_s,
+            alimtalk=alimtalk,
+            sms=sms,
+            device_memory_s=holder.messaging.device_memory_days * 86400,
+        )
 
     enqueuer = Enqueuer(broker, sealer)
     provider = reply_provider(config, over)
@@ -80,8 +95,9 @@ def build_worker(config: GatewayConfig, *, environ: Mapping[str, str], redis_url
     def queue_names() -> dict[str, str]:
         return {q: info.name for q, info in holder.routing.queues.items()} if holder.routing else {}
 
-    runtime = WorkerRuntime(outbox, sealer, enqueuer, sink, environ=environ, replies=replies, notify=notify,
-                            queue_names=queue_names)
+    runtime = WorkerRuntime(
+        outbox, sealer, enqueuer, sink, environ=environ, replies=replies, notify=notify, queue_names=queue_names
+    )
     declare_actors(broker, runtime)
     return broker, runtime
 
@@ -95,15 +111,17 @@ def run_worker(config: GatewayConfig, *, threads: int | None = None) -> int:
     if not url:
         raise GatewayError(f"no Redis: set {config.redis_url_env} or redis.url in {config.source}")
     notifier = Notifier()
-    broker, runtime = build_worker(config, environ=os.environ, redis_url=url,
-                                   sink=LogSink(logging.getLogger("gateway.decisions")))
+    broker, runtime = build_worker(
+        config, environ=os.environ, redis_url=url, sink=LogSink(logging.getLogger("gateway.decisions"))
+    )
     count = threads or config.worker_threads
     worker = start_worker(broker, threads=count, idle_ms=1000)
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
     http: WorkerHttp | None = None
     if config.worker_http_port is not None:
-        http = WorkerHttp(broker, runtime, worker, config.worker_http_host, config.worker_http_port,
-                          limits=config.http_limits)
+        http = WorkerHttp(
+            broker, runtime, worker, config.worker_http_host, config.worker_http_port, limits=config.http_limits
+        )
         host, port = http.start()
         log.info("worker health on http://%s:%d/health", host, port)
     stop = threading.Event()
@@ -139,8 +157,9 @@ def run_worker(config: GatewayConfig, *, threads: int | None = None) -> int:
     return _stop(config, worker, http, notifier, signalled[0] if signalled else time.monotonic())
 
 
-def _stop(config: GatewayConfig, worker: dramatiq.Worker, http: WorkerHttp | None, notifier: Notifier,
-          signalled_at: float) -> int:
+def _stop(
+    config: GatewayConfig, worker: dramatiq.Worker, http: WorkerHttp | None, notifier: Notifier, signalled_at: float
+) -> int:
     """`gateway worker`'s stop, within shutdown_timeout_s of the signal whatever Redis does:
     0 once every job finished or went back to Redis; otherwise the process ends at once with
     EXIT_STOP_INCOMPLETE (threads still waiting for Redis, and dramatiq's event loop, would keep
@@ -155,8 +174,12 @@ def _stop(config: GatewayConfig, worker: dramatiq.Worker, http: WorkerHttp | Non
     if result.complete:
         log.info("worker stopped: running jobs finished, held jobs handed back to Redis")
         return 0
-    log.error("worker stop incomplete (%s): the jobs it held return to their queues once its heartbeat lapses "
-              "(%.0f s); exiting with code %d", result.detail, config.heartbeat_timeout_ms / 1000,
-              EXIT_STOP_INCOMPLETE)
+    log.error(
+        "worker stop incomplete (%s): the jobs it held return to their queues once its heartbeat lapses "
+        "(%.0f s); exiting with code %d",
+        result.detail,
+        config.heartbeat_timeout_ms / 1000,
+        EXIT_STOP_INCOMPLETE,
+    )
     logging.shutdown()  # flush: os._exit skips it
     os._exit(EXIT_STOP_INCOMPLETE)

@@ -38,8 +38,11 @@ from gateway.messaging.workers import worker_alive
 
 log = logging.getLogger(__name__)
 
-_BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 32\r\n"
-         b"Connection: close\r\n\r\n" b'{"error": "too many connections"}')
+_BUSY = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 32\r\n"
+    b"Connection: close\r\n\r\n"
+    b'{"error": "too many connections"}'
+)
 
 
 def holding(worker: dramatiq.Worker | None) -> dict[str, int]:
@@ -62,8 +65,11 @@ class WorkerCollector(Collector):
         outbox = rt.built_outbox  # built on the actors' loop with the first job; nothing to report before
         if outbox is not None:
             yield sends_family(outbox.providers.totals())
-            decisions = CounterMetricFamily("gateway_outbox_decisions", "outbox guard decisions and send results "
-                                            "(kind:channel:result)", labels=["decision"])
+            decisions = CounterMetricFamily(
+                "gateway_outbox_decisions",
+                "outbox guard decisions and send results (kind:channel:result)",
+                labels=["decision"],
+            )
             for decision, count in dict(outbox.counts).items():
                 decisions.add_metric([decision], count)
             yield decisions
@@ -73,13 +79,19 @@ class WorkerCollector(Collector):
         in_flight = GaugeMetricFamily("gateway_worker_in_flight", "jobs running now")
         in_flight.add_metric([], rt.in_flight)
         yield in_flight
-        held = GaugeMetricFamily("gateway_worker_holding", "jobs in this worker's memory, not running: delayed "
-                                 "(until their time) and prefetched", labels=["kind"])
+        held = GaugeMetricFamily(
+            "gateway_worker_holding",
+            "jobs in this worker's memory, not running: delayed (until their time) and prefetched",
+            labels=["kind"],
+        )
         for kind, count in holding(self.worker).items():
             held.add_metric([kind], count)
         yield held
-        circuit = GaugeMetricFamily("gateway_provider_circuit_open", "1 while the provider's circuit is open "
-                                    "(0.5 half open)", labels=["provider"])
+        circuit = GaugeMetricFamily(
+            "gateway_provider_circuit_open",
+            "1 while the provider's circuit is open (0.5 half open)",
+            labels=["provider"],
+        )
         for name, state in rt.provider_report().items():
             circuit.add_metric([name], {"open": 1.0, "half_open": 0.5}.get(state["circuit"], 0.0))
         yield circuit
@@ -122,14 +134,23 @@ class _BoundedServer(ThreadingHTTPServer):
 
 
 class WorkerHttp:
-    def __init__(self, broker: RedisBroker, runtime: WorkerRuntime, worker: dramatiq.Worker, host: str, port: int, *,
-                 limits: HttpLimits | None = None) -> None:
+    def __init__(
+        self,
+        broker: RedisBroker,
+        runtime: WorkerRuntime,
+        worker: dramatiq.Worker,
+        host: str,
+        port: int,
+        *,
+        limits: HttpLimits | None = None,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(WorkerCollector(runtime, broker, worker))
         self.broker, self.runtime, self.worker = broker, runtime, worker
         self.limits = limits or HttpLimits()
-        self.server = _BoundedServer((host, port), self._handler(),
-                                     ConnectionGate(self.limits.max_connections, "worker http listener"))
+        self.server = _BoundedServer(
+            (host, port), self._handler(), ConnectionGate(self.limits.max_connections, "worker http listener")
+        )
         self._thread: threading.Thread | None = None
 
     def health(self) -> dict[str, Any]:
@@ -141,9 +162,16 @@ class WorkerHttp:
             queues["backlog"] = backlog_report(self.broker)  # every worker's, read from Redis
         except RedisError as exc:
             redis = {"reachable": False, "error": str(exc)}
-        return {"ready": alive and redis["reachable"], "threads_alive": alive, "redis": redis,
-                "handled": self.runtime.handled, "in_flight": self.runtime.in_flight,
-                "holding": holding(self.worker), "queues": queues, "providers": self.runtime.provider_report()}
+        return {
+            "ready": alive and redis["reachable"],
+            "threads_alive": alive,
+            "redis": redis,
+            "handled": self.runtime.handled,
+            "in_flight": self.runtime.in_flight,
+            "holding": holding(self.worker),
+            "queues": queues,
+            "providers": self.runtime.provider_report(),
+        }
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         owner = self
@@ -203,8 +231,9 @@ class WorkerHttp:
 
     def start(self) -> tuple[str, int]:
         # A short poll: stop() (shutdown) waits for the loop to notice, within the worker's stop budget.
-        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="worker-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.2}, name="worker-http", daemon=True
+        )
         self._thread.start()
         host, port = self.server.server_address[:2]
         return str(host), int(port)

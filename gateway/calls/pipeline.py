@@ -48,18 +48,28 @@ log = logging.getLogger(__name__)
 
 
 def plan_of(rules: Rules) -> NumberPlan:
-    return NumberPlan(outside_line_prefixes=rules.lettering.outside_line_prefixes,
-                      extension_pattern=rules.lettering.extension_pattern)
+    return NumberPlan(
+        outside_line_prefixes=rules.lettering.outside_line_prefixes, extension_pattern=rules.lettering.extension_pattern
+    )
 
 
 class CallPipeline:
     """Turns the AMI streams of several PBXes into lettering and call records."""
 
-    def __init__(self, rules: Callable[[], Rules], outbox: Outbox, sink: DecisionSink, *,
-                 trunks: Mapping[str, tuple[str, ...]], expire_every_s: float = 60.0,
-                 messaging: Callable[[], MessagingRules] | None = None, enqueuer: Enqueuer | None = None,
-                 alimtalk_provider: str = "", lease_s: float | None = None,
-                 on_latency: Callable[[float], None] | None = None) -> None:
+    def __init__(
+        self,
+        rules: Callable[[], Rules],
+        outbox: Outbox,
+        sink: DecisionSink,
+        *,
+        trunks: Mapping[str, tuple[str, ...]],
+        expire_every_s: float = 60.0,
+        messaging: Callable[[], MessagingRules] | None = None,
+        enqueuer: Enqueuer | None = None,
+        alimtalk_provider: str = "",
+        lease_s: float | None = None,
+        on_latency: Callable[[float], None] | None = None,
+    ) -> None:
         self._rules = rules
         self._messaging = messaging or MessagingRules
         self.enqueuer = enqueuer
@@ -117,8 +127,9 @@ class CallPipeline:
             log.info("pbx %s resynced: %d live channels, %d calls tracked", pbx, len(listed), tracker.live_calls)
             self._apply(tracker.resynced(at, listed), received)
         elif change.kind is SessionKind.PBX_RESTARTED:
-            log.warning("pbx %s restarted (uptime %s): ending its %d tracked calls", pbx, change.uptime,
-                        tracker.live_calls)
+            log.warning(
+                "pbx %s restarted (uptime %s): ending its %d tracked calls", pbx, change.uptime, tracker.live_calls
+            )
             self._apply(tracker.pbx_restarted(at), received)
         elif change.kind is SessionKind.LOST:
             tracker.connection_lost(at)  # calls found gone after the reconnect ended by then
@@ -147,9 +158,17 @@ class CallPipeline:
     async def _letter(self, letter: Letter, received: float) -> None:
         request = letter.request
         policy = self._rules().lettering
-        outgoing = Outgoing(pbx=request.pbx, call_id=request.call_id, action="lettering", recipient=request.to,
-                            provider=letter.provider, payload=request, rate_limit=policy.rate_limit_count,
-                            rate_window_s=policy.rate_limit_window_s, lease_s=self.lease_s)
+        outgoing = Outgoing(
+            pbx=request.pbx,
+            call_id=request.call_id,
+            action="lettering",
+            recipient=request.to,
+            provider=letter.provider,
+            payload=request,
+            rate_limit=policy.rate_limit_count,
+            rate_window_s=policy.rate_limit_window_s,
+            lease_s=self.lease_s,
+        )
         try:
             delivery = await self.outbox.deliver(outgoing)
             if delivery.verdict is Verdict.LEASED and self.lease_s is not None:
@@ -178,12 +197,21 @@ class CallPipeline:
             self.dial_latencies_ms.append(latency_ms)
         if self.on_latency is not None:
             self.on_latency(latency_ms / 1000)  # seconds: Prometheus's base unit
-        self.sink.decision({
-            "event": "lettering", "pbx": request.pbx, "call": request.call_id, "extension": request.extension,
-            "to": request.to, "provider": delivery.outcome.provider, "organisation": request.organisation,
-            "department": request.department, "text": request.text, "result": delivery.outcome.result.value,
-            "detail": delivery.outcome.detail,
-        })
+        self.sink.decision(
+            {
+                "event": "lettering",
+                "pbx": request.pbx,
+                "call": request.call_id,
+                "extension": request.extension,
+                "to": request.to,
+                "provider": delivery.outcome.provider,
+                "organisation": request.organisation,
+                "department": request.department,
+                "text": request.text,
+                "result": delivery.outcome.result.value,
+                "detail": delivery.outcome.detail,
+            }
+        )
         if delivery.outcome.result is LetteringResult.UNSUPPORTED_DEVICE:
             await self._call_notice(request)
 
@@ -198,20 +226,44 @@ class CallPipeline:
         r = ended.record
         key = (r.pbx, r.direction.value, r.disposition.value)
         self.calls_by[key] = self.calls_by.get(key, 0) + 1
-        log.info("call %s on %s ended: %s %s -> %s %s (%s) talk %.1fs", r.call_id, r.pbx, r.direction,
-                 r.extension, mask(r.party), r.disposition, r.cause, r.talk_seconds)
+        log.info(
+            "call %s on %s ended: %s %s -> %s %s (%s) talk %.1fs",
+            r.call_id,
+            r.pbx,
+            r.direction,
+            r.extension,
+            mask(r.party),
+            r.disposition,
+            r.cause,
+            r.talk_seconds,
+        )
         if ended.external_dials == 0:
             self._skipped(r.pbx, r.call_id, self._unlettered_reason(r))
-        if (r.direction is Direction.OUTBOUND and r.disposition is Disposition.ANSWERED
-                and r.party_kind is NumberKind.MOBILE and self.enqueuer is not None):
+        if (
+            r.direction is Direction.OUTBOUND
+            and r.disposition is Disposition.ANSWERED
+            and r.party_kind is NumberKind.MOBILE
+            and self.enqueuer is not None
+        ):
             self._spawn(self._postcall(r))
-        self.sink.decision({
-            "event": "call", "pbx": r.pbx, "call": r.call_id, "direction": r.direction.value,
-            "extension": r.extension, "party": r.party, "disposition": r.disposition.value,
-            "talk_seconds": round(r.talk_seconds), "cause": r.cause, "started_at": round(r.started_at, 3),
-            "answered_at": round(r.answered_at, 3) if r.answered_at else None, "ended_at": round(r.ended_at, 3),
-            "transfers": [{"kind": t.kind, "to": t.to} for t in r.transfers], "recovered": r.recovered,
-        })
+        self.sink.decision(
+            {
+                "event": "call",
+                "pbx": r.pbx,
+                "call": r.call_id,
+                "direction": r.direction.value,
+                "extension": r.extension,
+                "party": r.party,
+                "disposition": r.disposition.value,
+                "talk_seconds": round(r.talk_seconds),
+                "cause": r.cause,
+                "started_at": round(r.started_at, 3),
+                "answered_at": round(r.answered_at, 3) if r.answered_at else None,
+                "ended_at": round(r.ended_at, 3),
+                "transfers": [{"kind": t.kind, "to": t.to} for t in r.transfers],
+                "recovered": r.recovered,
+            }
+        )
 
     def _unlettered_reason(self, r: CallRecord) -> str:
         """Why a call that never rang an outside number here was not lettered."""
@@ -222,8 +274,16 @@ class CallPipeline:
             # gateway restart or reconnect): too late for lettering; whoever saw it ring decided then.
             # The policy's own reason (landline, internal, ...) still comes first.
             plan = self.tracker(r.pbx).plan
-            dial = ExternalDial(r.pbx, r.call_id, r.started_at, r.extension, plan.classify(r.party), r.trunk,
-                                r.direction, recovered=True)
+            dial = ExternalDial(
+                r.pbx,
+                r.call_id,
+                r.started_at,
+                r.extension,
+                plan.classify(r.party),
+                r.trunk,
+                r.direction,
+                recovered=True,
+            )
             decision = decide(dial, self._rules())
             return decision.reason if isinstance(decision, Skip) else "recovered"
         return "not_dialed"  # the desk phone never reached the outside number
@@ -232,8 +292,14 @@ class CallPipeline:
     async def _call_notice(self, request: LetteringRequest) -> None:
         """The lettering an iPhone cannot show, as a Kakao Alimtalk (SMS/LMS as fallback)."""
         rules = self._messaging()
-        record: dict[str, Any] = {"event": "alimtalk", "pbx": request.pbx, "call": request.call_id,
-                                  "to": request.to, "purpose": "call_notice", "template": rules.call_notice_template}
+        record: dict[str, Any] = {
+            "event": "alimtalk",
+            "pbx": request.pbx,
+            "call": request.call_id,
+            "to": request.to,
+            "purpose": "call_notice",
+            "template": rules.call_notice_template,
+        }
         if self.enqueuer is None or not self.alimtalk_provider:
             self.sink.decision({**record, "result": "not_configured"})
             return
@@ -246,18 +312,36 @@ class CallPipeline:
         if request.caller_number:
             kind, text = choose(call_notice_sms(request.text, shown))
             fallback = SmsRequest(key, request.to, request.caller_number, text, f"[{request.organisation}]", kind)
-        alimtalk = AlimtalkRequest(key, request.to, rules.call_notice_template,
-                                   call_notice_variables(request.organisation, request.department, request.text,
-                                                         request.caller_number, shown),
-                                   fallback=fallback if rules.provider_resend else None)
-        message = QueuedMessage(key, request.pbx, request.call_id, "call_notice", request.to, self.alimtalk_provider,
-                                alimtalk=alimtalk, sms=fallback)
+        alimtalk = AlimtalkRequest(
+            key,
+            request.to,
+            rules.call_notice_template,
+            call_notice_variables(request.organisation, request.department, request.text, request.caller_number, shown),
+            fallback=fallback if rules.provider_resend else None,
+        )
+        message = QueuedMessage(
+            key,
+            request.pbx,
+            request.call_id,
+            "call_notice",
+            request.to,
+            self.alimtalk_provider,
+            alimtalk=alimtalk,
+            sms=fallback,
+        )
         # Admitted and queued in one atomic step: never admitted-but-lost (a retry would find it
         # a duplicate) nor queued past the guard.
         verdict = await self.outbox.admit(
-            Admission(request.pbx, request.call_id, "call_notice", request.to, rate_limit=policy.rate_limit_count,
-                      rate_window_s=policy.rate_limit_window_s),
-            then=self.enqueuer.prepare_message("call_notice", message))
+            Admission(
+                request.pbx,
+                request.call_id,
+                "call_notice",
+                request.to,
+                rate_limit=policy.rate_limit_count,
+                rate_window_s=policy.rate_limit_window_s,
+            ),
+            then=self.enqueuer.prepare_message("call_notice", message),
+        )
         if verdict is Verdict.ADMITTED:
             self.enqueuer.enqueued += 1
         self.sink.decision({**record, "result": "queued" if verdict is Verdict.ADMITTED else verdict.value})
@@ -266,8 +350,13 @@ class CallPipeline:
         department = self._rules().directory.lookup(r.extension) if r.extension else None
         rules = self._messaging()
         plan = plan_postcall(r, department, rules, r.ended_at)
-        record: dict[str, Any] = {"event": "postcall", "pbx": r.pbx, "call": r.call_id, "to": r.party,
-                                  "content": department.postcall if department else None}
+        record: dict[str, Any] = {
+            "event": "postcall",
+            "pbx": r.pbx,
+            "call": r.call_id,
+            "to": r.party,
+            "content": department.postcall if department else None,
+        }
         if not isinstance(plan, PostcallPlan):
             self.sink.decision({**record, "result": plan.reason})
             return
@@ -278,17 +367,31 @@ class CallPipeline:
         if dept.caller_number:
             kind, text = choose(postcall_sms(content, dept))
             fallback = SmsRequest(key, r.party, dept.caller_number, text, content.title, kind)
-        alimtalk = AlimtalkRequest(key, r.party, rules.postcall_template, postcall_variables(content, dept),
-                                   content.buttons, fallback if rules.provider_resend else None)
+        alimtalk = AlimtalkRequest(
+            key,
+            r.party,
+            rules.postcall_template,
+            postcall_variables(content, dept),
+            content.buttons,
+            fallback if rules.provider_resend else None,
+        )
         # Quiet hours are judged on the call's own clock (the PBX's), the delay applied from now.
         delay = (plan.not_before - r.ended_at) if plan.not_before else 0.0
-        message = QueuedMessage(key, r.pbx, r.call_id, "postcall", r.party, self.alimtalk_provider,
-                                alimtalk=alimtalk, sms=fallback)
+        message = QueuedMessage(
+            key, r.pbx, r.call_id, "postcall", r.party, self.alimtalk_provider, alimtalk=alimtalk, sms=fallback
+        )
         # Admitted (opt-out, dedupe, frequency cap) and queued in one atomic step.
         verdict = await self.outbox.admit(
-            Admission(r.pbx, r.call_id, "postcall", r.party, cap_key=f"postcall:{plan.department.id}",
-                      cap_ttl_s=rules.frequency_cap_days * 86400),
-            then=self.enqueuer.prepare_message("postcall", message, delay_s=delay))
+            Admission(
+                r.pbx,
+                r.call_id,
+                "postcall",
+                r.party,
+                cap_key=f"postcall:{plan.department.id}",
+                cap_ttl_s=rules.frequency_cap_days * 86400,
+            ),
+            then=self.enqueuer.prepare_message("postcall", message, delay_s=delay),
+        )
         if verdict is not Verdict.ADMITTED:
             self.sink.decision({**record, "result": verdict.value})
             return
@@ -310,4 +413,3 @@ class CallPipeline:
             "calls": {pbx: t.live_calls for pbx, t in self._trackers.items()},
             "outbox": dict(self.outbox.counts),
         }
-

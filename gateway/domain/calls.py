@@ -159,8 +159,15 @@ def dialed_number(dial_string: str) -> str:
 class CallTracker:
     """Tracks the calls of one PBX. Feed it `LegEvent`s in the order they arrived."""
 
-    def __init__(self, pbx: str, plan: NumberPlan, trunks: tuple[str, ...], *,
-                 max_call_age_s: float = 12 * 3600, tombstones: int = 8192) -> None:
+    def __init__(
+        self,
+        pbx: str,
+        plan: NumberPlan,
+        trunks: tuple[str, ...],
+        *,
+        max_call_age_s: float = 12 * 3600,
+        tombstones: int = 8192,
+    ) -> None:
         self.pbx = pbx
         self.plan = plan
         self._trunk_patterns = tuple(trunks)
@@ -331,9 +338,17 @@ class CallTracker:
         # Endpoints (phones, trunks) and the callers of phone legs (extensions) repeat across
         # calls: interned, thousands of concurrent calls share one string each. A trunk leg's
         # caller is a citizen's number, different on every call: not interned.
-        leg = _Leg(id=info.leg, call=call.id, channel=info.channel, endpoint=sys.intern(info.endpoint), kind=kind,
-                   caller=caller if kind == LegKind.TRUNK else sys.intern(caller), exten=info.exten,
-                   created_at=at, state=info.state)
+        leg = _Leg(
+            id=info.leg,
+            call=call.id,
+            channel=info.channel,
+            endpoint=sys.intern(info.endpoint),
+            kind=kind,
+            caller=caller if kind == LegKind.TRUNK else sys.intern(caller),
+            exten=info.exten,
+            created_at=at,
+            state=info.state,
+        )
         self._legs[leg.id] = leg
         call.legs[leg.id] = leg
         if info.group:
@@ -401,8 +416,7 @@ class CallTracker:
         elif dst.kind == LegKind.PHONE:
             self._phone_dial(call, src, dst, event)
 
-    def _external_dial(self, call: _Call, src: _Leg, dst: _Leg, event: DialStart,
-                       out: list[TrackerOutput]) -> None:
+    def _external_dial(self, call: _Call, src: _Leg, dst: _Leg, event: DialStart, out: list[TrackerOutput]) -> None:
         raw = dialed_number(event.dial_string) or event.dst.exten or src.exten
         number = self.plan.classify(raw)
         if number.kind in (NumberKind.INVALID, NumberKind.EXTENSION) and event.dst.exten not in ("", "s"):
@@ -414,8 +428,12 @@ class CallTracker:
             _note(call.transfers, Transfer("forward", event.at, number.e164 or raw))
             return
         previous = self._legs.get(call.target) if call.target else None
-        if (call.direction is Direction.OUTBOUND and previous is not None
-                and previous.answered_at is not None and previous.ended_at is None):
+        if (
+            call.direction is Direction.OUTBOUND
+            and previous is not None
+            and previous.answered_at is not None
+            and previous.ended_at is None
+        ):
             # The citizen is still on the line and another outside number joins: a transfer/conference.
             _note(call.transfers, Transfer("forward", event.at, number.e164 or raw))
             return
@@ -430,8 +448,11 @@ class CallTracker:
             return
         call.dialed_numbers += (key,)
         call.dials += 1
-        out.append(ExternalDial(self.pbx, call.id, event.at, call.extension, number, dst.endpoint,
-                                Direction.OUTBOUND, call.recovered))
+        out.append(
+            ExternalDial(
+                self.pbx, call.id, event.at, call.extension, number, dst.endpoint, Direction.OUTBOUND, call.recovered
+            )
+        )
 
     def _phone_dial(self, call: _Call, src: _Leg, dst: _Leg, event: DialStart) -> None:
         if call.direction is Direction.INBOUND:
@@ -574,8 +595,14 @@ class CallTracker:
         leg = self._legs.get(event.leg) if event.leg else None
         if leg is None:
             prefix = event.channel + "-"
-            leg = next((lg for lg in self._legs.values()
-                        if lg.originated and (lg.channel == event.channel or lg.channel.startswith(prefix))), None)
+            leg = next(
+                (
+                    lg
+                    for lg in self._legs.values()
+                    if lg.originated and (lg.channel == event.channel or lg.channel.startswith(prefix))
+                ),
+                None,
+            )
         if leg is not None:
             self._calls[leg.call].originate_exten = event.exten
 
@@ -607,11 +634,15 @@ class CallTracker:
                 if key not in call.dialed_numbers:
                     call.dialed_numbers += (key,)
                     call.dials += 1
-                    out.append(ExternalDial(self.pbx, call.id, item.at, call.extension, number, leg.endpoint,
-                                            Direction.OUTBOUND, True))
+                    out.append(
+                        ExternalDial(
+                            self.pbx, call.id, item.at, call.extension, number, leg.endpoint, Direction.OUTBOUND, True
+                        )
+                    )
         if item.bridge:
-            self._on_bridge_join(BridgeJoin(item.at - item.age_s if leg.state == STATE_UP else item.at,
-                                            leg.id, item.bridge))
+            self._on_bridge_join(
+                BridgeJoin(item.at - item.age_s if leg.state == STATE_UP else item.at, leg.id, item.bridge)
+            )
 
     @staticmethod
     def _order_for_recovery(channels: list[ChannelListed]) -> list[ChannelListed]:
@@ -623,8 +654,9 @@ class CallTracker:
         if call is not None and not call.end_cause:
             call.end_cause = cause
 
-    def _on_gone(self, leg_id: str, at: float, cause: int | None, tech_cause: int | None,
-                 out: list[TrackerOutput]) -> None:
+    def _on_gone(
+        self, leg_id: str, at: float, cause: int | None, tech_cause: int | None, out: list[TrackerOutput]
+    ) -> None:
         leg = self._legs.pop(leg_id, None)
         if leg is None:
             return
@@ -681,10 +713,20 @@ class CallTracker:
             talk = target.talk_total if target.bridged_ever else max(0.0, (target.ended_at or at) - call.answered_at)
         ended = max((lg.ended_at or at) for lg in call.legs.values()) if call.legs else at
         return CallRecord(
-            pbx=self.pbx, call_id=call.id, direction=direction, extension=extension,
-            party=(party.e164 or party.raw) if party else "", party_kind=party.kind if party else NumberKind.INVALID,
-            disposition=disposition, cause=cause, started_at=call.started_at, answered_at=call.answered_at,
-            ended_at=ended, talk_seconds=round(talk, 3), trunk=call.trunk, transfers=tuple(call.transfers),
+            pbx=self.pbx,
+            call_id=call.id,
+            direction=direction,
+            extension=extension,
+            party=(party.e164 or party.raw) if party else "",
+            party_kind=party.kind if party else NumberKind.INVALID,
+            disposition=disposition,
+            cause=cause,
+            started_at=call.started_at,
+            answered_at=call.answered_at,
+            ended_at=ended,
+            talk_seconds=round(talk, 3),
+            trunk=call.trunk,
+            transfers=tuple(call.transfers),
             recovered=call.recovered,
         )
 

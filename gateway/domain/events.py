@@ -144,5 +144,18 @@ class ChannelListed:
     age_s: float
 
 
-LegEvent = (LegNew | LegUpdate | DialStart | DialStop | BridgeJoin | BridgeExit | LegGone | LegShutdown
-            | BlindTransferred | AttendedTransferred | LegsJoined | OriginateDone | ChannelListed)
+LegEvent = (
+    LegNew
+    | LegUpdate
+    | DialStart
+    | DialStop
+    | BridgeJoin
+    | BridgeExit
+    | LegGone
+    | LegShutdown
+    | BlindTransferred
+    | AttendedTransferred
+    | LegsJoined
+    | OriginateDone
+    | ChannelListed
+)

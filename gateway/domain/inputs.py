@@ -60,4 +60,4 @@ def shown_id(message_id: str, limit: int = 100) -> str:
     that two cut ids remain distinguishable."""
     if len(message_id) <= limit:
         return message_id
-    return f"{message_id[:limit - 12]}…#{message_key(message_id)[:10]}"
+    return f"{message_id[: limit - 12]}…#{message_key(message_id)[:10]}"

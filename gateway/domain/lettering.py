@@ -46,17 +46,25 @@ def decide(dial: ExternalDial, rules: Rules) -> Letter | Skip:
         provider = policy.provider_for(dial.pbx, dial.trunk)
     except LookupError:
         return Skip(dial.pbx, dial.call_id, "no_provider", to)
-    text = policy.render({
-        "organisation": department.organisation,
-        "department": department.name,
-        "department_id": department.id,
-        "guide": department.guide,
-        "extension": dial.extension,
-        "caller_number": department.caller_number,
-    })
+    text = policy.render(
+        {
+            "organisation": department.organisation,
+            "department": department.name,
+            "department_id": department.id,
+            "guide": department.guide,
+            "extension": dial.extension,
+            "caller_number": department.caller_number,
+        }
+    )
     request = LetteringRequest(
-        call_id=dial.call_id, to=to, caller_number=department.caller_number,
-        organisation=department.organisation, department=department.name, text=text,
-        extension=dial.extension, pbx=dial.pbx, trunk=dial.trunk,
+        call_id=dial.call_id,
+        to=to,
+        caller_number=department.caller_number,
+        organisation=department.organisation,
+        department=department.name,
+        text=text,
+        extension=dial.extension,
+        pbx=dial.pbx,
+        trunk=dial.trunk,
     )
     return Letter(request, provider)

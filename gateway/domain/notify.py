@@ -48,8 +48,9 @@ class NotifyRules:
     def with_webhook_url(self, url: str) -> NotifyRules:
         """These rules with every queue's webhook sent to `url` instead (the demo's stand-in for
         the complaint system); the secrets and everything else unchanged."""
-        queues = {name: replace(sinks, webhook_url=url) if sinks.webhook_url else sinks
-                  for name, sinks in self.queues.items()}
+        queues = {
+            name: replace(sinks, webhook_url=url) if sinks.webhook_url else sinks for name, sinks in self.queues.items()
+        }
         return replace(self, queues=queues)
 
 

@@ -36,8 +36,13 @@ _SPECIAL_TYPES = {
 class NumberPlan:
     """How one PBX's numbers look: extension shape and outside-line prefixes."""
 
-    def __init__(self, *, outside_line_prefixes: tuple[str, ...] = ("9",),
-                 extension_pattern: str = r"^[0-9]{3,5}$", region: str = "KR") -> None:
+    def __init__(
+        self,
+        *,
+        outside_line_prefixes: tuple[str, ...] = ("9",),
+        extension_pattern: str = r"^[0-9]{3,5}$",
+        region: str = "KR",
+    ) -> None:
         # Longest prefix first so "00" is tried before "0" if both are configured.
         self.outside_line_prefixes = tuple(sorted(outside_line_prefixes, key=len, reverse=True))
         self._extension = re.compile(extension_pattern)
@@ -53,8 +58,12 @@ class NumberPlan:
         pile up as long-lived objects the garbage collector has to walk (thousands of them made
         its generation-1 passes take ~10 ms at 500 calls/s). Everything else is cached: the
         city's own extensions, trunks and numbers repeat all day."""
-        if (self._home_cc == 82 and _KR_MOBILE.fullmatch(raw) is not None and not self.is_extension(raw)
-                and not raw.startswith(self.outside_line_prefixes)):
+        if (
+            self._home_cc == 82
+            and _KR_MOBILE.fullmatch(raw) is not None
+            and not self.is_extension(raw)
+            and not raw.startswith(self.outside_line_prefixes)
+        ):
             return PhoneNumber(NumberKind.MOBILE, "+82" + raw[-10:], raw)
         return self._cached(raw)
 
@@ -86,7 +95,7 @@ class NumberPlan:
         out: list[str] = []
         for prefix in self.outside_line_prefixes:
             if digits.startswith(prefix):
-                rest = digits[len(prefix):]
+                rest = digits[len(prefix) :]
                 if rest[:1] in ("0", "+"):
                     out.append(rest)
         out.append(digits)

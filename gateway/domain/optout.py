@@ -51,8 +51,7 @@ MAX_LEADS = 3
 # direction marks, word joiner, BOM, soft hyphen), and lone compatibility and half-width jamo,
 # the emoticons "ㅠㅠ", "ㅋㅋ", "ㅎㅎ": NFKC turns those into conjoining jamo, which then compose
 # with each other and with the syllable before them ("요ㅋㅜ" would become "요쿠").
-_INVISIBLE = re.compile("[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff"
-                        "\u3130-\u318f\uffa0-\uffdc]+")
+_INVISIBLE = re.compile("[\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff\u3130-\u318f\uffa0-\uffdc]+")
 # What compaction removes: everything that is not a letter or digit, "_", and conjoining jamo
 # left over after NFKC (a decomposed syllable composes; a lone jamo is an emoticon).
 _NOT_WORD_CLASS = r"[\W_\u1100-\u11ff\ua960-\ua97f\ud7b0-\ud7ff]"
@@ -84,25 +83,127 @@ def _alternation(words: Iterable[str], gap: str = "") -> str:
 # ----------------------------------------------------------------------------- defaults
 # Also written, with the reasons, in rules/messaging.yaml (which replaces them when it sets a list).
 DEFAULT_OPTOUT_KEYWORDS = (
-    "수신거부", "수신거절", "수신차단", "수신중지", "수신중단", "수신해지", "수신동의철회", "동의철회",
-    "수신동의취소", "거부", "그만", "해지", "stop", "stopall", "unsubscribe", "optout")
+    "수신거부",
+    "수신거절",
+    "수신차단",
+    "수신중지",
+    "수신중단",
+    "수신해지",
+    "수신동의철회",
+    "동의철회",
+    "수신동의취소",
+    "거부",
+    "그만",
+    "해지",
+    "stop",
+    "stopall",
+    "unsubscribe",
+    "optout",
+)
 DEFAULT_OPTIN_KEYWORDS = ("수신동의", "수신허용", "수신재개", "start", "unstop")
 DEFAULT_LEADS = (
-    "문자", "문자메시지", "문자메세지", "메시지", "메세지", "sms", "광고", "광고문자", "알림", "이제", "앞으로",
-    "더이상", "제발", "저", "저는", "please", "pls", "다시")
+    "문자",
+    "문자메시지",
+    "문자메세지",
+    "메시지",
+    "메세지",
+    "sms",
+    "광고",
+    "광고문자",
+    "알림",
+    "이제",
+    "앞으로",
+    "더이상",
+    "제발",
+    "저",
+    "저는",
+    "please",
+    "pls",
+    "다시",
+)
 DEFAULT_ENDINGS = (
-    "요", "합니다", "해요", "함", "할게요", "할께요", "할래요", "하겠습니다", "하기", "하고싶어요", "하고싶습니다",
-    "해주세요", "해줘", "해줘요", "해주십시오", "해주시기바랍니다", "해라", "하세요", "주세요", "좀",
-    "부탁드립니다", "부탁드려요", "부탁합니다", "부탁해요", "바랍니다", "원합니다", "드립니다", "신청",
-    "신청합니다", "요청", "요청합니다", "처리", "등록", "희망", "보내세요", "보내주세요", "보내지마세요",
-    "받을게요", "받겠습니다", "받고싶어요", "받고싶습니다", "감사합니다", "고맙습니다", "수고하세요", "제발",
-    "please", "pls", "me", "now", "all", "texting", "sending", "messages", "texts")
+    "요",
+    "합니다",
+    "해요",
+    "함",
+    "할게요",
+    "할께요",
+    "할래요",
+    "하겠습니다",
+    "하기",
+    "하고싶어요",
+    "하고싶습니다",
+    "해주세요",
+    "해줘",
+    "해줘요",
+    "해주십시오",
+    "해주시기바랍니다",
+    "해라",
+    "하세요",
+    "주세요",
+    "좀",
+    "부탁드립니다",
+    "부탁드려요",
+    "부탁합니다",
+    "부탁해요",
+    "바랍니다",
+    "원합니다",
+    "드립니다",
+    "신청",
+    "신청합니다",
+    "요청",
+    "요청합니다",
+    "처리",
+    "등록",
+    "희망",
+    "보내세요",
+    "보내주세요",
+    "보내지마세요",
+    "받을게요",
+    "받겠습니다",
+    "받고싶어요",
+    "받고싶습니다",
+    "감사합니다",
+    "고맙습니다",
+    "수고하세요",
+    "제발",
+    "please",
+    "pls",
+    "me",
+    "now",
+    "all",
+    "texting",
+    "sending",
+    "messages",
+    "texts",
+)
 DEFAULT_UNDO = ("취소", "해제", "철회", "풀어", "풀기")
 DEFAULT_MENTIONS = (
-    "수신거부", "수신거절", "수신차단", "수신중지", "수신중단", "수신해지", "동의철회", "문자거부", "문자차단",
-    "문자그만", "unsubscribe")
+    "수신거부",
+    "수신거절",
+    "수신차단",
+    "수신중지",
+    "수신중단",
+    "수신해지",
+    "동의철회",
+    "문자거부",
+    "문자차단",
+    "문자그만",
+    "unsubscribe",
+)
 DEFAULT_CARRIER_TAGS = (
-    "web발신", "국외발신", "국제발신", "해외발신", "광고", "skt", "kt", "lgu", "lgt", "lg유플러스", "알뜰폰")
+    "web발신",
+    "국외발신",
+    "국제발신",
+    "해외발신",
+    "광고",
+    "skt",
+    "kt",
+    "lgu",
+    "lgt",
+    "lg유플러스",
+    "알뜰폰",
+)
 
 
 @dataclass(frozen=True)
@@ -145,9 +246,9 @@ class OptoutWords:
     def strip_tags(self, text: str) -> str:
         """`text` (NFKC, case-folded) without the carrier/app tags at its start and end."""
         while (m := _LEADING_TAG.match(text)) and self._is_tag(m.group(1)):
-            text = text[m.end():]
+            text = text[m.end() :]
         while (m := _TRAILING_TAG.search(text)) and self._is_tag(m.group(1)):
-            text = text[:m.start()]
+            text = text[: m.start()]
         return text
 
     def _is_tag(self, inner: str) -> bool:

@@ -80,8 +80,9 @@ def quiet_hours_end(at: float, rules: MessagingRules) -> float:
     return end.timestamp()
 
 
-def plan_postcall(record: CallRecord, department: Department | None, rules: MessagingRules,
-                  now: float) -> PostcallPlan | PostcallSkip:
+def plan_postcall(
+    record: CallRecord, department: Department | None, rules: MessagingRules, now: float
+) -> PostcallPlan | PostcallSkip:
     """Whether this finished call earns the department's post-call content, and when."""
     if record.direction is not Direction.OUTBOUND:
         return PostcallSkip(record.direction.value)
@@ -102,12 +103,12 @@ def plan_postcall(record: CallRecord, department: Department | None, rules: Mess
     return PostcallPlan(content, department, quiet_hours_end(now, rules) if deferred else None)
 
 
-def call_notice_variables(organisation: str, department: str, guide: str, caller_number: str,
-                          display_number: str) -> tuple[tuple[str, str], ...]:
+def call_notice_variables(
+    organisation: str, department: str, guide: str, caller_number: str, display_number: str
+) -> tuple[tuple[str, str], ...]:
     """Template parameters of the Alimtalk call notice (the lettering an iPhone cannot show)."""
     del caller_number  # the template shows the local form
-    return (("organisation", organisation), ("department", department), ("guide", guide),
-            ("callback", display_number))
+    return (("organisation", organisation), ("department", department), ("guide", guide), ("callback", display_number))
 
 
 def call_notice_sms(lettering_text: str, display_number: str) -> str:
@@ -118,11 +119,16 @@ def call_notice_sms(lettering_text: str, display_number: str) -> str:
 
 
 def postcall_variables(content: Content, department: Department) -> tuple[tuple[str, str], ...]:
-    return (("organisation", department.organisation), ("department", department.name),
-            ("title", content.title), ("text", content.text))
+    return (
+        ("organisation", department.organisation),
+        ("department", department.name),
+        ("title", content.title),
+        ("text", content.text),
+    )
 
 
 def postcall_sms(content: Content, department: Department) -> str:
     links = " ".join(b.url for b in content.buttons)
     return f"[{department.organisation}] {department.name} {content.title}\n{content.text}" + (
-        f"\n{links}" if links else "")
+        f"\n{links}" if links else ""
+    )

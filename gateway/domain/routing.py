@@ -324,8 +324,18 @@ class _Compiled:
     type, time segment) by the candidate index of `_Engine`.
     """
 
-    __slots__ = ("index", "indexed", "keywords", "keywords_only", "regex", "rule", "sender_prefixes", "senders",
-                 "thread_reply", "thread_within_s")
+    __slots__ = (
+        "index",
+        "indexed",
+        "keywords",
+        "keywords_only",
+        "regex",
+        "rule",
+        "sender_prefixes",
+        "senders",
+        "thread_reply",
+        "thread_within_s",
+    )
 
     def __init__(self, index: int, rule: Rule) -> None:
         when = rule.when
@@ -348,9 +358,7 @@ class _Compiled:
         )
         # Keywords the keyword index looks up; None when the keyword condition always holds (no
         # keywords condition, or a blank keyword, which occurs in every text).
-        self.indexed: tuple[str, ...] | None = (
-            None if self.keywords is None or "" in self.keywords else self.keywords
-        )
+        self.indexed: tuple[str, ...] | None = None if self.keywords is None or "" in self.keywords else self.keywords
 
 
 class _Facts:
@@ -420,8 +428,9 @@ class _Engine:
         found = self._candidates.get(key)
         if found is None:
             start = self.bounds[segment]  # every minute of a segment gives the same answer
-            indexes = tuple(c.index for c in self.compiled
-                            if c.indexed is None and _static_ok(c.rule.when, number, day, start))
+            indexes = tuple(
+                c.index for c in self.compiled if c.indexed is None and _static_ok(c.rule.when, number, day, start)
+            )
             found = self._interned.setdefault(indexes, tuple(self.compiled[i] for i in indexes))
             self._candidates[key] = found
         return found
@@ -591,7 +600,8 @@ def route(msg: InboundSms, rules: RoutingRules, thread: ThreadContext | None = N
             hit = hits[h]
             h += 1
             if _static_ok(hit.rule.when, msg.to, facts.day, facts.minute) and (
-                    hit.keywords_only or _dynamic_ok(hit, facts)):
+                hit.keywords_only or _dynamic_ok(hit, facts)
+            ):
                 winner = hit
                 break
         if winner is not None:

@@ -14,9 +14,7 @@ from gateway.domain.directory import Directory
 from gateway.domain.models import Direction, NumberKind
 
 # Everything a lettering template may use; the lettering policy fills all of them for every call.
-TEMPLATE_VARIABLES = frozenset(
-    {"organisation", "department", "department_id", "guide", "extension", "caller_number"}
-)
+TEMPLATE_VARIABLES = frozenset({"organisation", "department", "department_id", "guide", "extension", "caller_number"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -118,7 +118,7 @@ class IntakeResult:
 
 
 def keyword_of(text: str, rules: MessagingRules) -> str:
-    """"opt_out", "opt_in", "question" or "": the whole short message is the keyword as citizens
+    """ "opt_out", "opt_in", "question" or "": the whole short message is the keyword as citizens
     write it ("[Web발신] 수신 거부합니다.", "STOP!!"), never a word in a sentence; a message that
     asks about opting out or mentions it is a "question" (`gateway.domain.optout`)."""
     return rules.optout_words.classify(text)
@@ -143,8 +143,16 @@ class OptOutRegistry:
                     pipe.set(optout_key(h), record)
                 else:
                     pipe.delete(optout_key(h))
-                pipe.xadd(self.AUDIT, {"number": h, "action": "opt_out" if opted_out else "opt_in",
-                                       "channel": channel, "via": via, "at": f"{time.time():.3f}"})
+                pipe.xadd(
+                    self.AUDIT,
+                    {
+                        "number": h,
+                        "action": "opt_out" if opted_out else "opt_in",
+                        "channel": channel,
+                        "via": via,
+                        "at": f"{time.time():.3f}",
+                    },
+                )
                 await pipe.execute()
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
@@ -161,10 +169,20 @@ class OptOutRegistry:
 
 
 class Intake:
-    def __init__(self, client: aioredis.Redis, *, routing: Callable[[], RoutingRules | None],
-                 messaging: Callable[[], MessagingRules], sealer: Sealer, hash_key: bytes,
-                 outbox: Outbox, enqueuer: Enqueuer | None, sms_provider: str, sink: DecisionSink,
-                 wire: Wire) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        routing: Callable[[], RoutingRules | None],
+        messaging: Callable[[], MessagingRules],
+        sealer: Sealer,
+        hash_key: bytes,
+        outbox: Outbox,
+        enqueuer: Enqueuer | None,
+        sms_provider: str,
+        sink: DecisionSink,
+        wire: Wire,
+    ) -> None:
         # redis-py types every reply as a union of everything; this module reads bytes replies.
         self.client: Any = client
         self.wire = wire  # the accept path's round trips (lean connection: gateway.infra.wire)
@@ -226,17 +244,44 @@ class Intake:
                 # records it again (idempotent), but a refusal is never lost.
                 await self.optouts.set(sms.sender, keyword == OPT_OUT, channel="sms", via=sms.provider)
             for _ in range(_ROUTING_ATTEMPTS):
-                plan = self._plan(sms, routing=routing, rules=rules, keyword=keyword, context=self._context(contact),
-                                  tid=tid, sealed_text=sealed_text, sealed_sender=sealed_sender)
-                keys = [inbound_key(sms.provider, message_key(sms.message_id)), thread_key(tid),
-                        thread_messages_key(tid), inbox_key(plan.queue),
-                        plan.job.msgs_key if plan.job else NONE_KEY, plan.job.queue_key if plan.job else NONE_KEY,
-                        contact_key(sender_hash)]
+                plan = self._plan(
+                    sms,
+                    routing=routing,
+                    rules=rules,
+                    keyword=keyword,
+                    context=self._context(contact),
+                    tid=tid,
+                    sealed_text=sealed_text,
+                    sealed_sender=sealed_sender,
+                )
+                keys = [
+                    inbound_key(sms.provider, message_key(sms.message_id)),
+                    thread_key(tid),
+                    thread_messages_key(tid),
+                    inbox_key(plan.queue),
+                    plan.job.msgs_key if plan.job else NONE_KEY,
+                    plan.job.queue_key if plan.job else NONE_KEY,
+                    contact_key(sender_hash),
+                ]
                 args: list[str | int | bytes] = [
-                    f"{tid}|{plan.queue}", IDEMPOTENCY_TTL_S, sms.to, sealed_sender, sender_hash, plan.queue,
-                    f"{sms.received_at:.3f}", sealed_text, sms.message_id, sms.provider, tid, plan.priority, plan.rule,
-                    plan.tags, plan.job.message_id if plan.job else "", plan.job.data if plan.job else b"",
-                    contact]
+                    f"{tid}|{plan.queue}",
+                    IDEMPOTENCY_TTL_S,
+                    sms.to,
+                    sealed_sender,
+                    sender_hash,
+                    plan.queue,
+                    f"{sms.received_at:.3f}",
+                    sealed_text,
+                    sms.message_id,
+                    sms.provider,
+                    tid,
+                    plan.priority,
+                    plan.rule,
+                    plan.tags,
+                    plan.job.message_id if plan.job else "",
+                    plan.job.data if plan.job else b"",
+                    contact,
+                ]
                 stored, value = await self._accept(keys=keys, args=args)
                 if int(stored) != 2:
                     break
@@ -250,18 +295,45 @@ class Intake:
         key = (queue, status, keyword)
         self.counts[key] = self.counts.get(key, 0) + 1
         no_reply = "" if is_mobile(sms.sender) else NOT_MOBILE
-        self.sink.decision({"event": "inbound", "provider": sms.provider, "message_id": shown_id(sms.message_id),
-                            "thread": tid, "queue": queue, "status": status, "optout": keyword,
-                            "rule": plan.rule if status == "accepted" else "", "reply": no_reply})
+        self.sink.decision(
+            {
+                "event": "inbound",
+                "provider": sms.provider,
+                "message_id": shown_id(sms.message_id),
+                "thread": tid,
+                "queue": queue,
+                "status": status,
+                "optout": keyword,
+                "rule": plan.rule if status == "accepted" else "",
+                "reply": no_reply,
+            }
+        )
         if log.isEnabledFor(logging.INFO):  # (the masks are not computed for a record that is dropped)
-            log.info("inbound %s from %s to %s: %s -> %s (%s)", shown_id(sms.message_id), mask(sms.sender),
-                     mask(sms.to), status, queue, plan.rule)
+            log.info(
+                "inbound %s from %s to %s: %s -> %s (%s)",
+                shown_id(sms.message_id),
+                mask(sms.sender),
+                mask(sms.to),
+                status,
+                queue,
+                plan.rule,
+            )
         if status == "accepted" and self.enqueuer is not None:
             self.enqueuer.enqueued += plan.job is not None
         return IntakeResult(status, tid, queue, keyword, no_reply)
 
-    def _plan(self, sms: InboundSms, *, routing: RoutingRules | None, rules: MessagingRules, keyword: str,
-              context: ThreadContext | None, tid: str, sealed_text: str, sealed_sender: str) -> _Plan:
+    def _plan(
+        self,
+        sms: InboundSms,
+        *,
+        routing: RoutingRules | None,
+        rules: MessagingRules,
+        keyword: str,
+        context: ThreadContext | None,
+        tid: str,
+        sealed_text: str,
+        sealed_sender: str,
+    ) -> _Plan:
         """Route the message and prepare its notification job, with the automatic reply (or
         opt-out confirmation) the worker is to send, all to go into the accept's one step."""
         if routing is None:
@@ -281,25 +353,51 @@ class Intake:
                 # automatic reply tells how (an ordinary auto-reply: an opted-out citizen gets none).
                 tags = f"{tags},{QUESTION_TAG}" if tags else QUESTION_TAG
                 reply = f"{reply}\n{rules.optout_help}" if reply else rules.optout_help
-        job = self._notification(sms, tid, sealed_text, queue=queue, rule=rule, priority=priority,
-                                 reply=(reply, action, sealed_sender) if reply and is_mobile(sms.sender) else None)
+        job = self._notification(
+            sms,
+            tid,
+            sealed_text,
+            queue=queue,
+            rule=rule,
+            priority=priority,
+            reply=(reply, action, sealed_sender) if reply and is_mobile(sms.sender) else None,
+        )
         return _Plan(queue, priority, rule, tags, job)
 
-    def _notification(self, sms: InboundSms, tid: str, sealed_text: str, *, queue: str, rule: str,
-                      priority: str, reply: tuple[str, str, str] | None = None) -> QueuePut | None:
+    def _notification(
+        self,
+        sms: InboundSms,
+        tid: str,
+        sealed_text: str,
+        *,
+        queue: str,
+        rule: str,
+        priority: str,
+        reply: tuple[str, str, str] | None = None,
+    ) -> QueuePut | None:
         """The queue's notification job (webhook, duty SMS) for an accepted message, with the
         reply (text, action, the citizen's sealed number) the worker sends from the city number
         texted; None when nothing is queued (no broker)."""
         if self.enqueuer is None:
             return None
         payload: dict[str, Any] = {
-            "v": 1, "thread": tid, "queue": queue, "rule": rule, "priority": priority, "message_id": sms.message_id,
-            "provider": sms.provider, "at": sms.received_at, "citizen": mask(sms.sender), "text": sealed_text}
+            "v": 1,
+            "thread": tid,
+            "queue": queue,
+            "rule": rule,
+            "priority": priority,
+            "message_id": sms.message_id,
+            "provider": sms.provider,
+            "at": sms.received_at,
+            "citizen": mask(sms.sender),
+            "text": sealed_text,
+        }
         if reply is not None and self.replies.sms_provider:
             text, action, sealed_sender = reply
             # The citizen's number sealed as the thread keeps it (bound to the thread id).
-            payload["reply"] = inbound_reply(self.sealer, tid, text=text, action=action, sealed_to=sealed_sender,
-                                             city_number=sms.to)
+            payload["reply"] = inbound_reply(
+                self.sealer, tid, text=text, action=action, sealed_to=sealed_sender, city_number=sms.to
+            )
         return self.enqueuer.prepare("inbound", payload)
 
     # ------------------------------------------------------------------ staff side
@@ -308,10 +406,18 @@ class Intake:
         out = []
         for entry_id, fields in entries:
             f = {k.decode(): v.decode() for k, v in fields.items()}
-            claimed = await self.client.get(thread_claim_key(f['thread']))
-            out.append({"entry": entry_id.decode(), "thread": f["thread"], "at": float(f["at"]),
-                        "priority": f["priority"], "rule": f["rule"], "tags": [t for t in f["tags"].split(",") if t],
-                        "claimed_by": claimed.decode() if claimed else None})
+            claimed = await self.client.get(thread_claim_key(f["thread"]))
+            out.append(
+                {
+                    "entry": entry_id.decode(),
+                    "thread": f["thread"],
+                    "at": float(f["at"]),
+                    "priority": f["priority"],
+                    "rule": f["rule"],
+                    "tags": [t for t in f["tags"].split(",") if t],
+                    "claimed_by": claimed.decode() if claimed else None,
+                }
+            )
         return out
 
     async def thread(self, tid: str) -> dict[str, Any] | None:
@@ -323,25 +429,39 @@ class Intake:
         messages = []
         for entry_id, fields in await self.client.xrange(thread_messages_key(tid)):
             f = {k.decode(): v.decode() for k, v in fields.items()}
-            messages.append({"id": entry_id.decode(), "dir": f["dir"], "at": float(f["at"]),
-                             "text": self.sealer.open(f["text"], tid.encode())})
-        return {"thread": tid, "city_number": t["to"], "citizen": mask(sender), "queue": t["queue"],
-                "count": int(t.get("count", "0")), "messages": messages,
-                "reply": "" if is_mobile(sender) else NOT_MOBILE}
+            messages.append(
+                {
+                    "id": entry_id.decode(),
+                    "dir": f["dir"],
+                    "at": float(f["at"]),
+                    "text": self.sealer.open(f["text"], tid.encode()),
+                }
+            )
+        return {
+            "thread": tid,
+            "city_number": t["to"],
+            "citizen": mask(sender),
+            "queue": t["queue"],
+            "count": int(t.get("count", "0")),
+            "messages": messages,
+            "reply": "" if is_mobile(sender) else NOT_MOBILE,
+        }
 
     async def _recent_inbound(self, tid: str, count: int = 20) -> list[str]:
         """The provider message ids of the citizen's latest messages in a thread."""
         entries = await self.client.xrevrange(thread_messages_key(tid), count=count)
-        return [fields[b"message_id"].decode() for _, fields in entries
-                if fields.get(b"dir") == b"in" and b"message_id" in fields]
+        return [
+            fields[b"message_id"].decode()
+            for _, fields in entries
+            if fields.get(b"dir") == b"in" and b"message_id" in fields
+        ]
 
     async def claim(self, tid: str, staff: str, ttl_s: int = CLAIM_TTL_S) -> bool:
         """Claim a thread for `staff` for `ttl_s`: True when newly claimed, False when `staff`
         held it already (a double click: renewed, not an error). Raises `ThreadNotFound`, or
         `ClaimedByOther` when another staff member holds it."""
         try:
-            found, holder = await self._claim(keys=[thread_key(tid), thread_claim_key(tid)],
-                                              args=[staff, ttl_s])
+            found, holder = await self._claim(keys=[thread_key(tid), thread_claim_key(tid)], args=[staff, ttl_s])
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
         holder = holder.decode() if isinstance(holder, bytes) else str(holder)

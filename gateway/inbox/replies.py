@@ -40,8 +40,9 @@ class Replies:
         self.sealer = sealer
         self.sms_provider = sms_provider  # "" when no SMS provider is configured
 
-    def outgoing(self, tid: str, to: str, city_number: str, text: str, action: str, *,
-                 rule_text: bool = False) -> tuple[Admission, QueuePut] | None:
+    def outgoing(
+        self, tid: str, to: str, city_number: str, text: str, action: str, *, rule_text: bool = False
+    ) -> tuple[Admission, QueuePut] | None:
         """The reply's admission, and its job with the thread entry to add once admitted. None
         when nothing can be sent (no broker or no SMS provider)."""
         if self.enqueuer is None or not self.sms_provider:
@@ -50,14 +51,22 @@ class Replies:
         key = self.outbox.key_for("sms", tid, action, to)
         sms = SmsRequest(key, to, city_number, safe, safe.split("\n", 1)[0][:20], kind)
         message = QueuedMessage(key, "sms", tid, action, to, self.sms_provider, sms=sms)
-        put = self.enqueuer.prepare("sms", encode_message(message, self.sealer),
-                                    stream_key=thread_messages_key(tid), stream_fields=(
-                                        ("dir", "out"), ("at", f"{time.time():.3f}"),
-                                        ("text", self.sealer.seal(safe, tid.encode())), ("action", action)))
+        put = self.enqueuer.prepare(
+            "sms",
+            encode_message(message, self.sealer),
+            stream_key=thread_messages_key(tid),
+            stream_fields=(
+                ("dir", "out"),
+                ("at", f"{time.time():.3f}"),
+                ("text", self.sealer.seal(safe, tid.encode())),
+                ("action", action),
+            ),
+        )
         return Admission("sms", tid, action, to), put
 
-    async def send(self, tid: str, to: str, city_number: str, text: str, action: str, *,
-                   rule_text: bool = False) -> str:
+    async def send(
+        self, tid: str, to: str, city_number: str, text: str, action: str, *, rule_text: bool = False
+    ) -> str:
         """Admit, queue and record a reply in one step: "queued", "not_configured", or the
         guard's verdict ("opted_out", "duplicate", "rate_limited", "store_unavailable", ...)."""
         outgoing = self.outgoing(tid, to, city_number, text, action, rule_text=rule_text)

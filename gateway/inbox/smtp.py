@@ -99,8 +99,21 @@ TOO_MANY_RECIPIENTS = "452 4.5.3 too many recipients"
 # the EUC-KR label; Python's euc_kr codec rejects them.
 # CP949 is a strict superset of EUC-KR, so decoding with it loses nothing.
 _KOREAN_CHARSETS = frozenset(
-    {"euc-kr", "euc_kr", "euckr", "cp949", "ms949", "uhc", "x-windows-949", "windows-949", "ks_c_5601-1987",
-     "ks_c_5601", "ksc5601", "ksc_5601", "korean"}
+    {
+        "euc-kr",
+        "euc_kr",
+        "euckr",
+        "cp949",
+        "ms949",
+        "uhc",
+        "x-windows-949",
+        "windows-949",
+        "ks_c_5601-1987",
+        "ks_c_5601",
+        "ksc5601",
+        "ksc_5601",
+        "korean",
+    }
 )
 _UTF8_CHARSETS = frozenset({"utf-8", "utf8", "unknown-8bit"})  # unknown-8bit: raw 8-bit headers (RFC 6532)
 _PHONE_IN_TEXT = re.compile(r"\+?\d[\d\s\-.()]{6,}\d")
@@ -214,12 +227,19 @@ def settings_from_config(section: Mapping[str, Any], source: str) -> SmtpSetting
         numbers.append(number)
     try:
         return SmtpSettings(
-            host=section.get("host", "127.0.0.1"), port=int(section["port"]), peers=tuple(section["peers"]),
-            senders=tuple(section["senders"]), recipient_domain=section["recipient_domain"],
-            city_numbers=frozenset(numbers), max_bytes=int(section.get("max_bytes", DEFAULT_MAX_BYTES)),
+            host=section.get("host", "127.0.0.1"),
+            port=int(section["port"]),
+            peers=tuple(section["peers"]),
+            senders=tuple(section["senders"]),
+            recipient_domain=section["recipient_domain"],
+            city_numbers=frozenset(numbers),
+            max_bytes=int(section.get("max_bytes", DEFAULT_MAX_BYTES)),
             idle_timeout_s=float(section.get("idle_timeout_s", 60.0)),
-            max_connections=int(section.get("max_connections", 100)), tls_cert=str(section.get("tls_cert", "")),
-            tls_key=str(section.get("tls_key", "")), require_tls=bool(section.get("require_tls", False)))
+            max_connections=int(section.get("max_connections", 100)),
+            tls_cert=str(section.get("tls_cert", "")),
+            tls_key=str(section.get("tls_key", "")),
+            require_tls=bool(section.get("require_tls", False)),
+        )
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
 
@@ -227,8 +247,7 @@ def settings_from_config(section: Mapping[str, Any], source: str) -> SmtpSetting
 # --------------------------------------------------------------------------- pure MIME logic
 
 
-def parse_mail(raw: bytes, *, plan: NumberPlan, provider: str, recipients: list[str],
-               now: float) -> list[InboundSms]:
+def parse_mail(raw: bytes, *, plan: NumberPlan, provider: str, recipients: list[str], now: float) -> list[InboundSms]:
     """Turn one relayed mail into one `InboundSms` per recipient (E.164 city numbers).
 
     Pure: no I/O, the clock comes in as ``now``. Raises `MailRejected` with an enhanced status
@@ -255,9 +274,12 @@ def parse_mail(raw: bytes, *, plan: NumberPlan, provider: str, recipients: list[
         # cannot be stored or sent. A bounce, like any undecodable mail.
         raise MailRejected("5.6.0 text is not valid Unicode (a lone surrogate)")
     received_at = _received_at(raw_headers, now)
-    return [InboundSms(message_id=f"{message_id}/{to}", provider=provider, to=to, sender=sender, text=text,
-                       received_at=received_at)
-            for to in dict.fromkeys(recipients)]
+    return [
+        InboundSms(
+            message_id=f"{message_id}/{to}", provider=provider, to=to, sender=sender, text=text, received_at=received_at
+        )
+        for to in dict.fromkeys(recipients)
+    ]
 
 
 def _message_id(headers: Message) -> str:
@@ -573,8 +595,9 @@ class SmtpHandler:
             return TOO_BIG
         try:
             recipients = [self.recipient_number(a) for a in envelope.rcpt_tos]
-            messages = parse_mail(raw, plan=self.plan, provider=self.settings.provider, recipients=recipients,
-                                  now=time.time())
+            messages = parse_mail(
+                raw, plan=self.plan, provider=self.settings.provider, recipients=recipients, now=time.time()
+            )
         except MailRejected as exc:
             # The reason's enhanced code only: its text may quote the sender's input (a charset).
             self.malformed.note("smtp DATA", f"550 {exc.reason.split(' ', 1)[0]}")
@@ -597,15 +620,20 @@ class SmtpHandler:
                 self.malformed.note("smtp DATA", f"{exc.smtp_reply} {type(exc).__name__}")
                 rejection = rejection or f"{exc.smtp_reply} {_reply_text(str(exc)) or 'rejected'}"
             except Exception:
-                log.exception("smtp: unexpected error accepting %s from %s to %s", sms.message_id,
-                              mask(sms.sender), mask(sms.to))
+                log.exception(
+                    "smtp: unexpected error accepting %s from %s to %s", sms.message_id, mask(sms.sender), mask(sms.to)
+                )
                 temporary = True
         if temporary:
             return TEMPFAIL
         if rejection:
             return rejection
-        log.info("smtp: accepted %s from %s to %s", messages[0].message_id.rpartition("/")[0],
-                 mask(messages[0].sender), ",".join(mask(m.to) for m in messages))
+        log.info(
+            "smtp: accepted %s from %s to %s",
+            messages[0].message_id.rpartition("/")[0],
+            mask(messages[0].sender),
+            ",".join(mask(m.to) for m in messages),
+        )
         return OK
 
     @property

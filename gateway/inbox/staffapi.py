@@ -44,6 +44,7 @@ def add_routes(app: web.Application, intake: Intake, *, api_token: str, plan: Nu
     def staff_only(handler: Handler) -> Handler:
         """The staff API's bearer token, checked per route (a middleware would wrap every
         request, the citizens' webhooks too, in layers of handlers)."""
+
         async def checked(request: web.Request) -> web.StreamResponse:
             given = request.headers.get("Authorization", "")
             if not api_token or not hmac.compare_digest(given.encode(), f"Bearer {api_token}".encode()):
@@ -58,6 +59,7 @@ def add_routes(app: web.Application, intake: Intake, *, api_token: str, plan: Nu
                 # A read the route does not wrap (inbox, thread, opt-out status): Redis cannot
                 # answer now. 503 (the console retries), never a plain-text 500.
                 return error_response(StoreUnavailable("redis unavailable"))
+
         return checked
 
     async def inbox(request: web.Request) -> web.Response:

@@ -50,6 +50,7 @@ class InboundProvider:
     secret: str
     public_url: str  # the URL the provider posts to, as it signs it
 
+
 UnsubscribeParser = Callable[[Mapping[str, str], bytes], list[str]]  # raises ReportRejected / ReportForged
 RETRY = "temporarily unavailable, retry"  # the 503 text of the citizens' webhooks
 
@@ -91,8 +92,13 @@ def parse_body(content_type: str, body: bytes) -> dict[str, str]:
                 raise BadRequest("JSON body must be an object")
             return _checked_fields(data)
         if media == "application/x-www-form-urlencoded":
-            pairs = parse_qsl(body.decode("ascii"), keep_blank_values=True, strict_parsing=bool(body),
-                              encoding=charset, errors="strict")
+            pairs = parse_qsl(
+                body.decode("ascii"),
+                keep_blank_values=True,
+                strict_parsing=bool(body),
+                encoding=charset,
+                errors="strict",
+            )
             return _checked_fields(dict(pairs))
     except UnicodeDecodeError:
         raise BadRequest(f"body is not valid {charset}") from None
@@ -124,9 +130,15 @@ def _checked_fields(data: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-def add_routes(app: web.Application, intake: Intake, providers: Mapping[str, InboundProvider], *,
-               unsubscribe: Mapping[str, UnsubscribeParser], plan: NumberPlan,
-               draining: Callable[[], bool] = lambda: False) -> None:
+def add_routes(
+    app: web.Application,
+    intake: Intake,
+    providers: Mapping[str, InboundProvider],
+    *,
+    unsubscribe: Mapping[str, UnsubscribeParser],
+    plan: NumberPlan,
+    draining: Callable[[], bool] = lambda: False,
+) -> None:
     """The citizens' webhooks on `app`, and, while `app` runs, aiohttp's HTTP parser errors
     logged quietly (one rate-limited line per kind, as for the handlers' bad input)."""
     malformed = MalformedLog(log)

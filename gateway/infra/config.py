@@ -21,10 +21,12 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the gateway package (its da
 DEFAULT_CONFIG = PACKAGE_DIR / "data" / "gateway.default.yaml"
 PROJECT_RULES = PACKAGE_DIR.parent / "rules"
 
-_NAME = {"type": "string", "pattern": "^[A-Za-z0-9_.-]+$",
-         "x-message": "{value!r} is not a valid name (letters, digits, '_', '.', '-')"}
-_ENV = {"type": "string", "pattern": "^[A-Z_][A-Z0-9_]*$",
-        "x-message": "{value!r} is not an environment variable name"}
+_NAME = {
+    "type": "string",
+    "pattern": "^[A-Za-z0-9_.-]+$",
+    "x-message": "{value!r} is not a valid name (letters, digits, '_', '.', '-')",
+}
+_ENV = {"type": "string", "pattern": "^[A-Z_][A-Z0-9_]*$", "x-message": "{value!r} is not an environment variable name"}
 _SECONDS = {"type": "number", "exclusiveMinimum": 0}
 
 SCHEMA: dict[str, Any] = {
@@ -33,90 +35,158 @@ SCHEMA: dict[str, Any] = {
     "required": ["pbx"],
     "properties": {
         "pbx": {
-            "type": "array", "minItems": 1,
+            "type": "array",
+            "minItems": 1,
             "items": {
-                "type": "object", "additionalProperties": False,
+                "type": "object",
+                "additionalProperties": False,
                 "required": ["name", "host", "username", "secret_env"],
                 "properties": {
-                    "name": _NAME, "host": {"type": "string", "minLength": 1},
+                    "name": _NAME,
+                    "host": {"type": "string", "minLength": 1},
                     "port": {"type": "integer", "minimum": 1, "maximum": 65535},
-                    "username": {"type": "string", "minLength": 1}, "secret_env": _ENV,
+                    "username": {"type": "string", "minLength": 1},
+                    "secret_env": _ENV,
                     "trunks": {"type": "array", "items": {"type": "string", "minLength": 1}},
-                    "ping_interval_s": _SECONDS, "ping_timeout_s": _SECONDS,
+                    "ping_interval_s": _SECONDS,
+                    "ping_timeout_s": _SECONDS,
                     "backoff_max_s": _SECONDS,
                 },
             },
         },
-        "redis": {"type": "object", "additionalProperties": False,
-                  "properties": {"url": {"type": "string"}, "url_env": _ENV}},
-        "http": {"type": "object", "additionalProperties": False,
-                 "properties": {"host": {"type": "string"},
-                                "port": {"type": "integer", "minimum": 0, "maximum": 65535},
-                                # Bounds on slow, idle and numerous clients (every HTTP listener).
-                                "header_timeout_s": _SECONDS, "body_timeout_s": _SECONDS,
-                                "keepalive_timeout_s": _SECONDS,
-                                "max_connections": {"type": "integer", "minimum": 1},
-                                # /health and /metrics only here when set (not on the public listener).
-                                "internal_host": {"type": "string"},
-                                "internal_port": {"type": "integer", "minimum": 0, "maximum": 65535}}},
+        "redis": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"url": {"type": "string"}, "url_env": _ENV},
+        },
+        "http": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "host": {"type": "string"},
+                "port": {"type": "integer", "minimum": 0, "maximum": 65535},
+                # Bounds on slow, idle and numerous clients (every HTTP listener).
+                "header_timeout_s": _SECONDS,
+                "body_timeout_s": _SECONDS,
+                "keepalive_timeout_s": _SECONDS,
+                "max_connections": {"type": "integer", "minimum": 1},
+                # /health and /metrics only here when set (not on the public listener).
+                "internal_host": {"type": "string"},
+                "internal_port": {"type": "integer", "minimum": 0, "maximum": 65535},
+            },
+        },
         "rules_dir": {"type": "string"},
         # SIGTERM: stop intake, finish in-flight work, exit within this bound (< systemd's TimeoutStopSec).
         "shutdown_timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 600},
         # Start: wait this long for every PBX login before telling systemd READY anyway (webhooks work
         # without a PBX; /health stays 503 until the PBX is back).
         "ready_timeout_s": {"type": "number", "minimum": 0, "maximum": 600},
-        "carriers": {"type": "object", "minProperties": 1,
-                     "additionalProperties": {"type": "object", "required": ["kind"],
-                                              "properties": {"kind": {"enum": ["sandbox", "http"]}}}},
-        "alimtalk": {"type": "object", "minProperties": 1,
-                     "additionalProperties": {"type": "object", "required": ["kind"],
-                                              "properties": {"kind": {"enum": ["sandbox", "nhn"]}}}},
-        "sms": {"type": "object", "minProperties": 1,
-                "additionalProperties": {"type": "object", "required": ["kind"],
-                                         "properties": {"kind": {"enum": ["sandbox", "nhn"]}}}},
-        "webhooks": {"type": "object",
-                     "additionalProperties": {"type": "object", "additionalProperties": False,
-                                              "required": ["kind", "signature_env"],
-                                              "properties": {"kind": {"enum": ["nhn", "sandbox"]},
-                                                             "signature_env": _ENV}}},
-        "inbound": {"type": "object",
-                    "additionalProperties": {"type": "object", "additionalProperties": False,
-                                             "required": ["kind", "signature_env", "public_url"],
-                                             "properties": {"kind": {"enum": ["generic"]}, "signature_env": _ENV,
-                                                            "public_url": {"type": "string", "pattern": "^https?://"}}}},
-        "unsubscribe": {"type": "object",
-                        "additionalProperties": {"type": "object", "additionalProperties": False,
-                                                 "required": ["kind", "signature_env"],
-                                                 "properties": {"kind": {"enum": ["nhn"]}, "signature_env": _ENV}}},
-        "smtp": {"type": "object", "additionalProperties": False,
-                 "required": ["port", "peers", "senders", "recipient_domain", "city_numbers"],
-                 "properties": {"host": {"type": "string"}, "port": {"type": "integer", "minimum": 0, "maximum": 65535},
-                                "peers": {"type": "array", "items": {"type": "string"}},
-                                "senders": {"type": "array", "items": {"type": "string"}},
-                                "recipient_domain": {"type": "string", "minLength": 1},
-                                "city_numbers": {"type": "array", "minItems": 1, "items": {"type": "string"}},
-                                "max_bytes": {"type": "integer", "minimum": 1024},
-                                # a silent client (before a command or mid-DATA) is disconnected after this
-                                "idle_timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
-                                "max_connections": {"type": "integer", "minimum": 1},
-                                # STARTTLS: PEM certificate chain and unencrypted PEM key (relative to this file)
-                                "tls_cert": {"type": "string", "minLength": 1},
-                                "tls_key": {"type": "string", "minLength": 1},
-                                "require_tls": {"type": "boolean"}}},
+        "carriers": {
+            "type": "object",
+            "minProperties": 1,
+            "additionalProperties": {
+                "type": "object",
+                "required": ["kind"],
+                "properties": {"kind": {"enum": ["sandbox", "http"]}},
+            },
+        },
+        "alimtalk": {
+            "type": "object",
+            "minProperties": 1,
+            "additionalProperties": {
+                "type": "object",
+                "required": ["kind"],
+                "properties": {"kind": {"enum": ["sandbox", "nhn"]}},
+            },
+        },
+        "sms": {
+            "type": "object",
+            "minProperties": 1,
+            "additionalProperties": {
+                "type": "object",
+                "required": ["kind"],
+                "properties": {"kind": {"enum": ["sandbox", "nhn"]}},
+            },
+        },
+        "webhooks": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["kind", "signature_env"],
+                "properties": {"kind": {"enum": ["nhn", "sandbox"]}, "signature_env": _ENV},
+            },
+        },
+        "inbound": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["kind", "signature_env", "public_url"],
+                "properties": {
+                    "kind": {"enum": ["generic"]},
+                    "signature_env": _ENV,
+                    "public_url": {"type": "string", "pattern": "^https?://"},
+                },
+            },
+        },
+        "unsubscribe": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["kind", "signature_env"],
+                "properties": {"kind": {"enum": ["nhn"]}, "signature_env": _ENV},
+            },
+        },
+        "smtp": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["port", "peers", "senders", "recipient_domain", "city_numbers"],
+            "properties": {
+                "host": {"type": "string"},
+                "port": {"type": "integer", "minimum": 0, "maximum": 65535},
+                "peers": {"type": "array", "items": {"type": "string"}},
+                "senders": {"type": "array", "items": {"type": "string"}},
+                "recipient_domain": {"type": "string", "minLength": 1},
+                "city_numbers": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                "max_bytes": {"type": "integer", "minimum": 1024},
+                # a silent client (before a command or mid-DATA) is disconnected after this
+                "idle_timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
+                "max_connections": {"type": "integer", "minimum": 1},
+                # STARTTLS: PEM certificate chain and unencrypted PEM key (relative to this file)
+                "tls_cert": {"type": "string", "minLength": 1},
+                "tls_key": {"type": "string", "minLength": 1},
+                "require_tls": {"type": "boolean"},
+            },
+        },
         "api": {"type": "object", "additionalProperties": False, "properties": {"token_env": _ENV}},
-        "worker": {"type": "object", "additionalProperties": False,
-                   "properties": {"threads": {"type": "integer", "minimum": 1, "maximum": 64},
-                                  "namespace": {"type": "string", "pattern": "^[a-z0-9-]+$"},
-                                  "heartbeat_timeout_ms": {"type": "integer", "minimum": 1000},
-                                  "maintenance_chance": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
-                                  "http_host": {"type": "string"},
-                                  "http_port": {"type": "integer", "minimum": 0, "maximum": 65535}}},
-        "outbox": {"type": "object", "additionalProperties": False,
-                   "properties": {"number_key_env": _ENV, "data_key_env": _ENV,
-                                  "dedupe_ttl_s": {"type": "integer", "minimum": 60}}},
-        "log": {"type": "object", "additionalProperties": False,
-                "properties": {"json": {"type": "boolean"},
-                               "level": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR"]}}},
+        "worker": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "threads": {"type": "integer", "minimum": 1, "maximum": 64},
+                "namespace": {"type": "string", "pattern": "^[a-z0-9-]+$"},
+                "heartbeat_timeout_ms": {"type": "integer", "minimum": 1000},
+                "maintenance_chance": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
+                "http_host": {"type": "string"},
+                "http_port": {"type": "integer", "minimum": 0, "maximum": 65535},
+            },
+        },
+        "outbox": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "number_key_env": _ENV,
+                "data_key_env": _ENV,
+                "dedupe_ttl_s": {"type": "integer", "minimum": 60},
+            },
+        },
+        "log": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"json": {"type": "boolean"}, "level": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR"]}},
+        },
     },
 }
 
@@ -193,8 +263,10 @@ class GatewayConfig:
     def number_key(self, environ: Mapping[str, str]) -> bytes:
         value = environ.get(self.number_key_env, "")
         if len(value) < 16:
-            raise ConfigError(f"environment variable {self.number_key_env} must hold a secret of at least "
-                              "16 characters (it keys the hashes of citizens' numbers)")
+            raise ConfigError(
+                f"environment variable {self.number_key_env} must hold a secret of at least "
+                "16 characters (it keys the hashes of citizens' numbers)"
+            )
         return value.encode()
 
     def sealer(self, environ: Mapping[str, str]) -> Sealer:
@@ -214,8 +286,9 @@ def _smtp(section: Mapping[str, Any], source: Path, label: str, lines: Lines) ->
     if smtp.get("require_tls") and not (cert and key):
         raise ConfigError(f"{where('require_tls')}: requiring STARTTLS needs smtp.tls_cert and smtp.tls_key")
     if bool(cert) != bool(key):
-        raise ConfigError(f"{where('tls_cert' if cert else 'tls_key')}: "
-                          f"smtp.{'tls_key' if cert else 'tls_cert'} is needed too")
+        raise ConfigError(
+            f"{where('tls_cert' if cert else 'tls_key')}: smtp.{'tls_key' if cert else 'tls_cert'} is needed too"
+        )
     if cert and key:
         paths = {name: (source.parent / str(smtp[name])).absolute() for name in ("tls_cert", "tls_key")}
         try:
@@ -251,20 +324,33 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
     log = data.get("log", {})
     return GatewayConfig(
         source=label,
-        pbxes=tuple(PbxConfig(name=p["name"], host=p["host"], port=p.get("port", 5038), username=p["username"],
-                              secret_env=p["secret_env"], trunks=tuple(p.get("trunks", ())),
-                              ping_interval_s=float(p.get("ping_interval_s", 5.0)),
-                              ping_timeout_s=float(p.get("ping_timeout_s", 5.0)),
-                              backoff_max_s=float(p.get("backoff_max_s", 30.0)))
-                    for p in data["pbx"]),
-        redis_url=redis.get("url", ""), redis_url_env=redis.get("url_env", "REDIS_URL"),
-        http_host=http.get("host", "127.0.0.1"), http_port=int(http.get("port", 8080)),
+        pbxes=tuple(
+            PbxConfig(
+                name=p["name"],
+                host=p["host"],
+                port=p.get("port", 5038),
+                username=p["username"],
+                secret_env=p["secret_env"],
+                trunks=tuple(p.get("trunks", ())),
+                ping_interval_s=float(p.get("ping_interval_s", 5.0)),
+                ping_timeout_s=float(p.get("ping_timeout_s", 5.0)),
+                backoff_max_s=float(p.get("backoff_max_s", 30.0)),
+            )
+            for p in data["pbx"]
+        ),
+        redis_url=redis.get("url", ""),
+        redis_url_env=redis.get("url_env", "REDIS_URL"),
+        http_host=http.get("host", "127.0.0.1"),
+        http_port=int(http.get("port", 8080)),
         rules_dir=rules_dir,
         carriers=data.get("carriers") or {"sandbox": {"kind": "sandbox"}},
         number_key_env=outbox.get("number_key_env", "GATEWAY_NUMBER_KEY"),
         data_key_env=outbox.get("data_key_env", "GATEWAY_DATA_KEY"),
-        alimtalk=data.get("alimtalk") or {}, sms=data.get("sms") or {}, webhooks=data.get("webhooks") or {},
-        inbound=data.get("inbound") or {}, unsubscribe=data.get("unsubscribe") or {},
+        alimtalk=data.get("alimtalk") or {},
+        sms=data.get("sms") or {},
+        webhooks=data.get("webhooks") or {},
+        inbound=data.get("inbound") or {},
+        unsubscribe=data.get("unsubscribe") or {},
         api_token_env=(data.get("api") or {}).get("token_env", "GATEWAY_API_TOKEN"),
         smtp=_smtp(data.get("smtp") or {}, source, label, lines),
         worker_threads=int((data.get("worker") or {}).get("threads", 4)),
@@ -272,15 +358,18 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
         heartbeat_timeout_ms=int((data.get("worker") or {}).get("heartbeat_timeout_ms", 60_000)),
         maintenance_chance=int((data.get("worker") or {}).get("maintenance_chance", 1000)),
         dedupe_ttl_s=int(outbox.get("dedupe_ttl_s", 21600)),
-        log_json=bool(log.get("json", True)), log_level=log.get("level", "INFO"),
+        log_json=bool(log.get("json", True)),
+        log_level=log.get("level", "INFO"),
         shutdown_timeout_s=float(data.get("shutdown_timeout_s", 20.0)),
         ready_timeout_s=float(data.get("ready_timeout_s", 30.0)),
         worker_http_host=(data.get("worker") or {}).get("http_host", "127.0.0.1"),
         worker_http_port=(data.get("worker") or {}).get("http_port"),
-        http_limits=HttpLimits(header_timeout_s=float(http.get("header_timeout_s", 10.0)),
-                               body_timeout_s=float(http.get("body_timeout_s", 30.0)),
-                               keepalive_timeout_s=float(http.get("keepalive_timeout_s", 15.0)),
-                               max_connections=int(http.get("max_connections", 1024))),
+        http_limits=HttpLimits(
+            header_timeout_s=float(http.get("header_timeout_s", 10.0)),
+            body_timeout_s=float(http.get("body_timeout_s", 30.0)),
+            keepalive_timeout_s=float(http.get("keepalive_timeout_s", 15.0)),
+            max_connections=int(http.get("max_connections", 1024)),
+        ),
         http_internal_host=http.get("internal_host", "127.0.0.1"),
         http_internal_port=http.get("internal_port"),
     )

@@ -32,8 +32,13 @@ class ConnectionGate:
             self._unreported += 1
             now = time.monotonic()
             if now - self._warned_at >= REFUSAL_WARNING_EVERY_S:
-                log.warning("%s: %d connections open (%s): refused %d new connection(s) since the last warning",
-                            self.name, self.open, self.setting, self._unreported)
+                log.warning(
+                    "%s: %d connections open (%s): refused %d new connection(s) since the last warning",
+                    self.name,
+                    self.open,
+                    self.setting,
+                    self._unreported,
+                )
                 self._warned_at, self._unreported = now, 0
             return False
         self.open += 1

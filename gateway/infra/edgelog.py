@@ -32,8 +32,13 @@ class MalformedLog:
     ``reason`` must be a fixed token chosen by the code (an exception class, a status code),
     never text from the input."""
 
-    def __init__(self, logger: logging.Logger, *, interval_s: float = DEFAULT_INTERVAL_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        interval_s: float = DEFAULT_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.logger = logger
         self.interval_s = interval_s
         self.clock = clock

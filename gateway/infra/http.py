@@ -39,8 +39,11 @@ log = logging.getLogger(__name__)
 HealthSource = Callable[[], Awaitable[dict[str, Any]]]
 Routes = Callable[[web.Application], None]  # adds an edge's routes (and its app hooks) to an app
 
-_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 32\r\n"
-         b"Connection: close\r\nRetry-After: 1\r\n\r\n" b'{"error": "too many connections"}')
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 32\r\n"
+    b"Connection: close\r\nRetry-After: 1\r\n\r\n"
+    b'{"error": "too many connections"}'
+)
 
 
 def json_error(status: int, message: str) -> web.Response:
@@ -92,8 +95,12 @@ async def read_body(request: web.BaseRequest, limit: int) -> bytes:
 
 
 def _too_large(limit: int, size: int) -> web.HTTPRequestEntityTooLarge:
-    return web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size, content_type="application/json",
-                                         text=json.dumps({"error": f"body larger than {limit} bytes"}))
+    return web.HTTPRequestEntityTooLarge(
+        max_size=limit,
+        actual_size=size,
+        content_type="application/json",
+        text=json.dumps({"error": f"body larger than {limit} bytes"}),
+    )
 
 
 class BodyTimeout(web.HTTPRequestTimeout, asyncio.TimeoutError):
@@ -104,8 +111,10 @@ class BodyTimeout(web.HTTPRequestTimeout, asyncio.TimeoutError):
     treats it as the timeout it is (a TimeoutError) and closes the connection quietly."""
 
     def __init__(self, seconds: float) -> None:
-        super().__init__(content_type="application/json",
-                         text=json.dumps({"error": f"request body not received within {seconds:g} s"}))
+        super().__init__(
+            content_type="application/json",
+            text=json.dumps({"error": f"request body not received within {seconds:g} s"}),
+        )
 
 
 class GuardedHandler(RequestHandler):
@@ -118,8 +127,15 @@ class GuardedHandler(RequestHandler):
     are still incomplete when it fires).
     """
 
-    def __init__(self, manager: Server, *, loop: asyncio.AbstractEventLoop, limits: HttpLimits,
-                 gate: ConnectionGate, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        manager: Server,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        limits: HttpLimits,
+        gate: ConnectionGate,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(manager, loop=loop, keepalive_timeout=limits.keepalive_timeout_s, **kwargs)
         self._limits, self._gate = limits, gate
         self._admitted = False
@@ -190,13 +206,13 @@ class GuardedHandler(RequestHandler):
 
 def add_health_routes(app: web.Application, health: HealthSource, *, full: bool) -> None:
     """`GET /healthz` (always) and `GET /health` (when `full`: else it is on the internal listener)."""
+
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"alive": True})
 
     async def health_full(_: web.Request) -> web.Response:
         state = await health()
-        return web.json_response(state, status=200 if state.get("ready") else 503,
-                                 dumps=_dumps)
+        return web.json_response(state, status=200 if state.get("ready") else 503, dumps=_dumps)
 
     app.router.add_get("/healthz", healthz)  # on every listener: load balancers probe the public one
     if full:
@@ -210,8 +226,16 @@ def _dumps(obj: Any) -> str:
 class HttpServer:
     """One listening socket serving `app`, within `limits`."""
 
-    def __init__(self, app: web.Application, host: str, port: int, *, shutdown_timeout: float = 5.0,
-                 limits: HttpLimits | None = None, name: str = "http") -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        host: str,
+        port: int,
+        *,
+        shutdown_timeout: float = 5.0,
+        limits: HttpLimits | None = None,
+        name: str = "http",
+    ) -> None:
         # shutdown_timeout bounds how long cleanup() waits for in-flight requests (aiohttp: 60 s).
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
         self.host, self.port = host, port

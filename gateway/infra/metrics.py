@@ -21,8 +21,11 @@ LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.
 
 def sends_family(totals: dict[tuple[str, str, str], int]) -> CounterMetricFamily:
     """Provider answers by channel (lettering, alimtalk, sms, lms), provider and result."""
-    sends = CounterMetricFamily("gateway_sends", "requests answered by a provider, by channel, provider and result",
-                                labels=["channel", "provider", "result"])
+    sends = CounterMetricFamily(
+        "gateway_sends",
+        "requests answered by a provider, by channel, provider and result",
+        labels=["channel", "provider", "result"],
+    )
     for (channel, provider, result), count in totals.items():
         sends.add_metric([channel, provider, result], count)
     return sends
@@ -31,8 +34,12 @@ def sends_family(totals: dict[tuple[str, str, str], int]) -> CounterMetricFamily
 def lettering_latency() -> Histogram:
     """The lettering latency histogram, not yet in a registry: the call pipeline is built with
     its `observe` before the registry that exposes it (`new_registry`)."""
-    return Histogram("gateway_lettering_latency_seconds", "AMI DialBegin receipt to the carrier request",
-                     buckets=LATENCY_BUCKETS_S, registry=None)
+    return Histogram(
+        "gateway_lettering_latency_seconds",
+        "AMI DialBegin receipt to the carrier request",
+        buckets=LATENCY_BUCKETS_S,
+        registry=None,
+    )
 
 
 def new_registry(*collectors: Collector) -> CollectorRegistry:

@@ -16,8 +16,12 @@ class JsonLinesSink:
 
     Thread-safe: the queue worker reports from its own thread."""
 
-    def __init__(self, out: TextIO, *, kinds: frozenset[str] = frozenset(
-            {"call", "lettering", "skipped", "postcall", "alimtalk", "sent", "sms"})) -> None:
+    def __init__(
+        self,
+        out: TextIO,
+        *,
+        kinds: frozenset[str] = frozenset({"call", "lettering", "skipped", "postcall", "alimtalk", "sent", "sms"}),
+    ) -> None:
         self.out = out
         self.kinds = kinds
         self.records: list[Mapping[str, Any]] = []
@@ -54,26 +58,36 @@ class ConsoleSink:
     def _format(kind: str, r: Mapping[str, Any]) -> str:
         if kind == "call":
             transfers = "".join(f" ⇢ {t['kind']} {t['to']}" for t in r.get("transfers", []))
-            return (f"[call]      {r['pbx']} #{r['call']} {r['direction']:<8} ext {r['extension'] or '-':<5} "
-                    f"↔ {mask(str(r['party'])):<14} {r['disposition']} ({r['cause']}) "
-                    f"talk {r['talk_seconds']}s{transfers}")
+            return (
+                f"[call]      {r['pbx']} #{r['call']} {r['direction']:<8} ext {r['extension'] or '-':<5} "
+                f"↔ {mask(str(r['party'])):<14} {r['disposition']} ({r['cause']}) "
+                f"talk {r['talk_seconds']}s{transfers}"
+            )
         if kind == "lettering":
-            return (f"[lettering] {r['pbx']} #{r['call']} ext {r['extension']} → {mask(str(r['to']))} via "
-                    f"{r['provider']}: {r['result']} | {r['organisation']} {r['department']} | {r['text']}")
+            return (
+                f"[lettering] {r['pbx']} #{r['call']} ext {r['extension']} → {mask(str(r['to']))} via "
+                f"{r['provider']}: {r['result']} | {r['organisation']} {r['department']} | {r['text']}"
+            )
         if kind == "postcall":
             return f"[postcall]  {r['pbx']} #{r['call']} → {mask(str(r['to']))} content {r['content']}: {r['result']}"
         if kind == "alimtalk":
-            return (f"[alimtalk]  {r['pbx']} #{r['call']} → {mask(str(r['to']))} {r['purpose']} "
-                    f"({r['template']}): {r['result']}")
+            return (
+                f"[alimtalk]  {r['pbx']} #{r['call']} → {mask(str(r['to']))} {r['purpose']} "
+                f"({r['template']}): {r['result']}"
+            )
         if kind == "sent":
-            return (f"[sent]      {r['pbx']} #{r['call']} {r['action']} as {r['channel']} → {mask(str(r['to']))} "
-                    f"via {r['provider']}: {r['result']} {r.get('detail', '')}".rstrip())
+            return (
+                f"[sent]      {r['pbx']} #{r['call']} {r['action']} as {r['channel']} → {mask(str(r['to']))} "
+                f"via {r['provider']}: {r['result']} {r.get('detail', '')}".rstrip()
+            )
         if kind == "sms":
             return f"[sms]       {r['pbx']} #{r['call']} {r['action']} → {mask(str(r['to']))}: {r['result']}"
         if kind == "inbound":
             opt = f" ({r['optout']})" if r.get("optout") else ""
-            return (f"[inbound]   {r['provider']} {r['message_id']} -> queue {r['queue']} by rule "
-                    f"{r.get('rule') or '-'}: {r['status']}{opt}")
+            return (
+                f"[inbound]   {r['provider']} {r['message_id']} -> queue {r['queue']} by rule "
+                f"{r.get('rule') or '-'}: {r['status']}{opt}"
+            )
         if kind == "notified":
             who = f" {r['officer']}" if r.get("officer") else ""
             return f"[notified]  thread {r['thread']} queue {r['queue']} -> {r['sink']}{who}: {r['result']}"

@@ -198,9 +198,19 @@ class Wire:
     """One multiplexed connection to one Redis (see the module docstring). Replies are raw
     RESP2 values: bytes, ints, lists (HGETALL gives a flat list), None."""
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 6379, path: str = "", db: int = 0,
-                 username: str | None = None, password: str | None = None, tls: ssl.SSLContext | None = None,
-                 timeout_s: float = 0.25, connect_timeout_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 6379,
+        path: str = "",
+        db: int = 0,
+        username: str | None = None,
+        password: str | None = None,
+        tls: ssl.SSLContext | None = None,
+        timeout_s: float = 0.25,
+        connect_timeout_s: float = 1.0,
+    ) -> None:
         self.host, self.port, self.path, self.db = host, port, path, db
         self.username, self.password, self.tls = username, password, tls
         self.timeout_s = timeout_s
@@ -221,16 +231,27 @@ class Wire:
         """`redis://[user:password@]host[:port][/db]`, `rediss://...` (with redis-py's `ssl_ca_certs`,
         `ssl_cert_reqs`, `ssl_check_hostname`, `ssl_certfile`, `ssl_keyfile` query options) or
         `unix:///path?db=N`: the same URL the redis-py clients get."""
-        return cls.from_kwargs(parse_url(url), tls=url.startswith("rediss://"), timeout_s=timeout_s,
-                               connect_timeout_s=max(connect_timeout_s, timeout_s))
+        return cls.from_kwargs(
+            parse_url(url),
+            tls=url.startswith("rediss://"),
+            timeout_s=timeout_s,
+            connect_timeout_s=max(connect_timeout_s, timeout_s),
+        )
 
     @classmethod
     def from_kwargs(cls, kw: Mapping[str, Any], *, tls: bool, timeout_s: float, connect_timeout_s: float) -> Wire:
         """From redis-py's connection keyword arguments (what `parse_url` or a pool holds)."""
-        return cls(host=str(kw.get("host") or "127.0.0.1"), port=int(kw.get("port") or 6379),
-                   path=str(kw.get("path") or ""), db=int(kw.get("db") or 0), username=kw.get("username"),
-                   password=kw.get("password"), tls=tls_context(kw) if tls else None,
-                   timeout_s=timeout_s, connect_timeout_s=connect_timeout_s)
+        return cls(
+            host=str(kw.get("host") or "127.0.0.1"),
+            port=int(kw.get("port") or 6379),
+            path=str(kw.get("path") or ""),
+            db=int(kw.get("db") or 0),
+            username=kw.get("username"),
+            password=kw.get("password"),
+            tls=tls_context(kw) if tls else None,
+            timeout_s=timeout_s,
+            connect_timeout_s=connect_timeout_s,
+        )
 
     def register_script(self, source: str) -> Script:
         return Script(self, source)
@@ -277,8 +298,9 @@ class Wire:
             # is a connect that failed, not a cancellation it must pass on.
             current = asyncio.current_task()
             if task.cancelled() and current is not None and not current.cancelling():
-                raise RedisConnectionError(f"redis: cannot connect to {self._address()}: "
-                                           "the connection was closed") from None
+                raise RedisConnectionError(
+                    f"redis: cannot connect to {self._address()}: the connection was closed"
+                ) from None
             raise
 
     async def _establish(self) -> _Connection:
@@ -293,8 +315,9 @@ class Wire:
             # nothing), its ConnectionError (closed during the hello, not RESP) and its
             # ResponseError (WRONGPASS, NOAUTH). A cancellation (`aclose`) passes through.
             self.events["connect_failures"] += 1
-            raise RedisConnectionError(f"redis: cannot connect to {self._address()}: "
-                                       f"{str(exc) or type(exc).__name__}") from exc
+            raise RedisConnectionError(
+                f"redis: cannot connect to {self._address()}: {str(exc) or type(exc).__name__}"
+            ) from exc
         self._conn = conn
         self.events["connects"] += 1
         return conn
@@ -345,8 +368,12 @@ def wire_like(client: Any, *, timeout_s: float | None = None) -> Wire:
     pool = client.connection_pool
     kw = pool.connection_kwargs
     timeout = timeout_s if timeout_s is not None else float(kw.get("socket_timeout") or 5.0)
-    return Wire.from_kwargs(kw, tls="SSL" in getattr(pool.connection_class, "__name__", ""), timeout_s=timeout,
-                            connect_timeout_s=float(kw.get("socket_connect_timeout") or timeout))
+    return Wire.from_kwargs(
+        kw,
+        tls="SSL" in getattr(pool.connection_class, "__name__", ""),
+        timeout_s=timeout,
+        connect_timeout_s=float(kw.get("socket_connect_timeout") or timeout),
+    )
 
 
 def tls_context(kw: Mapping[str, Any]) -> ssl.SSLContext:

@@ -90,8 +90,9 @@ def _timestamp(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
     try:
         return yaml.SafeLoader.construct_yaml_timestamp(loader, node)  # type: ignore[arg-type]
     except ValueError as exc:
-        raise yaml.constructor.ConstructorError(None, None, f"{node.value!r} is not a valid date ({exc})",
-                                                node.start_mark) from None
+        raise yaml.constructor.ConstructorError(
+            None, None, f"{node.value!r} is not a valid date ({exc})", node.start_mark
+        ) from None
 
 
 _Loader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp)
@@ -195,8 +196,11 @@ class _Walker:
         self.lines.setdefault(path, node.start_mark.line + 1)
         if id(node) in self.open or len(path) > MAX_DEPTH:
             # An alias inside its own anchor would make every later step recurse forever.
-            why = ("an alias used inside its own anchor" if id(node) in self.open
-                   else f"nested more than {MAX_DEPTH} levels deep")
+            why = (
+                "an alias used inside its own anchor"
+                if id(node) in self.open
+                else f"nested more than {MAX_DEPTH} levels deep"
+            )
             self.duplicates.append(problem(self.label, node.start_mark.line + 1, path, why))
             return
         if id(node) in self.seen:  # an alias: walked once already
@@ -248,9 +252,7 @@ class Located(NamedTuple):
     text: str
 
 
-def validate(
-    data: Any, schema: Mapping[str, Any], lines: Mapping[KeyPath, int], file_label: str
-) -> list[str]:
+def validate(data: Any, schema: Mapping[str, Any], lines: Mapping[KeyPath, int], file_label: str) -> list[str]:
     """Every schema problem of ``data`` as ``file:line: key.path: message``, sorted by line.
 
     Draft 2020-12. A schema node may carry ``"x-message"``: a string (or a dict keyed by failing
@@ -261,9 +263,7 @@ def validate(
     return [p.text for p in validate_located(data, schema, lines, file_label)]
 
 
-def validate_located(
-    data: Any, schema: Mapping[str, Any], lines: Mapping[KeyPath, int], label: str
-) -> list[Located]:
+def validate_located(data: Any, schema: Mapping[str, Any], lines: Mapping[KeyPath, int], label: str) -> list[Located]:
     """`validate` with each problem's line kept beside its text."""
     validator = Draft202012Validator(schema)
     found: list[Located] = []
@@ -396,9 +396,7 @@ class Digest(Protocol):
     def update(self, data: bytes, /) -> None: ...
 
 
-def load_doc(
-    path: Path, schema: Mapping[str, Any], digest: Digest | None = None
-) -> tuple[Doc | None, list[Located]]:
+def load_doc(path: Path, schema: Mapping[str, Any], digest: Digest | None = None) -> tuple[Doc | None, list[Located]]:
     """Read, parse and schema-check ``path``: (the document, or None when it cannot be parsed; problems).
 
     Never raises `RulesError`: a missing file or a syntax error is the one problem returned, so the

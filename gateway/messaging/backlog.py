@@ -65,8 +65,9 @@ def _delayed_jobs(client: Any, key: str, queue_max_age_ms: int) -> Iterator[Dela
             data = decode(raw)
             options = data.get("options") or {}
             # AgeLimit reads the message's own max_age first, then the actor's (= the queue's).
-            yield DelayedJob(int(data["message_timestamp"]), int(options["eta"]),
-                             int(options.get("max_age") or queue_max_age_ms))
+            yield DelayedJob(
+                int(data["message_timestamp"]), int(options["eta"]), int(options.get("max_age") or queue_max_age_ms)
+            )
         except (DecodeError, KeyError, TypeError, ValueError, AttributeError):
             continue  # another encoder's or a hand-made entry: counted by HLEN, not summarised
 
@@ -79,10 +80,14 @@ def backlog_report(broker: Any) -> dict[str, dict[str, Any]]:
     for queue, b in read_backlog(broker).items():
         s = b.summary
         report[queue] = {
-            "ready": b.ready, "delayed": b.delayed, "held": b.held, "expiring": s.expiring,
+            "ready": b.ready,
+            "delayed": b.delayed,
+            "held": b.held,
+            "expiring": s.expiring,
             "oldest_delayed_age_s": None if s.oldest_enqueued_ms is None else round(now - s.oldest_enqueued_ms / 1000),
             "next_eta_in_s": None if s.next_eta_ms is None else round(s.next_eta_ms / 1000 - now),
-            "last_eta_in_s": None if s.last_eta_ms is None else round(s.last_eta_ms / 1000 - now)}
+            "last_eta_in_s": None if s.last_eta_ms is None else round(s.last_eta_ms / 1000 - now),
+        }
         for key in total:
             total[key] += report[queue][key]
     report["total"] = total
@@ -94,22 +99,39 @@ def queue_families(broker: Any) -> list[Metric]:
     whether Redis answered (gateway and worker alike: every instance reports the same figures).
     Redis down: only `gateway_redis_up 0`."""
     redis_up = GaugeMetricFamily("gateway_redis_up", "1 when Redis answered this scrape's queue reads")
-    depth = GaugeMetricFamily("gateway_queue_depth", "jobs waiting per queue: ready, and delayed (retries, quiet "
-                              "hours, open circuits) whether on Redis or held by a worker", labels=["queue"])
-    delayed = GaugeMetricFamily("gateway_queue_delayed", "delayed jobs per queue, on Redis or held by a worker",
-                                labels=["queue"])
-    held = GaugeMetricFamily("gateway_queue_delayed_held", "delayed jobs a worker fetched and keeps in memory "
-                             "until their time", labels=["queue"])
-    expiring = GaugeMetricFamily("gateway_queue_delayed_expiring", "delayed jobs due at or after their age limit: "
-                                 "they will go to the dead letters, not run", labels=["queue"])
-    oldest = GaugeMetricFamily("gateway_queue_delayed_oldest_age_seconds", "age of the oldest delayed job "
-                               "(since its first enqueue)", labels=["queue"])
-    next_eta = GaugeMetricFamily("gateway_queue_delayed_next_eta_timestamp_seconds", "when the first delayed job "
-                                 "is due", labels=["queue"])
-    last_eta = GaugeMetricFamily("gateway_queue_delayed_last_eta_timestamp_seconds", "when the last delayed job "
-                                 "is due", labels=["queue"])
-    max_age = GaugeMetricFamily("gateway_queue_max_age_seconds", "the queue's age limit: older jobs are dead-lettered",
-                                labels=["queue"])
+    depth = GaugeMetricFamily(
+        "gateway_queue_depth",
+        "jobs waiting per queue: ready, and delayed (retries, quiet "
+        "hours, open circuits) whether on Redis or held by a worker",
+        labels=["queue"],
+    )
+    delayed = GaugeMetricFamily(
+        "gateway_queue_delayed", "delayed jobs per queue, on Redis or held by a worker", labels=["queue"]
+    )
+    held = GaugeMetricFamily(
+        "gateway_queue_delayed_held",
+        "delayed jobs a worker fetched and keeps in memory until their time",
+        labels=["queue"],
+    )
+    expiring = GaugeMetricFamily(
+        "gateway_queue_delayed_expiring",
+        "delayed jobs due at or after their age limit: they will go to the dead letters, not run",
+        labels=["queue"],
+    )
+    oldest = GaugeMetricFamily(
+        "gateway_queue_delayed_oldest_age_seconds",
+        "age of the oldest delayed job (since its first enqueue)",
+        labels=["queue"],
+    )
+    next_eta = GaugeMetricFamily(
+        "gateway_queue_delayed_next_eta_timestamp_seconds", "when the first delayed job is due", labels=["queue"]
+    )
+    last_eta = GaugeMetricFamily(
+        "gateway_queue_delayed_last_eta_timestamp_seconds", "when the last delayed job is due", labels=["queue"]
+    )
+    max_age = GaugeMetricFamily(
+        "gateway_queue_max_age_seconds", "the queue's age limit: older jobs are dead-lettered", labels=["queue"]
+    )
     dead = GaugeMetricFamily("gateway_dead_letters", "jobs that exhausted their retries, per queue", labels=["queue"])
     try:
         backlog = read_backlog(broker)

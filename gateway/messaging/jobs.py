@@ -72,16 +72,18 @@ class QueueSpec:
 
 QUEUES: dict[str, QueueSpec] = {
     # The citizen's phone rang minutes ago: a call notice is useless after half an hour.
-    "call_notice": QueueSpec("call_notice", max_retries=6, min_backoff_ms=2_000, max_backoff_ms=120_000,
-                             max_age_ms=30 * 60_000),
+    "call_notice": QueueSpec(
+        "call_notice", max_retries=6, min_backoff_ms=2_000, max_backoff_ms=120_000, max_age_ms=30 * 60_000
+    ),
     # Post-call content may wait out the night (deferred to 08:00) and a provider outage.
-    "postcall": QueueSpec("postcall", max_retries=8, min_backoff_ms=30_000, max_backoff_ms=30 * 60_000,
-                          max_age_ms=36 * 3600_000),
-    "sms": QueueSpec("sms", max_retries=6, min_backoff_ms=5_000, max_backoff_ms=10 * 60_000,
-                     max_age_ms=6 * 3600_000),
+    "postcall": QueueSpec(
+        "postcall", max_retries=8, min_backoff_ms=30_000, max_backoff_ms=30 * 60_000, max_age_ms=36 * 3600_000
+    ),
+    "sms": QueueSpec("sms", max_retries=6, min_backoff_ms=5_000, max_backoff_ms=10 * 60_000, max_age_ms=6 * 3600_000),
     # A citizen's message is already in the inbox; this queue tells the others (webhook, duty SMS).
-    "inbound": QueueSpec("inbound", max_retries=10, min_backoff_ms=5_000, max_backoff_ms=15 * 60_000,
-                         max_age_ms=24 * 3600_000),
+    "inbound": QueueSpec(
+        "inbound", max_retries=10, min_backoff_ms=5_000, max_backoff_ms=15 * 60_000, max_age_ms=24 * 3600_000
+    ),
 }
 
 
@@ -114,28 +116,51 @@ class MsgpackEncoder(Encoder):
         return decoded
 
 
-def make_broker(redis_url: str, *, namespace: str = "gw", heartbeat_timeout_ms: int = 60_000,
-                maintenance_chance: int = 1000) -> RedisBroker:
+def make_broker(
+    redis_url: str, *, namespace: str = "gw", heartbeat_timeout_ms: int = 60_000, maintenance_chance: int = 1000
+) -> RedisBroker:
     """The broker both the gateway (producer) and `gateway worker` use."""
     dramatiq.set_encoder(MsgpackEncoder())
-    middleware = [AgeLimit(), TimeLimit(), ShutdownNotifications(), Callbacks(), CurrentMessage(),
-                  Retries(max_retries=0), AsyncIO()]
+    middleware = [
+        AgeLimit(),
+        TimeLimit(),
+        ShutdownNotifications(),
+        Callbacks(),
+        CurrentMessage(),
+        Retries(max_retries=0),
+        AsyncIO(),
+    ]
     # Our own client: RedisBroker ignores timeouts passed beside a URL, and redis-py's default
     # retries would hold an enqueue (and a shutting-down process) for a minute on a dead Redis.
-    client = redis.Redis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0,
-                                  retry=SyncRetry(ExponentialBackoff(cap=0.5, base=0.05), 2),
-                                  retry_on_error=[redis.ConnectionError, redis.TimeoutError])
+    client = redis.Redis.from_url(
+        redis_url,
+        socket_timeout=2.0,
+        socket_connect_timeout=2.0,
+        retry=SyncRetry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+    )
     broker = RedisBroker(  # type: ignore[no-untyped-call]
-        client=client, namespace=namespace, middleware=middleware, heartbeat_timeout=heartbeat_timeout_ms,
-        maintenance_chance=maintenance_chance)
+        client=client,
+        namespace=namespace,
+        middleware=middleware,
+        heartbeat_timeout=heartbeat_timeout_ms,
+        maintenance_chance=maintenance_chance,
+    )
     for queue in QUEUES:
         broker.declare_queue(queue)
     return broker
 
 
-_OPTIONS = {name: {"max_retries": spec.max_retries, "min_backoff": spec.min_backoff_ms,
-                   "max_backoff": spec.max_backoff_ms, "max_age": spec.max_age_ms, "time_limit": spec.time_limit_ms}
-            for name, spec in QUEUES.items()}
+_OPTIONS = {
+    name: {
+        "max_retries": spec.max_retries,
+        "min_backoff": spec.min_backoff_ms,
+        "max_backoff": spec.max_backoff_ms,
+        "max_age": spec.max_age_ms,
+        "time_limit": spec.time_limit_ms,
+    }
+    for name, spec in QUEUES.items()
+}
 
 
 def actor_options(queue: str) -> dict[str, Any]:
@@ -158,9 +183,15 @@ def encode_message(message: QueuedMessage, sealer: Sealer) -> dict[str, Any]:
     text and title (a staff answer quotes the citizen; dead letters keep jobs for days), sealed
     and bound to the message's key."""
     aad = message.key.encode()
-    payload: dict[str, Any] = {"v": PAYLOAD_VERSION, "key": message.key, "pbx": message.pbx,
-                               "call": message.call_id, "action": message.action, "provider": message.provider,
-                               "to": sealer.seal(message.recipient, aad)}
+    payload: dict[str, Any] = {
+        "v": PAYLOAD_VERSION,
+        "key": message.key,
+        "pbx": message.pbx,
+        "call": message.call_id,
+        "action": message.action,
+        "provider": message.provider,
+        "to": sealer.seal(message.recipient, aad),
+    }
     sms_fields = None
     if message.sms is not None:
         sms_fields = payload["sms"] = _sms_fields(message.sms, sealer, aad)
@@ -170,14 +201,22 @@ def encode_message(message: QueuedMessage, sealer: Sealer) -> dict[str, Any]:
         if a.fallback is not None:
             # The call notice's fallback is usually its `sms` too: sealed once.
             fallback = sms_fields if a.fallback is message.sms else _sms_fields(a.fallback, sealer, aad)
-        payload["alimtalk"] = {"template": a.template_code, "vars": [list(v) for v in a.variables],
-                               "buttons": [[b.name, b.url] for b in a.buttons], "fallback": fallback}
+        payload["alimtalk"] = {
+            "template": a.template_code,
+            "vars": [list(v) for v in a.variables],
+            "buttons": [[b.name, b.url] for b in a.buttons],
+            "fallback": fallback,
+        }
     return payload
 
 
 def _sms_fields(sms: SmsRequest, sealer: Sealer, aad: bytes) -> dict[str, str]:
-    return {"sender": sms.sender, "text": sealer.seal(sms.text, aad),
-            "title": sealer.seal(sms.title, aad) if sms.title else "", "kind": sms.kind}
+    return {
+        "sender": sms.sender,
+        "text": sealer.seal(sms.text, aad),
+        "title": sealer.seal(sms.title, aad) if sms.title else "",
+        "kind": sms.kind,
+    }
 
 
 def decode_message(payload: Mapping[str, Any], sealer: Sealer) -> QueuedMessage:
@@ -196,23 +235,41 @@ def decode_message(payload: Mapping[str, Any], sealer: Sealer) -> QueuedMessage:
         return sealer.open(value, aad) if version >= 2 and value else value
 
     def sms(fields: Mapping[str, str]) -> SmsRequest:
-        return SmsRequest(idempotency_key=key, to=to, sender=fields["sender"], text=clear(fields["text"]),
-                          title=clear(fields.get("title", "")), kind=fields.get("kind", "sms"))
+        return SmsRequest(
+            idempotency_key=key,
+            to=to,
+            sender=fields["sender"],
+            text=clear(fields["text"]),
+            title=clear(fields.get("title", "")),
+            kind=fields.get("kind", "sms"),
+        )
 
     alimtalk = None
     if payload.get("alimtalk"):
         a = payload["alimtalk"]
-        alimtalk = AlimtalkRequest(idempotency_key=key, to=to, template_code=a["template"],
-                                   variables=tuple((str(k), str(v)) for k, v in a["vars"]),
-                                   buttons=tuple(Button(n, u) for n, u in a.get("buttons", [])),
-                                   fallback=sms(a["fallback"]) if a.get("fallback") else None)
-    return QueuedMessage(key=key, pbx=str(payload["pbx"]), call_id=str(payload["call"]), action=str(payload["action"]),
-                         recipient=to, provider=str(payload["provider"]), alimtalk=alimtalk,
-                         sms=sms(payload["sms"]) if payload.get("sms") else None)
+        alimtalk = AlimtalkRequest(
+            idempotency_key=key,
+            to=to,
+            template_code=a["template"],
+            variables=tuple((str(k), str(v)) for k, v in a["vars"]),
+            buttons=tuple(Button(n, u) for n, u in a.get("buttons", [])),
+            fallback=sms(a["fallback"]) if a.get("fallback") else None,
+        )
+    return QueuedMessage(
+        key=key,
+        pbx=str(payload["pbx"]),
+        call_id=str(payload["call"]),
+        action=str(payload["action"]),
+        recipient=to,
+        provider=str(payload["provider"]),
+        alimtalk=alimtalk,
+        sms=sms(payload["sms"]) if payload.get("sms") else None,
+    )
 
 
-def inbound_reply(sealer: Sealer, tid: str, *, text: str, action: str, sealed_to: str,
-                  city_number: str) -> dict[str, str]:
+def inbound_reply(
+    sealer: Sealer, tid: str, *, text: str, action: str, sealed_to: str, city_number: str
+) -> dict[str, str]:
     """The `reply` field of a citizen's notification job (the automatic reply or opt-out
     confirmation the worker sends): the text sealed like the thread's (bound to the thread id),
     under `sealed_text`: a worker of the previous release, which read `text`, dead-letters the
@@ -271,8 +328,9 @@ class Enqueuer:
     contention. The broker's enqueue middleware hooks are not run; ours declare none (checked by
     a test). Without `wire` (the worker's own loop), the executor path is used."""
 
-    def __init__(self, broker: RedisBroker, sealer: Sealer, *, timeout_s: float = 2.0, workers: int = 2,
-                 wire: Wire | None = None) -> None:
+    def __init__(
+        self, broker: RedisBroker, sealer: Sealer, *, timeout_s: float = 2.0, workers: int = 2, wire: Wire | None = None
+    ) -> None:
         self.broker = broker
         self.sealer = sealer
         self.timeout_s = timeout_s
@@ -284,8 +342,9 @@ class Enqueuer:
 
     async def enqueue(self, queue: str, message: QueuedMessage, *, delay_s: float = 0.0) -> bool:
         """True once the message is in Redis; False (counted, logged) if it could not be put there."""
-        return await self.enqueue_payload(queue, encode_message(message, self.sealer),
-                                          f"{message.action} for call {message.call_id}", delay_s=delay_s)
+        return await self.enqueue_payload(
+            queue, encode_message(message, self.sealer), f"{message.action} for call {message.call_id}", delay_s=delay_s
+        )
 
     async def enqueue_payload(self, queue: str, payload: dict[str, Any], what: str, *, delay_s: float = 0.0) -> bool:
         delay_ms = int(delay_s * 1000) if delay_s > 0 else None
@@ -297,8 +356,12 @@ class Enqueuer:
                 await self._script(keys=[put.msgs_key, put.queue_key], args=[put.message_id, put.data])
             else:
                 dm: dramatiq.Message[Any] = dramatiq.Message(
-                    queue_name=queue, actor_name=actor_name(queue), args=(payload,), kwargs={},
-                    options=actor_options(queue))
+                    queue_name=queue,
+                    actor_name=actor_name(queue),
+                    args=(payload,),
+                    kwargs={},
+                    options=actor_options(queue),
+                )
                 loop = asyncio.get_running_loop()
                 await asyncio.wait_for(loop.run_in_executor(self._executor, self._put, dm, delay_ms), self.timeout_s)
         except (TimeoutError, redis.RedisError, OSError) as exc:
@@ -308,8 +371,15 @@ class Enqueuer:
         self.enqueued += 1
         return True
 
-    def prepare(self, queue: str, payload: dict[str, Any], *, delay_s: float = 0.0, stream_key: str = "",
-                stream_fields: tuple[tuple[str, str], ...] = ()) -> QueuePut:
+    def prepare(
+        self,
+        queue: str,
+        payload: dict[str, Any],
+        *,
+        delay_s: float = 0.0,
+        stream_key: str = "",
+        stream_fields: tuple[tuple[str, str], ...] = (),
+    ) -> QueuePut:
         """The job as dramatiq's broker would store it, for a caller that puts it in Redis itself
         (`OutboxStore.claim(then=...)`: admitted and queued in one step), with the stream entry
         to add in that step, if any."""
@@ -319,8 +389,14 @@ class Enqueuer:
         """`prepare` for a queued message (its citizen's number sealed)."""
         return self.prepare(queue, encode_message(message, self.sealer), delay_s=delay_s)
 
-    def _prepared(self, queue: str, payload: dict[str, Any], delay_ms: int | None, stream_key: str = "",
-                  stream_fields: tuple[tuple[str, str], ...] = ()) -> QueuePut:
+    def _prepared(
+        self,
+        queue: str,
+        payload: dict[str, Any],
+        delay_ms: int | None,
+        stream_key: str = "",
+        stream_fields: tuple[tuple[str, str], ...] = (),
+    ) -> QueuePut:
         """What `RedisBroker.enqueue` stores: the message with a fresh `redis_message_id`, on
         `<queue>.DQ` with an `eta` when delayed (built once, not copied twice as the broker does)."""
         redis_id = _job_id()
@@ -332,12 +408,20 @@ class Enqueuer:
             options["eta"] = int(time.time() * 1000) + delay_ms
         # `Message.asdict()`'s fields, without building the frozen dataclass (half the cost of an
         # enqueue); _MESSAGE_FIELDS checks at import that dramatiq's Message still has exactly these.
-        fields = {"queue_name": queue_name, "actor_name": actor_name(queue), "args": (payload,), "kwargs": {},
-                  "options": options, "message_id": _job_id(), "message_timestamp": int(time.time() * 1000)}
+        fields = {
+            "queue_name": queue_name,
+            "actor_name": actor_name(queue),
+            "args": (payload,),
+            "kwargs": {},
+            "options": options,
+            "message_id": _job_id(),
+            "message_timestamp": int(time.time() * 1000),
+        }
         ns = self.broker.namespace
         data = dramatiq.get_encoder().encode(fields)
-        return QueuePut(queue_messages_key(ns, queue_name), queue_key(ns, queue_name), redis_id, data, stream_key,
-                        stream_fields)
+        return QueuePut(
+            queue_messages_key(ns, queue_name), queue_key(ns, queue_name), redis_id, data, stream_key, stream_fields
+        )
 
     def _put(self, message: dramatiq.Message[Any], delay_ms: int | None) -> None:
         self.broker.enqueue(message, delay=delay_ms)
@@ -373,10 +457,18 @@ def dead_letters(broker: RedisBroker, queue: str | None = None) -> list[dict[str
                 continue
             message = dramatiq.Message.decode(raw)
             payload = message.args[0] if message.args else {}
-            out.append({"queue": name, "id": message.message_id, "dead_at": score / 1000,
-                        "action": payload.get("action"), "call": payload.get("call"), "pbx": payload.get("pbx"),
-                        "retries": message.options.get("retries", 0),
-                        "error": str(message.options.get("traceback", "")).strip().splitlines()[-1:]})
+            out.append(
+                {
+                    "queue": name,
+                    "id": message.message_id,
+                    "dead_at": score / 1000,
+                    "action": payload.get("action"),
+                    "call": payload.get("call"),
+                    "pbx": payload.get("pbx"),
+                    "retries": message.options.get("retries", 0),
+                    "error": str(message.options.get("traceback", "")).strip().splitlines()[-1:],
+                }
+            )
     return out
 
 
@@ -395,8 +487,11 @@ def redrive(broker: RedisBroker, queue: str | None = None) -> int:
             if raw is None:
                 continue
             message = dramatiq.Message.decode(raw)
-            options = {k: v for k, v in message.options.items()
-                       if k not in ("retries", "traceback", "redis_message_id", "requeue_timestamp")}
+            options = {
+                k: v
+                for k, v in message.options.items()
+                if k not in ("retries", "traceback", "redis_message_id", "requeue_timestamp")
+            }
             broker.enqueue(dataclasses.replace(message, options=options, message_timestamp=int(time.time() * 1000)))
             client.zrem(xq, raw_id)
             client.hdel(dead_letters_messages_key(broker.namespace, name), raw_id)

@@ -50,9 +50,17 @@ def sandbox_parser(secret: str, provider: str = "sandbox") -> Parser:
             raise ReportForged("bad or missing signature")
         try:
             data = json.loads(body.decode("utf-8"))
-            return [DeliveryReport(provider, str(r["reference"]), ReportStatus(r["status"]), float(r["at"]),
-                                   str(r.get("detail", "")), bool(r.get("fallback_used", False)))
-                    for r in data["reports"]]
+            return [
+                DeliveryReport(
+                    provider,
+                    str(r["reference"]),
+                    ReportStatus(r["status"]),
+                    float(r["at"]),
+                    str(r.get("detail", "")),
+                    bool(r.get("fallback_used", False)),
+                )
+                for r in data["reports"]
+            ]
         except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
             raise ReportRejected(f"malformed report body: {type(exc).__name__}: {exc}") from None
 
@@ -67,8 +75,10 @@ def build_parsers(specs: Mapping[str, Mapping[str, Any]], environ: Mapping[str, 
         if not secret:
             raise ConfigError(f"webhooks.{name}: environment variable {variable or '(signature_env)'} is not set")
         if spec.get("kind") == "nhn":
+
             def nhn(headers: Mapping[str, str], body: bytes, _s: str = secret, _n: str = name) -> list[DeliveryReport]:
                 return nhn_parse_report(headers, body, _s, provider=_n)
+
             parsers[name] = nhn
         elif spec.get("kind") == "sandbox":
             parsers[name] = sandbox_parser(secret, name)
@@ -94,9 +104,14 @@ class ReportIntake:
         reports.sort(key=lambda r: (r.at, RANK[r.status]))
         counts = {"updated": 0, "stale": 0, "unknown": 0}
         for report in reports:
-            outcome = await self.store.apply_report(provider=report.provider, reference=report.reference,
-                                                    rank=RANK[report.status], status=report.status.value,
-                                                    at=report.at, detail=report.detail)
+            outcome = await self.store.apply_report(
+                provider=report.provider,
+                reference=report.reference,
+                rank=RANK[report.status],
+                status=report.status.value,
+                at=report.at,
+                detail=report.detail,
+            )
             counts[outcome] = counts.get(outcome, 0) + 1
             self.counts[outcome] = self.counts.get(outcome, 0) + 1
         log.info("delivery reports from %s: %s", provider, counts)
@@ -105,6 +120,7 @@ class ReportIntake:
 
 def add_routes(app: web.Application, reports: ReportIntake | None) -> None:
     """`POST /webhooks/report/{provider}`; without `reports` (none configured) it answers 404."""
+
     async def report(request: web.Request) -> web.Response:
         if reports is None:
             raise web.HTTPNotFound(text="delivery reports are not configured")

@@ -102,8 +102,9 @@ class ReplySender(Protocol):
     """What the actors need of the citizens' replies (`gateway.inbox.replies.Replies`): the
     inbox flow owns replies; the runtime is given a way to build one over its outbox."""
 
-    async def send(self, tid: str, to: str, city_number: str, text: str, action: str, *,
-                   rule_text: bool = False) -> str: ...
+    async def send(
+        self, tid: str, to: str, city_number: str, text: str, action: str, *, rule_text: bool = False
+    ) -> str: ...
 
 
 def no_notify() -> NotifyRules | None:
@@ -118,11 +119,18 @@ class WorkerRuntime:
     `replies` builds the citizens' replies over the outbox once that exists; `notify` and
     `queue_names` read the rules in force (they change on reload)."""
 
-    def __init__(self, build_outbox: Callable[[], Outbox], sealer: Sealer, enqueuer: Enqueuer,
-                 sink: DecisionSink | None = None, environ: Mapping[str, str] | None = None, *,
-                 replies: Callable[[Outbox], ReplySender],
-                 notify: Callable[[], NotifyRules | None] = no_notify,
-                 queue_names: Callable[[], Mapping[str, str]] = dict) -> None:
+    def __init__(
+        self,
+        build_outbox: Callable[[], Outbox],
+        sealer: Sealer,
+        enqueuer: Enqueuer,
+        sink: DecisionSink | None = None,
+        environ: Mapping[str, str] | None = None,
+        *,
+        replies: Callable[[Outbox], ReplySender],
+        notify: Callable[[], NotifyRules | None] = no_notify,
+        queue_names: Callable[[], Mapping[str, str]] = dict,
+    ) -> None:
         self._build_outbox = build_outbox
         self._build_replies = replies
         # Where the notification webhooks' secrets are read (`secret_env` in notify.yaml): the
@@ -213,8 +221,9 @@ class WorkerRuntime:
         if deferred >= MAX_DEFERRALS:
             raise TemporaryFailure(f"provider {provider} circuit open ({deferred} deferrals)")
         delay = breaker.remaining_s() + random.uniform(0.0, 5.0)  # jitter: not all at the trial
-        ok = await self.enqueuer.enqueue_payload(queue, {**payload, "deferred": deferred + 1},
-                                                 f"{queue} job deferred by open circuit", delay_s=delay)
+        ok = await self.enqueuer.enqueue_payload(
+            queue, {**payload, "deferred": deferred + 1}, f"{queue} job deferred by open circuit", delay_s=delay
+        )
         if not ok:
             raise TemporaryFailure(f"provider {provider} circuit open; could not defer")
         with self._lock:
@@ -241,10 +250,21 @@ class WorkerRuntime:
             return
         sinks = rules.sinks(queue)
         if sinks.webhook_url:
-            await self._webhook(sinks.webhook_url, sinks.webhook_secret_env, {
-                "thread": tid, "queue": queue, "rule": payload.get("rule"), "priority": payload.get("priority"),
-                "message_id": message_id, "received_at": payload.get("at"), "citizen": payload.get("citizen"),
-                "text": text}, f"{tid}:{message_id}")
+            await self._webhook(
+                sinks.webhook_url,
+                sinks.webhook_secret_env,
+                {
+                    "thread": tid,
+                    "queue": queue,
+                    "rule": payload.get("rule"),
+                    "priority": payload.get("priority"),
+                    "message_id": message_id,
+                    "received_at": payload.get("at"),
+                    "citizen": payload.get("citizen"),
+                    "text": text,
+                },
+                f"{tid}:{message_id}",
+            )
         if sinks.notify_duty_officer:
             officer = rules.officer_at(float(payload.get("at") or time.time()))
             if officer is None or not self.outbox.sms:
@@ -253,12 +273,28 @@ class WorkerRuntime:
                 key = f"notify:{message_id}:{officer.phone[-4:]}"
                 kind, safe = choose(duty_sms(self.queue_names().get(queue, queue), text, tid))
                 sender = rules.sender
-                result = await self.outbox.send(QueuedMessage(
-                    key, "inbound", tid, "duty_notify", officer.phone, next(iter(self.outbox.sms)),
-                    sms=SmsRequest(key, officer.phone, sender, safe, "당직 알림", kind)))
+                result = await self.outbox.send(
+                    QueuedMessage(
+                        key,
+                        "inbound",
+                        tid,
+                        "duty_notify",
+                        officer.phone,
+                        next(iter(self.outbox.sms)),
+                        sms=SmsRequest(key, officer.phone, sender, safe, "당직 알림", kind),
+                    )
+                )
                 outcome = result.value if isinstance(result, Verdict) else result.result.value
-                self._emit({"event": "notified", "thread": tid, "queue": queue, "sink": "duty_officer",
-                            "officer": officer.name, "result": outcome})
+                self._emit(
+                    {
+                        "event": "notified",
+                        "thread": tid,
+                        "queue": queue,
+                        "sink": "duty_officer",
+                        "officer": officer.name,
+                        "result": outcome,
+                    }
+                )
                 if not isinstance(result, Verdict) and result.result is SendResult.TEMPORARY_ERROR:
                     raise TemporaryFailure(f"duty SMS: {result.detail}")
 
@@ -277,18 +313,25 @@ class WorkerRuntime:
             raise NotConfigured(f"webhook secret {secret_env} is not set")
         raw = json.dumps(body, ensure_ascii=False).encode()
         ts = str(int(time.time()))
-        headers = {"Content-Type": "application/json; charset=utf-8", "X-Signature-Timestamp": ts,
-                   "X-Signature": sign(secret, ts, url, raw), "X-Idempotency-Key": key}
+        headers = {
+            "Content-Type": "application/json; charset=utf-8",
+            "X-Signature-Timestamp": ts,
+            "X-Signature": sign(secret, ts, url, raw),
+            "X-Idempotency-Key": key,
+        }
         # One session per notification: citizens' messages are few, and a session kept on the
         # actors' loop could never be closed cleanly (dramatiq stops that loop itself).
         try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session, \
-                    session.post(url, data=raw, headers=headers) as resp:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
+                session.post(url, data=raw, headers=headers) as resp,
+            ):
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TemporaryFailure(f"webhook {url}: {type(exc).__name__}") from None
-        self._emit({"event": "notified", "thread": body["thread"], "queue": body["queue"], "sink": "webhook",
-                    "result": status})
+        self._emit(
+            {"event": "notified", "thread": body["thread"], "queue": body["queue"], "sink": "webhook", "result": status}
+        )
         if not 200 <= status < 300:
             raise TemporaryFailure(f"webhook {url}: HTTP {status}")
 
@@ -297,8 +340,9 @@ class WorkerRuntime:
         assert alimtalk is not None
         fallback = message.sms or alimtalk.fallback
         if fallback is None or not self.outbox.sms:
-            log.warning("%s to %s: %s and no SMS fallback configured", message.action, mask(message.recipient),
-                        outcome.result)
+            log.warning(
+                "%s to %s: %s and no SMS fallback configured", message.action, mask(message.recipient), outcome.result
+            )
             return
         action = f"{message.action}_sms"
         verdict = await self.outbox.admit(Admission(message.pbx, message.call_id, action, message.recipient))
@@ -306,11 +350,24 @@ class WorkerRuntime:
             self._report_sms(message, action, verdict.value)
             return
         key = self.outbox.key_for(message.pbx, message.call_id, action, message.recipient)
-        sms = SmsRequest(idempotency_key=key, to=message.recipient, sender=fallback.sender, text=fallback.text,
-                         title=fallback.title, kind=fallback.kind)
+        sms = SmsRequest(
+            idempotency_key=key,
+            to=message.recipient,
+            sender=fallback.sender,
+            text=fallback.text,
+            title=fallback.title,
+            kind=fallback.kind,
+        )
         provider = next(iter(self.outbox.sms))
-        queued = QueuedMessage(key=key, pbx=message.pbx, call_id=message.call_id, action=action,
-                               recipient=message.recipient, provider=provider, sms=sms)
+        queued = QueuedMessage(
+            key=key,
+            pbx=message.pbx,
+            call_id=message.call_id,
+            action=action,
+            recipient=message.recipient,
+            provider=provider,
+            sms=sms,
+        )
         ok = await self.enqueuer.enqueue("sms", queued)
         if not ok:
             # The worker raises so the Alimtalk job is retried later: Alimtalk answers the same,
@@ -339,20 +396,40 @@ class WorkerRuntime:
         report: dict[str, dict[str, Any]] = {}
         for name in set(stats) | set(self.breakers):
             breaker = self.breakers.get(name)
-            report[name] = {**stats.get(name, {"recent": 0, "recent_errors": 0, "error_rate": 0.0}),
-                            "circuit": breaker.state if breaker else "closed"}
+            report[name] = {
+                **stats.get(name, {"recent": 0, "recent_errors": 0, "error_rate": 0.0}),
+                "circuit": breaker.state if breaker else "closed",
+            }
         return report
 
-    def _report(self, message: QueuedMessage, result: str, reference: str,
-                outcome: SendOutcome | None = None) -> None:
+    def _report(self, message: QueuedMessage, result: str, reference: str, outcome: SendOutcome | None = None) -> None:
         channel = "alimtalk" if message.alimtalk is not None else (message.sms.kind if message.sms else "?")
-        self._emit({"event": "sent", "pbx": message.pbx, "call": message.call_id, "action": message.action,
-                    "channel": channel, "to": message.recipient, "provider": message.provider, "result": result,
-                    "reference": reference, "detail": outcome.detail if outcome else ""})
+        self._emit(
+            {
+                "event": "sent",
+                "pbx": message.pbx,
+                "call": message.call_id,
+                "action": message.action,
+                "channel": channel,
+                "to": message.recipient,
+                "provider": message.provider,
+                "result": result,
+                "reference": reference,
+                "detail": outcome.detail if outcome else "",
+            }
+        )
 
     def _report_sms(self, message: QueuedMessage, action: str, result: str) -> None:
-        self._emit({"event": "sms", "pbx": message.pbx, "call": message.call_id, "action": action,
-                    "to": message.recipient, "result": result})
+        self._emit(
+            {
+                "event": "sms",
+                "pbx": message.pbx,
+                "call": message.call_id,
+                "action": action,
+                "to": message.recipient,
+                "result": result,
+            }
+        )
 
 
 class CloseRuntime(Middleware):
@@ -380,12 +457,18 @@ def declare_actors(broker: RedisBroker, runtime: WorkerRuntime) -> dict[str, dra
     broker.add_middleware(CloseRuntime(runtime), after=AsyncIO)
     actors: dict[str, dramatiq.Actor[Any, Any]] = {}
     for queue in QUEUES:
+
         async def deliver(payload: dict[str, Any], _queue: str = queue) -> None:
             await runtime.handle(_queue, payload)
 
         deliver.__name__ = actor_name(queue)
         options = actor_options(queue)
-        decorate = dramatiq.actor(broker=broker, actor_name=actor_name(queue), queue_name=queue,
-                                  throws=(UnreadableJob, NotConfigured), **options)
+        decorate = dramatiq.actor(
+            broker=broker,
+            actor_name=actor_name(queue),
+            queue_name=queue,
+            throws=(UnreadableJob, NotConfigured),
+            **options,
+        )
         actors[queue] = decorate(deliver)
     return actors

@@ -34,14 +34,18 @@ def stop_worker(worker: dramatiq.Worker, timeout_s: float = 30.0) -> None:
     own bookkeeping puts those messages back on their queue once the worker's heartbeat lapses."""
     result = stop_within(worker, timeout_s)
     if not result.complete:
-        log.warning("worker stopped without Redis (%s): its unfinished messages return to their queue "
-                    "when its heartbeat lapses", result.detail)
+        log.warning(
+            "worker stopped without Redis (%s): its unfinished messages return to their queue "
+            "when its heartbeat lapses",
+            result.detail,
+        )
         if not release_event_loop():
             log.error("the actors' event loop does not stop: a job blocks it")
 
 
-async def wait_idle(broker: RedisBroker, runtime: WorkerRuntime, *, timeout_s: float = 30.0,
-                    settle_s: float = 0.3) -> bool:
+async def wait_idle(
+    broker: RedisBroker, runtime: WorkerRuntime, *, timeout_s: float = 30.0, settle_s: float = 0.3
+) -> bool:
     """Wait until every queue is empty (delayed messages aside) and no job is running."""
     client: Any = broker.client
     deadline = time.monotonic() + timeout_s

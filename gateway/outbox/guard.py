@@ -120,10 +120,17 @@ FOUND_AT_PROVIDER = "found at provider after an unknown outcome; not sent again"
 
 
 class Outbox:
-    def __init__(self, store: OutboxStore, carriers: Mapping[str, LetteringCarrier], *,
-                 hash_key: bytes, dedupe_ttl_s: int = 6 * 3600,
-                 alimtalk: Mapping[str, AlimtalkProvider] | None = None,
-                 sms: Mapping[str, SmsProvider] | None = None, device_memory_s: int = 30 * 86400) -> None:
+    def __init__(
+        self,
+        store: OutboxStore,
+        carriers: Mapping[str, LetteringCarrier],
+        *,
+        hash_key: bytes,
+        dedupe_ttl_s: int = 6 * 3600,
+        alimtalk: Mapping[str, AlimtalkProvider] | None = None,
+        sms: Mapping[str, SmsProvider] | None = None,
+        device_memory_s: int = 30 * 86400,
+    ) -> None:
         self.store = store
         self.carriers = dict(carriers)
         self.alimtalk = dict(alimtalk or {})
@@ -161,13 +168,23 @@ class Outbox:
         recipient_hash = number_hash(self.hash_key, message.recipient)
         dedupe_key = self.key_for(message.pbx, message.call_id, message.action, message.recipient)
         try:
-            claim = await self.store.claim(dedupe_key=dedupe_key, recipient_hash=recipient_hash,
-                                           ttl_s=message.lease_s or self.dedupe_ttl_s, rate_limit=message.rate_limit,
-                                           rate_window_s=message.rate_window_s, check_no_lettering=True,
-                                           lease=message.lease_s is not None)
+            claim = await self.store.claim(
+                dedupe_key=dedupe_key,
+                recipient_hash=recipient_hash,
+                ttl_s=message.lease_s or self.dedupe_ttl_s,
+                rate_limit=message.rate_limit,
+                rate_window_s=message.rate_window_s,
+                check_no_lettering=True,
+                lease=message.lease_s is not None,
+            )
         except StoreUnavailable as exc:
-            log.error("outbox store unavailable, %s to %s for call %s not sent: %s", message.action,
-                      mask(message.recipient), message.call_id, exc)
+            log.error(
+                "outbox store unavailable, %s to %s for call %s not sent: %s",
+                message.action,
+                mask(message.recipient),
+                message.call_id,
+                exc,
+            )
             self._count(Verdict.STORE_UNAVAILABLE)
             return Delivery(Verdict.STORE_UNAVAILABLE)
         if claim == "ok_no_lettering":
@@ -175,20 +192,34 @@ class Outbox:
             return Delivery(Verdict.KNOWN_NO_LETTERING)
         if claim != "ok":
             verdict = Verdict(claim)
-            log.info("%s to %s for call %s not sent: %s", message.action, mask(message.recipient),
-                     message.call_id, verdict)
+            log.info(
+                "%s to %s for call %s not sent: %s", message.action, mask(message.recipient), message.call_id, verdict
+            )
             self._count(verdict)
             return Delivery(verdict)
         started = time.perf_counter()
         outcome = await carrier.letter(message.payload)
         self._count(f"{Verdict.SENT}:{outcome.result}")
         self.providers.record("lettering", outcome.provider, outcome.result)
-        log.info("%s to %s for call %s via %s: %s %s", message.action, mask(message.recipient),
-                 message.call_id, outcome.provider, outcome.result, outcome.detail)
+        log.info(
+            "%s to %s for call %s via %s: %s %s",
+            message.action,
+            mask(message.recipient),
+            message.call_id,
+            outcome.provider,
+            outcome.result,
+            outcome.detail,
+        )
         if outcome.result is LetteringResult.UNSUPPORTED_DEVICE:
             await self.store.remember_no_lettering(recipient_hash, self.device_memory_s)
-        audit = {"action": message.action, "recipient": recipient_hash, "provider": outcome.provider,
-                 "result": outcome.result, "reference": outcome.reference, "detail": outcome.detail[:200]}
+        audit = {
+            "action": message.action,
+            "recipient": recipient_hash,
+            "provider": outcome.provider,
+            "result": outcome.result,
+            "reference": outcome.reference,
+            "detail": outcome.detail[:200],
+        }
         if message.lease_s is None:
             await self.store.record(dedupe_key=dedupe_key, fields=audit)
         else:
@@ -228,8 +259,13 @@ class Outbox:
         try:
             claim = await self.store.claim(**self._claim_kwargs(admission, then))
         except StoreUnavailable as exc:
-            log.error("outbox store unavailable, %s to %s for call %s not queued: %s", admission.action,
-                      mask(admission.recipient), admission.call_id, exc)
+            log.error(
+                "outbox store unavailable, %s to %s for call %s not queued: %s",
+                admission.action,
+                mask(admission.recipient),
+                admission.call_id,
+                exc,
+            )
             self._count(Verdict.STORE_UNAVAILABLE)
             return Verdict.STORE_UNAVAILABLE
         return self.verdict_of(claim)
@@ -242,14 +278,19 @@ class Outbox:
 
     def _claim_kwargs(self, admission: Admission, then: QueuePut | None) -> dict[str, Any]:
         recipient_hash = number_hash(self.hash_key, admission.recipient)
-        return {"dedupe_key": self._key(admission.pbx, admission.call_id, admission.action, recipient_hash),
-                "recipient_hash": recipient_hash, "ttl_s": self.dedupe_ttl_s, "rate_limit": admission.rate_limit,
-                "rate_window_s": admission.rate_window_s,
-                "cap_key": f"{admission.cap_key}:{recipient_hash}" if admission.cap_key else "",
-                "cap_ttl_s": admission.cap_ttl_s, "ignore_optout": optout_exempt(admission.action), "then": then}
+        return {
+            "dedupe_key": self._key(admission.pbx, admission.call_id, admission.action, recipient_hash),
+            "recipient_hash": recipient_hash,
+            "ttl_s": self.dedupe_ttl_s,
+            "rate_limit": admission.rate_limit,
+            "rate_window_s": admission.rate_window_s,
+            "cap_key": f"{admission.cap_key}:{recipient_hash}" if admission.cap_key else "",
+            "cap_ttl_s": admission.cap_ttl_s,
+            "ignore_optout": optout_exempt(admission.action),
+            "then": then,
+        }
 
-    async def _already_taken(self, provider: object, request: SmsRequest,
-                             message: QueuedMessage) -> SendOutcome | None:
+    async def _already_taken(self, provider: object, request: SmsRequest, message: QueuedMessage) -> SendOutcome | None:
         """For a provider without idempotency keys: was an earlier attempt taken after all?
 
         An attempt marker with no sent marker means the outcome was never learnt (worker
@@ -262,8 +303,13 @@ class Outbox:
             return None
         found = await provider.find_sent(request, previous)
         if found is None:
-            log.info("%s to %s for call %s: earlier attempt not at %s, sending", message.action,
-                     mask(message.recipient), message.call_id, message.provider)
+            log.info(
+                "%s to %s for call %s: earlier attempt not at %s, sending",
+                message.action,
+                mask(message.recipient),
+                message.call_id,
+                message.provider,
+            )
             return None
         if found.result is SendResult.ACCEPTED:
             return SendOutcome(found.result, found.provider, found.reference, FOUND_AT_PROVIDER)
@@ -280,8 +326,9 @@ class Outbox:
         if status != "ok":
             verdict = Verdict(status)
             self._count(f"send:{verdict}")
-            log.info("%s to %s for call %s not sent: %s", message.action, mask(message.recipient),
-                     message.call_id, verdict)
+            log.info(
+                "%s to %s for call %s not sent: %s", message.action, mask(message.recipient), message.call_id, verdict
+            )
             return verdict
         if message.alimtalk is not None:
             provider_a = self.alimtalk.get(message.provider)
@@ -303,15 +350,30 @@ class Outbox:
         self._count(f"send:{message.action}:{outcome.result}")
         channel = "alimtalk" if message.alimtalk is not None else (message.sms.kind if message.sms else "?")
         self.providers.record(str(channel), outcome.provider, outcome.result)
-        log.info("%s to %s for call %s via %s: %s %s", message.action, mask(message.recipient), message.call_id,
-                 outcome.provider, outcome.result, outcome.detail)
+        log.info(
+            "%s to %s for call %s via %s: %s %s",
+            message.action,
+            mask(message.recipient),
+            message.call_id,
+            outcome.provider,
+            outcome.result,
+            outcome.detail,
+        )
         if outcome.result is SendResult.ACCEPTED:
-            await self.store.mark_sent(idempotency_key=message.key, provider=outcome.provider,
-                                       reference=outcome.reference)
-        await self.store.record(dedupe_key=message.key, fields={
-            "action": message.action, "recipient": recipient_hash, "provider": outcome.provider,
-            "result": outcome.result, "reference": outcome.reference, "detail": outcome.detail[:200],
-        })
+            await self.store.mark_sent(
+                idempotency_key=message.key, provider=outcome.provider, reference=outcome.reference
+            )
+        await self.store.record(
+            dedupe_key=message.key,
+            fields={
+                "action": message.action,
+                "recipient": recipient_hash,
+                "provider": outcome.provider,
+                "result": outcome.result,
+                "reference": outcome.reference,
+                "detail": outcome.detail[:200],
+            },
+        )
         return outcome
 
 

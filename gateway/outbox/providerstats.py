@@ -48,9 +48,13 @@ class ProviderStats:
             for provider, recent in self._recent.items():
                 errors = sum(recent)
                 result, at = self._last[provider]
-                out[provider] = {"recent": len(recent), "recent_errors": errors,
-                                 "error_rate": round(errors / len(recent), 3) if recent else 0.0,
-                                 "last_result": result, "last_at": round(at, 3)}
+                out[provider] = {
+                    "recent": len(recent),
+                    "recent_errors": errors,
+                    "error_rate": round(errors / len(recent), 3) if recent else 0.0,
+                    "last_result": result,
+                    "last_at": round(at, 3),
+                }
             return out
 
 
@@ -60,8 +64,7 @@ class ProviderStats:
 # every gateway's /health reads and merges it, so an operator sees all providers in one place.
 
 
-def publish(client: Any, namespace: str, worker_id: str, report: dict[str, dict[str, Any]],
-            ttl_s: int = 600) -> None:
+def publish(client: Any, namespace: str, worker_id: str, report: dict[str, dict[str, Any]], ttl_s: int = 600) -> None:
     """Write this worker's provider view (sync redis client; raises redis errors)."""
     if not report:
         return

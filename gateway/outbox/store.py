@@ -71,8 +71,9 @@ def number_hash(key: bytes, e164: str) -> str:
     return digest
 
 
-def connect(url: str, *, timeout_s: float = 0.25, max_connections: int = 32,
-            pool_wait_s: float = 2.0) -> aioredis.Redis:
+def connect(
+    url: str, *, timeout_s: float = 0.25, max_connections: int = 32, pool_wait_s: float = 2.0
+) -> aioredis.Redis:
     """A client for the real-time path: short timeouts, at most one retry, a bounded pool
     that waits (up to `pool_wait_s`) for a free connection instead of failing: a lettering a
     second late still shows on a phone that rings for twenty.
@@ -87,10 +88,16 @@ def connect(url: str, *, timeout_s: float = 0.25, max_connections: int = 32,
     # event loop gets to it: on a loop saturated by a burst of AMI events, 0.25 s refused
     # letterings as store_unavailable. New connections are rare (the pool is warmed and kept).
     pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=pool_wait_s, socket_timeout=timeout_s,
-        socket_connect_timeout=max(timeout_s, 1.0), retry=Retry(NoBackoff(), 1),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError], health_check_interval=0,
-        driver_info=DriverInfo(lib_version=redis.__version__))
+        url,
+        max_connections=max_connections,
+        timeout=pool_wait_s,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=max(timeout_s, 1.0),
+        retry=Retry(NoBackoff(), 1),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        health_check_interval=0,
+        driver_info=DriverInfo(lib_version=redis.__version__),
+    )
     return aioredis.Redis(connection_pool=pool, decode_responses=False)
 
 
@@ -122,14 +129,34 @@ class RedisOutboxStore:
             await self.wire.aclose()
         await self.client.aclose()
 
-    async def claim(self, *, dedupe_key: str, recipient_hash: str, ttl_s: float, rate_limit: int,
-                    rate_window_s: int, cap_key: str = "", cap_ttl_s: int = 0,
-                    check_no_lettering: bool = False, ignore_optout: bool = False, lease: bool = False,
-                    then: QueuePut | None = None) -> str:
+    async def claim(
+        self,
+        *,
+        dedupe_key: str,
+        recipient_hash: str,
+        ttl_s: float,
+        rate_limit: int,
+        rate_window_s: int,
+        cap_key: str = "",
+        cap_ttl_s: int = 0,
+        check_no_lettering: bool = False,
+        ignore_optout: bool = False,
+        lease: bool = False,
+        then: QueuePut | None = None,
+    ) -> str:
         keys, args = self.claim_call(
-            dedupe_key=dedupe_key, recipient_hash=recipient_hash, ttl_s=ttl_s, rate_limit=rate_limit,
-            rate_window_s=rate_window_s, cap_key=cap_key, cap_ttl_s=cap_ttl_s, check_no_lettering=check_no_lettering,
-            ignore_optout=ignore_optout, lease=lease, then=then)
+            dedupe_key=dedupe_key,
+            recipient_hash=recipient_hash,
+            ttl_s=ttl_s,
+            rate_limit=rate_limit,
+            rate_window_s=rate_window_s,
+            cap_key=cap_key,
+            cap_ttl_s=cap_ttl_s,
+            check_no_lettering=check_no_lettering,
+            ignore_optout=ignore_optout,
+            lease=lease,
+            then=then,
+        )
         try:
             result = await self._claim(keys=keys, args=args)
         except RedisError as exc:
@@ -137,16 +164,31 @@ class RedisOutboxStore:
         return result.decode() if isinstance(result, bytes) else str(result)
 
     @staticmethod
-    def claim_call(*, dedupe_key: str, recipient_hash: str, ttl_s: float, rate_limit: int,
-                   rate_window_s: int, cap_key: str = "", cap_ttl_s: int = 0,
-                   check_no_lettering: bool = False, ignore_optout: bool = False, lease: bool = False,
-                   then: QueuePut | None = None) -> tuple[list[str], list[int | str | bytes]]:
+    def claim_call(
+        *,
+        dedupe_key: str,
+        recipient_hash: str,
+        ttl_s: float,
+        rate_limit: int,
+        rate_window_s: int,
+        cap_key: str = "",
+        cap_ttl_s: int = 0,
+        check_no_lettering: bool = False,
+        ignore_optout: bool = False,
+        lease: bool = False,
+        then: QueuePut | None = None,
+    ) -> tuple[list[str], list[int | str | bytes]]:
         """The claim's (K, A) for `CLAIM_LUA`'s `claim_then`: what `claim` sends."""
         window = max(1, rate_window_s)
         bucket = int(time.time() // window)
-        keys = [NONE_KEY if ignore_optout else optout_key(recipient_hash), rediskeys.dedupe_key(dedupe_key),
-                rate_key(recipient_hash, bucket), rediskeys.cap_key(cap_key) if cap_key else NONE_KEY,
-                no_lettering_key(recipient_hash) if check_no_lettering else NONE_KEY, NONE_KEY]
+        keys = [
+            NONE_KEY if ignore_optout else optout_key(recipient_hash),
+            rediskeys.dedupe_key(dedupe_key),
+            rate_key(recipient_hash, bucket),
+            rediskeys.cap_key(cap_key) if cap_key else NONE_KEY,
+            no_lettering_key(recipient_hash) if check_no_lettering else NONE_KEY,
+            NONE_KEY,
+        ]
         value = f"lease:{time.time():.3f}" if lease else f"{time.time():.3f}"
         args: list[int | str | bytes] = [int(ttl_s * 1000), rate_limit, window, value, max(1, cap_ttl_s) * 1000]
         if then is not None:
@@ -196,8 +238,9 @@ class RedisOutboxStore:
         """SET NX the attempt marker; an existing one (an attempt with no recorded outcome: the
         worker died mid-request or the answer came too late) is returned as its epoch time."""
         try:
-            previous = await self.client.set(attempt_key(idempotency_key), f"{time.time():.3f}", nx=True, ex=ttl_s,
-                                             get=True)
+            previous = await self.client.set(
+                attempt_key(idempotency_key), f"{time.time():.3f}", nx=True, ex=ttl_s, get=True
+            )
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
         return float(previous) if previous is not None else None
@@ -210,8 +253,9 @@ class RedisOutboxStore:
                 pipe.set(sent_key(idempotency_key), f"{provider}:{reference}", ex=ttl_s)
                 if reference:
                     state = message_key(provider, reference)
-                    pipe.hset(state, mapping={"key": idempotency_key, "rank": 1, "status": "sent",
-                                              "at": f"{time.time():.3f}"})
+                    pipe.hset(
+                        state, mapping={"key": idempotency_key, "rank": 1, "status": "sent", "at": f"{time.time():.3f}"}
+                    )
                     pipe.expire(state, ttl_s)
                 await pipe.execute()
         except RedisError as exc:
@@ -231,11 +275,13 @@ class RedisOutboxStore:
         except RedisError as exc:
             log.warning("device memory not stored: %s", exc)
 
-    async def apply_report(self, *, provider: str, reference: str, rank: int, status: str, at: float,
-                           detail: str) -> str:
+    async def apply_report(
+        self, *, provider: str, reference: str, rank: int, status: str, at: float, detail: str
+    ) -> str:
         try:
-            result = await self._report(keys=[message_key(provider, reference)],
-                                        args=[rank, status, f"{at:.3f}", detail[:200]])
+            result = await self._report(
+                keys=[message_key(provider, reference)], args=[rank, status, f"{at:.3f}", detail[:200]]
+            )
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
         return result.decode() if isinstance(result, bytes) else str(result)
@@ -260,8 +306,9 @@ class RedisOutboxStore:
         webhook hung on it). Raises StoreUnavailable."""
         start = time.perf_counter()
         try:
-            results = await asyncio.wait_for(asyncio.gather(self.client.ping(), self.wire.execute("PING"),
-                                                            return_exceptions=True), timeout_s)
+            results = await asyncio.wait_for(
+                asyncio.gather(self.client.ping(), self.wire.execute("PING"), return_exceptions=True), timeout_s
+            )
         except TimeoutError as exc:
             raise StoreUnavailable(f"redis: no answer to PING within {timeout_s:g} s") from exc
         for where, result in zip(("", " (real-time connection)"), results, strict=True):

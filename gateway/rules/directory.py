@@ -51,9 +51,7 @@ DEPARTMENT_SCHEMA: dict[str, Any] = {
         "postcall": {
             "type": ["string", "null"],
             "pattern": "^[a-z0-9]+(-[a-z0-9]+)*$",
-            "x-message": {
-                "pattern": "{value!r} is not a content id: use lower-case letters, digits and dashes"
-            },
+            "x-message": {"pattern": "{value!r} is not a content id: use lower-case letters, digits and dashes"},
         },
         "extensions": {"type": "array", "minItems": 1, "items": _EXTENSION},
     },
@@ -68,7 +66,6 @@ DIRECTORY_SCHEMA: dict[str, Any] = {
         "departments": {"type": "array", "minItems": 1, "items": DEPARTMENT_SCHEMA},
     },
 }
-
 
 
 def read_directory(directory: Path, digest: Digest | None = None) -> tuple[Doc | None, list[Located]]:
@@ -199,4 +196,3 @@ def _overlap_problems(doc: Doc, ranges: list[_Range], raw_departments: list[Any]
             )
         )
     return problems
-

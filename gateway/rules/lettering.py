@@ -85,7 +85,6 @@ LETTERING_SCHEMA: dict[str, Any] = {
 }
 
 
-
 def read_lettering(directory: Path, digest: Digest | None = None) -> tuple[Doc | None, list[Located]]:
     """Parse and schema-check ``directory/lettering.yaml`` (see `gateway.infra.yamldoc.load_doc`)."""
     return load_doc(directory / LETTERING_FILE, LETTERING_SCHEMA, digest)
@@ -155,7 +154,6 @@ def _opt_str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-
 def load_rules(directory: Path) -> Rules:
     """Load, validate and build the rules in ``directory`` (``directory.yaml``, ``lettering.yaml``).
 
@@ -182,6 +180,4 @@ def load_rules(directory: Path) -> Rules:
     problems = [p.text for p in directory_problems + lettering_problems]
     if problems or result is None or lettering is None:
         raise RulesError(problems or [f"{file_label(directory)}: rules could not be loaded"])
-    return Rules(
-        directory=result, lettering=lettering, version=digest.hexdigest()[:12], source=str(directory)
-    )
+    return Rules(directory=result, lettering=lettering, version=digest.hexdigest()[:12], source=str(directory))

@@ -19,14 +19,24 @@ from gateway.errors import RulesError
 from gateway.infra.yamldoc import Lines, file_label, line_of, load_yaml, problem, validate
 
 FILE = "messaging.yaml"
-_HHMM = {"type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$",
-         "x-message": "{value!r} is not a time of day like \"21:00\""}
+_HHMM = {
+    "type": "string",
+    "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$",
+    "x-message": '{value!r} is not a time of day like "21:00"',
+}
 _URL = {"type": "string", "pattern": "^https://", "x-message": "{value!r} must be an https:// link"}
 _TEXT = {"type": "string", "minLength": 1}
 _WORDS = {"type": "array", "items": _TEXT}
 # The opt-out word lists (see gateway.domain.optout): a list given replaces the built-in one.
-_OPTOUT_LISTS = {"keywords": "optout", "optin_keywords": "optin", "leads": "leads", "endings": "endings",
-                 "undo": "undo", "mentions": "mentions", "carrier_tags": "carrier_tags"}
+_OPTOUT_LISTS = {
+    "keywords": "optout",
+    "optin_keywords": "optin",
+    "leads": "leads",
+    "endings": "endings",
+    "undo": "undo",
+    "mentions": "mentions",
+    "carrier_tags": "carrier_tags",
+}
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -35,28 +45,58 @@ SCHEMA: dict[str, Any] = {
         "min_talk_seconds": {"type": "integer", "minimum": 0},
         "frequency_cap_days": {"type": "integer", "minimum": 0},
         "device_memory_days": {"type": "integer", "minimum": 1},
-        "quiet_hours": {"type": "object", "additionalProperties": False, "required": ["start", "end"],
-                        "properties": {"start": _HHMM, "end": _HHMM}},
-        "alimtalk": {"type": "object", "additionalProperties": False,
-                     "properties": {"call_notice_template": _TEXT, "postcall_template": _TEXT,
-                                    "provider_resend": {"type": "boolean"}}},
-        "optout": {"type": "object", "additionalProperties": False,
-                   "properties": {"keywords": {**_WORDS, "minItems": 1}, "optin_keywords": {**_WORDS, "minItems": 1},
-                                  "leads": _WORDS, "endings": _WORDS, "undo": _WORDS, "mentions": _WORDS,
-                                  "carrier_tags": _WORDS, "confirmation": _TEXT, "optin_confirmation": _TEXT,
-                                  "help": _TEXT}},
+        "quiet_hours": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["start", "end"],
+            "properties": {"start": _HHMM, "end": _HHMM},
+        },
+        "alimtalk": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "call_notice_template": _TEXT,
+                "postcall_template": _TEXT,
+                "provider_resend": {"type": "boolean"},
+            },
+        },
+        "optout": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "keywords": {**_WORDS, "minItems": 1},
+                "optin_keywords": {**_WORDS, "minItems": 1},
+                "leads": _WORDS,
+                "endings": _WORDS,
+                "undo": _WORDS,
+                "mentions": _WORDS,
+                "carrier_tags": _WORDS,
+                "confirmation": _TEXT,
+                "optin_confirmation": _TEXT,
+                "help": _TEXT,
+            },
+        },
         "contents": {
             "type": "object",
             "propertyNames": {"pattern": "^[a-z0-9][a-z0-9-]*$"},
             "additionalProperties": {
-                "type": "object", "additionalProperties": False, "required": ["title", "text"],
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["title", "text"],
                 "properties": {
                     "title": {"type": "string", "minLength": 1, "maxLength": 50},
                     "text": {"type": "string", "minLength": 1, "maxLength": 1000},
                     "image": _URL,
-                    "buttons": {"type": "array", "maxItems": 5, "items": {
-                        "type": "object", "additionalProperties": False, "required": ["name", "url"],
-                        "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 14}, "url": _URL}}},
+                    "buttons": {
+                        "type": "array",
+                        "maxItems": 5,
+                        "items": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["name", "url"],
+                            "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 14}, "url": _URL},
+                        },
+                    },
                 },
             },
         },
@@ -81,16 +121,29 @@ def load_messaging(directory: Path, departments: Directory | None = None) -> Mes
     if problems:
         raise RulesError(problems)
     contents = {
-        cid: Content(id=cid, title=c["title"], text=" ".join(c["text"].split()), image=c.get("image", ""),
-                     buttons=tuple(Button(b["name"], b["url"]) for b in c.get("buttons", ())))
+        cid: Content(
+            id=cid,
+            title=c["title"],
+            text=" ".join(c["text"].split()),
+            image=c.get("image", ""),
+            buttons=tuple(Button(b["name"], b["url"]) for b in c.get("buttons", ())),
+        )
         for cid, c in (data.get("contents") or {}).items()
     }
     if departments is not None:
         missing = sorted({d.postcall for d in departments.departments if d.postcall and d.postcall not in contents})
         if missing:
             line = line_of(lines, ("contents",)) if "contents" in data else 1
-            raise RulesError([problem(label, line, ("contents",), f"no content for {', '.join(map(repr, missing))} "
-                                      "(named by postcall: in directory.yaml)")])
+            raise RulesError(
+                [
+                    problem(
+                        label,
+                        line,
+                        ("contents",),
+                        f"no content for {', '.join(map(repr, missing))} (named by postcall: in directory.yaml)",
+                    )
+                ]
+            )
     optout = data.get("optout") or {}
     optout_words = _optout_words(optout, lines, label)
     quiet = data.get("quiet_hours") or {}
@@ -125,8 +178,14 @@ def _optout_words(optout: dict[str, Any], lines: Lines, label: str) -> OptoutWor
         for i, word in enumerate(optout[key]):
             if not compact(word):
                 path = ("optout", key, i)
-                problems.append(problem(label, line_of(lines, path), path, f"{word!r} has no letter or digit "
-                                        "(spaces, punctuation and emoji are ignored when matching)"))
+                problems.append(
+                    problem(
+                        label,
+                        line_of(lines, path),
+                        path,
+                        f"{word!r} has no letter or digit (spaces, punctuation and emoji are ignored when matching)",
+                    )
+                )
         given[name] = tuple(optout[key])
     if problems:
         raise RulesError(problems)
@@ -135,6 +194,14 @@ def _optout_words(optout: dict[str, Any], lines: Lines, label: str) -> OptoutWor
     if both:
         key = "optin_keywords" if "optin_keywords" in optout else "keywords"
         where = ("optout", key)
-        raise RulesError([problem(label, line_of(lines, where), where, f"{', '.join(map(repr, both))} "
-                                  "would be both an opt-out and an opt-in keyword")])
+        raise RulesError(
+            [
+                problem(
+                    label,
+                    line_of(lines, where),
+                    where,
+                    f"{', '.join(map(repr, both))} would be both an opt-out and an opt-in keyword",
+                )
+            ]
+        )
     return words

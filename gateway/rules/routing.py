@@ -338,14 +338,14 @@ def _calendar(doc: Doc, raw: Mapping[Any, Any]) -> Calendar | None:
     for key, name in _mapping(raw.get("holidays")).items():
         day = _date(str(key))
         if day is None:
-            doc.add(("calendar", "holidays", key), f"{key!r} is not a date: write YYYY-MM-DD, like \"2026-10-15\"")
+            doc.add(("calendar", "holidays", key), f'{key!r} is not a date: write YYYY-MM-DD, like "2026-10-15"')
         elif isinstance(name, str):
             holidays[day] = name
     workdays: list[date] = []
     for i, text in _strings(raw.get("workdays")):
         day = _date(text)
         if day is None:
-            doc.add(("calendar", "workdays", i), f"{text!r} is not a date: write YYYY-MM-DD, like \"2026-11-07\"")
+            doc.add(("calendar", "workdays", i), f'{text!r} is not a date: write YYYY-MM-DD, like "2026-11-07"')
         elif day in holidays:
             doc.add(("calendar", "workdays", i), f"{text} is also listed under calendar.holidays ({holidays[day]})")
         else:
@@ -381,13 +381,19 @@ def _rules(
         conditions = [str(k) for k in raw if k not in _NOT_CONDITIONS]
         known_conditions = [k for k in CONDITION_KEYS if k in raw]
         if i == last and known_conditions:
-            doc.add(base, "the last rule must be a default rule without conditions, so that every message "
-                          f"gets a queue (rule {name!r} has: {', '.join(known_conditions)})")
+            doc.add(
+                base,
+                "the last rule must be a default rule without conditions, so that every message "
+                f"gets a queue (rule {name!r} has: {', '.join(known_conditions)})",
+            )
         elif i != last and not conditions and not shadowing_reported:
             shadowing_reported = True  # once: the rules after it are all unreachable anyway
             after = last - i
-            doc.add(base, f"rule {name!r} has no conditions, so it matches every message: "
-                          f"the {after} rule{'s' if after != 1 else ''} after it would never be used")
+            doc.add(
+                base,
+                f"rule {name!r} has no conditions, so it matches every message: "
+                f"the {after} rule{'s' if after != 1 else ''} after it would never be used",
+            )
         rule = _rule(doc, base, raw, numbers, queues)
         if rule is not None:
             built.append(rule)
@@ -433,8 +439,10 @@ def _rule(
     if isinstance(queue, str):
         if queue == THREAD_DEPARTMENT:
             if thread is None or not thread.reply:
-                doc.add((*base, "queue"), f"queue {THREAD_DEPARTMENT} needs a thread condition "
-                                          "(thread: {within_days: N} or thread: true)")
+                doc.add(
+                    (*base, "queue"),
+                    f"queue {THREAD_DEPARTMENT} needs a thread condition (thread: {{within_days: N}} or thread: true)",
+                )
         elif queue not in queues:
             known = [*queues, THREAD_DEPARTMENT]
             doc.add((*base, "queue"), f"unknown queue {queue!r}: not listed under queues ({_suggest(queue, known)})")
@@ -508,7 +516,7 @@ def _senders(doc: Doc, base: KeyPath, value: Any) -> tuple[frozenset[str], tuple
         if text.endswith("*"):
             prefix = _e164_prefix(text[:-1])
             if prefix is None:
-                doc.add((*base, "sender", j), f"{text!r} is not a number prefix: write digits then *, like \"010*\"")
+                doc.add((*base, "sender", j), f'{text!r} is not a number prefix: write digits then *, like "010*"')
             else:
                 prefixes.append(prefix)
             continue
@@ -603,8 +611,11 @@ def _print_decision(
     local = decision.local_time
     day = decision.day_type
     print(f"rules:      {file_label(path)} (version {rules.version})", file=out)
-    print(f"message:    to {display(msg.to)}, from {display(msg.sender)}, "
-          f"at {local:%Y-%m-%d %H:%M} ({_WEEKDAYS_KO[local.weekday()]}) {rules.calendar.tz.key}", file=out)
+    print(
+        f"message:    to {display(msg.to)}, from {display(msg.sender)}, "
+        f"at {local:%Y-%m-%d %H:%M} ({_WEEKDAYS_KO[local.weekday()]}) {rules.calendar.tz.key}",
+        file=out,
+    )
     holiday = f" ({decision.holiday_name})" if decision.holiday_name else ""
     print(f"day:        {day.value} / {DAY_NAMES_KO[day]}{holiday}", file=out)
     if thread is not None:

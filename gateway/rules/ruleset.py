@@ -44,9 +44,11 @@ class RuleSet:
 
     def summary(self) -> str:
         """What ``gateway rules check`` prints after ``rules OK: ``."""
-        return (f"version {self.rules.version}, {len(self.rules.directory.departments)} departments, "
-                f"{self.rules.directory.extension_count()} extensions, "
-                f"{len(self.messaging.contents)} post-call contents")
+        return (
+            f"version {self.rules.version}, {len(self.rules.directory.departments)} departments, "
+            f"{self.rules.directory.extension_count()} extensions, "
+            f"{len(self.messaging.contents)} post-call contents"
+        )
 
 
 @dataclass
@@ -105,8 +107,10 @@ def cmd_rules_check(directory: Path, out: TextIO) -> int:
     for problem in problems:
         print(problem, file=out)
     if problems or ruleset is None:
-        print(f"rules NOT OK: {len(problems)} problem{'s' if len(problems) != 1 else ''} in {file_label(directory)}",
-              file=out)
+        print(
+            f"rules NOT OK: {len(problems)} problem{'s' if len(problems) != 1 else ''} in {file_label(directory)}",
+            file=out,
+        )
         return 1
     print(f"rules OK: {ruleset.summary()}", file=out)
     return 0

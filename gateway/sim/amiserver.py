@@ -68,7 +68,7 @@ class Block:
         """The event name, or "" for non-events."""
         if not self.is_event:
             return ""
-        return self.raw[7:self.raw.index(_EOL)].decode("ascii", "replace")
+        return self.raw[7 : self.raw.index(_EOL)].decode("ascii", "replace")
 
 
 @dataclass(frozen=True)
@@ -174,8 +174,9 @@ def fresh_ids(block: bytes, offset: int) -> bytes:
     """Shift the integer part of every ``*Uniqueid``/``*Linkedid`` header value by `offset`."""
     if not offset:
         return block
-    return _ID_RE.sub(lambda m: m[1] + str(int(m[2]) + offset).encode() + m[3] + (
-        b"\r" if m[0].endswith(b"\r") else b""), block)
+    return _ID_RE.sub(
+        lambda m: m[1] + str(int(m[2]) + offset).encode() + m[3] + (b"\r" if m[0].endswith(b"\r") else b""), block
+    )
 
 
 def header(block: bytes, name: bytes) -> bytes | None:
@@ -187,7 +188,7 @@ def header(block: bytes, name: bytes) -> bytes | None:
         start = -2
     start += len(name) + 4
     end = block.find(_EOL, start)
-    return block[start:end if end >= 0 else len(block)]
+    return block[start : end if end >= 0 else len(block)]
 
 
 def with_header(block: bytes, name: bytes, value: bytes | None) -> bytes:
@@ -258,12 +259,35 @@ def _templates() -> _Templates:
 
 
 # Standard channel snapshot headers every channel event carries (manager_channels.c).
-_SNAPSHOT = (b"Channel", b"ChannelState", b"ChannelStateDesc", b"CallerIDNum", b"CallerIDName",
-             b"ConnectedLineNum", b"ConnectedLineName", b"Language", b"AccountCode", b"Context",
-             b"Exten", b"Priority", b"Uniqueid", b"Linkedid")
+_SNAPSHOT = (
+    b"Channel",
+    b"ChannelState",
+    b"ChannelStateDesc",
+    b"CallerIDNum",
+    b"CallerIDName",
+    b"ConnectedLineNum",
+    b"ConnectedLineName",
+    b"Language",
+    b"AccountCode",
+    b"Context",
+    b"Exten",
+    b"Priority",
+    b"Uniqueid",
+    b"Linkedid",
+)
 _LOGIN_EVENTS = frozenset({"FullyBooted", "SuccessfulAuth"})
-_TABLE_EVENTS = frozenset({b"Newchannel", b"Newstate", b"NewCallerid", b"NewConnectedLine", b"Newexten",
-                           b"BridgeEnter", b"BridgeLeave", b"Hangup"})
+_TABLE_EVENTS = frozenset(
+    {
+        b"Newchannel",
+        b"Newstate",
+        b"NewCallerid",
+        b"NewConnectedLine",
+        b"Newexten",
+        b"BridgeEnter",
+        b"BridgeLeave",
+        b"Hangup",
+    }
+)
 
 
 class ChannelTable:
@@ -280,7 +304,7 @@ class ChannelTable:
         """Update the table from one replayed frame (recorded time `t`)."""
         if not block.startswith(b"Event: "):
             return
-        name = block[7:block.index(_EOL)]
+        name = block[7 : block.index(_EOL)]
         if name == b"Shutdown":
             self._channels.clear()  # the PBX is going down with all its channels
             self._born.clear()
@@ -504,7 +528,6 @@ class AmiServer:
             if self._exhausted and not self._connections:
                 self._done.set()
 
-
     # -- broadcast mode -------------------------------------------------------------------------
 
     def _subscribe(self, conn: _Connection) -> None:
@@ -526,8 +549,12 @@ class AmiServer:
         cycle = 0
         while True:
             for plan in self.plans:
-                blocks = tuple(b for b in plan.transcript.body if b.event_name not in _LOGIN_EVENTS
-                               and not b.raw.startswith((b"Response: Goodbye", b"Event: Shutdown")))
+                blocks = tuple(
+                    b
+                    for b in plan.transcript.body
+                    if b.event_name not in _LOGIN_EVENTS
+                    and not b.raw.startswith((b"Response: Goodbye", b"Event: Shutdown"))
+                )
                 if not blocks:
                     continue
                 t0, start = blocks[0].t, loop.time()
@@ -567,8 +594,14 @@ class _Replay:
 class _Connection:
     """One client connection: login, replay, answers to actions."""
 
-    def __init__(self, server: AmiServer, plan: SessionPlan, offset: int,
-                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        server: AmiServer,
+        plan: SessionPlan,
+        offset: int,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
         self.server = server
         self.reader = reader
         self.writer = writer
@@ -593,8 +626,7 @@ class _Connection:
             for task in (reader_task, closing, self.replay_task):
                 if task is not None:
                     task.cancel()
-            await asyncio.gather(reader_task, closing, *(t for t in [self.replay_task] if t),
-                                 return_exceptions=True)
+            await asyncio.gather(reader_task, closing, *(t for t in [self.replay_task] if t), return_exceptions=True)
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -606,7 +638,7 @@ class _Connection:
                 await self.writer.drain()
                 return
             for i in range(0, len(data), chunk):
-                self.writer.write(data[i:i + chunk])
+                self.writer.write(data[i : i + chunk])
                 await self.writer.drain()
                 # Two loop turns let a client on the same loop read this piece on its own.
                 await asyncio.sleep(0)
@@ -672,8 +704,12 @@ class _Connection:
 
     async def login(self, action: dict[str, str], aid: bytes | None) -> bool:
         plan = self.replay.plan
-        ok = (action.get("username") == self.server.username and action.get("secret") == self.server.secret
-              and not plan.reject_login and not plan.transcript.login_failed)
+        ok = (
+            action.get("username") == self.server.username
+            and action.get("secret") == self.server.secret
+            and not plan.reject_login
+            and not plan.transcript.login_failed
+        )
         transcript = plan.transcript
         if not ok:
             await self.write(with_header(_templates().auth_failed, b"ActionID", aid))
@@ -682,8 +718,11 @@ class _Connection:
             self.closing.set()
             return False
         index = transcript.login_index
-        answer = transcript.blocks[index].raw if index is not None else (
-            b"Response: Success\r\nActionID: x\r\nMessage: Authentication accepted\r\n\r\n")
+        answer = (
+            transcript.blocks[index].raw
+            if index is not None
+            else (b"Response: Success\r\nActionID: x\r\nMessage: Authentication accepted\r\n\r\n")
+        )
         await self.write(with_header(answer, b"ActionID", aid))
         if self.server.broadcast:
             # This connection's own login events, then the PBX's shared stream.

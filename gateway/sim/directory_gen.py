@@ -45,9 +45,7 @@ CATALOGUE: tuple[_Kind, ...] = (
     _Kind("land-info", "토지정보과", "토지 및 지적 관련 안내 전화입니다", 1.5),
     _Kind("tax", "세무과", "지방세 납부 관련 안내 전화입니다", 4),
     _Kind("tax-collection", "징수과", "체납 지방세 납부 안내 전화입니다", 2),
-    _Kind(
-        "welfare-policy", "복지정책과", "복지 서비스 신청 관련 안내 전화입니다", 4, postcall="welfare-guide"
-    ),
+    _Kind("welfare-policy", "복지정책과", "복지 서비스 신청 관련 안내 전화입니다", 4, postcall="welfare-guide"),
     _Kind("senior-welfare", "노인복지과", "어르신 복지 서비스 안내 전화입니다", 2.5),
     _Kind("child-youth", "아동청소년과", "아동·청소년 지원 관련 안내 전화입니다", 2),
     _Kind("women-family", "여성가족과", "가족 지원 서비스 관련 안내 전화입니다", 1.5),

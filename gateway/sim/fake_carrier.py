@@ -167,9 +167,15 @@ class FakeCarrierServer:
         peer = request.transport.get_extra_info("peername") if request.transport else None
         self.requests.append(
             ReceivedRequest(
-                received_at=received_at, method=request.method, path=request.rel_url.raw_path,
-                headers=dict(request.headers), raw=raw, body=body,
-                peer=tuple(peer[:2]) if peer else None, error=error, recipient=recipient,
+                received_at=received_at,
+                method=request.method,
+                path=request.rel_url.raw_path,
+                headers=dict(request.headers),
+                raw=raw,
+                body=body,
+                peer=tuple(peer[:2]) if peer else None,
+                error=error,
+                recipient=recipient,
             )
         )
         if error:
@@ -227,7 +233,8 @@ class FakeCarrierServer:
             return self._result_response(LetteringResult.DELIVERED)
         if behaviour == "garbage":
             return web.Response(
-                status=200, text="<html><body>Service Temporarily Unavailable</body></html>",
+                status=200,
+                text="<html><body>Service Temporarily Unavailable</body></html>",
                 content_type="text/html",
             )
         if behaviour == "close":

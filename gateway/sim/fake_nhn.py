@@ -45,15 +45,39 @@ _SMS_PATH = re.compile(r"/sms/v3\.0/appKeys/(?P<appkey>[^/]+)/sender/(?P<kind>sm
 _MOBILE = re.compile(r"01\d{8,9}")
 _SENDER = re.compile(r"0\d{8,10}|1\d{7}")
 _REQUEST_DATE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d")
-_TOP_KEYS = frozenset({"senderKey", "templateCode", "requestDate", "senderGroupingKey", "createUser",
-                       "recipientList", "messageOption", "statsId"})
-_RECIPIENT_KEYS = frozenset({"recipientNo", "templateParameter", "resendParameter", "buttons", "quickReplies",
-                             "recipientGroupingKey"})
-_BUTTON_KEYS = frozenset({"ordering", "chatExtra", "chatEvent", "relayId", "oneClickId", "productId", "target",
-                          "telNumber"})
+_TOP_KEYS = frozenset(
+    {
+        "senderKey",
+        "templateCode",
+        "requestDate",
+        "senderGroupingKey",
+        "createUser",
+        "recipientList",
+        "messageOption",
+        "statsId",
+    }
+)
+_RECIPIENT_KEYS = frozenset(
+    {"recipientNo", "templateParameter", "resendParameter", "buttons", "quickReplies", "recipientGroupingKey"}
+)
+_BUTTON_KEYS = frozenset(
+    {"ordering", "chatExtra", "chatEvent", "relayId", "oneClickId", "productId", "target", "telNumber"}
+)
 _RESEND_KEYS = frozenset({"isResend", "resendType", "resendTitle", "resendContent", "resendSendNo"})
-_SMS_KEYS = frozenset({"templateId", "body", "sendNo", "requestDate", "senderGroupingKey", "recipientList",
-                       "userId", "statsId", "originCode", "useConversion"})
+_SMS_KEYS = frozenset(
+    {
+        "templateId",
+        "body",
+        "sendNo",
+        "requestDate",
+        "senderGroupingKey",
+        "recipientList",
+        "userId",
+        "statsId",
+        "originCode",
+        "useConversion",
+    }
+)
 _MMS_KEYS = (_SMS_KEYS - {"useConversion"}) | {"title", "attachFileIdList"}
 
 
@@ -186,22 +210,34 @@ class FakeNhnServer:
     # ------------------------------------------------------------------ webhooks
 
     def report_headers(self, signature: str | None = None) -> dict[str, str]:
-        return {"Content-Type": "application/json;charset=UTF-8",
-                "X-Toast-Webhook-Signature": self.webhook_signature if signature is None else signature}
+        return {
+            "Content-Type": "application/json;charset=UTF-8",
+            "X-Toast-Webhook-Signature": self.webhook_signature if signature is None else signature,
+        }
 
     def report_body(
-        self, deliveries: Sequence[tuple[str, int, str]], *, result_code: str = "1000",
-        receive_date: str = "2024-05-01 10:00:05", resend_status: str | None = None,
+        self,
+        deliveries: Sequence[tuple[str, int, str]],
+        *,
+        result_code: str = "1000",
+        receive_date: str = "2024-05-01 10:00:05",
+        resend_status: str | None = None,
         resend_result_code: str | None = None,
     ) -> bytes:
         """A KakaoTalk Bizmessage MESSAGE_RESULT_UPDATE webhook for (requestId, recipientSeq, E.164)."""
         hooks: list[dict[str, Any]] = []
         for request_id, seq, to in deliveries:
             hook: dict[str, Any] = {
-                "kakaoMessageType": "ALIMTALK_NORMAL", "requestId": request_id, "recipientSeq": seq,
-                "requestDate": "2024-05-01 10:00:00", "createDate": "2024-05-01 10:00:01",
-                "receiveDate": receive_date, "recipientNo": "0" + to[3:], "resultCode": result_code,
-                "senderGroupingKey": "", "recipientGroupingKey": "",
+                "kakaoMessageType": "ALIMTALK_NORMAL",
+                "requestId": request_id,
+                "recipientSeq": seq,
+                "requestDate": "2024-05-01 10:00:00",
+                "createDate": "2024-05-01 10:00:01",
+                "receiveDate": receive_date,
+                "recipientNo": "0" + to[3:],
+                "resultCode": result_code,
+                "senderGroupingKey": "",
+                "recipientGroupingKey": "",
                 "_links": {"self": {"href": f"{self.base_url}/alimtalk/v2.3/appkeys/x/messages/{request_id}/{seq}"}},
                 "hookId": f"hook-{next(self._ids)}",
             }
@@ -213,13 +249,27 @@ class FakeNhnServer:
 
     def unsubscribe_body(self, numbers: Sequence[str]) -> bytes:
         """An SMS UNSUBSCRIBE webhook for E.164 numbers that called the 080 opt-out line."""
-        hooks = [{"hookId": f"hook-{next(self._ids)}", "recipientNo": "0" + n[3:], "unsubscribeNo": "0801234567",
-                  "enterpriseName": "City", "createdDateTime": "2024-05-01T10:00:00.000+09:00"} for n in numbers]
+        hooks = [
+            {
+                "hookId": f"hook-{next(self._ids)}",
+                "recipientNo": "0" + n[3:],
+                "unsubscribeNo": "0801234567",
+                "enterpriseName": "City",
+                "createdDateTime": "2024-05-01T10:00:00.000+09:00",
+            }
+            for n in numbers
+        ]
         return self._envelope("SMS", self.sms_appkey, "UNSUBSCRIBE", hooks)
 
     def _envelope(self, product: str, appkey: str, event: str, hooks: list[dict[str, Any]]) -> bytes:
-        envelope = {"hooksId": f"hooks-{next(self._ids)}", "webhookConfigId": "cfg", "productName": product,
-                    "appKey": appkey, "event": event, "hooks": hooks}
+        envelope = {
+            "hooksId": f"hooks-{next(self._ids)}",
+            "webhookConfigId": "cfg",
+            "productName": product,
+            "appKey": appkey,
+            "event": event,
+            "hooks": hooks,
+        }
         return json.dumps(envelope, ensure_ascii=False).encode()
 
     # ------------------------------------------------------------------ handling
@@ -287,8 +337,11 @@ class FakeNhnServer:
         _need(isinstance(code, str) and 0 < len(code) <= 20, -2001, "The 'templateCode' must not be blank.")
         _need(not self.templates or code in self.templates, -3003, "Template does not exist.")
         date = body.get("requestDate")
-        _need(date is None or (isinstance(date, str) and bool(_REQUEST_DATE.fullmatch(date))), -2027,
-              "The 'requestDate' has invalid format.")
+        _need(
+            date is None or (isinstance(date, str) and bool(_REQUEST_DATE.fullmatch(date))),
+            -2027,
+            "The 'requestDate' has invalid format.",
+        )
         recipients = body.get("recipientList")
         _need(isinstance(recipients, list) and 0 < len(recipients) <= 1000, -4011, "Not found recipientList.")
         template = self.templates.get(code) if self.templates else None
@@ -298,11 +351,17 @@ class FakeNhnServer:
     def _validate_recipient(self, r: Any, template: Template | None) -> None:
         _need(isinstance(r, dict) and not set(r) - _RECIPIENT_KEYS, -3002, "recipient has unknown fields")
         number = r.get("recipientNo")
-        _need(isinstance(number, str) and len(number) <= 15 and bool(_MOBILE.fullmatch(number)), -4019,
-              "Invalid recipient number.")
+        _need(
+            isinstance(number, str) and len(number) <= 15 and bool(_MOBILE.fullmatch(number)),
+            -4019,
+            "Invalid recipient number.",
+        )
         params = r.get("templateParameter", {})
-        _need(isinstance(params, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in params.items()),
-              -3004, "Please check template parameter.")
+        _need(
+            isinstance(params, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in params.items()),
+            -3004,
+            "Please check template parameter.",
+        )
         if template is not None:
             _need(set(params) == set(template.variables), -3049, "The template parameter is not matched to template.")
         buttons = r.get("buttons", [])
@@ -310,8 +369,11 @@ class FakeNhnServer:
         orderings = []
         for b in buttons:
             _need(isinstance(b, dict) and not set(b) - _BUTTON_KEYS, -2018, "Button parameter is invalid.")
-            _need(isinstance(b.get("ordering"), int) and not isinstance(b.get("ordering"), bool), -2018,
-                  "Button parameter is invalid.")
+            _need(
+                isinstance(b.get("ordering"), int) and not isinstance(b.get("ordering"), bool),
+                -2018,
+                "Button parameter is invalid.",
+            )
             orderings.append(b["ordering"])
         _need(orderings == list(range(1, len(orderings) + 1)), -2018, "Button parameter is invalid.")
         if template is not None:
@@ -338,8 +400,11 @@ class FakeNhnServer:
         _need(size is not None and size <= limit, -4200, "resendContent too long or not EUC-KR")
         title = resend.get("resendTitle")
         if title is not None:
-            _need(kind == "LMS" and isinstance(title, str) and (euckr_bytes(title) or 99) <= 40, -4200,
-                  "resendTitle is only for LMS, <= 40 bytes")
+            _need(
+                kind == "LMS" and isinstance(title, str) and (euckr_bytes(title) or 99) <= 40,
+                -4200,
+                "resendTitle is only for LMS, <= 40 bytes",
+            )
         send_no = resend.get("resendSendNo")
         _need(isinstance(send_no, str) and send_no in self.registered_senders, -1003, "Invalid Sms Sendno")
 
@@ -369,10 +434,20 @@ class FakeNhnServer:
         for seq, r in enumerate(body["recipientList"], start=1):
             rto = e164(r["recipientNo"])
             rb = self.behaviours.get(rto, self.default)
-            code, message = {"not_kakao_user": (3019, "not a KakaoTalk user"), "blocked": (3020, "Alimtalk refused"),
-                             "invalid_number": (-4019, "Invalid recipient number.")}.get(rb, (0, "SUCCESS"))
-            results.append({"recipientSeq": seq, "recipientNo": r["recipientNo"], "resultCode": code,
-                            "resultMessage": message, "recipientGroupingKey": r.get("recipientGroupingKey")})
+            code, message = {
+                "not_kakao_user": (3019, "not a KakaoTalk user"),
+                "blocked": (3020, "Alimtalk refused"),
+                "invalid_number": (-4019, "Invalid recipient number."),
+            }.get(rb, (0, "SUCCESS"))
+            results.append(
+                {
+                    "recipientSeq": seq,
+                    "recipientNo": r["recipientNo"],
+                    "resultCode": code,
+                    "resultMessage": message,
+                    "recipientGroupingKey": r.get("recipientGroupingKey"),
+                }
+            )
             resend = r.get("resendParameter") or {}
             if code == 0:
                 self.deliveries.append(FakeDelivery("alimtalk", rto, request_id, seq, idempotency_key=key))
@@ -384,8 +459,11 @@ class FakeNhnServer:
         if behaviour != "slow":
             self.requests.append(ReceivedRequest(**record, code=header_code, error=""))
         answer = _header(success, header_code, "SUCCESS" if success else "All of receivers are failed to send.")
-        answer["message"] = {"requestId": request_id, "senderGroupingKey": body.get("senderGroupingKey"),
-                             "sendResults": results}
+        answer["message"] = {
+            "requestId": request_id,
+            "senderGroupingKey": body.get("senderGroupingKey"),
+            "sendResults": results,
+        }
         return web.json_response(answer)
 
     # ------------------------------------------------------------------ SMS
@@ -405,8 +483,11 @@ class FakeNhnServer:
         _need(size is not None, -2023, "Unacceptable characters in title and body")
         _need((size or 0) <= (90 if kind == "sms" else 2000), -2015, "Title or Body exceed maximum byte.")
         send_no = body.get("sendNo")
-        _need(isinstance(send_no, str) and len(send_no) <= 13 and bool(_SENDER.fullmatch(send_no)), -2312,
-              "Not regist sendno.")
+        _need(
+            isinstance(send_no, str) and len(send_no) <= 13 and bool(_SENDER.fullmatch(send_no)),
+            -2312,
+            "Not regist sendno.",
+        )
         _need(send_no in self.registered_senders, -2312, "Not regist sendno.")
         for key in ("senderGroupingKey",):
             _need(isinstance(body.get(key, ""), str) and len(body.get(key, "")) <= 100, -9997, f"{key} too long")
@@ -414,9 +495,19 @@ class FakeNhnServer:
         _need(isinstance(recipients, list) and bool(recipients), -2001, "RecipientList can not be null.")
         _need(len(recipients) <= 1000, -2016, "The max recipient size is 1000.")
         for r in recipients:
-            _need(isinstance(r, dict) and not set(r) - {"recipientNo", "countryCode", "internationalRecipientNo",
-                                                         "templateParameter", "recipientGroupingKey"},
-                  -9997, "recipient has unknown fields")
+            _need(
+                isinstance(r, dict)
+                and not set(r)
+                - {
+                    "recipientNo",
+                    "countryCode",
+                    "internationalRecipientNo",
+                    "templateParameter",
+                    "recipientGroupingKey",
+                },
+                -9997,
+                "recipient has unknown fields",
+            )
             number = r.get("recipientNo")
             _need(isinstance(number, str) and bool(number), -2018, "RecipientNo can not be empty.")
             _need(len(number) <= 20 and bool(_MOBILE.fullmatch(number)), -2019, "RecipientNo is invalid.")
@@ -432,25 +523,39 @@ class FakeNhnServer:
         results = []
         for seq, r in enumerate(body["recipientList"], start=1):
             rto = e164(r["recipientNo"])
-            code, message = {"opted_out": (-6001, "Recipient Number is refused."),
-                             "invalid_number": (-2019, "RecipientNo is invalid.")}.get(
-                self.behaviours.get(rto, self.default), (0, "SUCCESS"))
-            results.append({"recipientNo": r["recipientNo"], "resultCode": code, "resultMessage": message,
-                            "recipientSeq": seq, "recipientGroupingKey": r.get("recipientGroupingKey")})
+            code, message = {
+                "opted_out": (-6001, "Recipient Number is refused."),
+                "invalid_number": (-2019, "RecipientNo is invalid."),
+            }.get(self.behaviours.get(rto, self.default), (0, "SUCCESS"))
+            results.append(
+                {
+                    "recipientNo": r["recipientNo"],
+                    "resultCode": code,
+                    "resultMessage": message,
+                    "recipientSeq": seq,
+                    "recipientGroupingKey": r.get("recipientGroupingKey"),
+                }
+            )
             if code == 0:
                 channel = "sms" if kind == "sms" else "lms"
-                self.deliveries.append(FakeDelivery(channel, rto, request_id, seq, body["body"],
-                                                    str(body.get("senderGroupingKey") or "")))
+                self.deliveries.append(
+                    FakeDelivery(channel, rto, request_id, seq, body["body"], str(body.get("senderGroupingKey") or ""))
+                )
         if behaviour != "slow":
             self.requests.append(ReceivedRequest(**record, code=0, error=""))
         answer = _header(True, 0, "SUCCESS")
-        answer["body"] = {"data": {"requestId": request_id, "statusCode": "2",
-                                   "senderGroupingKey": body.get("senderGroupingKey"), "sendResultList": results}}
+        answer["body"] = {
+            "data": {
+                "requestId": request_id,
+                "statusCode": "2",
+                "senderGroupingKey": body.get("senderGroupingKey"),
+                "sendResultList": results,
+            }
+        }
         return web.json_response(answer)
 
-
     def _list_sms(self, request: web.Request, appkey: str, kind: str) -> web.Response:
-        """"List messages" (GET .../sender/sms|mms): by senderGroupingKey within a request-date range.
+        """ "List messages" (GET .../sender/sms|mms): by senderGroupingKey within a request-date range.
 
         Like NHN it needs a requestId or both request dates; it lists what reached a phone."""
         self.lookups.append(dict(request.query))
@@ -464,9 +569,17 @@ class FakeNhnServer:
             return web.json_response(_header(False, -9996, "startRequestDate and endRequestDate are required"))
         channels = {"sms"} if kind == "sms" else {"lms"}
         key = q.get("senderGroupingKey")
-        found = [{"requestId": d.request_id, "recipientSeq": d.recipient_seq, "recipientNo": "0" + d.to[3:],
-                  "senderGroupingKey": d.idempotency_key, "msgStatus": "3"}
-                 for d in self.deliveries if d.channel in channels and (key is None or d.idempotency_key == key)]
+        found = [
+            {
+                "requestId": d.request_id,
+                "recipientSeq": d.recipient_seq,
+                "recipientNo": "0" + d.to[3:],
+                "senderGroupingKey": d.idempotency_key,
+                "msgStatus": "3",
+            }
+            for d in self.deliveries
+            if d.channel in channels and (key is None or d.idempotency_key == key)
+        ]
         answer = _header(True, 0, "SUCCESS")
         answer["body"] = {"pageNum": 1, "pageSize": len(found), "totalCount": len(found), "data": found}
         return web.json_response(answer)

@@ -26,8 +26,14 @@ def free_port() -> int:
 class RedisProcess:
     """Start/stop/kill a redis-server bound to 127.0.0.1 on its own port and data dir."""
 
-    def __init__(self, port: int | None = None, *, appendonly: bool = False,
-                 data_dir: Path | None = None, own_session: bool = False) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        appendonly: bool = False,
+        data_dir: Path | None = None,
+        own_session: bool = False,
+    ) -> None:
         self.port = port or free_port()
         self.appendonly = appendonly
         # The demo's and replay's Redis: out of the terminal's process group, so that Ctrl-C (or
@@ -47,12 +53,30 @@ class RedisProcess:
         exe = shutil.which("redis-server")
         if exe is None:
             raise StoreUnavailable("redis-server is not installed: run ops/bootstrap.sh")
-        args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
-                "--save", "", "--appendonly", "yes" if self.appendonly else "no",
-                "--appendfsync", "everysec", "--daemonize", "no", "--loglevel", "warning",
-                "--protected-mode", "yes"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     start_new_session=self.own_session)
+        args = [
+            exe,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.data_dir),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "everysec",
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+            "--protected-mode",
+            "yes",
+        ]
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=self.own_session
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -35,8 +35,9 @@ SECTIONS = ("ami", "routing", "memory", "inbound")
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ops.bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="about a minute: smaller runs of every section")
-    p.add_argument("--only", default=",".join(SECTIONS),
-                   help=f"sections to run, comma-separated ({', '.join(SECTIONS)})")
+    p.add_argument(
+        "--only", default=",".join(SECTIONS), help=f"sections to run, comma-separated ({', '.join(SECTIONS)})"
+    )
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help=f"results directory (default {RESULTS_DIR})")
     sizes = p.add_argument_group("sizes (defaults depend on --quick)")
     sizes.add_argument("--ami-events", type=int, help="AMI ingest stream size (200000, quick 50000)")
@@ -46,8 +47,11 @@ def parser() -> argparse.ArgumentParser:
     sizes.add_argument("--latency-runs", type=int, help="runs of the top lettering rate, median p99 (3, quick 1)")
     sizes.add_argument("--inbound-steps", help="webhook concurrency steps (1,8,32,64, quick 8,32)")
     sizes.add_argument("--inbound-seconds", type=float, help="length of each webhook step (3, quick 2)")
-    sizes.add_argument("--inbound-rounds", type=int,
-                       help="rounds of bare then gateway through every step; the median ratio is reported (3, quick 1)")
+    sizes.add_argument(
+        "--inbound-rounds",
+        type=int,
+        help="rounds of bare then gateway through every step; the median ratio is reported (3, quick 1)",
+    )
     sizes.add_argument("--inbound-warmup", type=float, help="unmeasured webhook requests first, seconds (1, quick 0.5)")
     sizes.add_argument("--routing-seconds", type=float, help="length of each routing figure (3, quick 1)")
     sizes.add_argument("--routing-sample", type=int, help="distinct routed messages per mix (5000, quick 2000)")
@@ -63,10 +67,18 @@ def run_ami(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, An
     from ops.bench.ami_ingest.__main__ import figures, measure
     from ops.bench.ami_ingest.__main__ import parser as ami_parser
 
-    argv = ["--events", str(_pick(args.ami_events, 200_000, 50_000, args.quick)),
-            "--runs", str(_pick(args.ami_runs, 3, 1, args.quick)), "--rates", args.rates,
-            "--seconds", str(_pick(args.latency_seconds, 10.0, 3.0, args.quick)),
-            "--latency-runs", str(_pick(args.latency_runs, 3, 1, args.quick))]
+    argv = [
+        "--events",
+        str(_pick(args.ami_events, 200_000, 50_000, args.quick)),
+        "--runs",
+        str(_pick(args.ami_runs, 3, 1, args.quick)),
+        "--rates",
+        args.rates,
+        "--seconds",
+        str(_pick(args.latency_seconds, 10.0, 3.0, args.quick)),
+        "--latency-runs",
+        str(_pick(args.latency_runs, 3, 1, args.quick)),
+    ]
     results = measure(ami_parser().parse_args(argv))
     if results is None:
         raise ValueError("bad AMI benchmark arguments")
@@ -76,8 +88,10 @@ def run_ami(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, An
 def run_routing(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from ops.bench import routing
 
-    section = routing.run(seconds=_pick(args.routing_seconds, 3.0, 1.0, args.quick),
-                          sample_size=_pick(args.routing_sample, 5000, 2000, args.quick))
+    section = routing.run(
+        seconds=_pick(args.routing_seconds, 3.0, 1.0, args.quick),
+        sample_size=_pick(args.routing_sample, 5000, 2000, args.quick),
+    )
     return section, routing.figures(section)
 
 
@@ -97,15 +111,20 @@ def run_inbound(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str
     from ops.bench import inbound
 
     steps = _pick(args.inbound_steps, "1,8,32,64", "8,32", args.quick)
-    section = inbound.run(steps=[int(s) for s in steps.split(",") if s.strip()],
-                          seconds=_pick(args.inbound_seconds, 3.0, 2.0, args.quick),
-                          rounds=_pick(args.inbound_rounds, 3, 1, args.quick),
-                          warmup=_pick(args.inbound_warmup, 1.0, 0.5, args.quick))
+    section = inbound.run(
+        steps=[int(s) for s in steps.split(",") if s.strip()],
+        seconds=_pick(args.inbound_seconds, 3.0, 2.0, args.quick),
+        rounds=_pick(args.inbound_rounds, 3, 1, args.quick),
+        warmup=_pick(args.inbound_warmup, 1.0, 0.5, args.quick),
+    )
     return section, inbound.figures(section)
 
 
 RUNNERS: dict[str, Callable[[argparse.Namespace], tuple[dict[str, Any], list[dict[str, Any]]]]] = {
-    "ami": run_ami, "routing": run_routing, "memory": run_memory, "inbound": run_inbound,
+    "ami": run_ami,
+    "routing": run_routing,
+    "memory": run_memory,
+    "inbound": run_inbound,
 }
 
 
@@ -123,18 +142,23 @@ def main(argv: list[str] | None = None) -> int:
     wanted = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in wanted if s not in RUNNERS]
     if unknown or not wanted:
-        print(f"ops.bench: unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}",
-              file=sys.stderr)
+        print(f"ops.bench: unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}", file=sys.stderr)
         return 2
     from ops.bench.ami_ingest.__main__ import setup_logging
 
     setup_logging("WARNING")
     started = time.time()
-    results: dict[str, Any] = {"meta": {
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "quick": args.quick,
-        "sections": wanted, "python": platform.python_version(), "platform": platform.platform(),
-        "cpus": os.cpu_count(), "load_average_at_start": list(os.getloadavg()),
-    }}
+    results: dict[str, Any] = {
+        "meta": {
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            "quick": args.quick,
+            "sections": wanted,
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "load_average_at_start": list(os.getloadavg()),
+        }
+    }
     rows: list[dict[str, Any]] = []
     counts_ok = True
     for name in wanted:
@@ -144,8 +168,9 @@ def main(argv: list[str] | None = None) -> int:
             section, section_rows = RUNNERS[name](args)
         except Exception as exc:  # one failing section must not hide the others' figures
             section = {"error": f"{type(exc).__name__}: {exc}", "counts_ok": False}
-            section_rows = [{"figure": name, "value": f"FAILED: {section['error']}", "goal": "-", "baseline": "-",
-                             "met": False}]
+            section_rows = [
+                {"figure": name, "value": f"FAILED: {section['error']}", "goal": "-", "baseline": "-", "met": False}
+            ]
         section["seconds"] = round(time.perf_counter() - began, 1)
         print(f"ops.bench: {name} done in {section['seconds']} s", file=sys.stderr, flush=True)
         results[name] = section
@@ -159,13 +184,16 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
-    title = (f"# Gateway benchmarks, {results['meta']['started_at']}{' (quick)' if args.quick else ''}\n\n"
-             f"{os.cpu_count()} CPUs, load average {results['meta']['load_average_at_start'][0]:.2f} at start; "
-             f"{results['meta']['duration_s']} s. Every figure beside its goal and its baseline measured in "
-             f"the same run.\n\n")
+    title = (
+        f"# Gateway benchmarks, {results['meta']['started_at']}{' (quick)' if args.quick else ''}\n\n"
+        f"{os.cpu_count()} CPUs, load average {results['meta']['load_average_at_start'][0]:.2f} at start; "
+        f"{results['meta']['duration_s']} s. Every figure beside its goal and its baseline measured in "
+        f"the same run.\n\n"
+    )
     for name in (f"bench-{stamp}", "bench-latest"):
-        (args.out / f"{name}.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n",
-                                               encoding="utf-8")
+        (args.out / f"{name}.json").write_text(
+            json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
         (args.out / f"{name}.md").write_text(title + table, encoding="utf-8")
     print(f"results: {args.out / f'bench-{stamp}.json'} ({results['meta']['duration_s']} s)", file=sys.stderr)
     return 0 if counts_ok else 1

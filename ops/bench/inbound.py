@@ -67,15 +67,41 @@ class _Collect:
         self.count += 1
 
 
-async def _loadgen(url: str, public_url: str, secret: str, steps: list[int], *, seconds: float,
-                   run: str, warmup: float, redis_pid: int | None = None) -> list[dict[str, Any]]:
+async def _loadgen(
+    url: str,
+    public_url: str,
+    secret: str,
+    steps: list[int],
+    *,
+    seconds: float,
+    run: str,
+    warmup: float,
+    redis_pid: int | None = None,
+) -> list[dict[str, Any]]:
     """The load generator's records: the warm-up first (when `warmup` > 0), then one per step,
     each with the CPU use of the server, the load generator, Redis and other processes."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ops.bench.loadgen", "--url", url, "--public-url", public_url,
-        "--secret-env", SECRET_ENV, "--steps", ",".join(map(str, steps)), "--seconds", str(seconds),
-        "--run", run, "--warmup", str(warmup), cwd=ROOT, env={**os.environ, SECRET_ENV: secret},
-        stdout=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "ops.bench.loadgen",
+        "--url",
+        url,
+        "--public-url",
+        public_url,
+        "--secret-env",
+        SECRET_ENV,
+        "--steps",
+        ",".join(map(str, steps)),
+        "--seconds",
+        str(seconds),
+        "--run",
+        run,
+        "--warmup",
+        str(warmup),
+        cwd=ROOT,
+        env={**os.environ, SECRET_ENV: secret},
+        stdout=asyncio.subprocess.PIPE,
+    )
     assert proc.stdout is not None
     out: list[dict[str, Any]] = []
     pids = {"server": os.getpid(), "loadgen": proc.pid, "redis": redis_pid}
@@ -103,8 +129,15 @@ async def _run_bare(steps: list[int], seconds: float, warmup: float) -> list[dic
     try:
         gc.collect()
         gc.freeze()
-        return await _loadgen(f"http://{host}:{port}/webhooks/sms/{PROVIDER}", "http://bench/", "", steps,
-                              seconds=seconds, run="bare", warmup=warmup)
+        return await _loadgen(
+            f"http://{host}:{port}/webhooks/sms/{PROVIDER}",
+            "http://bench/",
+            "",
+            steps,
+            seconds=seconds,
+            run="bare",
+            warmup=warmup,
+        )
     finally:
         await http.stop()
         gc.unfreeze()
@@ -121,15 +154,20 @@ def bench_gateway(redis_url: str, sink: Any, *, redis_timeout_s: float | None = 
     from ops.bench.ami_ingest.runner import RULES_DIR
 
     config = load_config(None)
-    over = Overrides(redis_url=redis_url, rules_dir=RULES_DIR, queue_namespace="bench",
-                     redis_timeout_s=redis_timeout_s,
-                     alimtalk={"sandbox-alimtalk": SandboxAlimtalk("sandbox-alimtalk")},
-                     sms={PROVIDER: SandboxSms(PROVIDER)})
+    over = Overrides(
+        redis_url=redis_url,
+        rules_dir=RULES_DIR,
+        queue_namespace="bench",
+        redis_timeout_s=redis_timeout_s,
+        alimtalk={"sandbox-alimtalk": SandboxAlimtalk("sandbox-alimtalk")},
+        sms={PROVIDER: SandboxSms(PROVIDER)},
+    )
     return Gateway(config, sink, environ=demo_environ(config, os.environ), overrides=over)
 
 
-async def _run_gateway(redis_url: str, steps: list[int], seconds: float, warmup: float,
-                       redis_pid: int | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+async def _run_gateway(
+    redis_url: str, steps: list[int], seconds: float, warmup: float, redis_pid: int | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     import redis.asyncio as aioredis
 
     from gateway.app.httpapps import make_app
@@ -146,8 +184,16 @@ async def _run_gateway(redis_url: str, steps: list[int], seconds: float, warmup:
     try:
         gc.collect()
         gc.freeze()  # as `gateway run` does once it is built
-        records = await _loadgen(f"http://{host}:{port}/webhooks/sms/{PROVIDER}", spec["public_url"], secret,
-                                 steps, seconds=seconds, run="gw", warmup=warmup, redis_pid=redis_pid)
+        records = await _loadgen(
+            f"http://{host}:{port}/webhooks/sms/{PROVIDER}",
+            spec["public_url"],
+            secret,
+            steps,
+            seconds=seconds,
+            run="gw",
+            warmup=warmup,
+            redis_pid=redis_pid,
+        )
         check = await _count_stored(client, records)  # the warm-up counts too: it was accepted
         check["intake_decisions"] = sink.count
         check["enqueued"] = gateway.enqueuer.enqueued
@@ -176,9 +222,13 @@ async def _count_stored(client: Any, records: list[dict[str, Any]]) -> dict[str,
         inbox[name.removeprefix(inbox_key(""))] = int(await client.xlen(name))
     lost_by_queue = {q: n - inbox.get(q, 0) for q, n in by_queue.items() if n > inbox.get(q, 0)}
     return {
-        "accepted_answers": accepted, "stored_messages": keys, "inbox_entries": inbox,
-        "accepted_by_queue": by_queue, "lost": max(0, accepted - keys) + sum(lost_by_queue.values()),
-        "lost_by_queue": lost_by_queue, "unexpected_extra": max(0, keys - accepted),
+        "accepted_answers": accepted,
+        "stored_messages": keys,
+        "inbox_entries": inbox,
+        "accepted_by_queue": by_queue,
+        "lost": max(0, accepted - keys) + sum(lost_by_queue.values()),
+        "lost_by_queue": lost_by_queue,
+        "unexpected_extra": max(0, keys - accepted),
     }
 
 
@@ -204,8 +254,9 @@ def _median_by(records: list[dict[str, Any]], key: str) -> dict[str, Any]:
     return ordered[(len(ordered) - 1) // 2]
 
 
-def run(*, steps: list[int] | None = None, seconds: float = 3.0, warmup: float = 1.0,
-        rounds: int = 3) -> dict[str, Any]:
+def run(
+    *, steps: list[int] | None = None, seconds: float = 3.0, warmup: float = 1.0, rounds: int = 3
+) -> dict[str, Any]:
     """Measure (see the module doc); returns the JSON section `inbound`."""
     import uvloop
 
@@ -214,37 +265,74 @@ def run(*, steps: list[int] | None = None, seconds: float = 3.0, warmup: float =
     raw = uvloop.run(_run(steps, seconds, warmup, rounds))
     rows = []
     for i, concurrency in enumerate(steps):
-        pairs = [{"gateway": g[i], "bare": b[i],
-                  "ratio": round(g[i]["ok_per_s"] / b[i]["ok_per_s"], 3) if b[i]["ok_per_s"] else 0.0}
-                 for g, b in zip(raw["gateway"], raw["bare"], strict=True)]
+        pairs = [
+            {
+                "gateway": g[i],
+                "bare": b[i],
+                "ratio": round(g[i]["ok_per_s"] / b[i]["ok_per_s"], 3) if b[i]["ok_per_s"] else 0.0,
+            }
+            for g, b in zip(raw["gateway"], raw["bare"], strict=True)
+        ]
         median = _median_by(pairs, "ratio")  # the round with the median ratio, reported whole
-        rows.append({"concurrency": concurrency, "gateway": median["gateway"], "bare": median["bare"],
-                     "ratio": median["ratio"], "rounds": [
-                         {"ok_per_s": p["gateway"]["ok_per_s"], "p99_ms": p["gateway"]["p99_ms"],
-                          "accepted": p["gateway"]["answers"].get("accepted", 0),
-                          "bare_ok_per_s": p["bare"]["ok_per_s"], "ratio": p["ratio"]} for p in pairs]})
+        rows.append(
+            {
+                "concurrency": concurrency,
+                "gateway": median["gateway"],
+                "bare": median["bare"],
+                "ratio": median["ratio"],
+                "rounds": [
+                    {
+                        "ok_per_s": p["gateway"]["ok_per_s"],
+                        "p99_ms": p["gateway"]["p99_ms"],
+                        "accepted": p["gateway"]["answers"].get("accepted", 0),
+                        "bare_ok_per_s": p["bare"]["ok_per_s"],
+                        "ratio": p["ratio"],
+                    }
+                    for p in pairs
+                ],
+            }
+        )
     best = max(rows, key=lambda r: r["gateway"]["ok_per_s"])
     g = best["gateway"]
     every = [r for round_ in raw["gateway"] + raw["bare"] for r in round_]
     errors = sum(sum(r["errors"].values()) for r in every)
-    non_2xx = sum(n for round_ in raw["gateway"] for r in round_ for s, n in r["statuses"].items()
-                  if not s.startswith("2"))
+    non_2xx = sum(
+        n for round_ in raw["gateway"] for r in round_ for s, n in r["statuses"].items() if not s.startswith("2")
+    )
     stored = _sum_checks(raw["stored"])
     return {
-        "steps": rows, "seconds_per_step": seconds, "rounds": rounds, "warmup": raw["warmup"],
+        "steps": rows,
+        "seconds_per_step": seconds,
+        "rounds": rounds,
+        "warmup": raw["warmup"],
         "duration_s": round(time.perf_counter() - began, 1),
-        "best": {"concurrency": best["concurrency"], "ok_per_s": g["ok_per_s"], "p99_ms": g["p99_ms"],
-                 "bare_ok_per_s": best["bare"]["ok_per_s"], "ratio": best["ratio"]},
+        "best": {
+            "concurrency": best["concurrency"],
+            "ok_per_s": g["ok_per_s"],
+            "p99_ms": g["p99_ms"],
+            "bare_ok_per_s": best["bare"]["ok_per_s"],
+            "ratio": best["ratio"],
+        },
         "goals": {"per_s": GOAL_PER_S, "ratio": GOAL_RATIO, "p99_ms": GOAL_P99_MS},
-        "stored": stored, "transport_errors": errors, "gateway_non_2xx": non_2xx,
+        "stored": stored,
+        "transport_errors": errors,
+        "gateway_non_2xx": non_2xx,
         "counts_ok": stored["lost"] == 0 and stored["unexpected_extra"] == 0 and stored["accepted_answers"] > 0,
     }
 
 
 def _sum_checks(checks: list[dict[str, Any]]) -> dict[str, Any]:
     """The rounds' Redis checks added up (each round starts from an empty Redis)."""
-    total: dict[str, Any] = {"accepted_answers": 0, "stored_messages": 0, "lost": 0, "unexpected_extra": 0,
-                             "inbox_entries": {}, "accepted_by_queue": {}, "lost_by_queue": {}, "rounds": checks}
+    total: dict[str, Any] = {
+        "accepted_answers": 0,
+        "stored_messages": 0,
+        "lost": 0,
+        "unexpected_extra": 0,
+        "inbox_entries": {},
+        "accepted_by_queue": {},
+        "lost_by_queue": {},
+        "rounds": checks,
+    }
     for check in checks:
         for key in ("accepted_answers", "stored_messages", "lost", "unexpected_extra"):
             total[key] += check[key]
@@ -258,23 +346,29 @@ def figures(section: dict[str, Any]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for r in section["steps"]:
         g, b = r["gateway"], r["bare"]
-        rows.append({
-            "figure": f"inbound SMS webhook, {r['concurrency']} in flight",
-            "value": f"{g['ok_per_s']:,.0f}/s, p50 {g['p50_ms']:.1f} / p99 {g['p99_ms']:.1f} ms",
-            "goal": f"≥ {GOAL_PER_S:,.0f}/s, ≥ {GOAL_RATIO:g} × bare, p99 ≤ {GOAL_P99_MS:g} ms",
-            "baseline": f"bare aiohttp {b['ok_per_s']:,.0f}/s, p99 {b['p99_ms']:.1f} ms ({r['ratio']:.2f} ×, "
-                        f"round with the median ratio of {len(r['rounds'])}: "
-                        f"{', '.join(f'{x:.2f}' for x in (q['ratio'] for q in r['rounds']))}); "
-                        f"CPU (% of a core) gateway server {g['cpu']['server_pct']}, load generator "
-                        f"{g['cpu']['loadgen_pct']}, redis {g['cpu']['redis_pct']}, other processes "
-                        f"{g['cpu']['others_pct']}, taken by the hypervisor {g['cpu'].get('steal_pct')}",
-            "met": g["ok_per_s"] >= GOAL_PER_S and r["ratio"] >= GOAL_RATIO and (g["p99_ms"] or 1e9) <= GOAL_P99_MS,
-        })
+        rows.append(
+            {
+                "figure": f"inbound SMS webhook, {r['concurrency']} in flight",
+                "value": f"{g['ok_per_s']:,.0f}/s, p50 {g['p50_ms']:.1f} / p99 {g['p99_ms']:.1f} ms",
+                "goal": f"≥ {GOAL_PER_S:,.0f}/s, ≥ {GOAL_RATIO:g} × bare, p99 ≤ {GOAL_P99_MS:g} ms",
+                "baseline": f"bare aiohttp {b['ok_per_s']:,.0f}/s, p99 {b['p99_ms']:.1f} ms ({r['ratio']:.2f} ×, "
+                f"round with the median ratio of {len(r['rounds'])}: "
+                f"{', '.join(f'{x:.2f}' for x in (q['ratio'] for q in r['rounds']))}); "
+                f"CPU (% of a core) gateway server {g['cpu']['server_pct']}, load generator "
+                f"{g['cpu']['loadgen_pct']}, redis {g['cpu']['redis_pct']}, other processes "
+                f"{g['cpu']['others_pct']}, taken by the hypervisor {g['cpu'].get('steal_pct')}",
+                "met": g["ok_per_s"] >= GOAL_PER_S and r["ratio"] >= GOAL_RATIO and (g["p99_ms"] or 1e9) <= GOAL_P99_MS,
+            }
+        )
     s = section["stored"]
-    rows.append({
-        "figure": "inbound SMS: accepted answers found in Redis",
-        "value": f"{s['stored_messages']:,} of {s['accepted_answers']:,} stored, {s['lost']} lost "
-                 f"({section['gateway_non_2xx']} non-2xx answers, {section['transport_errors']} transport errors)",
-        "goal": "0 lost", "baseline": "-", "met": s["lost"] == 0,
-    })
+    rows.append(
+        {
+            "figure": "inbound SMS: accepted answers found in Redis",
+            "value": f"{s['stored_messages']:,} of {s['accepted_answers']:,} stored, {s['lost']} lost "
+            f"({section['gateway_non_2xx']} non-2xx answers, {section['transport_errors']} transport errors)",
+            "goal": "0 lost",
+            "baseline": "-",
+            "met": s["lost"] == 0,
+        }
+    )
     return rows

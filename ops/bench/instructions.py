@@ -37,8 +37,16 @@ if TYPE_CHECKING:
     from gateway.domain.routing import InboundSms
 
 ROOT = Path(__file__).resolve().parents[2]
-STEPS = {"accept": (320, 1600), "hmac": (0, 10_000), "hmac_stdlib": (0, 10_000), "job_id": (0, 10_000),
-         "uuid4": (0, 10_000), "route": (0, 1000), "notify_job": (0, 1000), "reply": (0, 1000)}
+STEPS = {
+    "accept": (320, 1600),
+    "hmac": (0, 10_000),
+    "hmac_stdlib": (0, 10_000),
+    "job_id": (0, 10_000),
+    "uuid4": (0, 10_000),
+    "route": (0, 1000),
+    "notify_job": (0, 1000),
+    "reply": (0, 1000),
+}
 PAIRS = [("accept", None), ("hmac", "hmac_stdlib"), ("job_id", "uuid4")]
 # With --parts: pieces of `accept`, each run alone on the same gateway set-up (what share of an
 # accept they are): the routing decision, the queue notification's job (with the reply it asks
@@ -50,10 +58,27 @@ PARTS = [("route", None), ("notify_job", None), ("reply", None)]
 def count(step: str, n: int, redis_url: str) -> int:
     """Instructions of one run of this program doing `step` `n` times, under callgrind."""
     proc = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-m",
-         "ops.bench.instructions", "--child", step, "--n", str(n), "--redis-url", redis_url],
-        cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
-        env={**os.environ, "PYTHONHASHSEED": "0"})
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            sys.executable,
+            "-m",
+            "ops.bench.instructions",
+            "--child",
+            step,
+            "--n",
+            str(n),
+            "--redis-url",
+            redis_url,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+    )
     found = re.search(r"refs:\s+([\d,]+)", proc.stderr)
     if proc.returncode != 0 or found is None or "child ok" not in proc.stdout:
         raise RuntimeError(f"{step} x {n} failed (exit {proc.returncode}): {proc.stderr[-800:]}")
@@ -93,9 +118,12 @@ def _micro(step: str) -> Any:
     from gateway.messaging.jobs import _job_id
 
     key, message = b"k" * 32, b"+821012345678"
-    return {"hmac": lambda: hmac_sha256_hex(key, message),
-            "hmac_stdlib": lambda: hmac.new(key, message, hashlib.sha256).hexdigest(),
-            "job_id": _job_id, "uuid4": lambda: str(uuid.uuid4())}[step]
+    return {
+        "hmac": lambda: hmac_sha256_hex(key, message),
+        "hmac_stdlib": lambda: hmac.new(key, message, hashlib.sha256).hexdigest(),
+        "job_id": _job_id,
+        "uuid4": lambda: str(uuid.uuid4()),
+    }[step]
 
 
 async def _accepts(n: int, redis_url: str, step: str = "accept") -> None:
@@ -110,9 +138,18 @@ async def _accepts(n: int, redis_url: str, step: str = "accept") -> None:
     gateway = bench_gateway(redis_url, _Collect(), redis_timeout_s=60.0)
     gc.collect()
     gc.freeze()  # as `gateway run` does
-    first = inbound_from_fields({"message_id": "m", "from": "01012345678", "to": "031-900-2000",
-                                 "text": "층간 소음이 너무 심해요", "received_at": "1763900000"},
-                                PROVIDER, NumberPlan(), time.time())
+    first = inbound_from_fields(
+        {
+            "message_id": "m",
+            "from": "01012345678",
+            "to": "031-900-2000",
+            "text": "층간 소음이 너무 심해요",
+            "received_at": "1763900000",
+        },
+        PROVIDER,
+        NumberPlan(),
+        time.time(),
+    )
     # 64 in flight at a time, each from a citizen of its own (no thread, no duplicate)
     messages = [replace(first, message_id=f"m{k}", sender=f"+82102{k:07d}") for k in range(n)]
     intake = gateway.intake
@@ -123,10 +160,17 @@ async def _accepts(n: int, redis_url: str, step: str = "accept") -> None:
     parts: dict[str, Callable[[InboundSms], object]] = {
         "route": lambda m: route(m, routing, None),
         "notify_job": lambda m: intake._notification(
-            m, tid, sealed, queue="complaint", rule="r", priority="normal",
-            reply=("민원이 접수되었습니다.", f"auto_reply:{m.message_id}", sealed)),
-        "reply": lambda m: intake.replies.outgoing(tid, m.sender, m.to, "민원이 접수되었습니다.",
-                                                   f"auto_reply:{m.message_id}", rule_text=True),
+            m,
+            tid,
+            sealed,
+            queue="complaint",
+            rule="r",
+            priority="normal",
+            reply=("민원이 접수되었습니다.", f"auto_reply:{m.message_id}", sealed),
+        ),
+        "reply": lambda m: intake.replies.outgoing(
+            tid, m.sender, m.to, "민원이 접수되었습니다.", f"auto_reply:{m.message_id}", rule_text=True
+        ),
     }
     try:
         if step in parts:
@@ -135,7 +179,7 @@ async def _accepts(n: int, redis_url: str, step: str = "accept") -> None:
                 part(m)
             return
         for k in range(0, n, 64):
-            results = await asyncio.gather(*(gateway.intake.accept(m) for m in messages[k:k + 64]))
+            results = await asyncio.gather(*(gateway.intake.accept(m) for m in messages[k : k + 64]))
             if any(r.status != "accepted" for r in results):
                 raise RuntimeError(f"not accepted: {[r.status for r in results]}")
     finally:
@@ -163,8 +207,13 @@ def measure(*, parts: bool = False) -> dict[str, Any]:
             row: dict[str, Any] = {"instructions": round(value)}
             if baseline is not None:
                 base = per_step(baseline, redis_proc.url, flush)
-                row.update({"baseline": baseline, "baseline_instructions": round(base),
-                            "ratio": round(value / base, 3) if base else None})
+                row.update(
+                    {
+                        "baseline": baseline,
+                        "baseline_instructions": round(base),
+                        "ratio": round(value / base, 3) if base else None,
+                    }
+                )
             out["figures"][step] = row
         client.close()
     out["duration_s"] = round(time.perf_counter() - began, 1)
@@ -174,8 +223,11 @@ def measure(*, parts: bool = False) -> dict[str, Any]:
 def table(result: dict[str, Any]) -> str:
     lines = ["| step | instructions per step | baseline (same run) |", "|---|---|---|"]
     for step, row in result["figures"].items():
-        base = (f"{row['baseline']}: {row['baseline_instructions']:,} ({row['ratio']:.2f} ×)"
-                if row.get("baseline") else "-")
+        base = (
+            f"{row['baseline']}: {row['baseline_instructions']:,} ({row['ratio']:.2f} ×)"
+            if row.get("baseline")
+            else "-"
+        )
         lines.append(f"| {step} | {row['instructions']:,} | {base} |")
     return "\n".join(lines)
 
@@ -185,8 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--child", choices=sorted(STEPS), help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--redis-url", default="", help=argparse.SUPPRESS)
-    p.add_argument("--parts", action="store_true",
-                   help="also count pieces of an accept alone (routing, notification job, auto-reply): +3 minutes")
+    p.add_argument(
+        "--parts",
+        action="store_true",
+        help="also count pieces of an accept alone (routing, notification job, auto-reply): +3 minutes",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "ops" / "bench" / "results")
     args = p.parse_args(argv)
     if args.child:
@@ -194,8 +249,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     missing = [tool for tool in ("valgrind", "redis-server") if shutil.which(tool) is None]
     if missing:
-        print(f"ops.bench.instructions: {', '.join(missing)} not found (Debian: apt-get install {' '.join(missing)})",
-              file=sys.stderr)
+        print(
+            f"ops.bench.instructions: {', '.join(missing)} not found (Debian: apt-get install {' '.join(missing)})",
+            file=sys.stderr,
+        )
         return 2
     result = measure(parts=args.parts)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -31,9 +31,18 @@ from urllib.parse import urlsplit
 
 from gateway.infra.crypto import sign
 
-TEXTS = ["집 앞 가로등이 꺼졌어요", "층간 소음이 너무 심해요", "민원 문의드립니다", "쓰레기 무단투기 신고합니다",
-         "12가3456 차량이 입구를 막고 있어요", "도로에 포트홀이 생겼어요 위험합니다", "담당자 연락 부탁드립니다",
-         "재산세 고지서 관련 문의", "Hello, is the office open on Saturday?", "감사합니다"]
+TEXTS = [
+    "집 앞 가로등이 꺼졌어요",
+    "층간 소음이 너무 심해요",
+    "민원 문의드립니다",
+    "쓰레기 무단투기 신고합니다",
+    "12가3456 차량이 입구를 막고 있어요",
+    "도로에 포트홀이 생겼어요 위험합니다",
+    "담당자 연락 부탁드립니다",
+    "재산세 고지서 관련 문의",
+    "Hello, is the office open on Saturday?",
+    "감사합니다",
+]
 CITY_NUMBERS = ["031-900-2000", "031-900-2100", "031-900-0119"]
 
 
@@ -79,15 +88,14 @@ class _Http11(asyncio.Protocol):
         lines = head.split("\r\n")
         try:
             status = int(lines[0].split(" ", 2)[1])
-            length = next(int(line.partition(":")[2]) for line in lines[1:]
-                          if line[:15].lower() == "content-length:")
+            length = next(int(line.partition(":")[2]) for line in lines[1:] if line[:15].lower() == "content-length:")
         except (IndexError, ValueError, StopIteration):
             self.waiter.set_exception(ValueError(f"unparsable response head {head[:80]!r}"))
             return
         if len(self.buffer) < end + 4 + length:
             return
-        body = bytes(self.buffer[end + 4:end + 4 + length])
-        del self.buffer[:end + 4 + length]
+        body = bytes(self.buffer[end + 4 : end + 4 + length])
+        del self.buffer[: end + 4 + length]
         self.waiter.set_result((status, body))
 
     async def request(self, raw: bytes) -> tuple[int, bytes]:
@@ -97,12 +105,12 @@ class _Http11(asyncio.Protocol):
         return await self.waiter
 
 
-async def step(url: str, *, concurrency: int, seconds: float, secret: str, public_url: str, run: str,
-               number_base: int) -> dict[str, Any]:
+async def step(
+    url: str, *, concurrency: int, seconds: float, secret: str, public_url: str, run: str, number_base: int
+) -> dict[str, Any]:
     target = urlsplit(url)
     host, port = target.hostname or "127.0.0.1", target.port or 80
-    head = (f"POST {target.path} HTTP/1.1\r\nHost: {target.netloc}\r\n"
-            "Content-Type: application/json; charset=utf-8\r\n")
+    head = f"POST {target.path} HTTP/1.1\r\nHost: {target.netloc}\r\nContent-Type: application/json; charset=utf-8\r\n"
     loop = asyncio.get_running_loop()
     statuses: Counter[int] = Counter()
     queues: Counter[str] = Counter()
@@ -124,13 +132,19 @@ async def step(url: str, *, concurrency: int, seconds: float, secret: str, publi
         while time.perf_counter() < deadline:
             n = number_base + w * 100_000 + seq  # a citizen of its own (steps 10**7 apart)
             seq += 1
-            fields = {"message_id": f"{run}-{w}-{seq}", "from": f"010{n % 100_000_000:08d}",
-                      "to": CITY_NUMBERS[n % len(CITY_NUMBERS)], "text": TEXTS[rng.randrange(len(TEXTS))],
-                      "received_at": f"{time.time():.3f}"}
+            fields = {
+                "message_id": f"{run}-{w}-{seq}",
+                "from": f"010{n % 100_000_000:08d}",
+                "to": CITY_NUMBERS[n % len(CITY_NUMBERS)],
+                "text": TEXTS[rng.randrange(len(TEXTS))],
+                "received_at": f"{time.time():.3f}",
+            }
             body = json.dumps(fields, ensure_ascii=False).encode("utf-8")
             ts = str(int(time.time()))
-            raw = (f"{head}X-Signature-Timestamp: {ts}\r\nX-Signature: {sign(secret, ts, public_url, body)}\r\n"
-                   f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+            raw = (
+                f"{head}X-Signature-Timestamp: {ts}\r\nX-Signature: {sign(secret, ts, public_url, body)}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            ).encode() + body
             began = time.perf_counter()
             sent += 1
             try:
@@ -158,12 +172,21 @@ async def step(url: str, *, concurrency: int, seconds: float, secret: str, publi
     elapsed = time.perf_counter() - began
     ok = sum(n for s, n in statuses.items() if 200 <= s < 300)
     return {
-        "event": "step", "concurrency": concurrency, "seconds": round(elapsed, 3), "requests": sent,
-        "responses": sum(statuses.values()), "statuses": {str(k): v for k, v in sorted(statuses.items())},
-        "ok_per_s": round(ok / elapsed, 1), "requests_per_s": round(sum(statuses.values()) / elapsed, 1),
-        "answers": dict(answers), "accepted_by_queue": dict(queues), "errors": dict(errors),
-        "p50_ms": _r(percentile(latencies, 50)), "p95_ms": _r(percentile(latencies, 95)),
-        "p99_ms": _r(percentile(latencies, 99)), "max_ms": _r(max(latencies) if latencies else None),
+        "event": "step",
+        "concurrency": concurrency,
+        "seconds": round(elapsed, 3),
+        "requests": sent,
+        "responses": sum(statuses.values()),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "ok_per_s": round(ok / elapsed, 1),
+        "requests_per_s": round(sum(statuses.values()) / elapsed, 1),
+        "answers": dict(answers),
+        "accepted_by_queue": dict(queues),
+        "errors": dict(errors),
+        "p50_ms": _r(percentile(latencies, 50)),
+        "p95_ms": _r(percentile(latencies, 95)),
+        "p99_ms": _r(percentile(latencies, 99)),
+        "max_ms": _r(max(latencies) if latencies else None),
     }
 
 
@@ -174,13 +197,27 @@ def _r(value: float | None) -> float | None:
 async def main_async(args: argparse.Namespace) -> int:
     secret = os.environ.get(args.secret_env, "")
     if args.warmup > 0:  # first requests pay imports, caches and connection set-up: not measured
-        record = await step(args.url, concurrency=4, seconds=args.warmup, secret=secret, public_url=args.public_url,
-                            run=f"{args.run}-w", number_base=args.number_base + 9 * 10**7)
+        record = await step(
+            args.url,
+            concurrency=4,
+            seconds=args.warmup,
+            secret=secret,
+            public_url=args.public_url,
+            run=f"{args.run}-w",
+            number_base=args.number_base + 9 * 10**7,
+        )
         sys.stdout.write(json.dumps({**record, "event": "warmup"}) + "\n")
         sys.stdout.flush()
     for i, concurrency in enumerate(int(c) for c in args.steps.split(",") if c.strip()):
-        record = await step(args.url, concurrency=concurrency, seconds=args.seconds, secret=secret,
-                            public_url=args.public_url, run=f"{args.run}-{i}", number_base=args.number_base + i * 10**7)
+        record = await step(
+            args.url,
+            concurrency=concurrency,
+            seconds=args.seconds,
+            secret=secret,
+            public_url=args.public_url,
+            run=f"{args.run}-{i}",
+            number_base=args.number_base + i * 10**7,
+        )
         sys.stdout.write(json.dumps(record) + "\n")
         sys.stdout.flush()
         await asyncio.sleep(args.pause)

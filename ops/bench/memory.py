@@ -32,8 +32,14 @@ from ops.bench.ami_ingest.stream import NumberAllocator, event_blocks, event_nam
 GOAL_BYTES = 2048
 #: Call scenarios held open: mostly officials calling citizens' mobiles, some citizens calling in,
 #: some internal and transferred calls (weights by repetition).
-SCENARIOS = ("answered_mobile",) * 6 + ("inbound_from_citizen", "inbound_queue_korean_name", "internal",
-                                        "blind_transfer", "no_answer", "landline")
+SCENARIOS = ("answered_mobile",) * 6 + (
+    "inbound_from_citizen",
+    "inbound_queue_korean_name",
+    "internal",
+    "blind_transfer",
+    "no_answer",
+    "landline",
+)
 _WANTED = frozenset(n.encode("ascii") for n in TRACKED_EVENTS)
 
 
@@ -66,8 +72,10 @@ def run(*, calls: int = 10_000) -> dict[str, Any]:
     templates = open_call_templates()
     numbers = NumberAllocator(50_000_000)
     plan = plan_of(rules)
-    streams = [numbers.rewrite(fresh_bridges(fresh_ids(templates[k % len(templates)], (k + 1) * CYCLE_ID_OFFSET),
-                                             k + 1)) for k in range(calls)]
+    streams = [
+        numbers.rewrite(fresh_bridges(fresh_ids(templates[k % len(templates)], (k + 1) * CYCLE_ID_OFFSET), k + 1))
+        for k in range(calls)
+    ]
     gc.collect()
     tracemalloc.start(1)
     try:
@@ -89,22 +97,36 @@ def run(*, calls: int = 10_000) -> dict[str, Any]:
     sites = after.compare_to(before, "lineno")[:8]
     per_call = held / live if live else 0.0
     return {
-        "calls_fed": calls, "live_calls": live, "live_legs": tracker.live_legs, "events": events,
-        "bytes_held": held, "bytes_per_call": round(per_call), "goal_bytes": GOAL_BYTES,
-        "ok": live == calls and per_call <= GOAL_BYTES, "counts_ok": live == calls,
+        "calls_fed": calls,
+        "live_calls": live,
+        "live_legs": tracker.live_legs,
+        "events": events,
+        "bytes_held": held,
+        "bytes_per_call": round(per_call),
+        "goal_bytes": GOAL_BYTES,
+        "ok": live == calls and per_call <= GOAL_BYTES,
+        "counts_ok": live == calls,
         "feed_seconds": round(elapsed, 3),
         "scenarios": sorted(set(SCENARIOS)),
-        "top_sites": [{"site": f"{s.traceback[0].filename.rsplit('/', 2)[-1]}:{s.traceback[0].lineno}",
-                       "bytes": s.size_diff, "blocks": s.count_diff} for s in sites],
+        "top_sites": [
+            {
+                "site": f"{s.traceback[0].filename.rsplit('/', 2)[-1]}:{s.traceback[0].lineno}",
+                "bytes": s.size_diff,
+                "blocks": s.count_diff,
+            }
+            for s in sites
+        ],
     }
 
 
 def figures(section: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{
-        "figure": f"memory per tracked call ({section['live_calls']:,} concurrent calls, "
-                  f"{section['live_legs']:,} legs)",
-        "value": f"{section['bytes_per_call']:,} bytes",
-        "goal": f"≤ {GOAL_BYTES:,} bytes",
-        "baseline": "empty tracker (subtracted)",
-        "met": section["ok"],
-    }]
+    return [
+        {
+            "figure": f"memory per tracked call ({section['live_calls']:,} concurrent calls, "
+            f"{section['live_legs']:,} legs)",
+            "value": f"{section['bytes_per_call']:,} bytes",
+            "goal": f"≤ {GOAL_BYTES:,} bytes",
+            "baseline": "empty tracker (subtracted)",
+            "met": section["ok"],
+        }
+    ]

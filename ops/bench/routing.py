@@ -43,17 +43,23 @@ from gateway.rules.routing import parse_routing
 KST = ZoneInfo("Asia/Seoul")
 GOAL_PER_S = 100_000.0
 
-CITY_NUMBERS = {"civil": "031-900-2000", "callcenter": "031-900-2100", "duty": "031-900-0119",
-                "welfare": "031-900-3000"}
+CITY_NUMBERS = {
+    "civil": "031-900-2000",
+    "callcenter": "031-900-2100",
+    "duty": "031-900-0119",
+    "welfare": "031-900-3000",
+}
 CITY_E164 = ["+82319002000", "+82319002100", "+82319000119", "+82319003000"]
 
 #: (department id, Korean name, topic nouns). Nouns are what citizens write about.
 DEPARTMENTS: list[tuple[str, str, list[str]]] = [
-    ("transport", "교통행정과",
-     ["주차", "불법주차", "버스", "정류장", "택시", "신호위반", "교통체증", "견인", "주정차"]),
+    (
+        "transport",
+        "교통행정과",
+        ["주차", "불법주차", "버스", "정류장", "택시", "신호위반", "교통체증", "견인", "주정차"],
+    ),
     ("road", "도로과", ["가로등", "신호등", "포트홀", "보도블록", "맨홀", "도로파손", "과속방지턱", "횡단보도"]),
-    ("environment", "환경정책과",
-     ["소음", "쓰레기", "악취", "무단투기", "층간소음", "미세먼지", "매연", "분리수거"]),
+    ("environment", "환경정책과", ["소음", "쓰레기", "악취", "무단투기", "층간소음", "미세먼지", "매연", "분리수거"]),
     ("cleaning", "자원순환과", ["음식물", "재활용", "대형폐기물", "폐가전", "수거", "종량제"]),
     ("tax", "세무과", ["재산세", "자동차세", "지방세", "취득세", "체납", "고지서", "납부", "세금"]),
     ("welfare", "복지정책과", ["기초생활", "수급자", "장애인", "긴급복지", "생계", "의료급여", "바우처"]),
@@ -82,27 +88,59 @@ DEPARTMENTS: list[tuple[str, str, list[str]]] = [
 ]
 QUALIFIERS = ["고장", "신고", "문의", "불편", "요청", "민원", "접수", "확인"]
 PARTICLES = ["", "이", "가", "은", "는", "을", "를", "도", "에", "에서", "관련", " 관련"]
-FILLERS = ["안녕하세요", "수고하십니다", "빨리 처리 부탁드립니다", "확인 부탁드려요", "감사합니다", "언제 되나요?",
-           "며칠째 그대로예요", "어제부터요", "아파트 단지 앞", "시청 근처", "초등학교 앞에서", "우리 동네"]
-NO_TOPIC = ["안녕하세요 문의드립니다", "담당자 연락 부탁드립니다", "감사합니다 수고하세요", "어제 보낸 문자 확인되나요",
-            "전화가 안 돼서 문자 드려요", "궁금한 게 있는데요", "Hello, I have a question",
-            "이거 어디에 물어봐야 하나요"]
+FILLERS = [
+    "안녕하세요",
+    "수고하십니다",
+    "빨리 처리 부탁드립니다",
+    "확인 부탁드려요",
+    "감사합니다",
+    "언제 되나요?",
+    "며칠째 그대로예요",
+    "어제부터요",
+    "아파트 단지 앞",
+    "시청 근처",
+    "초등학교 앞에서",
+    "우리 동네",
+]
+NO_TOPIC = [
+    "안녕하세요 문의드립니다",
+    "담당자 연락 부탁드립니다",
+    "감사합니다 수고하세요",
+    "어제 보낸 문자 확인되나요",
+    "전화가 안 돼서 문자 드려요",
+    "궁금한 게 있는데요",
+    "Hello, I have a question",
+    "이거 어디에 물어봐야 하나요",
+]
 EMERGENCY = ["화재", "불이 났", "불났", "교통사고", "사고가 났", "침수", "붕괴", "가스 냄새", "응급"]
 
 
 def rules_yaml(count: int = 500, seed: int = 11) -> str:
     """A routing.yaml with `count` rules, in the shape of rules/routing.yaml (see the module doc)."""
     rng = random.Random(seed)
-    lines = ["organisation: 한빛시청", "city_numbers:", *(f'  {k}: "{v}"' for k, v in CITY_NUMBERS.items()),
-             "queues:", "  duty: 당직실", "  complaint: 민원처리팀",
-             *(f'  "dept:{d}": {name}' for d, name, _ in DEPARTMENTS), "rules:"]
+    lines = [
+        "organisation: 한빛시청",
+        "city_numbers:",
+        *(f'  {k}: "{v}"' for k, v in CITY_NUMBERS.items()),
+        "queues:",
+        "  duty: 당직실",
+        "  complaint: 민원처리팀",
+        *(f'  "dept:{d}": {name}' for d, name, _ in DEPARTMENTS),
+        "rules:",
+    ]
 
     def rule(name: str, **fields: str) -> None:
         lines.append(f"  - name: {name}")
         lines.extend(f"    {k}: {v}" for k, v in fields.items())
 
-    rule("emergency", keywords=f"[{', '.join(EMERGENCY)}]", queue="duty", priority="urgent", tags="[emergency]",
-         auto_reply='"[{organisation}] 당직실에 긴급 접수되었습니다."')
+    rule(
+        "emergency",
+        keywords=f"[{', '.join(EMERGENCY)}]",
+        queue="duty",
+        priority="urgent",
+        tags="[emergency]",
+        auto_reply='"[{organisation}] 당직실에 긴급 접수되었습니다."',
+    )
     rule("reply-to-department", thread="{within_days: 3}", queue="thread_department", tags="[reply]")
     rule("duty-line", to="[duty]", queue="duty")
     fixed_tail = 4  # night, weekend, test phones, default
@@ -137,13 +175,25 @@ def rules_yaml(count: int = 500, seed: int = 11) -> str:
             fields["priority"] = "high"
             fields["tags"] = f"[{dept}, priority]"
         rule(f"{dept}-{i}", **fields)
-    rule("night-duty", time='["18:00-09:00"]', queue="duty", tags="[after-hours]",
-         auto_reply='"[{organisation}] 근무시간 외({received_time}) 문자가 당직실에 접수되었습니다."')
-    rule("weekend-holiday-duty", days="[weekend, holiday]", queue="duty",
-         auto_reply='"[{organisation}] {day_name}에 보내신 문자가 당직실에 접수되었습니다."')
+    rule(
+        "night-duty",
+        time='["18:00-09:00"]',
+        queue="duty",
+        tags="[after-hours]",
+        auto_reply='"[{organisation}] 근무시간 외({received_time}) 문자가 당직실에 접수되었습니다."',
+    )
+    rule(
+        "weekend-holiday-duty",
+        days="[weekend, holiday]",
+        queue="duty",
+        auto_reply='"[{organisation}] {day_name}에 보내신 문자가 당직실에 접수되었습니다."',
+    )
     rule("test-phones", sender='["010-0000-0001", "010-0000-0002"]', queue="complaint", priority="low")
-    rule("default-complaint", queue="complaint",
-         auto_reply='"[{organisation}] 민원이 접수되었습니다. 담당자가 확인 후 답변드리겠습니다."')
+    rule(
+        "default-complaint",
+        queue="complaint",
+        auto_reply='"[{organisation}] 민원이 접수되었습니다. 담당자가 확인 후 답변드리겠습니다."',
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -195,8 +245,9 @@ def reference_route(sms: InboundSms, rules: RoutingRules, thread: ThreadContext 
     raise AssertionError("no rule matched: the last rule must be a default")
 
 
-def _reference_ok(when: Conditions, sms: InboundSms, *, folded: str, nfc: str, minute: int, day: Any,
-                  age: float | None) -> bool:
+def _reference_ok(
+    when: Conditions, sms: InboundSms, *, folded: str, nfc: str, minute: int, day: Any, age: float | None
+) -> bool:
     import re
 
     if when.to is not None and sms.to not in when.to:
@@ -243,8 +294,12 @@ def run(*, seconds: float = 3.0, rules_count: int = 500, sample_size: int = 5000
     """Measure and check (see the module doc); returns the JSON section `routing`."""
     rules = parse_routing(rules_yaml(rules_count), "generated-routing.yaml")
     mixes = {"realistic": messages(sample_size), "no_keyword": messages(sample_size, seed=6, topic_share=0.0)}
-    out: dict[str, Any] = {"rules": len(rules.rules), "sample_size": sample_size, "seconds_per_figure": seconds,
-                           "mixes": {}}
+    out: dict[str, Any] = {
+        "rules": len(rules.rules),
+        "sample_size": sample_size,
+        "seconds_per_figure": seconds,
+        "mixes": {},
+    }
     mismatches: list[str] = []
     for name, samples in mixes.items():
         winners: dict[str, int] = {}
@@ -258,10 +313,16 @@ def run(*, seconds: float = 3.0, rules_count: int = 500, sample_size: int = 5000
         ref, _, ref_n = _rate(reference_route, samples, rules, min(seconds, max(0.5, seconds / 3)))
         top = sorted(winners.items(), key=lambda kv: -kv[1])[:5]
         out["mixes"][name] = {
-            "decisions_per_s": round(fast), "decisions_per_wall_s": round(fast_wall), "decisions": fast_n,
-            "reference_per_s": round(ref), "reference_decisions": ref_n,
-            "ratio_to_reference": round(fast / ref, 2), "goal_per_s": GOAL_PER_S, "ok": fast >= GOAL_PER_S,
-            "distinct_winning_rules": len(winners), "top_winners": dict(top),
+            "decisions_per_s": round(fast),
+            "decisions_per_wall_s": round(fast_wall),
+            "decisions": fast_n,
+            "reference_per_s": round(ref),
+            "reference_decisions": ref_n,
+            "ratio_to_reference": round(fast / ref, 2),
+            "goal_per_s": GOAL_PER_S,
+            "ok": fast >= GOAL_PER_S,
+            "distinct_winning_rules": len(winners),
+            "top_winners": dict(top),
         }
     out["mismatches"] = mismatches
     out["counts_ok"] = not mismatches
@@ -272,14 +333,22 @@ def figures(section: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     labels = {"realistic": "realistic mix", "no_keyword": "no keyword in the text (worst case)"}
     for name, m in section["mixes"].items():
-        rows.append({
-            "figure": f"routing, {section['rules']} rules, {labels.get(name, name)}",
-            "value": f"{m['decisions_per_s']:,} decisions/s of CPU ({m['decisions_per_wall_s']:,}/s wall)",
-            "goal": f"≥ {GOAL_PER_S:,.0f}/s",
-            "baseline": f"naive linear scan {m['reference_per_s']:,}/s ({m['ratio_to_reference']:.1f} ×)",
-            "met": m["ok"],
-        })
-    rows.append({"figure": "routing, same rule as the naive scan", "value":
-                 f"{sum(section['sample_size'] for _ in section['mixes'])} messages checked",
-                 "goal": "all equal", "baseline": "-", "met": section["counts_ok"]})
+        rows.append(
+            {
+                "figure": f"routing, {section['rules']} rules, {labels.get(name, name)}",
+                "value": f"{m['decisions_per_s']:,} decisions/s of CPU ({m['decisions_per_wall_s']:,}/s wall)",
+                "goal": f"≥ {GOAL_PER_S:,.0f}/s",
+                "baseline": f"naive linear scan {m['reference_per_s']:,}/s ({m['ratio_to_reference']:.1f} ×)",
+                "met": m["ok"],
+            }
+        )
+    rows.append(
+        {
+            "figure": "routing, same rule as the naive scan",
+            "value": f"{sum(section['sample_size'] for _ in section['mixes'])} messages checked",
+            "goal": "all equal",
+            "baseline": "-",
+            "met": section["counts_ok"],
+        }
+    )
     return rows

@@ -190,8 +190,11 @@ async def test_slow_carrier_gives_temporary_error_within_deadline(
     ],
 )
 async def test_carrier_failures_map_to_typed_results(
-    fake_skt: FakeCarrierServer, make_carrier: CarrierFactory, behaviour: Behaviour,
-    expected: LetteringResult, detail: str,
+    fake_skt: FakeCarrierServer,
+    make_carrier: CarrierFactory,
+    behaviour: Behaviour,
+    expected: LetteringResult,
+    detail: str,
 ) -> None:
     fake_skt.behave(OTHER_NUMBER, behaviour)
     carrier = make_carrier("skt", fake_skt.base_url)
@@ -214,9 +217,7 @@ async def test_carrier_recovers_after_dropped_connection(
     assert (await carrier.letter(lettering_request(OTHER_NUMBER))).result is R.DELIVERED
 
 
-async def test_bad_token_is_rejected_as_auth(
-    fake_skt: FakeCarrierServer, make_carrier: CarrierFactory
-) -> None:
+async def test_bad_token_is_rejected_as_auth(fake_skt: FakeCarrierServer, make_carrier: CarrierFactory) -> None:
     carrier = make_carrier("skt", fake_skt.base_url, token="not-the-token")
 
     outcome = await carrier.letter(lettering_request(OTHER_NUMBER))
@@ -226,9 +227,7 @@ async def test_bad_token_is_rejected_as_auth(
     assert fake_skt.requests[0].error.startswith("missing or wrong Authorization")
 
 
-async def test_unknown_code_uses_profile_default(
-    fake_skt: FakeCarrierServer, make_carrier: CarrierFactory
-) -> None:
+async def test_unknown_code_uses_profile_default(fake_skt: FakeCarrierServer, make_carrier: CarrierFactory) -> None:
     # The fake answers "0000" for delivered; a profile that does not know "0000" must fall back.
     profile = PROFILES["skt"].with_overrides({"codes": {"0000": None}, "unknown_code": "temporary_error"})
     carrier = make_carrier(profile, fake_skt.base_url)
@@ -396,8 +395,11 @@ def test_from_spec_builds_a_carrier_with_overrides() -> None:
     carrier = HttpCarrier.from_spec(
         "skt-main",
         {
-            "kind": "http", "profile": "skt", "base_url": "https://lettering.example.kr/",
-            "deadline_ms": 500, "overrides": {"codes": {"E42": "unsupported_device"}, "path": "/v2/x"},
+            "kind": "http",
+            "profile": "skt",
+            "base_url": "https://lettering.example.kr/",
+            "deadline_ms": 500,
+            "overrides": {"codes": {"E42": "unsupported_device"}, "path": "/v2/x"},
         },
         ENV,
     )
@@ -420,24 +422,37 @@ def test_from_spec_builds_a_carrier_with_overrides() -> None:
         ({"profile": "skt", "base_url": "ftp://x.kr"}, "base_url must be an http(s) URL"),
         ({"profile": "skt", "base_url": "https://u:p@x.kr"}, "must not contain credentials"),
         ({"profile": "kt", "base_url": "https://x.kr"}, "environment variable KT_LETTERING_TOKEN is not set"),
-        ({"profile": "skt", "base_url": "https://x.kr", "token_env": "NOPE_TOKEN"},
-         "environment variable NOPE_TOKEN is not set"),
-        ({"profile": "skt", "base_url": "https://x.kr", "token_env": "EMPTY_TOKEN"},
-         "environment variable EMPTY_TOKEN is empty"),
+        (
+            {"profile": "skt", "base_url": "https://x.kr", "token_env": "NOPE_TOKEN"},
+            "environment variable NOPE_TOKEN is not set",
+        ),
+        (
+            {"profile": "skt", "base_url": "https://x.kr", "token_env": "EMPTY_TOKEN"},
+            "environment variable EMPTY_TOKEN is empty",
+        ),
         ({"profile": "skt", "base_url": "https://x.kr", "deadline_ms": 0}, "deadline_ms must be"),
         ({"profile": "skt", "base_url": "https://x.kr", "timeout": 3}, "unknown key(s) timeout"),
-        ({"profile": "skt", "base_url": "https://x.kr", "overrides": {"colour": "red"}},
-         "overrides.colour: unknown profile field"),
-        ({"profile": "skt", "base_url": "https://x.kr", "overrides": {"codes": {"1": "maybe"}}},
-         "overrides.codes.1: unknown lettering result 'maybe'"),
-        ({"profile": "skt", "base_url": "https://x.kr", "overrides": {"fields": {"colour": "c"}}},
-         "unknown request field(s) colour"),
-        ({"profile": "skt", "base_url": "https://x.kr", "overrides": {"fields": {"text": "display"}}},
-         "collides"),
-        ({"profile": "skt", "base_url": "https://x.kr", "overrides": {"number_format": "local"}},
-         "number_format must be"),
-        ({"profile": "skt", "base_url": "https://x.kr", "overrides": {"path": "/v1/{caller}"}},
-         "only the placeholder {call_id}"),
+        (
+            {"profile": "skt", "base_url": "https://x.kr", "overrides": {"colour": "red"}},
+            "overrides.colour: unknown profile field",
+        ),
+        (
+            {"profile": "skt", "base_url": "https://x.kr", "overrides": {"codes": {"1": "maybe"}}},
+            "overrides.codes.1: unknown lettering result 'maybe'",
+        ),
+        (
+            {"profile": "skt", "base_url": "https://x.kr", "overrides": {"fields": {"colour": "c"}}},
+            "unknown request field(s) colour",
+        ),
+        ({"profile": "skt", "base_url": "https://x.kr", "overrides": {"fields": {"text": "display"}}}, "collides"),
+        (
+            {"profile": "skt", "base_url": "https://x.kr", "overrides": {"number_format": "local"}},
+            "number_format must be",
+        ),
+        (
+            {"profile": "skt", "base_url": "https://x.kr", "overrides": {"path": "/v1/{caller}"}},
+            "only the placeholder {call_id}",
+        ),
     ],
 )
 def test_from_spec_errors_are_precise(spec: dict[str, Any], message: str) -> None:

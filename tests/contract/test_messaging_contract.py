@@ -53,14 +53,22 @@ SMS_CASES = [c for c in ALIMTALK_CASES if c[2] in (R.ACCEPTED, R.OPTED_OUT, R.IN
 
 def fallback(kind: str = "sms", key: str = "job-1:fb") -> SmsRequest:
     if kind == "lms":
-        return SmsRequest(idempotency_key=key, to="", sender=CITY, kind="lms", title="성북구청 안내",
-                          text="통화해 주셔서 감사합니다. 안내문은 홈페이지에서 보실 수 있습니다. " * 3)
+        return SmsRequest(
+            idempotency_key=key,
+            to="",
+            sender=CITY,
+            kind="lms",
+            title="성북구청 안내",
+            text="통화해 주셔서 감사합니다. 안내문은 홈페이지에서 보실 수 있습니다. " * 3,
+        )
     return SmsRequest(idempotency_key=key, to="", sender=CITY, text="[성북구청] 통화 후 안내를 확인하세요.")
 
 
 def alimtalk(to: str, key: str = "job-1", **changes: Any) -> AlimtalkRequest:
     base = AlimtalkRequest(
-        idempotency_key=key, to=to, template_code="POSTCALL01",
+        idempotency_key=key,
+        to=to,
+        template_code="POSTCALL01",
         variables=(("부서", "민원여권과"), ("내선", "2345")),
         buttons=(Button(name="안내 보기", url="https://www.sb.go.kr/postcall"),),
     )
@@ -82,8 +90,11 @@ def conforms_sms(provider: SmsProvider) -> SmsProvider:
 
 def fake_server(**changes: Any) -> FakeNhnServer:
     settings: dict[str, Any] = {
-        "alimtalk_appkey": AT_APPKEY, "alimtalk_secret": AT_SECRET, "sender_key": SENDER_KEY,
-        "sms_appkey": SMS_APPKEY, "sms_secret": SMS_SECRET,
+        "alimtalk_appkey": AT_APPKEY,
+        "alimtalk_secret": AT_SECRET,
+        "sender_key": SENDER_KEY,
+        "sms_appkey": SMS_APPKEY,
+        "sms_secret": SMS_SECRET,
         "templates": {"POSTCALL01": Template(variables=("부서", "내선"), buttons=1)},
         "behaviours": {number: behaviour for number, behaviour, _ in ALIMTALK_CASES},
         "slow_s": 5.0,
@@ -260,16 +271,21 @@ async def test_alimtalk_body_on_the_wire(server: FakeNhnServer, at_adapter: NhnA
     assert received.body == {
         "senderKey": SENDER_KEY,
         "templateCode": "POSTCALL01",
-        "recipientList": [{
-            "recipientNo": "01012345678",
-            "templateParameter": {"부서": "민원여권과", "내선": "2345"},
-            "resendParameter": {
-                "isResend": True, "resendType": "LMS", "resendTitle": "성북구청 안내",
-                "resendContent": fallback("lms").text, "resendSendNo": "0221331234",
-            },
-            "buttons": [{"ordering": 1}],
-            "recipientGroupingKey": "job-42",
-        }],
+        "recipientList": [
+            {
+                "recipientNo": "01012345678",
+                "templateParameter": {"부서": "민원여권과", "내선": "2345"},
+                "resendParameter": {
+                    "isResend": True,
+                    "resendType": "LMS",
+                    "resendTitle": "성북구청 안내",
+                    "resendContent": fallback("lms").text,
+                    "resendSendNo": "0221331234",
+                },
+                "buttons": [{"ordering": 1}],
+                "recipientGroupingKey": "job-42",
+            }
+        ],
     }
     request_id = server.deliveries[0].request_id
     assert outcome.reference == f"{request_id}:1"
@@ -292,7 +308,9 @@ async def test_sms_and_lms_use_their_endpoints(server: FakeNhnServer, sms_adapte
     assert paths == [f"/sms/v3.0/appKeys/{SMS_APPKEY}/sender/sms"] + [f"/sms/v3.0/appKeys/{SMS_APPKEY}/sender/mms"] * 2
     short, derived, given = (r.body for r in server.requests)
     assert short == {
-        "body": "[성북구청] 민원 처리 결과를 안내드립니다.", "sendNo": "0221331234", "senderGroupingKey": "a",
+        "body": "[성북구청] 민원 처리 결과를 안내드립니다.",
+        "sendNo": "0221331234",
+        "senderGroupingKey": "a",
         "recipientList": [{"recipientNo": "01011110001", "recipientGroupingKey": "a"}],
     }
     assert "title" not in short
@@ -394,8 +412,9 @@ async def test_provider_failures_are_temporary_within_the_deadline(server: FakeN
     assert server.deliveries == []
 
 
-async def test_closed_adapters_answer_without_a_request(server: FakeNhnServer, at_adapter: NhnAlimtalk,
-                                                        sms_adapter: NhnSms) -> None:
+async def test_closed_adapters_answer_without_a_request(
+    server: FakeNhnServer, at_adapter: NhnAlimtalk, sms_adapter: NhnSms
+) -> None:
     await at_adapter.close()
     await sms_adapter.close()
 
@@ -406,8 +425,14 @@ async def test_closed_adapters_answer_without_a_request(server: FakeNhnServer, a
 
 # --------------------------------------------------------------------------- configuration
 
-ENV = {"AT_APPKEY": AT_APPKEY, "AT_SECRET": AT_SECRET, "AT_SENDER": SENDER_KEY,
-       "SMS_APPKEY": SMS_APPKEY, "SMS_SECRET": SMS_SECRET, "BLANK": "  "}
+ENV = {
+    "AT_APPKEY": AT_APPKEY,
+    "AT_SECRET": AT_SECRET,
+    "AT_SENDER": SENDER_KEY,
+    "SMS_APPKEY": SMS_APPKEY,
+    "SMS_SECRET": SMS_SECRET,
+    "BLANK": "  ",
+}
 AT_SPEC = {"kind": "nhn", "appkey_env": "AT_APPKEY", "secret_env": "AT_SECRET", "sender_key_env": "AT_SENDER"}
 SMS_SPEC = {"kind": "nhn", "appkey_env": "SMS_APPKEY", "secret_env": "SMS_SECRET"}
 
@@ -535,12 +560,14 @@ async def test_report_round_trips_with_the_send_reference(server: FakeNhnServer,
         ("3019", "RSC01", ReportStatus.FAILED, False),
     ],
 )
-def test_report_statuses_and_fallback(
-    code: str, resend: str | None, status: ReportStatus, fallback_used: bool
-) -> None:
+def test_report_statuses_and_fallback(code: str, resend: str | None, status: ReportStatus, fallback_used: bool) -> None:
     fake = fake_server()
-    body = fake.report_body([("req-1", 1, NOT_KAKAO)], result_code=code, resend_status=resend,
-                            resend_result_code="1000" if resend == "RSC04" else None)
+    body = fake.report_body(
+        [("req-1", 1, NOT_KAKAO)],
+        result_code=code,
+        resend_status=resend,
+        resend_result_code="1000" if resend == "RSC04" else None,
+    )
 
     (report,) = parse_report(fake.report_headers(), body, fake.webhook_signature)
 
@@ -551,8 +578,9 @@ def test_report_statuses_and_fallback(
 def test_out_of_order_reports_are_parsed_in_body_order() -> None:
     fake = fake_server()
     delivered = json.loads(fake.report_body([("req-1", 1, ACCEPTED)], receive_date="2024-05-01 10:00:09"))
-    sent = json.loads(fake.report_body([("req-1", 1, ACCEPTED)], result_code="3005",
-                                       receive_date="2024-05-01 10:00:02"))
+    sent = json.loads(
+        fake.report_body([("req-1", 1, ACCEPTED)], result_code="3005", receive_date="2024-05-01 10:00:02")
+    )
     delivered["hooks"] += sent["hooks"]  # the final status first, the earlier one after it
 
     reports = parse_report(fake.report_headers(), json.dumps(delivered).encode(), fake.webhook_signature)
@@ -570,9 +598,7 @@ def test_out_of_order_reports_are_parsed_in_body_order() -> None:
         ({"x-toast-webhook-signature": "hook-signature-2"}, "hook-signature", "wrong"),
     ],
 )
-def test_forged_or_missing_signature_is_rejected(
-    headers: dict[str, str], expected_signature: str, reason: str
-) -> None:
+def test_forged_or_missing_signature_is_rejected(headers: dict[str, str], expected_signature: str, reason: str) -> None:
     body = fake_server().report_body([("req-1", 1, ACCEPTED)])
     with pytest.raises(ReportRejected, match=reason):
         parse_report(headers, body, expected_signature)
@@ -592,11 +618,21 @@ def test_signature_header_name_is_case_insensitive() -> None:
         (b"[]", "not a JSON object"),
         (json.dumps({"event": "MESSAGE_RESULT_UPDATE"}).encode(), "lacks event or hooks"),
         (json.dumps({"event": "MESSAGE_RESULT_UPDATE", "hooks": [1]}).encode(), r"hooks\[0\] is not an object"),
-        (json.dumps({"event": "MESSAGE_RESULT_UPDATE", "hooks": [{"recipientSeq": 1, "resultCode": "1000"}]}).encode(),
-         "lacks requestId"),
-        (json.dumps({"event": "MESSAGE_RESULT_UPDATE",
-                     "hooks": [{"requestId": "r", "recipientSeq": 1, "resultCode": "1000",
-                                "receiveDate": "yesterday"}]}).encode(), "not a date"),
+        (
+            json.dumps(
+                {"event": "MESSAGE_RESULT_UPDATE", "hooks": [{"recipientSeq": 1, "resultCode": "1000"}]}
+            ).encode(),
+            "lacks requestId",
+        ),
+        (
+            json.dumps(
+                {
+                    "event": "MESSAGE_RESULT_UPDATE",
+                    "hooks": [{"requestId": "r", "recipientSeq": 1, "resultCode": "1000", "receiveDate": "yesterday"}],
+                }
+            ).encode(),
+            "not a date",
+        ),
     ],
 )
 def test_malformed_report_body_is_rejected(body: bytes, reason: str) -> None:

@@ -97,8 +97,9 @@ class Fed:
     def __init__(self) -> None:
         self.events: list[dict[str, str]] = []
         self.lost: list[BaseException | None] = []
-        self.proto = AmiProtocol(TRACKED_EVENTS, lambda e, _at: self.events.append(e), self.lost.append,
-                                 AmiCounters(), "fuzz")
+        self.proto = AmiProtocol(
+            TRACKED_EVENTS, lambda e, _at: self.events.append(e), self.lost.append, AmiCounters(), "fuzz"
+        )
         self.transport = FakeTransport()
         self.proto.connection_made(self.transport)
         self.proto.factory = Factory()
@@ -111,8 +112,16 @@ class Fed:
 
     def summary(self) -> tuple[Any, ...]:
         c = self.proto.counters
-        return (self.events, c.frames_in, c.dispatched, c.decode_errors, c.malformed, dict(c.discarded),
-                self.proto.version, self.transport.closed)
+        return (
+            self.events,
+            c.frames_in,
+            c.dispatched,
+            c.decode_errors,
+            c.malformed,
+            dict(c.discarded),
+            self.proto.version,
+            self.transport.closed,
+        )
 
 
 def cut(raw: bytes, points: list[int]) -> list[bytes]:
@@ -136,7 +145,7 @@ async def test_byte_by_byte_equals_whole_on_every_transcript() -> None:
         raw = (TRANSCRIPTS / f"{name}.ami").read_bytes()
         whole, split = Fed(), Fed()
         whole.feed([raw])
-        split.feed([raw[i:i + 1] for i in range(len(raw))])
+        split.feed([raw[i : i + 1] for i in range(len(raw))])
         assert split.summary() == whole.summary(), name
 
 
@@ -148,37 +157,64 @@ def _frames(name: str) -> list[bytes]:
 
 
 GOOD_FRAMES = [f for name in ALL_AMI for f in _frames(name) if f.endswith(EOF)]
-WANTED_FRAMES = [f for f in GOOD_FRAMES
-                 if f.startswith(b"Event: ") and f[7:f.find(b"\r\n")].decode() in TRACKED_EVENTS
-                 and b"ActionID" not in f]
+WANTED_FRAMES = [
+    f
+    for f in GOOD_FRAMES
+    if f.startswith(b"Event: ") and f[7 : f.find(b"\r\n")].decode() in TRACKED_EVENTS and b"ActionID" not in f
+]
 
 
 @st.composite
 def garbage(draw: st.DrawFn) -> bytes:
     """One piece of broken input that ends on a frame boundary."""
     frame = draw(st.sampled_from(GOOD_FRAMES))
-    kind = draw(st.sampled_from(["random", "truncated", "bad_utf8", "no_colon", "response", "event_noise",
-                                 "crlf", "huge_header"]))
+    kind = draw(
+        st.sampled_from(
+            ["random", "truncated", "bad_utf8", "no_colon", "response", "event_noise", "crlf", "huge_header"]
+        )
+    )
     if kind == "random":
         body = draw(st.binary(max_size=300))
     elif kind == "truncated":
-        body = frame[:draw(st.integers(0, max(0, len(frame) - 5)))]
+        body = frame[: draw(st.integers(0, max(0, len(frame) - 5)))]
     elif kind == "bad_utf8":
         at = draw(st.integers(0, len(frame) - 4))
-        body = frame[:at] + draw(st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xea\xb0", b"\x80\x80"])) \
+        body = (
+            frame[:at]
+            + draw(st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xea\xb0", b"\x80\x80"]))
             + frame[at:-4]
+        )
     elif kind == "no_colon":
         lines = frame[:-4].split(b"\r\n")
         i = draw(st.integers(0, len(lines) - 1))
         lines[i] = lines[i].replace(b":", b"")
         body = b"\r\n".join(lines)
     elif kind == "response":
-        fields = draw(st.lists(st.sampled_from([b"Response: Success", b"Response: Error", b"Response: Follows",
-                                                b"Response: Fail", b"ActionID: fuzz-1", b"ActionID: ",
-                                                b"Event: Shutdown", b"EventList: Complete", b"Message: x",
-                                                b"--END COMMAND--", b"Output: \xff"]), max_size=6))
-        body = b"Response: " + draw(st.sampled_from([b"Success", b"Error", b"Follows", b""])) \
+        fields = draw(
+            st.lists(
+                st.sampled_from(
+                    [
+                        b"Response: Success",
+                        b"Response: Error",
+                        b"Response: Follows",
+                        b"Response: Fail",
+                        b"ActionID: fuzz-1",
+                        b"ActionID: ",
+                        b"Event: Shutdown",
+                        b"EventList: Complete",
+                        b"Message: x",
+                        b"--END COMMAND--",
+                        b"Output: \xff",
+                    ]
+                ),
+                max_size=6,
+            )
+        )
+        body = (
+            b"Response: "
+            + draw(st.sampled_from([b"Success", b"Error", b"Follows", b""]))
             + b"".join(b"\r\n" + f for f in fields)
+        )
     elif kind == "event_noise":
         name = draw(st.sampled_from([*sorted(TRACKED_EVENTS), "VarSet", "", "Hangup\xff"]))
         extra = draw(st.lists(st.binary(max_size=40), max_size=5))
@@ -190,18 +226,27 @@ def garbage(draw: st.DrawFn) -> bytes:
     return body + EOF
 
 
-@given(pieces=st.lists(st.tuples(garbage(), st.sampled_from(WANTED_FRAMES)), min_size=1, max_size=8),
-       points=st.lists(st.integers(min_value=0), max_size=20), pending_action=st.booleans())
-@example(pieces=[(b"Response: Success\r\nEvent: Shutdown" + EOF, WANTED_FRAMES[0])], points=[],
-         pending_action=False)
+@given(
+    pieces=st.lists(st.tuples(garbage(), st.sampled_from(WANTED_FRAMES)), min_size=1, max_size=8),
+    points=st.lists(st.integers(min_value=0), max_size=20),
+    pending_action=st.booleans(),
+)
+@example(pieces=[(b"Response: Success\r\nEvent: Shutdown" + EOF, WANTED_FRAMES[0])], points=[], pending_action=False)
 # Regressions: panoramisk made repeated headers lists and crashed on them (unhashable ActionID,
 # list.lower() on Event), killing the connection from inside data_received.
-@example(pieces=[(b"Response: Success\r\nActionID: fuzz-1\r\nActionID: fuzz-1" + EOF, WANTED_FRAMES[0])],
-         points=[], pending_action=True)
-@example(pieces=[(b"Response: Success\r\nEvent: Shutdown\r\nEvent: Shutdown" + EOF, WANTED_FRAMES[0])],
-         points=[], pending_action=False)
+@example(
+    pieces=[(b"Response: Success\r\nActionID: fuzz-1\r\nActionID: fuzz-1" + EOF, WANTED_FRAMES[0])],
+    points=[],
+    pending_action=True,
+)
+@example(
+    pieces=[(b"Response: Success\r\nEvent: Shutdown\r\nEvent: Shutdown" + EOF, WANTED_FRAMES[0])],
+    points=[],
+    pending_action=False,
+)
 async def test_garbage_between_recorded_frames_is_counted_and_the_next_good_frame_arrives(
-        pieces: list[tuple[bytes, bytes]], points: list[int], pending_action: bool) -> None:
+    pieces: list[tuple[bytes, bytes]], points: list[int], pending_action: bool
+) -> None:
     fed = Fed()
     fed.feed([BANNER])
     if pending_action:
@@ -246,14 +291,13 @@ async def test_anything_but_a_banner_is_refused_clearly(before: bytes, points: l
         assert fed.proto.counters.malformed == 1
         assert any("not an AMI server" in r.getMessage() for r in records)
     else:
-        assert stream.startswith(BANNER[:-len("11.0.0\r\n")])
+        assert stream.startswith(BANNER[: -len("11.0.0\r\n")])
 
 
 @given(size=st.integers(MAX_BUFFER - 8, MAX_BUFFER + 8), points=st.lists(st.integers(min_value=0), max_size=6))
 @example(size=MAX_BUFFER - 1, points=[MAX_BUFFER + 2])  # rest = frame + "\r\n\r": still a legal frame
 @example(size=MAX_BUFFER + 1, points=[])  # the whole oversized frame in one read
-async def test_oversized_frames_close_the_connection_whatever_the_reads(
-        size: int, points: list[int]) -> None:
+async def test_oversized_frames_close_the_connection_whatever_the_reads(size: int, points: list[int]) -> None:
     header = WANTED_FRAMES[0][:-4] + b"\r\nX-Fuzz: "
     frame = header + b"A" * (size - len(header)) + EOF
     assert len(frame) == size + 4
@@ -273,14 +317,17 @@ async def test_oversized_frames_close_the_connection_whatever_the_reads(
 async def test_protocol_keeps_working_over_real_tcp_after_garbage() -> None:
     """A recorded session with junk frames spliced in, over loopback TCP: every good event arrives."""
     session = transcript("answered_mobile")
-    junk = [b"\xff\xfe garbage" + EOF, b"Event: Hangup\r\nUniqueid" + EOF, b"no colon here" + EOF,
-            b"Response: Success\r\nActionID: nobody" + EOF]
-    stream = session.banner + b"".join(
-        b.raw + junk[i % len(junk)] for i, b in enumerate(session.blocks[1:]))
+    junk = [
+        b"\xff\xfe garbage" + EOF,
+        b"Event: Hangup\r\nUniqueid" + EOF,
+        b"no colon here" + EOF,
+        b"Response: Success\r\nActionID: nobody" + EOF,
+    ]
+    stream = session.banner + b"".join(b.raw + junk[i % len(junk)] for i, b in enumerate(session.blocks[1:]))
 
     async def serve(_r: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         for i in range(0, len(stream), 777):
-            writer.write(stream[i:i + 777])
+            writer.write(stream[i : i + 777])
             await writer.drain()
         await asyncio.sleep(5)
 
@@ -290,7 +337,9 @@ async def test_protocol_keeps_working_over_real_tcp_after_garbage() -> None:
     loop = asyncio.get_running_loop()
     transport, proto = await loop.create_connection(
         lambda: AmiProtocol(TRACKED_EVENTS, lambda e, _a: events.append(e), lambda _e: None, name="tcp"),
-        "127.0.0.1", port)
+        "127.0.0.1",
+        port,
+    )
     proto.factory = Factory()
     expected = Fed()
     expected.feed([session.banner + b"".join(b.raw for b in session.blocks[1:])])

@@ -16,8 +16,9 @@ pytestmark = pytest.mark.fuzz
 
 @given(_rule_sets(), st.lists(_messages(), min_size=1, max_size=10))
 @settings(max_examples=300)
-def test_indexed_routing_equals_a_naive_scan(rules: RoutingRules,
-                                              messages: list[tuple[InboundSms, ThreadContext | None]]) -> None:
+def test_indexed_routing_equals_a_naive_scan(
+    rules: RoutingRules, messages: list[tuple[InboundSms, ThreadContext | None]]
+) -> None:
     for msg, thread in messages:
         decision = route(msg, rules, thread)
         assert decision.rule == _naive_route(msg, rules, thread), (msg, thread)

@@ -28,11 +28,52 @@ pytestmark = pytest.mark.fuzz
 FILES = sorted(p.name for p in RULES.glob("*.yaml"))
 SOURCES = {name: (RULES / name).read_bytes() for name in FILES}
 PROBLEM = re.compile(r"^(?P<file>[^\n]+?\.yaml):(?P<line>\d+): \S")
-SCALARS = ["", "~", "null", "true", "no", "0", "-1", "1.5", "[]", "{}", "[a, b]", "{a: 1}", "2026-02-30",
-           "2026-13-45T99:99", "2026-11-23T18:00", "0x10", "0o17", "*nothing", "&anchor", "!!binary eA==",
-           "!!python/object:os.system x", "'unclosed", '"\\x"', "é", "12345678901234567890123456789", ".inf", ".nan",
-           "'24:00'", "'99:99'", "010-1234-5678", "'02-123-4567'", "https://", "http://x", "{organisation}",
-           "{unknown}", "'{'", "[" * 50 + "]" * 50, "- item", "key: value", "? complex", "|", ">", "\t", "#"]
+SCALARS = [
+    "",
+    "~",
+    "null",
+    "true",
+    "no",
+    "0",
+    "-1",
+    "1.5",
+    "[]",
+    "{}",
+    "[a, b]",
+    "{a: 1}",
+    "2026-02-30",
+    "2026-13-45T99:99",
+    "2026-11-23T18:00",
+    "0x10",
+    "0o17",
+    "*nothing",
+    "&anchor",
+    "!!binary eA==",
+    "!!python/object:os.system x",
+    "'unclosed",
+    '"\\x"',
+    "é",
+    "12345678901234567890123456789",
+    ".inf",
+    ".nan",
+    "'24:00'",
+    "'99:99'",
+    "010-1234-5678",
+    "'02-123-4567'",
+    "https://",
+    "http://x",
+    "{organisation}",
+    "{unknown}",
+    "'{'",
+    "[" * 50 + "]" * 50,
+    "- item",
+    "key: value",
+    "? complex",
+    "|",
+    ">",
+    "\t",
+    "#",
+]
 
 
 CLEAN_DIRECTORY = load_rules(RULES).directory
@@ -41,6 +82,7 @@ CLEAN_DIRECTORY = load_rules(RULES).directory
 def load_all(directory: Path, changed: set[str] | None = None) -> None:
     """What `gateway rules check` and a reload do: every loader over `directory` (or only those
     that read a file in `changed`: pure-Python YAML parsing is what a fuzz example costs)."""
+
     def touched(*names: str) -> bool:
         return changed is None or bool(changed & set(names))
 
@@ -72,13 +114,13 @@ def mutate(text: bytes, mutations: list[Mutation]) -> bytes:
             lines[i] = b" " * (b % 7) + line.lstrip(b" ")
         elif kind == "typo" and colon and key.strip():
             pos = len(key) - len(key.lstrip()) + b % max(1, len(key.strip()))
-            lines[i] = key[:pos] + b"x" + key[pos + 1:] + colon + value
+            lines[i] = key[:pos] + b"x" + key[pos + 1 :] + colon + value
         elif kind == "scalar" and colon:
             lines[i] = key + b": " + scalar.encode()
         elif kind == "block" and colon:
             # The value becomes a list or a mapping (a type change the schema must name).
             indent = b" " * (len(key) - len(key.lstrip()) + 2)
-            lines[i:i + 1] = [key + b":", indent + (b"- " if b % 2 else b"k: ") + scalar.encode()]
+            lines[i : i + 1] = [key + b":", indent + (b"- " if b % 2 else b"k: ") + scalar.encode()]
         elif kind == "bytes":
             pos = b % (len(line) + 1)
             lines[i] = line[:pos] + [b"\xff", b"\xc3", b"\xed\xa0\x80", b"\x00", b"\t", b"\x1b"][b % 6] + line[pos:]
@@ -86,7 +128,7 @@ def mutate(text: bytes, mutations: list[Mutation]) -> bytes:
             # A slip of the finger in a date, a time, a number or an extension range.
             digits = [k for k, c in enumerate(line) if 48 <= c <= 57]
             pos = digits[b % len(digits)]
-            lines[i] = line[:pos] + str((line[pos] - 48 + 1 + b % 9) % 10).encode() + line[pos + 1:]
+            lines[i] = line[:pos] + str((line[pos] - 48 + 1 + b % 9) % 10).encode() + line[pos + 1 :]
         elif kind == "truncate":
             del lines[i:]
             if not lines:
@@ -96,10 +138,18 @@ def mutate(text: bytes, mutations: list[Mutation]) -> bytes:
     return b"\n".join(lines)
 
 
-mutations = st.lists(st.tuples(st.sampled_from(["delete", "duplicate", "indent", "typo", "scalar", "block", "bytes",
-                                                "digit", "digit", "truncate"]),
-                               st.integers(0, 10_000), st.integers(0, 10_000), st.sampled_from(SCALARS)),
-                     min_size=1, max_size=4)
+mutations = st.lists(
+    st.tuples(
+        st.sampled_from(
+            ["delete", "duplicate", "indent", "typo", "scalar", "block", "bytes", "digit", "digit", "truncate"]
+        ),
+        st.integers(0, 10_000),
+        st.integers(0, 10_000),
+        st.sampled_from(SCALARS),
+    ),
+    min_size=1,
+    max_size=4,
+)
 
 
 def check(files: dict[str, bytes]) -> None:
@@ -141,8 +191,12 @@ def test_mutated_rules_load_or_fail_with_file_and_line(name: str, edits: list[Mu
 @fewer
 @given(edits=st.dictionaries(st.sampled_from(FILES), mutations, min_size=2, max_size=len(FILES)))
 # Regression: a mapping as extension_pattern reached re.compile through the directory check (TypeError).
-@example(edits={"directory.yaml": [("delete", 0, 0, "")],
-                "lettering.yaml": [("duplicate", 0, 0, ""), ("scalar", 5485, 0, "{organisation}")]})
+@example(
+    edits={
+        "directory.yaml": [("delete", 0, 0, "")],
+        "lettering.yaml": [("duplicate", 0, 0, ""), ("scalar", 5485, 0, "{organisation}")],
+    }
+)
 def test_several_broken_files_at_once(edits: dict[str, list[Mutation]]) -> None:
     check({name: mutate(SOURCES[name], e) for name, e in edits.items()})
 

@@ -26,18 +26,46 @@ CITY = "+82319002000"
 RCPT = "0319002000@sms.hanbit.go.kr"
 RELAY = "relay@sms.carrier.example"
 PLAN = NumberPlan()
-SETTINGS = SmtpSettings(host="127.0.0.1", port=0, peers=("127.0.0.1/32",), senders=("@sms.carrier.example",),
-                        recipient_domain="sms.hanbit.go.kr", city_numbers=frozenset({CITY}))
+SETTINGS = SmtpSettings(
+    host="127.0.0.1",
+    port=0,
+    peers=("127.0.0.1/32",),
+    senders=("@sms.carrier.example",),
+    recipient_domain="sms.hanbit.go.kr",
+    city_numbers=frozenset({CITY}),
+)
 
-CHARSETS = ["utf-8", "UTF-8", "euc-kr", "EUC-KR", "cp949", "ks_c_5601-1987", "us-ascii", "iso-8859-1", "utf-16",
-            "utf-7", "idna", "punycode", "rot13", "base64", "hex", "zlib", "uu", "unicode_escape", "unknown-8bit",
-            "x-unknown", "", '"euc-kr"']
+CHARSETS = [
+    "utf-8",
+    "UTF-8",
+    "euc-kr",
+    "EUC-KR",
+    "cp949",
+    "ks_c_5601-1987",
+    "us-ascii",
+    "iso-8859-1",
+    "utf-16",
+    "utf-7",
+    "idna",
+    "punycode",
+    "rot13",
+    "base64",
+    "hex",
+    "zlib",
+    "uu",
+    "unicode_escape",
+    "unknown-8bit",
+    "x-unknown",
+    "",
+    '"euc-kr"',
+]
 TEXTS = st.one_of(st.text(max_size=80), st.sampled_from(["가로등이 꺼졌어요", "똠방각하 민원", "수신거부", "STOP", ""]))
 
 
 def encode(text: str, charset: str) -> bytes:
-    codec = {"euc-kr": "cp949", "ks_c_5601-1987": "cp949", "": "utf-8", '"euc-kr"': "cp949"}.get(charset.lower(),
-                                                                                                  charset)
+    codec = {"euc-kr": "cp949", "ks_c_5601-1987": "cp949", "": "utf-8", '"euc-kr"': "cp949"}.get(
+        charset.lower(), charset
+    )
     try:
         return text.encode(codec, "replace")
     except (LookupError, UnicodeError, TypeError):
@@ -56,16 +84,32 @@ def encoded_words(draw: st.DrawFn) -> str:
         return f"=?{charset}?B?{base64.b64encode(encode(text, charset)).decode()}?="
     if kind == "q":
         return f"=?{charset}?Q?{quopri.encodestring(encode(text, charset), header=True).decode()}?="
-    return draw(st.sampled_from(["=?utf-8?B?!!!?=", "=?utf-8?B?YQ?=", "=?euc-kr?Q?=FF=FE?=", "=?rot13?B?YWJj?=",
-                                 "=??B?YWJj?=", "=?utf-8?X?abc?=", "=?utf-8*ko?B?6rCA?=", "=?idna?Q?" + "a" * 80 + "?=",
-                                 "=?base64?B?YWJj?=", "=?utf-16?B?2D0=?="]))
+    return draw(
+        st.sampled_from(
+            [
+                "=?utf-8?B?!!!?=",
+                "=?utf-8?B?YQ?=",
+                "=?euc-kr?Q?=FF=FE?=",
+                "=?rot13?B?YWJj?=",
+                "=??B?YWJj?=",
+                "=?utf-8?X?abc?=",
+                "=?utf-8*ko?B?6rCA?=",
+                "=?idna?Q?" + "a" * 80 + "?=",
+                "=?base64?B?YWJj?=",
+                "=?utf-16?B?2D0=?=",
+            ]
+        )
+    )
 
 
 @st.composite
 def body_parts(draw: st.DrawFn) -> bytes:
     """One MIME entity (headers + body) with a random type, charset and transfer encoding."""
-    ctype = draw(st.sampled_from(["text/plain", "text/html", "text/PLAIN", "application/octet-stream", "text/x-y",
-                                  "image/png", "text"]))
+    ctype = draw(
+        st.sampled_from(
+            ["text/plain", "text/html", "text/PLAIN", "application/octet-stream", "text/x-y", "image/png", "text"]
+        )
+    )
     charset = draw(st.sampled_from(CHARSETS))
     cte = draw(st.sampled_from(["8bit", "7bit", "base64", "quoted-printable", "binary", "x-garbage", "BASE64", ""]))
     text = draw(TEXTS)
@@ -85,21 +129,52 @@ def body_parts(draw: st.DrawFn) -> bytes:
 @st.composite
 def mails(draw: st.DrawFn) -> bytes:
     headers: list[bytes] = []
-    message_id = draw(st.one_of(st.none(), st.sampled_from(["<m1@relay.example>", "<>", "", "<" + "x" * 300 + ">",
-                                                           "<\u00e9@x>", "<a b@c>"]),
-                                st.text(max_size=30)))
+    message_id = draw(
+        st.one_of(
+            st.none(),
+            st.sampled_from(["<m1@relay.example>", "<>", "", "<" + "x" * 300 + ">", "<\u00e9@x>", "<a b@c>"]),
+            st.text(max_size=30),
+        )
+    )
     if message_id is not None:
         headers.append(b"Message-ID: " + message_id.encode("utf-8", "surrogateescape"))
-    sender = draw(st.sampled_from(["01012345678@sms.carrier.example", '"010-1234-5678" <noreply@carrier.example>',
-                                   "noreply@carrier.example", "", "<>", "a, b, c", "=?euc-kr?B?!!?= <x@y>", "@@@"]))
+    sender = draw(
+        st.sampled_from(
+            [
+                "01012345678@sms.carrier.example",
+                '"010-1234-5678" <noreply@carrier.example>',
+                "noreply@carrier.example",
+                "",
+                "<>",
+                "a, b, c",
+                "=?euc-kr?B?!!?= <x@y>",
+                "@@@",
+            ]
+        )
+    )
     headers.append(b"From: " + sender.encode())
     if draw(st.booleans()):
         headers.append(b"X-SMS-From: " + draw(encoded_words()).encode("utf-8", "surrogateescape"))
     headers.append(b"Subject: " + draw(encoded_words()).encode("utf-8", "surrogateescape"))
-    date = draw(st.one_of(st.none(), st.sampled_from(
-        ["Thu, 25 Sep 2025 23:00:00 +0900", "Thu, 25 Sep 99999999999 23:00:00 +0900", "Mon, 1 Jan 0001 00:00:00 -2359",
-         "Fri, 31 Dec 9999 23:59:59 -2359", "garbage", "", "Thu, 25 Sep 2025 25:61:61 +0900",
-         "Thu, 25 Sep 2025 23:00:00 +9999", "1 Jan 1970 00:00:00 -0000"]), st.text(max_size=20)))
+    date = draw(
+        st.one_of(
+            st.none(),
+            st.sampled_from(
+                [
+                    "Thu, 25 Sep 2025 23:00:00 +0900",
+                    "Thu, 25 Sep 99999999999 23:00:00 +0900",
+                    "Mon, 1 Jan 0001 00:00:00 -2359",
+                    "Fri, 31 Dec 9999 23:59:59 -2359",
+                    "garbage",
+                    "",
+                    "Thu, 25 Sep 2025 25:61:61 +0900",
+                    "Thu, 25 Sep 2025 23:00:00 +9999",
+                    "1 Jan 1970 00:00:00 -0000",
+                ]
+            ),
+            st.text(max_size=20),
+        )
+    )
     if date is not None:
         headers.append(b"Date: " + date.encode("utf-8", "surrogateescape"))
     if draw(st.booleans()):
@@ -119,15 +194,21 @@ def mails(draw: st.DrawFn) -> bytes:
             body += b"--B--\r\n"
         subtype = draw(st.sampled_from(["alternative", "mixed", "related", "x-unknown"]))
         boundary = draw(st.sampled_from(['"B"', "B", '""', ""]))
-        raw = b"\r\n".join(headers) + f"\r\nContent-Type: multipart/{subtype}; boundary={boundary}\r\n\r\n".encode() \
+        raw = (
+            b"\r\n".join(headers)
+            + f"\r\nContent-Type: multipart/{subtype}; boundary={boundary}\r\n\r\n".encode()
             + body
+        )
     # A few raw corruptions of the whole mail: invalid bytes, cut short, lone CR/LF.
     if draw(st.booleans()):
         at = draw(st.integers(0, len(raw)))
-        raw = raw[:at] + draw(st.sampled_from([b"\xff", b"\x00", b"\r", b"\n", b"\r\n\r\n", b":", b"\x80\x80"])) \
+        raw = (
+            raw[:at]
+            + draw(st.sampled_from([b"\xff", b"\x00", b"\r", b"\n", b"\r\n\r\n", b":", b"\x80\x80"]))
             + raw[at:]
+        )
     if draw(st.integers(0, 9)) == 0:
-        raw = raw[:draw(st.integers(0, len(raw)))]
+        raw = raw[: draw(st.integers(0, len(raw)))]
     return raw
 
 
@@ -135,9 +216,10 @@ def parse(raw: bytes) -> list[InboundSms]:
     return parse_mail(raw, plan=PLAN, provider="smtp-relay", recipients=[CITY], now=2e9)
 
 
-GOOD = (b"From: 01012345678@sms.carrier.example\r\nSubject: SMS\r\nMessage-ID: <good-1@sms.carrier.example>\r\n"
-        b"Content-Type: text/plain; charset=UTF-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
-        + "가로등이 꺼졌어요".encode())
+GOOD = (
+    b"From: 01012345678@sms.carrier.example\r\nSubject: SMS\r\nMessage-ID: <good-1@sms.carrier.example>\r\n"
+    b"Content-Type: text/plain; charset=UTF-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n" + "가로등이 꺼졌어요".encode()
+)
 
 
 def with_header(name: str, value: str) -> bytes:
@@ -149,8 +231,11 @@ def with_header(name: str, value: str) -> bytes:
 @example(raw=GOOD.replace(b"charset=UTF-8", b"charset=base64"))  # regression: LookupError escaped
 @example(raw=GOOD.replace(b"charset=UTF-8", b"charset=idna").replace("가로등이 꺼졌어요".encode(), b"a" * 80))
 @example(raw=GOOD.replace(b"Subject: SMS", b"Subject: =?utf-8?B?!!!?="))
-@example(raw=GOOD.replace(b"Subject: SMS", b"Subject: =?idna?Q?" + b"a" * 80 + b"?=").replace(
-    "가로등이 꺼졌어요".encode(), b""))
+@example(
+    raw=GOOD.replace(b"Subject: SMS", b"Subject: =?idna?Q?" + b"a" * 80 + b"?=").replace(
+        "가로등이 꺼졌어요".encode(), b""
+    )
+)
 @example(raw=with_header("Date", "Thu, 25 Sep 99999999999 23:00:00 +0900"))
 @example(raw=with_header("Date", "Fri, 31 Dec 9999 23:59:59 -2359"))
 def test_parse_mail_returns_messages_or_raises_mail_rejected(raw: bytes) -> None:

@@ -110,14 +110,17 @@ def mutate(events: list[LegEvent], ops: list[Op]) -> list[LegEvent]:
     return out
 
 
-ops = st.lists(st.tuples(st.sampled_from(["drop", "dup", "swap", "move"]), st.integers(0, 10_000),
-                         st.integers(0, 10_000)), max_size=12)
+ops = st.lists(
+    st.tuples(st.sampled_from(["drop", "dup", "swap", "move"]), st.integers(0, 10_000), st.integers(0, 10_000)),
+    max_size=12,
+)
 
 
 @given(name=st.sampled_from(CALL_NAMES), mutations=ops, restamp=st.booleans())
 @example(name="blind_transfer", mutations=[], restamp=False)
-def test_dropped_duplicated_reordered_events_never_break_the_tracker(name: str, mutations: list[Op],
-                                                                     restamp: bool) -> None:
+def test_dropped_duplicated_reordered_events_never_break_the_tracker(
+    name: str, mutations: list[Op], restamp: bool
+) -> None:
     events = mutate(_EVENTS[name], mutations)
     if restamp:
         # The order of arrival is the order of time (AMI stamps events as it sends them).
@@ -140,8 +143,10 @@ def test_every_event_delivered_twice_changes_nothing(name: str) -> None:
     assert_empty(twice)
 
 
-@given(names=st.lists(st.sampled_from(CALL_NAMES), min_size=2, max_size=5, unique=True),
-       offsets=st.lists(st.floats(0, 30, allow_nan=False), min_size=5, max_size=5))
+@given(
+    names=st.lists(st.sampled_from(CALL_NAMES), min_size=2, max_size=5, unique=True),
+    offsets=st.lists(st.floats(0, 30, allow_nan=False), min_size=5, max_size=5),
+)
 def test_interleaved_calls_with_fresh_ids_keep_apart(names: list[str], offsets: list[float]) -> None:
     """Several recorded calls at once (fresh ids, shifted in time) give the calls each gives alone.
 
@@ -169,13 +174,24 @@ def _shape(o: TrackerOutput) -> tuple[object, ...]:
     if isinstance(o, ExternalDial):
         return ("dial", o.call_id, o.extension, o.number.e164, o.trunk, o.direction, o.recovered)
     r = o.record
-    return ("ended", r.call_id, r.direction, r.extension, r.party, r.disposition, r.cause, r.talk_seconds,
-            tuple((tr.kind, tr.to) for tr in r.transfers), o.external_dials)
+    return (
+        "ended",
+        r.call_id,
+        r.direction,
+        r.extension,
+        r.party,
+        r.disposition,
+        r.cause,
+        r.talk_seconds,
+        tuple((tr.kind, tr.to) for tr in r.transfers),
+        o.external_dials,
+    )
 
 
 @given(name=st.sampled_from(CALL_NAMES), cut=st.integers(0, 10_000), restart=st.booleans())
-def test_connection_lost_mid_call_then_resync_or_restart_ends_every_call_once(name: str, cut: int,
-                                                                              restart: bool) -> None:
+def test_connection_lost_mid_call_then_resync_or_restart_ends_every_call_once(
+    name: str, cut: int, restart: bool
+) -> None:
     events = _EVENTS[name]
     cut %= len(events) + 1
     t = tracker()

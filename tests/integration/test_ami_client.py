@@ -56,15 +56,27 @@ async def until(predicate: Callable[[], bool], within_s: float = 10.0) -> None:
 
 
 def settings(name: str, port: int, **kw: float | str) -> AmiSettings:
-    base = AmiSettings(name=name, host="127.0.0.1", port=port, username="gateway", secret=SECRET,
-                       ping_interval_s=0.2, ping_timeout_s=0.3, backoff_initial_s=0.05, backoff_max_s=0.2,
-                       auth_backoff_initial_s=0.2, auth_backoff_max_s=0.4, action_timeout_s=2.0)
+    base = AmiSettings(
+        name=name,
+        host="127.0.0.1",
+        port=port,
+        username="gateway",
+        secret=SECRET,
+        ping_interval_s=0.2,
+        ping_timeout_s=0.3,
+        backoff_initial_s=0.05,
+        backoff_max_s=0.2,
+        auth_backoff_initial_s=0.2,
+        auth_backoff_max_s=0.4,
+        action_timeout_s=2.0,
+    )
     return replace(base, **kw)  # type: ignore[arg-type]
 
 
 @contextlib.asynccontextmanager
-async def running(server: AmiServer, name: str = "pbx1", wanted: frozenset[str] = WANTED,
-                  **kw: float | str) -> AsyncIterator[tuple[PbxClient, Recorder, asyncio.Task[None]]]:
+async def running(
+    server: AmiServer, name: str = "pbx1", wanted: frozenset[str] = WANTED, **kw: float | str
+) -> AsyncIterator[tuple[PbxClient, Recorder, asyncio.Task[None]]]:
     _host, port = await server.start()
     recorder = Recorder()
     client = PbxClient(settings(name, port, **kw), recorder, wanted)
@@ -99,8 +111,9 @@ async def test_normal_session_delivers_wanted_events() -> None:
         assert not rec.events("VarSet") and not rec.events("FullyBooted")
         # Fast replay with Timestamp headers keeps the recorded durations (DialBegin 1.735 s,
         # Hangup 8.961 s into the recording).
-        times = {e["Event"] + e.get("Channel", ""): at for _, k, e, at in rec.log
-                 if k == "event" and isinstance(e, dict)}
+        times = {
+            e["Event"] + e.get("Channel", ""): at for _, k, e, at in rec.log if k == "event" and isinstance(e, dict)
+        }
         talk = times["HangupPJSIP/2001-00000000"] - times["DialBeginPJSIP/2001-00000000"]
         assert talk == pytest.approx(8.961 - 1.735, abs=0.01)
         status = client.status()
@@ -142,21 +155,30 @@ async def test_drop_mid_call_reconnects_and_resyncs_live_channels() -> None:
     mobile = Transcript.named("answered_mobile")
     # Drop the TCP connection right after both legs were bridged (mid-call).
     bridged = [i for i, b in enumerate(mobile.body) if b.event_name == "BridgeEnter"][-1] + 1
-    server = server_for([SessionPlan(mobile, drop_after=bridged),
-                         Transcript.named("answered_callee_hangs_up")])
+    server = server_for([SessionPlan(mobile, drop_after=bridged), Transcript.named("answered_callee_hangs_up")])
     async with running(server) as (client, rec, _):
         await until(lambda: rec.kinds().count(K.RESYNCED) >= 2)
         kinds = rec.kinds()
         lost = kinds.index(K.LOST)
-        assert kinds[lost + 1:lost + 5] == [K.CONNECTED, K.AUTHENTICATED, K.RESYNC_STARTED, K.RESYNCED]
+        assert kinds[lost + 1 : lost + 5] == [K.CONNECTED, K.AUTHENTICATED, K.RESYNC_STARTED, K.RESYNCED]
         # Channels alive when the connection dropped, from what the listener saw.
-        first_session = rec.log[:next(i for i, (_, k, p, _) in enumerate(rec.log)
-                                      if k == "session" and isinstance(p, SessionChange)
-                                      and p.kind is K.LOST)]
-        born = {p["Uniqueid"] for _, k, p, _ in first_session
-                if k == "event" and isinstance(p, dict) and p["Event"] == "Newchannel"}
-        dead = {p["Uniqueid"] for _, k, p, _ in first_session
-                if k == "event" and isinstance(p, dict) and p["Event"] == "Hangup"}
+        first_session = rec.log[
+            : next(
+                i
+                for i, (_, k, p, _) in enumerate(rec.log)
+                if k == "session" and isinstance(p, SessionChange) and p.kind is K.LOST
+            )
+        ]
+        born = {
+            p["Uniqueid"]
+            for _, k, p, _ in first_session
+            if k == "event" and isinstance(p, dict) and p["Event"] == "Newchannel"
+        }
+        dead = {
+            p["Uniqueid"]
+            for _, k, p, _ in first_session
+            if k == "event" and isinstance(p, dict) and p["Event"] == "Hangup"
+        }
         assert len(born - dead) == 2
         resynced = [c for c in rec.changes() if c.kind is K.RESYNCED][1]
         live = {c["Uniqueid"]: c for c in resynced.channels}
@@ -170,8 +192,12 @@ async def test_drop_mid_call_reconnects_and_resyncs_live_channels() -> None:
 
 
 async def test_silent_peer_is_detected_by_ping_and_replaced() -> None:
-    server = server_for([SessionPlan(Transcript.named("answered_mobile"), silent_after=60),
-                         Transcript.named("answered_callee_hangs_up")])
+    server = server_for(
+        [
+            SessionPlan(Transcript.named("answered_mobile"), silent_after=60),
+            Transcript.named("answered_callee_hangs_up"),
+        ]
+    )
     async with running(server) as (client, rec, _):
         await until(lambda: K.RESYNCED in rec.kinds())
         resynced_at = time.monotonic()
@@ -247,16 +273,19 @@ async def test_restart_mid_call_is_told_from_a_network_blip() -> None:
         # FullyBooted may be read in the same TCP read as the login answer, so the restart can be
         # reported before or after AUTHENTICATED; it must come before the resync and before any
         # event of the new PBX life.
-        assert sorted(kinds[lost + 1:lost + 4]) == sorted([K.CONNECTED, K.AUTHENTICATED, K.PBX_RESTARTED])
+        assert sorted(kinds[lost + 1 : lost + 4]) == sorted([K.CONNECTED, K.AUTHENTICATED, K.PBX_RESTARTED])
         assert kinds[lost + 1] is K.CONNECTED
-        assert kinds[lost + 4:lost + 6] == [K.RESYNC_STARTED, K.RESYNCED]
+        assert kinds[lost + 4 : lost + 6] == [K.RESYNC_STARTED, K.RESYNCED]
         restarted = next(c for c in rec.changes() if c.kind is K.PBX_RESTARTED)
         assert restarted.uptime == 0
         first_resync = next(c for c in rec.changes() if c.kind is K.RESYNCED)
         assert first_resync.uptime == 65
         # The Shutdown event comes before the LOST of that session.
-        order = [p["Event"] if isinstance(p, dict) else p.kind for _, _, p, _ in rec.log
-                 if isinstance(p, dict | SessionChange)]
+        order = [
+            p["Event"] if isinstance(p, dict) else p.kind
+            for _, _, p, _ in rec.log
+            if isinstance(p, dict | SessionChange)
+        ]
         assert order.index("Shutdown") < order.index(K.LOST)
         assert client.status()["pbx_uptime"] is not None
 
@@ -264,15 +293,15 @@ async def test_restart_mid_call_is_told_from_a_network_blip() -> None:
 async def test_two_pbxes_side_by_side_keep_separate_state() -> None:
     server_a = server_for([Transcript.named("answered_mobile")])
     server_b = server_for([Transcript.named("landline")])
-    async with running(server_a, name="north") as (client_a, rec_a, _), \
-            running(server_b, name="south") as (client_b, rec_b, _):
+    async with (
+        running(server_a, name="north") as (client_a, rec_a, _),
+        running(server_b, name="south") as (client_b, rec_b, _),
+    ):
         await asyncio.wait_for(asyncio.gather(server_a.wait_done(), server_b.wait_done()), 10)
         await until(lambda: K.LOST in rec_a.kinds() and K.LOST in rec_b.kinds())
         assert rec_a.pbx_names() == {"north"} and rec_b.pbx_names() == {"south"}
-        assert {e["Channel"] for e in rec_a.events("Newchannel")} == {"PJSIP/2001-00000000",
-                                                                      "PJSIP/carrier-00000001"}
-        assert {e["Channel"] for e in rec_b.events("Newchannel")} == {"PJSIP/2002-00000010",
-                                                                      "PJSIP/carrier-00000011"}
+        assert {e["Channel"] for e in rec_a.events("Newchannel")} == {"PJSIP/2001-00000000", "PJSIP/carrier-00000001"}
+        assert {e["Channel"] for e in rec_b.events("Newchannel")} == {"PJSIP/2002-00000010", "PJSIP/carrier-00000011"}
         assert client_a.status()["name"] == "north" and client_b.status()["name"] == "south"
         assert client_a.status()["events_dispatched"] == len(rec_a.events()) + 1
         assert client_b.status()["events_dispatched"] == len(rec_b.events()) + 1

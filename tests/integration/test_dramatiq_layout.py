@@ -76,9 +76,15 @@ def _shape(layout: dict[str, Any]) -> dict[str, Any]:
                 assert decoded["options"]["redis_message_id"] == field, name
                 message = dramatiq.Message.decode(data)  # dramatiq's own decoding of our bytes
                 assert message.options["redis_message_id"] == field
-                messages.append((sorted((k, type(v).__name__) for k, v in decoded.items()),
-                                 sorted(decoded["options"]), decoded["queue_name"], decoded["actor_name"],
-                                 decoded["args"]))
+                messages.append(
+                    (
+                        sorted((k, type(v).__name__) for k, v in decoded.items()),
+                        sorted(decoded["options"]),
+                        decoded["queue_name"],
+                        decoded["actor_name"],
+                        decoded["args"],
+                    )
+                )
             shape[name] = (kind, messages)
         else:
             shape[name] = (kind, None)
@@ -89,7 +95,8 @@ def _dramatiq_enqueue(redis_url: str, namespace: str) -> None:
     broker = make_broker(redis_url, namespace=namespace)
     for delay in (None, 60_000):
         message: dramatiq.Message[Any] = dramatiq.Message(
-            queue_name="sms", actor_name=actor_name("sms"), args=(PAYLOAD,), kwargs={}, options=actor_options("sms"))
+            queue_name="sms", actor_name=actor_name("sms"), args=(PAYLOAD,), kwargs={}, options=actor_options("sms")
+        )
         broker.enqueue(message, delay=delay)
     broker.client.close()
 
@@ -115,11 +122,13 @@ def _claim_lua(redis_url: str) -> Put:
         store = RedisOutboxStore(connect(redis_url, timeout_s=2.0))
         try:
             job = enqueuer.prepare("sms", dict(PAYLOAD), delay_s=delay_s)
-            verdict = await store.claim(dedupe_key=f"layout:{delay_s}", recipient_hash="h", ttl_s=60, rate_limit=0,
-                                        rate_window_s=60, then=job)
+            verdict = await store.claim(
+                dedupe_key=f"layout:{delay_s}", recipient_hash="h", ttl_s=60, rate_limit=0, rate_window_s=60, then=job
+            )
             assert verdict == "ok"
         finally:
             await store.aclose()
+
     return put
 
 
@@ -129,14 +138,39 @@ def _accept_lua(redis_url: str) -> Put:
         try:
             job = enqueuer.prepare("sms", dict(PAYLOAD), delay_s=delay_s)
             tid = f"t{int(delay_s)}"
-            keys = [f"layout-in:{tid}", f"layout-thread:{tid}", f"layout-thread:{tid}:msgs", "layout-inbox",
-                    job.msgs_key, job.queue_key, "layout-contact"]
-            args: list[Any] = [f"{tid}|sms", 60, "+8221", "sealed", "h", "sms", "1.000", "sealed", "m1", "p", tid,
-                               "normal", "r", "", job.message_id, job.data, ""]
+            keys = [
+                f"layout-in:{tid}",
+                f"layout-thread:{tid}",
+                f"layout-thread:{tid}:msgs",
+                "layout-inbox",
+                job.msgs_key,
+                job.queue_key,
+                "layout-contact",
+            ]
+            args: list[Any] = [
+                f"{tid}|sms",
+                60,
+                "+8221",
+                "sealed",
+                "h",
+                "sms",
+                "1.000",
+                "sealed",
+                "m1",
+                "p",
+                tid,
+                "normal",
+                "r",
+                "",
+                job.message_id,
+                job.data,
+                "",
+            ]
             stored, _ = await client.register_script(intake._ACCEPT)(keys=keys, args=args)
             assert int(stored) == 1
         finally:
             await client.aclose()
+
     return put
 
 
@@ -147,7 +181,8 @@ async def test_our_scripts_write_what_dramatiq_enqueue_writes(redis_url: str, sy
     await _with_enqueuer(redis_url, "by-us", put[script])
     theirs, ours = _layout(sync, "by-dramatiq"), _layout(sync, "by-us")
     assert sorted(theirs) == ["<ns>:sms", "<ns>:sms.DQ", "<ns>:sms.DQ.msgs", "<ns>:sms.msgs"], (
-        "dramatiq's Redis layout changed: check the scripts that write into it (gateway.infra.rediskeys)")
+        "dramatiq's Redis layout changed: check the scripts that write into it (gateway.infra.rediskeys)"
+    )
     assert _shape(ours) == _shape(theirs)
     assert not sync.exists(NONE_KEY)
 

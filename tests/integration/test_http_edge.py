@@ -40,14 +40,20 @@ HOST = "127.0.0.1"
 INBOUND_SECRET = "inbound-secret"
 NHN_SIG = "nhn-webhook-signature"
 PUBLIC_URL = "http://127.0.0.1:8080/webhooks/sms/sandbox-sms"
-ENV = {"GATEWAY_NUMBER_KEY": "test-number-key-0123456789", "GATEWAY_DATA_KEY": Sealer.new_key_spec(),
-       "GATEWAY_INBOUND_SECRET": INBOUND_SECRET, "GATEWAY_API_TOKEN": "staff-token",
-       "GATEWAY_AMI_SECRET": "x", "GATEWAY_WEBHOOK_SECRET": "w"}
+ENV = {
+    "GATEWAY_NUMBER_KEY": "test-number-key-0123456789",
+    "GATEWAY_DATA_KEY": Sealer.new_key_spec(),
+    "GATEWAY_INBOUND_SECRET": INBOUND_SECRET,
+    "GATEWAY_API_TOKEN": "staff-token",
+    "GATEWAY_AMI_SECRET": "x",
+    "GATEWAY_WEBHOOK_SECRET": "w",
+}
 # Korean text spans multi-byte characters, so some splits land inside a character.
 LMS = ("안녕하세요. 우리 동네 가로등이 사흘째 꺼져 있어 밤길이 위험합니다. 확인 부탁드립니다. " * 20)[:1900]
 
 
 # -- a raw HTTP/1.1 client ------------------------------------------------------------------------
+
 
 class Response:
     def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
@@ -107,8 +113,9 @@ def request_head(method: str, path: str, headers: dict[str, str], *, length: int
 
 def chunked(body: bytes, size: int) -> list[bytes]:
     """`body` in chunked transfer-encoding, one list item per chunk (then the last chunk)."""
-    return [f"{len(body[i:i + size]):x}\r\n".encode() + body[i:i + size] + b"\r\n"
-            for i in range(0, len(body), size)] + [b"0\r\n\r\n"]
+    return [
+        f"{len(body[i : i + size]):x}\r\n".encode() + body[i : i + size] + b"\r\n" for i in range(0, len(body), size)
+    ] + [b"0\r\n\r\n"]
 
 
 def split(data: bytes, *cuts: int) -> list[bytes]:
@@ -121,10 +128,11 @@ Splitter = Callable[[bytes, bytes], list[bytes]]
 SPLITS: dict[str, Splitter] = {
     "headers, then body": lambda h, b: [h, b],
     "headers with the start of the body, then the rest": lambda h, b: [h + b[:100], b[100:]],
-    "inside a header line and three body pieces": lambda h, b: split(h, len(h) // 2) + split(b, 1, len(b) // 3,
-                                                                                           2 * len(b) // 3),
+    "inside a header line and three body pieces": lambda h, b: (
+        split(h, len(h) // 2) + split(b, 1, len(b) // 3, 2 * len(b) // 3)
+    ),
     "every 512 bytes": lambda h, b: split(h + b, *range(512, len(h + b), 512)),
-    "last bytes one at a time": lambda h, b: [h + b[:-4], *(b[i:i + 1] for i in range(len(b) - 4, len(b)))],
+    "last bytes one at a time": lambda h, b: [h + b[:-4], *(b[i : i + 1] for i in range(len(b) - 4, len(b)))],
 }
 
 
@@ -137,6 +145,7 @@ def pieces_for(splitter: Splitter, head: bytes, body: bytes, *, transfer: str) -
 
 
 # -- a gateway with every body-taking endpoint -----------------------------------------------------
+
 
 class Edge:
     def __init__(self, gateway: Gateway, http: HttpServer) -> None:
@@ -157,17 +166,30 @@ def env(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> Iterator[dict[str, s
 
 @pytest.fixture
 async def edge(env: dict[str, str], redis_url: str) -> AsyncIterator[Edge]:
-    gateway = Gateway(load_config(), _Sink(), environ=env,
-                      overrides=Overrides(redis_url=redis_url, rules_dir=RULES, queue_namespace="t-edge"))
+    gateway = Gateway(
+        load_config(),
+        _Sink(),
+        environ=env,
+        overrides=Overrides(redis_url=redis_url, rules_dir=RULES, queue_namespace="t-edge"),
+    )
 
     def routes(app: web.Application) -> None:
         # The gateway's own routes, plus an NHN 080 opt-out webhook (not in the default config).
-        webhooks.add_routes(app, gateway.intake, gateway.inbound, plan=NumberPlan(),
-                            unsubscribe={"nhn": lambda h, b: parse_unsubscribe(h, b, NHN_SIG)})
+        webhooks.add_routes(
+            app,
+            gateway.intake,
+            gateway.inbound,
+            plan=NumberPlan(),
+            unsubscribe={"nhn": lambda h, b: parse_unsubscribe(h, b, NHN_SIG)},
+        )
         staffapi.add_routes(app, gateway.intake, api_token="staff-token", plan=NumberPlan())
 
-    http = HttpServer(make_app(gateway.health, gateway.reports, routes), HOST, 0,
-                      limits=HttpLimits(header_timeout_s=5, body_timeout_s=5, keepalive_timeout_s=5))
+    http = HttpServer(
+        make_app(gateway.health, gateway.reports, routes),
+        HOST,
+        0,
+        limits=HttpLimits(header_timeout_s=5, body_timeout_s=5, keepalive_timeout_s=5),
+    )
     await http.start()
     yield Edge(gateway, http)
     await http.stop()
@@ -179,10 +201,16 @@ class _Sink:
         pass
 
 
-def signed_sms(message_id: str, *, form: bool = False, text: str = LMS, sender: str = "010-1234-5678",
-               secret: str = INBOUND_SECRET) -> tuple[dict[str, str], bytes]:
-    fields = {"message_id": message_id, "from": sender, "to": "031-900-2000", "text": text,
-              "received_at": str(time.time())}
+def signed_sms(
+    message_id: str, *, form: bool = False, text: str = LMS, sender: str = "010-1234-5678", secret: str = INBOUND_SECRET
+) -> tuple[dict[str, str], bytes]:
+    fields = {
+        "message_id": message_id,
+        "from": sender,
+        "to": "031-900-2000",
+        "text": text,
+        "received_at": str(time.time()),
+    }
     if form:
         body = urlencode(fields, encoding="euc-kr").encode("ascii")
         content_type = "application/x-www-form-urlencoded; charset=euc-kr"
@@ -190,21 +218,47 @@ def signed_sms(message_id: str, *, form: bool = False, text: str = LMS, sender: 
         body = json.dumps(fields, ensure_ascii=False).encode()
         content_type = "application/json; charset=utf-8"
     ts = str(int(time.time()))
-    return {"Content-Type": content_type, "X-Signature-Timestamp": ts,
-            "X-Signature": sign(secret, ts, PUBLIC_URL, body)}, body
+    return {
+        "Content-Type": content_type,
+        "X-Signature-Timestamp": ts,
+        "X-Signature": sign(secret, ts, PUBLIC_URL, body),
+    }, body
 
 
 def unsubscribe_body(numbers: list[str]) -> bytes:
-    hooks = [{"hookId": f"hook-{i}", "recipientNo": "0" + n[3:], "unsubscribeNo": "0801234567",
-              "enterpriseName": "한빛시청 민원안내 서비스 " * 20, "createdDateTime": "2024-05-01T10:00:00.000+09:00"}
-             for i, n in enumerate(numbers)]
-    return json.dumps({"hooksId": "hooks-1", "webhookConfigId": "cfg", "productName": "SMS", "appKey": "k",
-                       "event": "UNSUBSCRIBE", "hooks": hooks}, ensure_ascii=False).encode()
+    hooks = [
+        {
+            "hookId": f"hook-{i}",
+            "recipientNo": "0" + n[3:],
+            "unsubscribeNo": "0801234567",
+            "enterpriseName": "한빛시청 민원안내 서비스 " * 20,
+            "createdDateTime": "2024-05-01T10:00:00.000+09:00",
+        }
+        for i, n in enumerate(numbers)
+    ]
+    return json.dumps(
+        {
+            "hooksId": "hooks-1",
+            "webhookConfigId": "cfg",
+            "productName": "SMS",
+            "appKey": "k",
+            "event": "UNSUBSCRIBE",
+            "hooks": hooks,
+        },
+        ensure_ascii=False,
+    ).encode()
 
 
 def report_body(count: int) -> bytes:
-    return json.dumps({"reports": [{"reference": f"ref-{i:04d}", "status": "delivered", "at": 1_700_000_000 + i,
-                                    "detail": "수신 완료"} for i in range(count)]}, ensure_ascii=False).encode()
+    return json.dumps(
+        {
+            "reports": [
+                {"reference": f"ref-{i:04d}", "status": "delivered", "at": 1_700_000_000 + i, "detail": "수신 완료"}
+                for i in range(count)
+            ]
+        },
+        ensure_ascii=False,
+    ).encode()
 
 
 TRANSFERS = ["content-length", "chunked"]
@@ -212,13 +266,15 @@ TRANSFERS = ["content-length", "chunked"]
 
 # -- 1. bodies that arrive in several TCP reads ----------------------------------------------------
 
+
 @pytest.mark.parametrize("transfer", TRANSFERS)
 @pytest.mark.parametrize("how", list(SPLITS))
 async def test_signed_sms_in_pieces_is_accepted(edge: Edge, how: str, transfer: str) -> None:
     for n, form in enumerate((False, True)):
         headers, body = signed_sms(f"pieces-{how}-{transfer}-{n}", form=form, sender=f"010-5555-{1000 + n}")
-        head = request_head("POST", "/webhooks/sms/sandbox-sms", headers,
-                            length=None if transfer == "chunked" else len(body))
+        head = request_head(
+            "POST", "/webhooks/sms/sandbox-sms", headers, length=None if transfer == "chunked" else len(body)
+        )
         resp = await exchange(edge.port, pieces_for(SPLITS[how], head, body, transfer=transfer), pause=0.05)
         assert resp.status == 200, resp.body
         assert resp.json()["status"] == "accepted"
@@ -230,9 +286,12 @@ async def test_080_opt_out_in_pieces_is_kept(edge: Edge, how: str, transfer: str
     numbers = [f"+82105555{2000 + i}" for i in range(4)]
     body = unsubscribe_body(numbers)
     assert len(body) > 2000  # several segments' worth
-    head = request_head("POST", "/webhooks/unsubscribe/nhn", {"Content-Type": "application/json",
-                                                               "X-Toast-Webhook-Signature": NHN_SIG},
-                        length=None if transfer == "chunked" else len(body))
+    head = request_head(
+        "POST",
+        "/webhooks/unsubscribe/nhn",
+        {"Content-Type": "application/json", "X-Toast-Webhook-Signature": NHN_SIG},
+        length=None if transfer == "chunked" else len(body),
+    )
     resp = await exchange(edge.port, pieces_for(SPLITS[how], head, body, transfer=transfer), pause=0.05)
     assert resp.status == 200, resp.body
     assert resp.json() == {"opted_out": len(numbers)}
@@ -244,9 +303,12 @@ async def test_080_opt_out_in_pieces_is_kept(edge: Edge, how: str, transfer: str
 @pytest.mark.parametrize("how", list(SPLITS))
 async def test_delivery_report_in_pieces_is_read_whole(edge: Edge, how: str, transfer: str) -> None:
     body = report_body(40)
-    head = request_head("POST", "/webhooks/report/sandbox-alimtalk", {"Content-Type": "application/json",
-                                                                       "X-Sandbox-Signature": "w"},
-                        length=None if transfer == "chunked" else len(body))
+    head = request_head(
+        "POST",
+        "/webhooks/report/sandbox-alimtalk",
+        {"Content-Type": "application/json", "X-Sandbox-Signature": "w"},
+        length=None if transfer == "chunked" else len(body),
+    )
     resp = await exchange(edge.port, pieces_for(SPLITS[how], head, body, transfer=transfer), pause=0.05)
     assert resp.status == 200, resp.body
     assert sum(resp.json().values()) == 40  # every report of the body was read (unknown references)
@@ -255,17 +317,22 @@ async def test_delivery_report_in_pieces_is_read_whole(edge: Edge, how: str, tra
 @pytest.mark.parametrize("transfer", TRANSFERS)
 async def test_staff_api_json_in_pieces(edge: Edge, transfer: str) -> None:
     headers, body = signed_sms(f"api-{transfer}", text="민원 문의드립니다", sender="010-7777-0001")
-    resp = await exchange(edge.port, [request_head("POST", "/webhooks/sms/sandbox-sms", headers,
-                                                   length=len(body)), body])
+    resp = await exchange(
+        edge.port, [request_head("POST", "/webhooks/sms/sandbox-sms", headers, length=len(body)), body]
+    )
     thread = resp.json()["thread"]
     auth = {"Authorization": "Bearer staff-token", "Content-Type": "application/json; charset=utf-8"}
     for path, data, expect in (
-            (f"/api/threads/{thread}/claim", {"staff": "김민원" * 30}, {"claimed": True}),
-            ("/api/optout", {"number": "010-7777-0002", "action": "add", "staff": "박담당" * 30}, {"opted_out": True})):
+        (f"/api/threads/{thread}/claim", {"staff": "김민원" * 30}, {"claimed": True}),
+        ("/api/optout", {"number": "010-7777-0002", "action": "add", "staff": "박담당" * 30}, {"opted_out": True}),
+    ):
         raw = json.dumps(data, ensure_ascii=False).encode()
         head = request_head("POST", path, auth, length=None if transfer == "chunked" else len(raw))
-        resp = await exchange(edge.port, pieces_for(SPLITS["inside a header line and three body pieces"], head, raw,
-                                                    transfer=transfer), pause=0.05)
+        resp = await exchange(
+            edge.port,
+            pieces_for(SPLITS["inside a header line and three body pieces"], head, raw, transfer=transfer),
+            pause=0.05,
+        )
         assert resp.status == 200, resp.body
         assert expect.items() <= resp.json().items()
 
@@ -275,8 +342,9 @@ async def test_signed_sms_after_100_continue_in_pieces(edge: Edge) -> None:
     headers, body = signed_sms("expect-100", sender="010-5555-3001")
     reader, writer = await connect(edge.port)
     try:
-        writer.write(request_head("POST", "/webhooks/sms/sandbox-sms", {**headers, "Expect": "100-continue"},
-                                  length=len(body)))
+        writer.write(
+            request_head("POST", "/webhooks/sms/sandbox-sms", {**headers, "Expect": "100-continue"}, length=len(body))
+        )
         interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         assert interim.startswith(b"HTTP/1.1 100")
         await send_pieces(writer, split(body, 700, 1400), pause=0.1)
@@ -287,15 +355,16 @@ async def test_signed_sms_after_100_continue_in_pieces(edge: Edge) -> None:
 
 
 @pytest.mark.parametrize("transfer", TRANSFERS)
-@pytest.mark.parametrize("path", ["/webhooks/sms/sandbox-sms", "/webhooks/unsubscribe/nhn",
-                                  "/webhooks/report/sandbox-alimtalk"])
+@pytest.mark.parametrize(
+    "path", ["/webhooks/sms/sandbox-sms", "/webhooks/unsubscribe/nhn", "/webhooks/report/sandbox-alimtalk"]
+)
 async def test_webhook_body_that_stalls_is_408(edge: Edge, path: str, transfer: str) -> None:
     headers, body = signed_sms("stalled", sender="010-5555-4001")
     headers.update({"X-Toast-Webhook-Signature": NHN_SIG, "X-Sandbox-Signature": "w"})
     reader, writer = await connect(edge.port)
     try:
         head = request_head("POST", path, headers, length=None if transfer == "chunked" else len(body))
-        writer.write(head + (chunked(body, len(body))[0] if transfer == "chunked" else body)[:len(body) // 2])
+        writer.write(head + (chunked(body, len(body))[0] if transfer == "chunked" else body)[: len(body) // 2])
         resp = await asyncio.wait_for(read_response(reader), 30)  # the fixture's body bound is 5 s
         assert resp.status == 408, resp.body
         assert await closed_within(reader, 20)
@@ -308,19 +377,24 @@ async def test_webhook_body_that_stalls_is_408(edge: Edge, path: str, transfer: 
 
 
 @pytest.mark.parametrize("transfer", TRANSFERS)
-@pytest.mark.parametrize("path,headers", [
-    ("/webhooks/sms/sandbox-sms", {"Content-Type": "application/json", "X-Signature-Timestamp": "1",
-                                   "X-Signature": "0" * 64}),
-    ("/webhooks/unsubscribe/nhn", {"Content-Type": "application/json", "X-Toast-Webhook-Signature": NHN_SIG}),
-    ("/webhooks/report/sandbox-alimtalk", {"Content-Type": "application/json", "X-Sandbox-Signature": "w"}),
-])
-async def test_over_limit_body_in_pieces_is_413(edge: Edge, path: str, headers: dict[str, str],
-                                                transfer: str) -> None:
+@pytest.mark.parametrize(
+    "path,headers",
+    [
+        (
+            "/webhooks/sms/sandbox-sms",
+            {"Content-Type": "application/json", "X-Signature-Timestamp": "1", "X-Signature": "0" * 64},
+        ),
+        ("/webhooks/unsubscribe/nhn", {"Content-Type": "application/json", "X-Toast-Webhook-Signature": NHN_SIG}),
+        ("/webhooks/report/sandbox-alimtalk", {"Content-Type": "application/json", "X-Sandbox-Signature": "w"}),
+    ],
+)
+async def test_over_limit_body_in_pieces_is_413(edge: Edge, path: str, headers: dict[str, str], transfer: str) -> None:
     limit = MAX_SMS_BODY if "/report/" not in path else 256 * 1024
     body = b'{"padding": "' + b"x" * (limit + 3000) + b'"}'
     head = request_head("POST", path, headers, length=None if transfer == "chunked" else len(body))
-    pieces = [head, *split(body, *range(8192, len(body), 8192))] if transfer != "chunked" else \
-        [head, *chunked(body, 8192)]
+    pieces = (
+        [head, *split(body, *range(8192, len(body), 8192))] if transfer != "chunked" else [head, *chunked(body, 8192)]
+    )
     resp = await exchange(edge.port, pieces, pause=0.02)
     assert resp.status == 413, resp.body
     # ... and the listener still serves.
@@ -329,6 +403,7 @@ async def test_over_limit_body_in_pieces_is_413(edge: Edge, path: str, headers: 
 
 async def test_read_body_limit_is_inclusive() -> None:
     """Exactly `limit` bytes are accepted, one more is refused, for both transfer kinds."""
+
     async def echo(request: web.Request) -> web.Response:
         return web.json_response({"length": len(await read_body(request, 1000))})
 
@@ -341,8 +416,13 @@ async def test_read_body_limit_is_inclusive() -> None:
             body = b"a" * size
             for transfer in TRANSFERS:
                 head = request_head("POST", "/echo", {}, length=None if transfer == "chunked" else size)
-                pieces = [head, *chunked(body, 300)] if transfer == "chunked" and body else \
-                    [head, b"0\r\n\r\n"] if transfer == "chunked" else [head, body]
+                pieces = (
+                    [head, *chunked(body, 300)]
+                    if transfer == "chunked" and body
+                    else [head, b"0\r\n\r\n"]
+                    if transfer == "chunked"
+                    else [head, body]
+                )
                 resp = await exchange(http.port, [p for p in pieces if p], pause=0.05)
                 assert resp.status == status, (size, transfer, resp.body)
                 if status == 200:
@@ -352,6 +432,7 @@ async def test_read_body_limit_is_inclusive() -> None:
 
 
 # -- 6. slow and idle clients, too many connections ------------------------------------------------
+
 
 async def _echo_server(limits: HttpLimits) -> HttpServer:
     async def health() -> dict[str, Any]:
@@ -394,7 +475,7 @@ async def trickle(port: int, data: bytes, every: float, prefix: bytes = b"") -> 
             if closed.done():
                 break
             try:
-                writer.write(data[i:i + 1])
+                writer.write(data[i : i + 1])
                 await writer.drain()
             except ConnectionError:
                 break
@@ -413,7 +494,7 @@ async def healthz(port: int) -> int:
 SLOW_HEADERS = {
     "request line": b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: slowloris\r\n\r\n",
     "a POST's headers": b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                        b"Content-Length: 2\r\n\r\n{}",
+    b"Content-Length: 2\r\n\r\n{}",
     "an endless header": b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: " + b"a" * 60 + b"\r\n\r\n",
 }
 
@@ -517,8 +598,9 @@ async def test_slow_but_steady_body_within_the_bound_is_read() -> None:
 
 
 async def test_connections_over_the_limit_are_refused(caplog: pytest.LogCaptureFixture) -> None:
-    http = await _echo_server(HttpLimits(header_timeout_s=30, body_timeout_s=30, keepalive_timeout_s=30,
-                                         max_connections=3))
+    http = await _echo_server(
+        HttpLimits(header_timeout_s=30, body_timeout_s=30, keepalive_timeout_s=30, max_connections=3)
+    )
     held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     try:
         for _ in range(3):
@@ -566,6 +648,7 @@ async def _try_healthz(port: int) -> int:
 
 # -- the worker's stdlib listener ------------------------------------------------------------------
 
+
 def _worker_http(limits: HttpLimits) -> WorkerHttp:
     # /healthz reads no state: no broker, runtime or worker needed to serve it.
     return WorkerHttp(None, None, None, HOST, 0, limits=limits)  # type: ignore[arg-type]
@@ -586,8 +669,7 @@ async def test_worker_listener_cuts_slowloris_and_idle() -> None:
 
 
 async def test_worker_listener_refuses_connections_over_the_limit() -> None:
-    http = _worker_http(HttpLimits(header_timeout_s=30, body_timeout_s=30, keepalive_timeout_s=30,
-                                   max_connections=2))
+    http = _worker_http(HttpLimits(header_timeout_s=30, body_timeout_s=30, keepalive_timeout_s=30, max_connections=2))
     _, port = http.start()
     held = []
     try:
@@ -623,6 +705,7 @@ async def test_worker_listener_refuses_connections_over_the_limit() -> None:
 
 # -- configuration -------------------------------------------------------------------------------
 
+
 def _config_with(tmp_path: Path, http_lines: str) -> Path:
     """The default configuration with its `http:` block replaced by port 0 and `http_lines`."""
     text = DEFAULT_CONFIG.read_text(encoding="utf-8")
@@ -635,19 +718,34 @@ def _config_with(tmp_path: Path, http_lines: str) -> Path:
 
 def test_http_limits_defaults_and_overrides(tmp_path: Path) -> None:
     config = load_config()
-    assert config.http_limits == HttpLimits(header_timeout_s=10, body_timeout_s=30, keepalive_timeout_s=15,
-                                            max_connections=1024)
+    assert config.http_limits == HttpLimits(
+        header_timeout_s=10, body_timeout_s=30, keepalive_timeout_s=15, max_connections=1024
+    )
     assert config.http_internal_port is None
-    config = load_config(_config_with(tmp_path, "  header_timeout_s: 2.5\n  body_timeout_s: 4\n"
-                                                "  keepalive_timeout_s: 6\n  max_connections: 7\n"
-                                                "  internal_host: 127.0.0.2\n  internal_port: 9100\n"))
+    config = load_config(
+        _config_with(
+            tmp_path,
+            "  header_timeout_s: 2.5\n  body_timeout_s: 4\n"
+            "  keepalive_timeout_s: 6\n  max_connections: 7\n"
+            "  internal_host: 127.0.0.2\n  internal_port: 9100\n",
+        )
+    )
     assert config.http_limits == HttpLimits(2.5, 4, 6, 7)
     assert (config.http_internal_host, config.http_internal_port) == ("127.0.0.2", 9100)
 
 
-@pytest.mark.parametrize("line", ["  header_timeout_s: 0\n", "  body_timeout_s: -1\n", "  keepalive_timeout_s: x\n",
-                                  "  max_connections: 0\n", "  max_connections: 1.5\n", "  internal_port: 70000\n",
-                                  "  header_timeout: 10\n"])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "  header_timeout_s: 0\n",
+        "  body_timeout_s: -1\n",
+        "  keepalive_timeout_s: x\n",
+        "  max_connections: 0\n",
+        "  max_connections: 1.5\n",
+        "  internal_port: 70000\n",
+        "  header_timeout: 10\n",
+    ],
+)
 def test_bad_http_limits_are_config_errors(tmp_path: Path, line: str) -> None:
     with pytest.raises(ConfigError, match="http"):
         load_config(_config_with(tmp_path, line))
@@ -655,16 +753,22 @@ def test_bad_http_limits_are_config_errors(tmp_path: Path, line: str) -> None:
 
 # -- 7. /health and /metrics on the internal listener ----------------------------------------------
 
+
 async def _get(port: int, path: str) -> Response:
     return await exchange(port, [f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()])
 
 
 @pytest.mark.parametrize("internal", [False, True])
-async def test_health_and_metrics_listeners(env: dict[str, str], redis_url: str, tmp_path: Path,
-                                            internal: bool) -> None:
+async def test_health_and_metrics_listeners(
+    env: dict[str, str], redis_url: str, tmp_path: Path, internal: bool
+) -> None:
     config = load_config(_config_with(tmp_path, "  internal_port: 0\n" if internal else ""), environ=env)
-    gateway = Gateway(config, _Sink(), environ=env,
-                      overrides=Overrides(redis_url=redis_url, rules_dir=RULES, queue_namespace="t-edge-int"))
+    gateway = Gateway(
+        config,
+        _Sink(),
+        environ=env,
+        overrides=Overrides(redis_url=redis_url, rules_dir=RULES, queue_namespace="t-edge-int"),
+    )
     public, private = gateway_listeners(config, gateway, shutdown_timeout=2)
     assert (private is not None) == internal
     await public.start()
@@ -673,8 +777,9 @@ async def test_health_and_metrics_listeners(env: dict[str, str], redis_url: str,
     try:
         assert (await _get(public.port, "/healthz")).status == 200
         headers, body = signed_sms("internal-mode", text="민원 문의드립니다")
-        resp = await exchange(public.port, [request_head("POST", "/webhooks/sms/sandbox-sms", headers,
-                                                         length=len(body)), body])
+        resp = await exchange(
+            public.port, [request_head("POST", "/webhooks/sms/sandbox-sms", headers, length=len(body)), body]
+        )
         assert resp.status == 200  # the webhooks stay on the public listener
         health, metrics = await _get(public.port, "/health"), await _get(public.port, "/metrics")
         if private is None:  # today's behaviour: everything on the one listener
@@ -689,8 +794,9 @@ async def test_health_and_metrics_listeners(env: dict[str, str], redis_url: str,
             metrics = await _get(private.port, "/metrics")
             assert metrics.status == 200 and b"gateway_" in metrics.body
             # The internal listener takes no citizens' traffic.
-            resp = await exchange(private.port, [request_head("POST", "/webhooks/sms/sandbox-sms", headers,
-                                                              length=len(body)), body])
+            resp = await exchange(
+                private.port, [request_head("POST", "/webhooks/sms/sandbox-sms", headers, length=len(body)), body]
+            )
             assert resp.status == 404
     finally:
         if private is not None:

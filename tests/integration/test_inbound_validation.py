@@ -49,19 +49,26 @@ async def site(env: dict[str, str], redis_url: str) -> AsyncIterator[Site]:
     await s.gateway.stop()
 
 
-async def post_raw(site: Site, session: ClientSession, body: bytes,
-                   content_type: str = "application/json") -> tuple[int, Any]:
+async def post_raw(
+    site: Site, session: ClientSession, body: bytes, content_type: str = "application/json"
+) -> tuple[int, Any]:
     """A signed webhook with exactly these body bytes; the answer must be JSON."""
     ts = str(int(time.time()))
-    headers = {"Content-Type": content_type, "X-Signature-Timestamp": ts,
-               "X-Signature": sign("inbound-secret", ts, PUBLIC_URL, body)}
+    headers = {
+        "Content-Type": content_type,
+        "X-Signature-Timestamp": ts,
+        "X-Signature": sign("inbound-secret", ts, PUBLIC_URL, body),
+    }
     async with session.post(f"{site.base}/webhooks/sms/sandbox-sms", data=body, headers=headers) as resp:
         return resp.status, json.loads(await resp.read())
 
 
 async def staff_raw(site: Site, session: ClientSession, path: str, body: bytes) -> tuple[int, Any]:
-    async with session.post(f"{site.base}{path}", data=body, headers={
-            "Authorization": "Bearer staff-token", "Content-Type": "application/json"}) as resp:
+    async with session.post(
+        f"{site.base}{path}",
+        data=body,
+        headers={"Authorization": "Bearer staff-token", "Content-Type": "application/json"},
+    ) as resp:
         return resp.status, json.loads(await resp.read())
 
 
@@ -101,11 +108,13 @@ async def test_lone_surrogate_in_a_form_body_decoded_as_utf7_is_a_400(site: Site
 async def test_lone_surrogate_in_staff_fields_is_a_400(site: Site, value: str) -> None:
     async with ClientSession() as session:
         tid = await a_thread(site, session, "sur-staff")
-        for path, fields in [(f"/api/threads/{tid}/claim", {"staff": value}),
-                             (f"/api/threads/{tid}/reply", {"text": value, "staff": "kim"}),
-                             (f"/api/threads/{tid}/reply", {"text": "답변", "staff": value}),
-                             ("/api/optout", {"number": "010-1234-5678", "action": "add", "staff": value}),
-                             ("/api/optout", {"number": value, "action": "add", "staff": "kim"})]:
+        for path, fields in [
+            (f"/api/threads/{tid}/claim", {"staff": value}),
+            (f"/api/threads/{tid}/reply", {"text": value, "staff": "kim"}),
+            (f"/api/threads/{tid}/reply", {"text": "답변", "staff": value}),
+            ("/api/optout", {"number": "010-1234-5678", "action": "add", "staff": value}),
+            ("/api/optout", {"number": value, "action": "add", "staff": "kim"}),
+        ]:
             status, body = await staff_raw(site, session, path, as_json(fields))
             assert status == 400, (path, fields, body)
             assert "surrogate" in body["error"] or "phone number" in body["error"], body
@@ -121,13 +130,20 @@ SURROGATE_MAILS = [
 
 
 @pytest.mark.parametrize(("ctype", "subject", "body"), SURROGATE_MAILS)
-async def test_smtp_mail_that_decodes_to_surrogates_is_a_permanent_5xx(site: Site, ctype: str, subject: str,
-                                                                       body: bytes) -> None:
+async def test_smtp_mail_that_decodes_to_surrogates_is_a_permanent_5xx(
+    site: Site, ctype: str, subject: str, body: bytes
+) -> None:
     address = await site.gateway.start_smtp(port=0)
     assert address is not None
-    raw = (f"From: 01012345678@sms.carrier.example\r\nTo: 0319002000@sms.hanbit.go.kr\r\nSubject: {subject}\r\n"
-           f"Message-ID: <sur-{abs(hash(ctype + subject))}@sms.carrier.example>\r\nMIME-Version: 1.0\r\n"
-           f"Content-Type: {ctype}\r\nContent-Transfer-Encoding: 8bit\r\n\r\n").encode() + body + b"\r\n"
+    raw = (
+        (
+            f"From: 01012345678@sms.carrier.example\r\nTo: 0319002000@sms.hanbit.go.kr\r\nSubject: {subject}\r\n"
+            f"Message-ID: <sur-{abs(hash(ctype + subject))}@sms.carrier.example>\r\nMIME-Version: 1.0\r\n"
+            f"Content-Type: {ctype}\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+        ).encode()
+        + body
+        + b"\r\n"
+    )
 
     def send() -> None:
         with smtplib.SMTP(*address, timeout=10) as client:
@@ -151,13 +167,20 @@ async def test_webhook_to_a_number_that_is_not_the_citys_is_a_400(site: Site, to
 async def test_smtp_to_a_number_served_by_the_relay_but_not_in_routing_is_550(site: Site) -> None:
     """The SMTP edge's own list (gateway.yaml) knows a number routing.yaml does not: the intake
     refuses it, and the relay gets a permanent 550 5.1.1, not a retry."""
-    settings = SmtpSettings(host="127.0.0.1", port=0, peers=("127.0.0.1/32",), senders=("@sms.carrier.example",),
-                            recipient_domain="sms.hanbit.go.kr",
-                            city_numbers=frozenset({"+82319002000", "+82319009999"}))
+    settings = SmtpSettings(
+        host="127.0.0.1",
+        port=0,
+        peers=("127.0.0.1/32",),
+        senders=("@sms.carrier.example",),
+        recipient_domain="sms.hanbit.go.kr",
+        city_numbers=frozenset({"+82319002000", "+82319009999"}),
+    )
     server = SmtpIntake(settings, site.gateway.intake)
     host, port = await server.start()
-    raw = (b"From: 01012345678@sms.carrier.example\r\nTo: 0319009999@sms.hanbit.go.kr\r\nSubject: SMS\r\n"
-           b"Message-ID: <to-1@sms.carrier.example>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nhello\r\n")
+    raw = (
+        b"From: 01012345678@sms.carrier.example\r\nTo: 0319009999@sms.hanbit.go.kr\r\nSubject: SMS\r\n"
+        b"Message-ID: <to-1@sms.carrier.example>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nhello\r\n"
+    )
 
     def send() -> None:
         with smtplib.SMTP(host, port, timeout=10) as client:
@@ -173,8 +196,7 @@ async def test_smtp_to_a_number_served_by_the_relay_but_not_in_routing_is_550(si
 
 
 @pytest.mark.parametrize("sender", ["+1 212 555 0100", "1588-1234", "02-2133-1234", "070-1234-5678", "080-123-4567"])
-async def test_a_sender_that_is_not_a_korean_mobile_is_stored_but_never_auto_answered(site: Site,
-                                                                                      sender: str) -> None:
+async def test_a_sender_that_is_not_a_korean_mobile_is_stored_but_never_auto_answered(site: Site, sender: str) -> None:
     async with ClientSession() as session:
         status, body = await site.post(session, sms("nm-1", "소음 민원입니다", DAY, to="031-900-2100", sender=sender))
         assert status == 200 and body["status"] == "accepted" and body["reply"] == "not_mobile", body
@@ -290,7 +312,8 @@ async def test_staff_api_errors_are_json(site: Site, body: bytes) -> None:
 
 
 async def test_malformed_requests_are_one_warning_without_input_rate_limited(
-        site: Site, caplog: pytest.LogCaptureFixture) -> None:
+    site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     async with ClientSession() as session:
         tid = await a_thread(site, session, "log-0")
@@ -305,8 +328,10 @@ async def test_malformed_requests_are_one_warning_without_input_rate_limited(
             # malformed at the HTTP parser, before any handler: a control character in a header
             host, port = site.base.removeprefix("http://").split(":")
             reader, writer = await asyncio.open_connection(host, int(port))
-            writer.write(f"POST /webhooks/sms/sandbox-sms HTTP/1.1\r\nHost: x\r\nX-A: a\x01{MARKER}\r\n"
-                         "Content-Length: 0\r\n\r\n".encode())
+            writer.write(
+                f"POST /webhooks/sms/sandbox-sms HTTP/1.1\r\nHost: x\r\nX-A: a\x01{MARKER}\r\n"
+                "Content-Length: 0\r\n\r\n".encode()
+            )
             await writer.drain()
             assert (await asyncio.wait_for(reader.read(100), 10)).startswith(b"HTTP/1.")
             writer.close()
@@ -314,19 +339,26 @@ async def test_malformed_requests_are_one_warning_without_input_rate_limited(
     assert address is not None
 
     def send(i: int) -> None:
-        raw = (f"From: 01012345678@sms.carrier.example\r\nTo: 0319002000@sms.hanbit.go.kr\r\nSubject: SMS\r\n"
-               f"Message-ID: <log-{i}@sms.carrier.example>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
-               ).encode() + MARKER.encode() + b"\xff\r\n"
+        raw = (
+            (
+                f"From: 01012345678@sms.carrier.example\r\nTo: 0319002000@sms.hanbit.go.kr\r\nSubject: SMS\r\n"
+                f"Message-ID: <log-{i}@sms.carrier.example>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+            ).encode()
+            + MARKER.encode()
+            + b"\xff\r\n"
+        )
         with smtplib.SMTP(*address, timeout=10) as client, pytest.raises(smtplib.SMTPDataError):
             client.sendmail("relay@sms.carrier.example", ["0319002000@sms.hanbit.go.kr"], raw)
 
     for i in range(5):
         await asyncio.to_thread(send, i)
     # the edges' loggers (the worker's own complaints about the test's notify.yaml are not ours)
-    records = [r for r in caplog.records
-               if r.name in ("gateway.inbox.webhooks", "gateway.inbox.staffapi", "gateway.inbox.smtp",
-                             "gateway.inbox.intake")
-               or r.name.startswith("aiohttp")]
+    records = [
+        r
+        for r in caplog.records
+        if r.name in ("gateway.inbox.webhooks", "gateway.inbox.staffapi", "gateway.inbox.smtp", "gateway.inbox.intake")
+        or r.name.startswith("aiohttp")
+    ]
     assert [r for r in records if r.levelno >= logging.ERROR] == []
     assert [r for r in records if r.exc_info or r.exc_text] == []
     assert not [r for r in caplog.records if MARKER in r.getMessage() and r.name != "mail.log"]
@@ -352,8 +384,10 @@ def test_malformed_log_counts_what_it_held_back(caplog: pytest.LogCaptureFixture
         now[0] += 61
         limiter.note("http /x", "400 BadRequest")
     lines = [r.getMessage() for r in caplog.records]
-    assert lines == ["http /x: malformed input refused: 400 BadRequest",
-                     "http /x: malformed input refused: 401 Unauthorized",
-                     "smtp DATA: malformed input refused: 400 BadRequest",
-                     "http /x: malformed input refused: 400 BadRequest (+4 more not logged since the last line)"]
+    assert lines == [
+        "http /x: malformed input refused: 400 BadRequest",
+        "http /x: malformed input refused: 401 Unauthorized",
+        "smtp DATA: malformed input refused: 400 BadRequest",
+        "http /x: malformed input refused: 400 BadRequest (+4 more not logged since the last line)",
+    ]
     assert limiter.counts[("http /x", "400 BadRequest")] == 6

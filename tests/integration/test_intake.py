@@ -34,9 +34,14 @@ from tests.support.transcripts import TRANSCRIPTS
 
 SEOUL = ZoneInfo("Asia/Seoul")
 CITIZEN = "+821012345678"
-ENV = {"GATEWAY_NUMBER_KEY": "test-number-key-0123456789", "GATEWAY_DATA_KEY": Sealer.new_key_spec(),
-       "GATEWAY_INBOUND_SECRET": "inbound-secret", "GATEWAY_API_TOKEN": "staff-token",
-       "GATEWAY_AMI_SECRET": "x", "GATEWAY_WEBHOOK_SECRET": "w"}
+ENV = {
+    "GATEWAY_NUMBER_KEY": "test-number-key-0123456789",
+    "GATEWAY_DATA_KEY": Sealer.new_key_spec(),
+    "GATEWAY_INBOUND_SECRET": "inbound-secret",
+    "GATEWAY_API_TOKEN": "staff-token",
+    "GATEWAY_AMI_SECRET": "x",
+    "GATEWAY_WEBHOOK_SECRET": "w",
+}
 PUBLIC_URL = "http://127.0.0.1:8080/webhooks/sms/sandbox-sms"
 
 
@@ -55,14 +60,23 @@ class Collect:
 class Site:
     """A gateway's HTTP edge (no PBX connected) plus an in-process queue worker."""
 
-    def __init__(self, gateway: Gateway, http: HttpServer, base: str, sms: SandboxSms, *, worker: Any,
-                 runtime: Any, broker: Any) -> None:
+    def __init__(
+        self, gateway: Gateway, http: HttpServer, base: str, sms: SandboxSms, *, worker: Any, runtime: Any, broker: Any
+    ) -> None:
         self.gateway, self.http, self.base, self.sms = gateway, http, base, sms
         self.worker, self.runtime, self.broker = worker, runtime, broker
 
-    async def post(self, session: ClientSession, fields: dict[str, str], *, form: bool = False,
-                   charset: str = "utf-8", timestamp: float | None = None, secret: str = "inbound-secret",
-                   body: bytes | None = None) -> tuple[int, dict[str, Any]]:
+    async def post(
+        self,
+        session: ClientSession,
+        fields: dict[str, str],
+        *,
+        form: bool = False,
+        charset: str = "utf-8",
+        timestamp: float | None = None,
+        secret: str = "inbound-secret",
+        body: bytes | None = None,
+    ) -> tuple[int, dict[str, Any]]:
         if body is None:
             if form:
                 body = urlencode(fields, encoding=charset).encode("ascii")
@@ -70,15 +84,20 @@ class Site:
                 body = json.dumps(fields, ensure_ascii=False).encode(charset)
         content_type = ("application/x-www-form-urlencoded" if form else "application/json") + f"; charset={charset}"
         ts = str(int(timestamp if timestamp is not None else time.time()))
-        headers = {"Content-Type": content_type, "X-Signature-Timestamp": ts,
-                   "X-Signature": sign(secret, ts, PUBLIC_URL, body)}
+        headers = {
+            "Content-Type": content_type,
+            "X-Signature-Timestamp": ts,
+            "X-Signature": sign(secret, ts, PUBLIC_URL, body),
+        }
         async with session.post(f"{self.base}/webhooks/sms/sandbox-sms", data=body, headers=headers) as resp:
             return resp.status, await resp.json()
 
-    async def api(self, session: ClientSession, method: str, path: str, data: Any = None,
-                  token: str = "staff-token") -> tuple[int, Any]:
-        async with session.request(method, f"{self.base}{path}", json=data,
-                                   headers={"Authorization": f"Bearer {token}"}) as resp:
+    async def api(
+        self, session: ClientSession, method: str, path: str, data: Any = None, token: str = "staff-token"
+    ) -> tuple[int, Any]:
+        async with session.request(
+            method, f"{self.base}{path}", json=data, headers={"Authorization": f"Bearer {token}"}
+        ) as resp:
             return resp.status, await resp.json()
 
 
@@ -94,8 +113,13 @@ async def _site(env: dict[str, str], redis_url: str, namespace: str, rules_dir: 
     config = load_config()
     sink = Collect()
     sms = SandboxSms("sandbox-sms")
-    over = Overrides(redis_url=redis_url, rules_dir=rules_dir, queue_namespace=namespace,
-                     alimtalk={"sandbox-alimtalk": SandboxAlimtalk("sandbox-alimtalk")}, sms={"sandbox-sms": sms})
+    over = Overrides(
+        redis_url=redis_url,
+        rules_dir=rules_dir,
+        queue_namespace=namespace,
+        alimtalk={"sandbox-alimtalk": SandboxAlimtalk("sandbox-alimtalk")},
+        sms={"sandbox-sms": sms},
+    )
     gateway = Gateway(config, sink, environ=env, overrides=over)
     broker, runtime = build_worker(config, environ=env, redis_url=redis_url, overrides=over)
     worker = start_worker(broker, threads=2, idle_ms=50)
@@ -113,8 +137,9 @@ async def site(env: dict[str, str], redis_url: str) -> AsyncIterator[Site]:
     await s.gateway.stop()
 
 
-def sms(message_id: str, text: str, at: float, *, to: str = "031-900-2000", sender: str = "010-1234-5678") -> dict[
-        str, str]:
+def sms(
+    message_id: str, text: str, at: float, *, to: str = "031-900-2000", sender: str = "010-1234-5678"
+) -> dict[str, str]:
     return {"message_id": message_id, "from": sender, "to": to, "text": text, "received_at": str(at)}
 
 
@@ -122,11 +147,13 @@ async def test_routes_by_the_yaml_rules(site: Site) -> None:
     async with ClientSession() as session:
         status, body = await site.post(session, sms("m1", "가로등 고장입니다", seoul("2026-11-24T10:00:00")))
         assert status == 200 and body["status"] == "accepted" and body["queue"] == "complaint"
-        status, body = await site.post(session, sms("m2", "가로등 고장입니다", seoul("2026-09-25T23:00:00"),
-                                                    sender="010-2222-3333"))
+        status, body = await site.post(
+            session, sms("m2", "가로등 고장입니다", seoul("2026-09-25T23:00:00"), sender="010-2222-3333")
+        )
         assert body["queue"] == "duty"  # 추석
-        status, body = await site.post(session, sms("m3", "민원 문의드립니다", seoul("2026-11-24T10:00:00"),
-                                                    sender="010-4444-5555"))
+        status, body = await site.post(
+            session, sms("m3", "민원 문의드립니다", seoul("2026-11-24T10:00:00"), sender="010-4444-5555")
+        )
         assert body["queue"] == "complaint"
         status, inbox = await site.api(session, "GET", "/api/inbox/duty")
         assert status == 200 and [e["rule"] for e in inbox] == ["night-duty"]
@@ -154,13 +181,16 @@ async def test_euc_kr_form_body_keeps_korean(site: Site) -> None:
     assert thread["messages"][0]["text"] == "쓰레기 무단투기 신고합니다 똠"
 
 
-@pytest.mark.parametrize(("kwargs", "status", "reason"), [
-    ({"secret": "forged"}, 401, "bad signature"),
-    ({"timestamp": time.time() - 3600}, 401, "window"),
-    ({"body": b"{not json"}, 400, "malformed"),
-    ({"body": "\ub611".encode("utf-16")}, 400, "not valid"),
-    ({"body": b"x" * 20_000}, 413, "larger"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "status", "reason"),
+    [
+        ({"secret": "forged"}, 401, "bad signature"),
+        ({"timestamp": time.time() - 3600}, 401, "window"),
+        ({"body": b"{not json"}, 400, "malformed"),
+        ({"body": "\ub611".encode("utf-16")}, 400, "not valid"),
+        ({"body": b"x" * 20_000}, 413, "larger"),
+    ],
+)
 async def test_bad_input_gets_a_clear_error(site: Site, kwargs: dict[str, Any], status: int, reason: str) -> None:
     async with ClientSession() as session:
         got, body = await site.post(session, sms("bad", "x", time.time()), **kwargs)
@@ -192,8 +222,9 @@ async def test_api_needs_the_bearer_token(site: Site) -> None:
 
 async def test_staff_reply_goes_out_from_the_number_texted(site: Site) -> None:
     async with ClientSession() as session:
-        _, body = await site.post(session, sms("r-1", "소음 민원입니다", seoul("2026-11-24T10:00:00"),
-                                               to="031-900-2100"))
+        _, body = await site.post(
+            session, sms("r-1", "소음 민원입니다", seoul("2026-11-24T10:00:00"), to="031-900-2100")
+        )
         tid = body["thread"]
         # The worker acknowledges the message first (the rule's automatic reply), as it does long
         # before staff read it; then staff claim and answer the thread.
@@ -202,8 +233,9 @@ async def test_staff_reply_goes_out_from_the_number_texted(site: Site) -> None:
         assert status == 200 and claimed["claimed"]
         status, _ = await site.api(session, "POST", f"/api/threads/{tid}/claim", {"staff": "lee"})
         assert status == 409
-        status, result = await site.api(session, "POST", f"/api/threads/{tid}/reply",
-                                        {"text": "확인했습니다. 현장 점검하겠습니다.", "staff": "kim"})
+        status, result = await site.api(
+            session, "POST", f"/api/threads/{tid}/reply", {"text": "확인했습니다. 현장 점검하겠습니다.", "staff": "kim"}
+        )
         assert status == 202 and result["result"] == "queued"
         assert await wait_idle(site.broker, site.runtime, timeout_s=10)
         _, thread = await site.api(session, "GET", f"/api/threads/{tid}")
@@ -211,8 +243,12 @@ async def test_staff_reply_goes_out_from_the_number_texted(site: Site) -> None:
     assert sent.sender == "+82319002100" and sent.to == CITIZEN
     assert [m["dir"] for m in thread["messages"]] == ["in", "out", "out"]
     assert thread["messages"][1]["text"] == "[한빛시청] 환경정책과에 접수되었습니다."  # the automatic reply
-    assert thread["messages"][-1] | {"id": "", "at": 0} == {"id": "", "at": 0, "dir": "out",
-                                                           "text": "확인했습니다. 현장 점검하겠습니다."}
+    assert thread["messages"][-1] | {"id": "", "at": 0} == {
+        "id": "",
+        "at": 0,
+        "dir": "out",
+        "text": "확인했습니다. 현장 점검하겠습니다.",
+    }
 
 
 async def test_optout_stops_every_send_path(site: Site, env: dict[str, str], redis_url: str) -> None:
@@ -226,8 +262,9 @@ async def test_optout_stops_every_send_path(site: Site, env: dict[str, str], red
         status, state = await site.api(session, "GET", "/api/optout/010-1234-5678")
         assert state["opted_out"]["channel"] == "sms"
         # staff reply
-        status, result = await site.api(session, "POST", f"/api/threads/{first['thread']}/reply",
-                                        {"text": "답변드립니다", "staff": "kim"})
+        status, result = await site.api(
+            session, "POST", f"/api/threads/{first['thread']}/reply", {"text": "답변드립니다", "staff": "kim"}
+        )
         assert status == 409 and "수신거부" in result["error"]
     outbox = site.gateway.outbox
     # post-call content, Alimtalk call notice, SMS fallback: refused at admission
@@ -237,14 +274,30 @@ async def test_optout_stops_every_send_path(site: Site, env: dict[str, str], red
     from gateway.domain.models import SmsRequest
     from gateway.outbox.guard import QueuedMessage
 
-    queued = QueuedMessage("k-late", "pbx", "c1", "postcall_sms", CITIZEN, "sandbox-sms",
-                           sms=SmsRequest("k-late", CITIZEN, "+82319002000", "늦은 문자"))
+    queued = QueuedMessage(
+        "k-late",
+        "pbx",
+        "c1",
+        "postcall_sms",
+        CITIZEN,
+        "sandbox-sms",
+        sms=SmsRequest("k-late", CITIZEN, "+82319002000", "늦은 문자"),
+    )
     assert await outbox.send(queued) is Verdict.OPTED_OUT
     # lettering (the real-time path), through a replayed call; in its own process, because
     # dramatiq allows one worker per process and this test's site runs one.
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "replay", str(TRANSCRIPTS / "answered_mobile.ami"), "--json",
-        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "gateway",
+        "replay",
+        str(TRANSCRIPTS / "answered_mobile.ami"),
+        "--json",
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     stdout, stderr = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode == 0, stderr.decode()[-500:]
     got = [json.loads(line) for line in stdout.decode().splitlines() if line.startswith("{")]
@@ -277,8 +330,9 @@ async def test_redis_killed_during_intake(env: dict[str, str], tmp_path: Path) -
                 if i == 40:
                     proc = RedisProcess(port=proc.port, appendonly=True, data_dir=data).start()
                     await asyncio.sleep(0.3)
-                status, _ = await s.post(session, sms(f"k-{i}", f"민원 {i}", seoul("2026-11-24T10:00:00"),
-                                                      sender=f"010-5555-{i:04d}"))
+                status, _ = await s.post(
+                    session, sms(f"k-{i}", f"민원 {i}", seoul("2026-11-24T10:00:00"), sender=f"010-5555-{i:04d}")
+                )
                 statuses.append(status)
                 if status == 200:
                     accepted.append(f"k-{i}")
@@ -287,8 +341,9 @@ async def test_redis_killed_during_intake(env: dict[str, str], tmp_path: Path) -
             # The provider retries what got 503.
             for i in range(60):
                 if f"k-{i}" not in accepted:
-                    status, _ = await s.post(session, sms(f"k-{i}", f"민원 {i}", seoul("2026-11-24T10:00:00"),
-                                                          sender=f"010-5555-{i:04d}"))
+                    status, _ = await s.post(
+                        session, sms(f"k-{i}", f"민원 {i}", seoul("2026-11-24T10:00:00"), sender=f"010-5555-{i:04d}")
+                    )
                     assert status == 200
             status, inbox = await s.api(session, "GET", "/api/inbox/complaint?count=500")
     finally:
@@ -305,8 +360,15 @@ def test_optout_cli(redis_url: str) -> None:
     env = dict(os.environ, REDIS_URL=redis_url, **{k: v for k, v in ENV.items() if k == "GATEWAY_NUMBER_KEY"})
 
     def run(*args: str) -> str:
-        proc = subprocess.run([sys.executable, "-m", "gateway", "optout", *args], capture_output=True, text=True,
-                              timeout=60, cwd=ROOT, env=env, check=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "gateway", "optout", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+            env=env,
+            check=True,
+        )
         return proc.stdout.strip()
 
     assert run("status", "010-9999-8888") == "010-****-8888: not opted out"
@@ -316,9 +378,27 @@ def test_optout_cli(redis_url: str) -> None:
 
 
 def test_rules_test_command() -> None:
-    proc = subprocess.run([sys.executable, "-m", "gateway", "rules", "test", "--to", "031-900-2000", "--from",
-                           "010-1234-5678", "--at", "2026-09-25T23:00", "가로등이 꺼졌어요"], capture_output=True,
-                          text=True, timeout=60, cwd=ROOT, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "rules",
+            "test",
+            "--to",
+            "031-900-2000",
+            "--from",
+            "010-1234-5678",
+            "--at",
+            "2026-09-25T23:00",
+            "가로등이 꺼졌어요",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "queue:      duty (당직실)" in proc.stdout and "night-duty" in proc.stdout
 
@@ -358,8 +438,9 @@ async def test_sms_mailed_to_the_smtp_intake_lands_in_its_queue(site: Site) -> N
     assert [m["text"] for m in thread["messages"] if m["dir"] == "in"] == ["도로에 포트홀이 있어요"]
 
 
-async def test_queue_sinks_webhook_and_duty_officer(env: dict[str, str], redis_url: str, tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_queue_sinks_webhook_and_duty_officer(
+    env: dict[str, str], redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A complaint reaches the complaint system by signed webhook; a night message reaches the
     officer on duty by SMS, from the duty line."""
     import hashlib
@@ -385,16 +466,18 @@ async def test_queue_sinks_webhook_and_duty_officer(env: dict[str, str], redis_u
     rules = tmp_path / "rules"
     shutil.copytree(RULES, rules)
     notify = (rules / "notify.yaml").read_text(encoding="utf-8")
-    (rules / "notify.yaml").write_text(notify.replace("https://complaints.hanbit.example/api/citizen-sms", url),
-                                       encoding="utf-8")
+    (rules / "notify.yaml").write_text(
+        notify.replace("https://complaints.hanbit.example/api/citizen-sms", url), encoding="utf-8"
+    )
     monkeypatch.setenv("COMPLAINT_WEBHOOK_SECRET", "complaint-secret")
     s = await _site(dict(os.environ), redis_url, "t-sinks", rules)
     try:
         async with ClientSession() as session:
             _, body = await s.post(session, sms("s-1", "민원 문의드립니다", seoul("2026-11-24T10:00:00")))
             assert body["queue"] == "complaint"
-            _, body = await s.post(session, sms("s-2", "도로에 낙하물이 있어요", seoul("2026-11-23T23:30:00"),
-                                                sender="010-3333-1111"))
+            _, body = await s.post(
+                session, sms("s-2", "도로에 낙하물이 있어요", seoul("2026-11-23T23:30:00"), sender="010-3333-1111")
+            )
             assert body["queue"] == "duty"
         assert await wait_idle(s.broker, s.runtime, timeout_s=15)
     finally:
@@ -402,9 +485,12 @@ async def test_queue_sinks_webhook_and_duty_officer(env: dict[str, str], redis_u
         await asyncio.to_thread(s.worker.stop)
         await s.gateway.stop()
         await runner.cleanup()
-    (headers, raw), = received
-    expected = hmac.new(b"complaint-secret", headers["X-Signature-Timestamp"].encode() + b"." + url.encode() + b"."
-                        + raw, hashlib.sha256).hexdigest()
+    ((headers, raw),) = received
+    expected = hmac.new(
+        b"complaint-secret",
+        headers["X-Signature-Timestamp"].encode() + b"." + url.encode() + b"." + raw,
+        hashlib.sha256,
+    ).hexdigest()
     assert headers["X-Signature"] == expected
     payload = json.loads(raw)
     assert payload["text"] == "민원 문의드립니다" and payload["citizen"] == "010-****-5678"
@@ -417,8 +503,13 @@ def test_notify_rules_redirected_keep_their_secrets() -> None:
     """`with_webhook_url` (the demo's stand-in complaint system) moves only the URLs."""
     from gateway.domain.notify import NotifyRules, QueueSinks
 
-    rules = NotifyRules(queues={"complaint": QueueSinks("https://c.example/x", "C_SECRET"),
-                                "duty": QueueSinks(notify_duty_officer=True)}, sender="+82319000119")
+    rules = NotifyRules(
+        queues={
+            "complaint": QueueSinks("https://c.example/x", "C_SECRET"),
+            "duty": QueueSinks(notify_duty_officer=True),
+        },
+        sender="+82319000119",
+    )
     moved = rules.with_webhook_url("http://127.0.0.1:9/desk")
     assert moved.sinks("complaint") == QueueSinks("http://127.0.0.1:9/desk", "C_SECRET")
     assert moved.sinks("duty") == QueueSinks(notify_duty_officer=True)  # no webhook: none added
@@ -440,8 +531,15 @@ async def test_a_redelivered_notification_job_does_not_reply_twice(site: Site) -
         intake = site.gateway.intake
         message = InboundSms("d-1", "sandbox-sms", "+82319002000", CITIZEN, "가로등이 고장났어요", at)
         reply = ("[한빛시청] 민원이 접수되었습니다.", "auto_reply:d-1", intake.sealer.seal(CITIZEN, tid.encode()))
-        job = intake._notification(message, tid, intake.sealer.seal(message.text, tid.encode()), queue="complaint",
-                                   rule="streetlight-road", priority="normal", reply=reply)
+        job = intake._notification(
+            message,
+            tid,
+            intake.sealer.seal(message.text, tid.encode()),
+            queue="complaint",
+            rule="streetlight-road",
+            priority="normal",
+            reply=reply,
+        )
         assert job is not None
         payload = msgpack.unpackb(job.data, raw=False)["args"][0]
         assert set(payload["reply"]) == {"sealed_text", "action", "to", "from"} and CITIZEN not in str(payload)
@@ -458,9 +556,13 @@ async def test_a_staff_answer_before_the_automatic_reply_supersedes_it(env: dict
     "received" reply of that message is then not sent at all, not sent after the answer."""
     config = load_config()
     outbox_sms = SandboxSms("sandbox-sms")
-    over = Overrides(redis_url=redis_url, rules_dir=RULES, queue_namespace="t-supersede",
-                     alimtalk={"sandbox-alimtalk": SandboxAlimtalk("sandbox-alimtalk")},
-                     sms={"sandbox-sms": outbox_sms})
+    over = Overrides(
+        redis_url=redis_url,
+        rules_dir=RULES,
+        queue_namespace="t-supersede",
+        alimtalk={"sandbox-alimtalk": SandboxAlimtalk("sandbox-alimtalk")},
+        sms={"sandbox-sms": outbox_sms},
+    )
     gateway = Gateway(config, Collect(), environ=env, overrides=over)
     http = HttpServer(make_app(gateway.health, gateway.reports, gateway.http_routes), "127.0.0.1", 0)
     host, port = await http.start()
@@ -471,8 +573,9 @@ async def test_a_staff_answer_before_the_automatic_reply_supersedes_it(env: dict
         async with ClientSession() as session:
             _, body = await site.post(session, sms("s-1", "가로등이 고장났어요", seoul("2026-11-24T10:00:00")))
             tid = body["thread"]
-            status, result = await site.api(session, "POST", f"/api/threads/{tid}/reply",
-                                            {"text": "내일 오전에 교체하겠습니다.", "staff": "kim"})
+            status, result = await site.api(
+                session, "POST", f"/api/threads/{tid}/reply", {"text": "내일 오전에 교체하겠습니다.", "staff": "kim"}
+            )
             assert status == 202 and result["result"] == "queued"
             worker = start_worker(broker, threads=2, idle_ms=50)
             assert await wait_idle(broker, runtime, timeout_s=10)
@@ -483,5 +586,7 @@ async def test_a_staff_answer_before_the_automatic_reply_supersedes_it(env: dict
             await asyncio.to_thread(worker.stop)
         await gateway.stop()
     assert [r.text for r in outbox_sms.requests if r.to == CITIZEN] == ["내일 오전에 교체하겠습니다."]
-    assert [(m["dir"], m["text"]) for m in thread["messages"]] == [("in", "가로등이 고장났어요"),
-                                                                   ("out", "내일 오전에 교체하겠습니다.")]
+    assert [(m["dir"], m["text"]) for m in thread["messages"]] == [
+        ("in", "가로등이 고장났어요"),
+        ("out", "내일 오전에 교체하겠습니다."),
+    ]

@@ -40,8 +40,9 @@ async def test_a_tagged_polite_refusal_opts_out_and_later_sends_are_refused(site
         _, state = await site.api(session, "GET", "/api/optout/010-1234-5678")
         assert state["opted_out"]["channel"] == "sms"
         assert [r.text for r in site.sms.requests if "수신거부가 처리" in r.text]  # the confirmation
-        status, _ = await site.api(session, "POST", f"/api/threads/{first['thread']}/reply",
-                                   {"text": "답변드립니다", "staff": "kim"})
+        status, _ = await site.api(
+            session, "POST", f"/api/threads/{first['thread']}/reply", {"text": "답변드립니다", "staff": "kim"}
+        )
         assert status == 409
         # A complaint that mentions the refusal changes nothing: still opted out, tagged, and the
         # how-to reply is an ordinary automatic reply, which the guard does not send them.
@@ -57,8 +58,9 @@ async def test_a_tagged_polite_refusal_opts_out_and_later_sends_are_refused(site
 
 async def test_a_question_gets_the_how_to_reply_and_no_opt_out(site: Site) -> None:
     async with ClientSession() as session:
-        status, body = await site.post(session, sms("q-1", "수신거부 어떻게 하나요?", seoul("2026-11-24T10:00:00"),
-                                                    sender="010-2222-3333"))
+        status, body = await site.post(
+            session, sms("q-1", "수신거부 어떻게 하나요?", seoul("2026-11-24T10:00:00"), sender="010-2222-3333")
+        )
         assert status == 200 and body["status"] == "accepted" and body["queue"] == "complaint"  # routed as usual
         assert await wait_idle(site.broker, site.runtime, timeout_s=10)
         _, state = await site.api(session, "GET", "/api/optout/010-2222-3333")

@@ -50,12 +50,21 @@ async def until(predicate: Any, timeout: float = 15.0) -> None:
         await asyncio.sleep(0.01)
 
 
-def gateway(config: Any, environ: dict[str, str], redis_url: str, port: int, *, sink: Collect,
-            carrier: SandboxCarrier, reconnect: bool = True) -> Gateway:
+def gateway(
+    config: Any,
+    environ: dict[str, str],
+    redis_url: str,
+    port: int,
+    *,
+    sink: Collect,
+    carrier: SandboxCarrier,
+    reconnect: bool = True,
+) -> Gateway:
     # A gateway about to die must not reconnect first and take the next session from the server.
     ami: dict[str, float] = dict(FAST_RECONNECT) if reconnect else {"backoff_initial_s": 30.0, "backoff_max_s": 30.0}
-    over = Overrides(redis_url=redis_url, rules_dir=RULES, pbx_address=("127.0.0.1", port),
-                     carriers={"sandbox": carrier}, ami=ami)
+    over = Overrides(
+        redis_url=redis_url, rules_dir=RULES, pbx_address=("127.0.0.1", port), carriers={"sandbox": carrier}, ami=ami
+    )
     return Gateway(config, sink, environ=environ, overrides=over)
 
 
@@ -113,8 +122,11 @@ async def test_gateway_restarted_during_answered_lettered_call(name: str, redis_
     environ = demo_environ(config, os.environ)
     recorded = Transcript.named(name)
     cut = after_last(recorded, "BridgeEnter")
-    server = AmiServer([SessionPlan(recorded, drop_after=cut), login_later(recorded, cut)],
-                       secret=environ["GATEWAY_AMI_SECRET"], speed="fast")
+    server = AmiServer(
+        [SessionPlan(recorded, drop_after=cut), login_later(recorded, cut)],
+        secret=environ["GATEWAY_AMI_SECRET"],
+        speed="fast",
+    )
     _host, port = await server.start()
     sink_a, carrier_a = Collect(), SandboxCarrier()
     gw_a = gateway(config, environ, redis_url, port, sink=sink_a, carrier=carrier_a, reconnect=False)
@@ -209,8 +221,11 @@ async def test_pbx_killed_mid_call_ends_it_when_the_connection_was_lost(redis_ur
     [pbx] = health["pbx"]
     assert pbx["reconnects"] == 1  # one successful re-login
     assert pbx["connect_attempts"] >= 4  # first connect, at least two refused, the re-login
-    lines = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-             if line and not line.startswith("#")}
+    lines = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line and not line.startswith("#")
+    }
     assert lines['gateway_ami_reconnects_total{pbx="city-hall"}'] == 1
     assert lines['gateway_ami_connect_attempts_total{pbx="city-hall"}'] == pbx["connect_attempts"]
 
@@ -229,20 +244,29 @@ async def _replay(files: list[Path], redis_url: str, monkeypatch: pytest.MonkeyP
 async def test_core_restart_now_is_recorded_as_pbx_restart(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """`core restart now` hangs every channel up with SoftHangupRequest Cause 4 (shutdown) before
     the Hangup events (Cause 16, "normal clearing"): the call's cause is the restart."""
-    got = await _replay([TRANSCRIPTS / "restart_during_call.ami", TRANSCRIPTS / "restart_reconnect.ami"],
-                        redis_url, monkeypatch)
+    got = await _replay(
+        [TRANSCRIPTS / "restart_during_call.ami", TRANSCRIPTS / "restart_reconnect.ami"], redis_url, monkeypatch
+    )
     (call,) = [r for r in got if r["event"] == "call"]
     assert call["cause"] == "pbx_restart"
     assert call["disposition"] == "answered" and 2 <= call["talk_seconds"] <= 5
     assert [r["to"] for r in got if r["event"] == "lettering"] == ["+821012345678"]
 
 
-async def test_calls_ended_normally_are_not_blamed_on_a_later_restart(redis_url: str,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_calls_ended_normally_are_not_blamed_on_a_later_restart(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Calls that ended before the restart keep their own causes (a regular hangup also sends
     SoftHangupRequest, with another Cause)."""
-    got = await _replay([TRANSCRIPTS / "answered_mobile.ami", TRANSCRIPTS / "busy.ami",
-                         TRANSCRIPTS / "restart_during_call.ami", TRANSCRIPTS / "restart_reconnect.ami"],
-                        redis_url, monkeypatch)
+    got = await _replay(
+        [
+            TRANSCRIPTS / "answered_mobile.ami",
+            TRANSCRIPTS / "busy.ami",
+            TRANSCRIPTS / "restart_during_call.ami",
+            TRANSCRIPTS / "restart_reconnect.ami",
+        ],
+        redis_url,
+        monkeypatch,
+    )
     causes = sorted(r["cause"] for r in got if r["event"] == "call")
     assert causes == ["busy", "normal", "pbx_restart"]

@@ -48,9 +48,13 @@ def check(name: str, want: Mapping[str, Any], got: Sequence[Mapping[str, Any]]) 
         assert pairs == sorted((w["extension"], w["to"]) for w in want["lettering"]), name
 
 
-async def _replay(files: list[Path], redis_url: str, monkeypatch: pytest.MonkeyPatch,
-                  outcomes: Mapping[str, LetteringResult] | None = None,
-                  rules_dir: Path = RULES) -> list[dict[str, Any]]:
+async def _replay(
+    files: list[Path],
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    outcomes: Mapping[str, LetteringResult] | None = None,
+    rules_dir: Path = RULES,
+) -> list[dict[str, Any]]:
     monkeypatch.setenv("REDIS_URL", redis_url)
     if "GATEWAY_NUMBER_KEY" not in os.environ:
         # A fixed key, as in production: the hashes (dedupe, opt-out) must match across runs.
@@ -89,8 +93,13 @@ async def test_replaying_twice_on_one_redis_letters_once(redis_url: str, monkeyp
     second = await _replay([TRANSCRIPTS / "answered_mobile.ami"], redis_url, monkeypatch)
     assert [e["event"] for e in first].count("lettering") == 1
     assert [e["event"] for e in second].count("lettering") == 0
-    assert {"event": "skipped", "pbx": "city-hall", "call": "1795339616.0", "reason": "duplicate",
-            "to": "+821012345678"} in second
+    assert {
+        "event": "skipped",
+        "pbx": "city-hall",
+        "call": "1795339616.0",
+        "reason": "duplicate",
+        "to": "+821012345678",
+    } in second
     assert [e["event"] for e in second].count("call") == 1
 
 
@@ -119,8 +128,12 @@ async def test_redis_down_fails_closed(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_unsupported_device_is_reported(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    got = await _replay([TRANSCRIPTS / "answered_mobile.ami"], redis_url, monkeypatch,
-                        outcomes={"+821012345678": LetteringResult.UNSUPPORTED_DEVICE})
+    got = await _replay(
+        [TRANSCRIPTS / "answered_mobile.ami"],
+        redis_url,
+        monkeypatch,
+        outcomes={"+821012345678": LetteringResult.UNSUPPORTED_DEVICE},
+    )
     letters = [e for e in got if e["event"] == "lettering"]
     assert [e["result"] for e in letters] == ["unsupported_device"]
 
@@ -156,12 +169,22 @@ class Collect:
         return [r for r in self.records if r["event"] == kind]
 
 
-async def _gateway(server: AmiServer, redis_url: str, environ: dict[str, str], sink: Collect,
-                   carrier: SandboxCarrier) -> Gateway:
+async def _gateway(
+    server: AmiServer, redis_url: str, environ: dict[str, str], sink: Collect, carrier: SandboxCarrier
+) -> Gateway:
     host, port = await server.start()
-    gw = Gateway(load_config(), sink, environ=environ, overrides=Overrides(
-        redis_url=redis_url, rules_dir=RULES, pbx_address=(host, port), carriers={"sandbox": carrier},
-        ami=dict(FAST_RECONNECT)))
+    gw = Gateway(
+        load_config(),
+        sink,
+        environ=environ,
+        overrides=Overrides(
+            redis_url=redis_url,
+            rules_dir=RULES,
+            pbx_address=(host, port),
+            carriers={"sandbox": carrier},
+            ami=dict(FAST_RECONNECT),
+        ),
+    )
     await gw.start()
     return gw
 
@@ -184,7 +207,7 @@ def _split(transcript: Transcript, after_event: str, nth: int = 1) -> tuple[int,
             seen += 1
             if seen == nth:
                 head = transcript.blocks[: len(transcript.blocks) - len(body)]
-                rest: tuple[Block, ...] = head + body[i + 1:]
+                rest: tuple[Block, ...] = head + body[i + 1 :]
                 return i + 1, Transcript(transcript.name + "-rest", rest)
     raise AssertionError(f"no {after_event} in {transcript.name}")
 
@@ -196,8 +219,9 @@ async def test_connection_dropped_mid_call_neither_loses_nor_double_letters(redi
     environ = demo_environ(config, os.environ)
     recorded = Transcript.named("answered_mobile")
     cut, rest = _split(recorded, "DialBegin", nth=2)
-    server = AmiServer([SessionPlan(recorded, drop_after=cut), rest], secret=environ["GATEWAY_AMI_SECRET"],
-                       speed="fast")
+    server = AmiServer(
+        [SessionPlan(recorded, drop_after=cut), rest], secret=environ["GATEWAY_AMI_SECRET"], speed="fast"
+    )
     sink, carrier = Collect(), SandboxCarrier()
     gw = await _gateway(server, redis_url, environ, sink, carrier)
     try:
@@ -223,19 +247,30 @@ async def test_gateway_restarted_mid_call_recovers_without_relettering(redis_url
     environ = demo_environ(config, os.environ)
     recorded = Transcript.named("answered_mobile")
     cut, rest = _split(recorded, "DialState", nth=2)  # the mobile is ringing
-    server = AmiServer([SessionPlan(recorded, drop_after=cut), rest], secret=environ["GATEWAY_AMI_SECRET"],
-                       speed="fast")
+    server = AmiServer(
+        [SessionPlan(recorded, drop_after=cut), rest], secret=environ["GATEWAY_AMI_SECRET"], speed="fast"
+    )
     sink_a, carrier_a = Collect(), SandboxCarrier()
     host, port = await server.start()
-    over = Overrides(redis_url=redis_url, rules_dir=RULES, pbx_address=(host, port), carriers={"sandbox": carrier_a},
-                     ami=dict(FAST_RECONNECT))
+    over = Overrides(
+        redis_url=redis_url,
+        rules_dir=RULES,
+        pbx_address=(host, port),
+        carriers={"sandbox": carrier_a},
+        ami=dict(FAST_RECONNECT),
+    )
     gw_a = Gateway(config, sink_a, environ=environ, overrides=over)
     await gw_a.start()
     await _until(lambda: len(carrier_a.requests) == 1)
     await gw_a.stop()  # gateway A is gone; the PBX call goes on
     sink_b, carrier_b = Collect(), SandboxCarrier()
-    over_b = Overrides(redis_url=redis_url, rules_dir=RULES, pbx_address=(host, port),
-                       carriers={"sandbox": carrier_b}, ami=dict(FAST_RECONNECT))
+    over_b = Overrides(
+        redis_url=redis_url,
+        rules_dir=RULES,
+        pbx_address=(host, port),
+        carriers={"sandbox": carrier_b},
+        ami=dict(FAST_RECONNECT),
+    )
     gw_b = Gateway(config, sink_b, environ=environ, overrides=over_b)
     await gw_b.start()
     try:
@@ -263,8 +298,10 @@ async def test_two_gateways_on_one_pbx_letter_each_call_once(redis_url: str) -> 
     server_a = AmiServer(plans, secret=secret, speed="fast")
     server_b = AmiServer(plans, secret=secret, speed="fast")
     sinks, carriers = [Collect(), Collect()], [SandboxCarrier(), SandboxCarrier()]
-    gateways = [await _gateway(s, redis_url, environ, sink, c)
-                for s, sink, c in zip((server_a, server_b), sinks, carriers, strict=True)]
+    gateways = [
+        await _gateway(s, redis_url, environ, sink, c)
+        for s, sink, c in zip((server_a, server_b), sinks, carriers, strict=True)
+    ]
     try:
         await asyncio.wait_for(asyncio.gather(server_a.wait_done(), server_b.wait_done()), 20)
         await _until(lambda: all(len(s.of("call")) == len(names) for s in sinks))
@@ -313,8 +350,15 @@ async def test_health_reports_pbx_and_redis(redis_url: str) -> None:
 def test_cli_replay_runs_without_redis_configured() -> None:
     """`gateway replay FILE --json` as a user runs it: it starts its own throwaway Redis."""
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-    proc = subprocess.run([sys.executable, "-m", "gateway", "replay", str(TRANSCRIPTS / "busy.ami"), "--json"],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT, env=env, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "replay", str(TRANSCRIPTS / "busy.ami"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env=env,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     got = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     check("busy", expected()["busy"], got)
@@ -323,9 +367,14 @@ def test_cli_replay_runs_without_redis_configured() -> None:
 def test_cli_errors_are_clear(tmp_path: Path) -> None:
     bad = tmp_path / "gateway.yaml"
     bad.write_text("pbx:\n  - name: a\n    host: x\n    usrname: gw\n    secret_env: S\n")
-    proc = subprocess.run([sys.executable, "-m", "gateway", "replay", "--config", str(bad),
-                           str(TRANSCRIPTS / "busy.ami")], capture_output=True, text=True, timeout=60, cwd=ROOT,
-                          check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "replay", "--config", str(bad), str(TRANSCRIPTS / "busy.ami")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
     assert proc.returncode == 2
     assert "gateway.yaml:4" in proc.stderr and "usrname" in proc.stderr
 
@@ -356,8 +405,11 @@ async def test_metrics_have_real_values(redis_url: str) -> None:
         await http.stop()
         await gw.stop()
         await server.stop()
-    lines = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-             if line and not line.startswith("#")}
+    lines = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
     assert lines['gateway_calls_total{direction="outbound",disposition="answered",pbx="city-hall"}'] == 1
     assert lines["gateway_lettering_latency_seconds_count"] == 1
     assert 0 < lines["gateway_lettering_latency_seconds_sum"] < 5  # seconds, not milliseconds
@@ -396,8 +448,17 @@ async def test_a_peer_gateways_lease_on_a_call(peer: str, redis_url: str) -> Non
     key = outbox.key_for("city-hall", call_id, "lettering", to)
     h = number_hash(outbox.hash_key, to)
     # The peer gateway's claim, taken before this gateway sees the call.
-    assert await store.claim(dedupe_key=key, recipient_hash=h, ttl_s=0.3 if peer != "still_asking" else 30,
-                             rate_limit=0, rate_window_s=3600, lease=True) == "ok"
+    assert (
+        await store.claim(
+            dedupe_key=key,
+            recipient_hash=h,
+            ttl_s=0.3 if peer != "still_asking" else 30,
+            rate_limit=0,
+            rate_window_s=3600,
+            lease=True,
+        )
+        == "ok"
+    )
     if peer == "settled":
         await store.settle(dedupe_key=key, ttl_s=3600)
     try:

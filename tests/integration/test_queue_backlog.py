@@ -50,18 +50,31 @@ def env(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> Iterator[dict[str, s
 def _message(key: str, queue: str) -> QueuedMessage:
     to = "+821012345678"
     if queue == "sms":
-        return QueuedMessage(key, "pbx", key, "sms_test", to, "sandbox-sms",
-                             sms=SmsRequest(key, to, "+82319002000", "안내", "", "sms"))
-    return QueuedMessage(key, "pbx", key, queue, to, "sandbox-alimtalk",
-                         alimtalk=AlimtalkRequest(key, to, "HB_POSTCALL_01", (("title", "안내"),)))
+        return QueuedMessage(
+            key, "pbx", key, "sms_test", to, "sandbox-sms", sms=SmsRequest(key, to, "+82319002000", "안내", "", "sms")
+        )
+    return QueuedMessage(
+        key,
+        "pbx",
+        key,
+        queue,
+        to,
+        "sandbox-alimtalk",
+        alimtalk=AlimtalkRequest(key, to, "HB_POSTCALL_01", (("title", "안내"),)),
+    )
 
 
 def _broker_enqueue(broker: Any, queue: str, delay_ms: int, *, enqueued_ago_ms: int = 0) -> None:
     """dramatiq's own enqueue with a delay (what its Retries middleware does: the message keeps
     its first `message_timestamp`, from which the age limit counts)."""
     message: dramatiq.Message[Any] = dramatiq.Message(
-        queue_name=queue, actor_name=actor_name(queue), args=({"v": 1, "key": "x"},), kwargs={},
-        options=actor_options(queue), message_timestamp=int(time.time() * 1000) - enqueued_ago_ms)
+        queue_name=queue,
+        actor_name=actor_name(queue),
+        args=({"v": 1, "key": "x"},),
+        kwargs={},
+        options=actor_options(queue),
+        message_timestamp=int(time.time() * 1000) - enqueued_ago_ms,
+    )
     broker.enqueue(message, delay=delay_ms)
 
 
@@ -73,8 +86,11 @@ def _scrape(broker: Any) -> dict[str, float]:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(One())
     text = generate_latest(registry).decode()
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-            if line and not line.startswith("#")}
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
 
 
 async def _fill(redis_url: str, env: dict[str, str], namespace: str) -> Any:
@@ -126,9 +142,16 @@ async def test_delayed_jobs_count_whether_redis_or_a_worker_holds_them(env: dict
 
     # A real worker takes the delayed jobs into its memory: `<queue>.DQ` is empty now.
     config = load_config()
-    wbroker, runtime = build_worker(config, environ=env, redis_url=redis_url, overrides=Overrides(
-        alimtalk={"sandbox-alimtalk": SandboxAlimtalk("sandbox-alimtalk")},
-        sms={"sandbox-sms": SandboxSms("sandbox-sms")}, queue_namespace="t-backlog"))
+    wbroker, runtime = build_worker(
+        config,
+        environ=env,
+        redis_url=redis_url,
+        overrides=Overrides(
+            alimtalk={"sandbox-alimtalk": SandboxAlimtalk("sandbox-alimtalk")},
+            sms={"sandbox-sms": SandboxSms("sandbox-sms")},
+            queue_namespace="t-backlog",
+        ),
+    )
     worker = start_worker(wbroker, threads=2, idle_ms=50)
     http = WorkerHttp(wbroker, runtime, worker, "127.0.0.1", 0)
     host, port = http.start()
@@ -165,17 +188,21 @@ async def test_delayed_jobs_count_whether_redis_or_a_worker_holds_them(env: dict
     _expect_counts(lines, held={})
 
 
-@pytest.mark.parametrize(("queue", "delay_ms", "enqueued_ago_ms", "expiring"), [
-    ("call_notice", 31 * 60_000, 0, 1),  # an open circuit deferred it past its 30 minutes
-    ("call_notice", 29 * 60_000, 0, 0),
-    ("call_notice", 10 * 60_000, 25 * 60_000, 1),  # a retry: the age counts from the first enqueue
-    ("postcall", 11 * HOUR_MS, 0, 0),  # a night's deferral fits in 36 hours
-    ("postcall", 2 * HOUR_MS, 35 * HOUR_MS, 1),
-    ("sms", 7 * HOUR_MS, 0, 1),
-    ("inbound", 23 * HOUR_MS, 0, 0),
-])
+@pytest.mark.parametrize(
+    ("queue", "delay_ms", "enqueued_ago_ms", "expiring"),
+    [
+        ("call_notice", 31 * 60_000, 0, 1),  # an open circuit deferred it past its 30 minutes
+        ("call_notice", 29 * 60_000, 0, 0),
+        ("call_notice", 10 * 60_000, 25 * 60_000, 1),  # a retry: the age counts from the first enqueue
+        ("postcall", 11 * HOUR_MS, 0, 0),  # a night's deferral fits in 36 hours
+        ("postcall", 2 * HOUR_MS, 35 * HOUR_MS, 1),
+        ("sms", 7 * HOUR_MS, 0, 1),
+        ("inbound", 23 * HOUR_MS, 0, 0),
+    ],
+)
 def test_delayed_jobs_that_will_outlive_their_age_limit_are_counted(
-        redis_url: str, queue: str, delay_ms: int, enqueued_ago_ms: int, expiring: int) -> None:
+    redis_url: str, queue: str, delay_ms: int, enqueued_ago_ms: int, expiring: int
+) -> None:
     broker = make_broker(redis_url, namespace="t-expiring")
     _broker_enqueue(broker, queue, delay_ms, enqueued_ago_ms=enqueued_ago_ms)
     _broker_enqueue(broker, queue, 60_000)  # a harmless neighbour
@@ -194,7 +221,7 @@ def test_an_unreadable_delayed_job_is_counted_not_fatal(redis_url: str) -> None:
     client.rpush("t-garbage:postcall.DQ", "bad")
     _broker_enqueue(broker, "postcall", HOUR_MS)
     lines = _scrape(broker)
-    assert lines['gateway_redis_up'] == 1
+    assert lines["gateway_redis_up"] == 1
     assert lines['gateway_queue_delayed{queue="postcall"}'] == 2
     assert lines['gateway_queue_delayed_expiring{queue="postcall"}'] == 0
 
@@ -229,9 +256,18 @@ async def test_gateway_health_and_metrics_show_the_backlog(redis_url: str) -> No
         client.sadd(f"{broker.namespace}:__acks__.{worker_id}.postcall.DQ", message_id)
     server = AmiServer([Transcript.named("answered_mobile")], secret=environ["GATEWAY_AMI_SECRET"], speed="fast")
     host, port = await server.start()
-    gw = Gateway(config, Sink(), environ=environ, overrides=Overrides(
-        redis_url=redis_url, rules_dir=RULES, pbx_address=(host, port), carriers={"sandbox": SandboxCarrier()},
-        ami=dict(FAST_RECONNECT)))
+    gw = Gateway(
+        config,
+        Sink(),
+        environ=environ,
+        overrides=Overrides(
+            redis_url=redis_url,
+            rules_dir=RULES,
+            pbx_address=(host, port),
+            carriers={"sandbox": SandboxCarrier()},
+            ami=dict(FAST_RECONNECT),
+        ),
+    )
     await gw.start()
     try:
         health = await gw.health()
@@ -255,20 +291,27 @@ def test_summary_of_delayed_jobs() -> None:
     from gateway.domain.backlog import DelayedJob, DelayedSummary, summarize
 
     assert summarize([]) == DelayedSummary()
-    jobs = [DelayedJob(1_000, 5_000, 4_000),  # due exactly at its limit: refused
-            DelayedJob(2_000, 5_999, 4_000),  # due 1 ms before it: runs
-            DelayedJob(500, 9_000, 10_000)]
+    jobs = [
+        DelayedJob(1_000, 5_000, 4_000),  # due exactly at its limit: refused
+        DelayedJob(2_000, 5_999, 4_000),  # due 1 ms before it: runs
+        DelayedJob(500, 9_000, 10_000),
+    ]
     assert [j.expiring for j in jobs] == [True, False, False]
-    assert summarize(jobs) == DelayedSummary(readable=3, expiring=1, oldest_enqueued_ms=500, next_eta_ms=5_000,
-                                             last_eta_ms=9_000)
+    assert summarize(jobs) == DelayedSummary(
+        readable=3, expiring=1, oldest_enqueued_ms=500, next_eta_ms=5_000, last_eta_ms=9_000
+    )
 
 
 def test_a_jobs_own_max_age_is_the_one_that_counts(redis_url: str) -> None:
     """AgeLimit reads the message's `max_age` option before the actor's (the queue's)."""
     broker = make_broker(redis_url, namespace="t-own-age")
     message: dramatiq.Message[Any] = dramatiq.Message(
-        queue_name="postcall", actor_name=actor_name("postcall"), args=({},), kwargs={},
-        options={**actor_options("postcall"), "max_age": 60_000})
+        queue_name="postcall",
+        actor_name=actor_name("postcall"),
+        args=({},),
+        kwargs={},
+        options={**actor_options("postcall"), "max_age": 60_000},
+    )
     broker.enqueue(message, delay=120_000)
     lines = _scrape(broker)
     assert lines['gateway_queue_delayed_expiring{queue="postcall"}'] == 1

@@ -37,9 +37,14 @@ from gateway.outbox.guard import Admission, Verdict
 from gateway.sim.redisproc import RedisProcess
 from tests.conftest import RULES
 
-ENV = {"GATEWAY_NUMBER_KEY": "pause-number-key-0123456789", "GATEWAY_DATA_KEY": Sealer.new_key_spec(),
-       "GATEWAY_INBOUND_SECRET": "inbound-secret", "GATEWAY_API_TOKEN": "staff-token",
-       "GATEWAY_AMI_SECRET": "x", "GATEWAY_WEBHOOK_SECRET": "w"}
+ENV = {
+    "GATEWAY_NUMBER_KEY": "pause-number-key-0123456789",
+    "GATEWAY_DATA_KEY": Sealer.new_key_spec(),
+    "GATEWAY_INBOUND_SECRET": "inbound-secret",
+    "GATEWAY_API_TOKEN": "staff-token",
+    "GATEWAY_AMI_SECRET": "x",
+    "GATEWAY_WEBHOOK_SECRET": "w",
+}
 PUBLIC_URL = "http://127.0.0.1:8080/webhooks/sms/sandbox-sms"  # the default config's (signatures cover it)
 PASSWORD = "pause-s3cret"
 # Generous bounds, never measured durations: a request must be answered within REQUEST_BOUND_S
@@ -67,30 +72,42 @@ class Site:
     async def webhook(self, session: ClientSession) -> tuple[int, dict[str, Any]]:
         """A citizen's SMS, signed as the provider signs it; a fresh message id every time."""
         n = next(self.serial)
-        fields = {"message_id": f"pause-{n}", "from": f"010-5555-{n % 10000:04d}", "to": "031-900-2000",
-                  "text": "가로등이 꺼졌어요", "received_at": str(time.time())}
+        fields = {
+            "message_id": f"pause-{n}",
+            "from": f"010-5555-{n % 10000:04d}",
+            "to": "031-900-2000",
+            "text": "가로등이 꺼졌어요",
+            "received_at": str(time.time()),
+        }
         body = json.dumps(fields, ensure_ascii=False).encode()
         ts = str(int(time.time()))
-        headers = {"Content-Type": "application/json; charset=utf-8", "X-Signature-Timestamp": ts,
-                   "X-Signature": sign("inbound-secret", ts, PUBLIC_URL, body)}
+        headers = {
+            "Content-Type": "application/json; charset=utf-8",
+            "X-Signature-Timestamp": ts,
+            "X-Signature": sign("inbound-secret", ts, PUBLIC_URL, body),
+        }
         async with session.post(f"{self.base}/webhooks/sms/sandbox-sms", data=body, headers=headers) as resp:
             return resp.status, await resp.json()
 
     async def reply(self, session: ClientSession, thread: str) -> tuple[int, dict[str, Any]]:
         """A staff reply to a thread (claim, reply-once marker, then the guard's admit and queue)."""
         body = {"staff": "kim", "text": f"확인했습니다 ({next(self.serial)})"}
-        async with session.post(f"{self.base}/api/threads/{thread}/reply", json=body,
-                                headers={"Authorization": "Bearer staff-token"}) as resp:
+        async with session.post(
+            f"{self.base}/api/threads/{thread}/reply", json=body, headers={"Authorization": "Bearer staff-token"}
+        ) as resp:
             return resp.status, await resp.json()
 
     async def staff_reads(self, session: ClientSession) -> list[tuple[str, int, Any]]:
         """Every other staff API route: the inbox, a thread, a claim, opt-out status and change.
         Each answers JSON (a 503 while Redis cannot answer, never a plain-text 500)."""
         auth = {"Authorization": "Bearer staff-token"}
-        calls = [("GET", "/api/inbox/complaint", None), ("GET", f"/api/threads/{self.thread}", None),
-                 ("POST", f"/api/threads/{self.thread}/claim", {"staff": "kim"}),
-                 ("GET", "/api/optout/010-5555-0001", None),
-                 ("POST", "/api/optout", {"number": "010-5555-0002", "action": "add", "staff": "kim"})]
+        calls = [
+            ("GET", "/api/inbox/complaint", None),
+            ("GET", f"/api/threads/{self.thread}", None),
+            ("POST", f"/api/threads/{self.thread}/claim", {"staff": "kim"}),
+            ("GET", "/api/optout/010-5555-0001", None),
+            ("POST", "/api/optout", {"number": "010-5555-0002", "action": "add", "staff": "kim"}),
+        ]
         out = []
         for method, path, body in calls:
             async with session.request(method, f"{self.base}{path}", json=body, headers=auth) as resp:
@@ -104,8 +121,9 @@ class Site:
     async def admit(self) -> Verdict:
         """The lettering guard's admit (opt-out, dedupe, rate limit: one script over the wire)."""
         n = next(self.serial)
-        admission = Admission(pbx="city-hall", call_id=f"call-{n}", action="call_notice",
-                              recipient=f"+8210555{n % 100000:05d}")
+        admission = Admission(
+            pbx="city-hall", call_id=f"call-{n}", action="call_notice", recipient=f"+8210555{n % 100000:05d}"
+        )
         return await asyncio.wait_for(self.gateway.outbox.admit(admission), REQUEST_BOUND_S)
 
 
@@ -127,8 +145,9 @@ async def site(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
     url = f"redis://{f':{password}@' if password else ''}127.0.0.1:{proc.port}/{db}"
     environ = {**os.environ, **ENV, "REDIS_URL": url}
     config = replace(load_config(), pbxes=())
-    gateway = Gateway(config, _Sink(), environ=environ,
-                      overrides=Overrides(redis_url=url, rules_dir=RULES, queue_namespace="t-pause"))
+    gateway = Gateway(
+        config, _Sink(), environ=environ, overrides=Overrides(redis_url=url, rules_dir=RULES, queue_namespace="t-pause")
+    )
     await gateway.start()
     http = HttpServer(make_app(gateway.health, gateway.reports, gateway.http_routes), "127.0.0.1", 0)
     host, port = await http.start()
@@ -209,8 +228,7 @@ def _session() -> ClientSession:
     return ClientSession(timeout=ClientTimeout(total=REQUEST_BOUND_S))
 
 
-@pytest.mark.parametrize("pause_s", [
-    1.0, 3.0, pytest.param(10.0, marks=[pytest.mark.fault, pytest.mark.slow])])
+@pytest.mark.parametrize("pause_s", [1.0, 3.0, pytest.param(10.0, marks=[pytest.mark.fault, pytest.mark.slow])])
 async def test_a_paused_redis_fails_requests_fast_and_they_succeed_after(site: Site, pause_s: float) -> None:
     """SIGSTOP for `pause_s`, then SIGCONT: the issue's 1.5 s pause of a password-protected
     Redis once froze intake until the gateway was restarted (a reconnect's AUTH timed out with
@@ -230,7 +248,8 @@ async def test_a_paused_redis_fails_requests_fast_and_they_succeed_after(site: S
 
 @pytest.mark.parametrize("down_s", [0.5, 3.0])
 async def test_a_killed_and_restarted_redis_fails_requests_fast_and_they_succeed_after(
-        site: Site, down_s: float) -> None:
+    site: Site, down_s: float
+) -> None:
     """SIGKILL, `down_s` with nothing listening (connects refused), then a new redis-server on
     the same port (empty: no AOF here) with the same password."""
     async with _session() as session:

@@ -38,14 +38,28 @@ from tests.integration.test_intake import PUBLIC_URL, Collect, Site, seoul, sms
 CITIZEN_LOCAL = "010-4827-3916"
 CITIZEN = "+821048273916"
 # The citizen's number as it could be written anywhere: E.164, national, with separators, bare.
-NUMBER_FORMS = ("+821048273916", "821048273916", "01048273916", "010-4827-3916", "010 4827 3916", "010.4827.3916",
-                "1048273916", "48273916", "4827-3916")
+NUMBER_FORMS = (
+    "+821048273916",
+    "821048273916",
+    "01048273916",
+    "010-4827-3916",
+    "010 4827 3916",
+    "010.4827.3916",
+    "1048273916",
+    "48273916",
+    "4827-3916",
+)
 CITIZEN_TEXT = "우리집 앞 가로등이 고장났어요 (햇살로 12)"
 ANSWER = "확인했습니다. 내일 오전 햇살로 가로등을 교체하겠습니다."
 AUTO_REPLY = "[한빛시청] 민원처리팀에 접수되었습니다."
-KEYS = {"GATEWAY_NUMBER_KEY": "test-number-key-0123456789", "GATEWAY_DATA_KEY": Sealer.new_key_spec(),
-        "GATEWAY_INBOUND_SECRET": "inbound-secret", "GATEWAY_API_TOKEN": "staff-token",
-        "GATEWAY_AMI_SECRET": "x", "GATEWAY_WEBHOOK_SECRET": "w"}
+KEYS = {
+    "GATEWAY_NUMBER_KEY": "test-number-key-0123456789",
+    "GATEWAY_DATA_KEY": Sealer.new_key_spec(),
+    "GATEWAY_INBOUND_SECRET": "inbound-secret",
+    "GATEWAY_API_TOKEN": "staff-token",
+    "GATEWAY_AMI_SECRET": "x",
+    "GATEWAY_WEBHOOK_SECRET": "w",
+}
 assert PUBLIC_URL  # (the signed webhook URL Site.post signs for)
 
 
@@ -137,8 +151,15 @@ def assert_nothing_in_clear(url: str, texts: tuple[str, ...], numbers: tuple[str
     many keys were read (so a test can tell the scan saw something)."""
     contents = redis_contents(url)
     needles = [(n, n.encode()) for n in numbers] + [(t, f) for t in texts for f in _forms(t)]
-    leaks = sorted({(key.decode(errors="replace"), what) for key, pieces in contents.items()
-                    for what, needle in needles for piece in pieces if needle in piece})
+    leaks = sorted(
+        {
+            (key.decode(errors="replace"), what)
+            for key, pieces in contents.items()
+            for what, needle in needles
+            for piece in pieces
+            if needle in piece
+        }
+    )
     assert leaks == [], f"in clear in Redis: {leaks}"
     return len(contents)
 
@@ -147,16 +168,21 @@ def assert_nothing_in_clear(url: str, texts: tuple[str, ...], numbers: tuple[str
 
 
 async def test_a_staff_answer_is_sealed_queued_and_dead_lettered_and_still_delivered(
-        env: dict[str, str], redis_url: str) -> None:
+    env: dict[str, str], redis_url: str
+) -> None:
     """A citizen texts, staff answer through the API before the worker runs: the answer's job,
     the notification job (with its automatic reply) and the thread hold nothing in clear. A
     worker with the wrong data key dead-letters both jobs: still nothing in clear, tracebacks
     included. The right worker, after `redrive`, delivers the answer's exact text."""
     config = load_config()
     outbox_sms = SandboxSms("sandbox-sms")
-    over = Overrides(redis_url=redis_url, rules_dir=RULES, queue_namespace="t-sealed",
-                     alimtalk={"sandbox-alimtalk": SandboxAlimtalk("sandbox-alimtalk")},
-                     sms={"sandbox-sms": outbox_sms})
+    over = Overrides(
+        redis_url=redis_url,
+        rules_dir=RULES,
+        queue_namespace="t-sealed",
+        alimtalk={"sandbox-alimtalk": SandboxAlimtalk("sandbox-alimtalk")},
+        sms={"sandbox-sms": outbox_sms},
+    )
     gateway = Gateway(config, Collect(), environ=env, overrides=over)
     http = HttpServer(make_app(gateway.health, gateway.reports, gateway.http_routes), "127.0.0.1", 0)
     host, port = await http.start()
@@ -165,12 +191,14 @@ async def test_a_staff_answer_is_sealed_queued_and_dead_lettered_and_still_deliv
     try:
         site = Site(gateway, http, f"http://{host}:{port}", outbox_sms, worker=None, runtime=None, broker=None)
         async with ClientSession() as session:
-            status, body = await site.post(session, sms("z-1", CITIZEN_TEXT, seoul("2026-11-24T10:00:00"),
-                                                        sender=CITIZEN_LOCAL))
+            status, body = await site.post(
+                session, sms("z-1", CITIZEN_TEXT, seoul("2026-11-24T10:00:00"), sender=CITIZEN_LOCAL)
+            )
             assert status == 200 and body["queue"] == "complaint"
             tid = body["thread"]
-            status, result = await site.api(session, "POST", f"/api/threads/{tid}/reply",
-                                            {"text": ANSWER, "staff": "kim"})
+            status, result = await site.api(
+                session, "POST", f"/api/threads/{tid}/reply", {"text": ANSWER, "staff": "kim"}
+            )
             assert status == 202 and result["result"] == "queued"
         # 1. queued: the notification job (with its reply) and the answer's SMS job wait in Redis
         ns = "t-sealed"
@@ -214,9 +242,13 @@ async def test_intake_reply_and_automatic_replies_are_sealed(env: dict[str, str]
     notification, the opt-out confirmation): nothing in clear while they wait."""
     config = load_config()
     outbox_sms = SandboxSms("sandbox-sms")
-    over = Overrides(redis_url=redis_url, rules_dir=RULES, queue_namespace="t-sealed2",
-                     alimtalk={"sandbox-alimtalk": SandboxAlimtalk("sandbox-alimtalk")},
-                     sms={"sandbox-sms": outbox_sms})
+    over = Overrides(
+        redis_url=redis_url,
+        rules_dir=RULES,
+        queue_namespace="t-sealed2",
+        alimtalk={"sandbox-alimtalk": SandboxAlimtalk("sandbox-alimtalk")},
+        sms={"sandbox-sms": outbox_sms},
+    )
     gateway = Gateway(config, Collect(), environ=env, overrides=over)
     http = HttpServer(make_app(gateway.health, gateway.reports, gateway.http_routes), "127.0.0.1", 0)
     host, port = await http.start()
@@ -224,17 +256,31 @@ async def test_intake_reply_and_automatic_replies_are_sealed(env: dict[str, str]
     try:
         site = Site(gateway, http, f"http://{host}:{port}", outbox_sms, worker=None, runtime=None, broker=None)
         async with ClientSession() as session:
-            _, body = await site.post(session, sms("y-1", CITIZEN_TEXT, seoul("2026-11-24T10:00:00"),
-                                                   sender=CITIZEN_LOCAL))
+            _, body = await site.post(
+                session, sms("y-1", CITIZEN_TEXT, seoul("2026-11-24T10:00:00"), sender=CITIZEN_LOCAL)
+            )
         assert await gateway.intake.reply(body["thread"], ANSWER, "lee") == "queued"
         # The worker's side: it turns the notification's reply into an SMS job; run only that
         # step (no provider send yet), so the job waits in Redis to be read back.
         _, runtime = build_worker(config, environ=env, redis_url=redis_url, overrides=over)
         try:
-            assert await runtime.replies.send(body["thread"], CITIZEN, "+82319002000", AUTO_REPLY,
-                                              "auto_reply:y-1-extra", rule_text=True) == "queued"
-            assert await runtime.replies.send(body["thread"], CITIZEN, "+82319002000", f"{confirm}되었습니다.",
-                                              "opt_out_confirm:y-1", rule_text=True) == "queued"
+            assert (
+                await runtime.replies.send(
+                    body["thread"], CITIZEN, "+82319002000", AUTO_REPLY, "auto_reply:y-1-extra", rule_text=True
+                )
+                == "queued"
+            )
+            assert (
+                await runtime.replies.send(
+                    body["thread"],
+                    CITIZEN,
+                    "+82319002000",
+                    f"{confirm}되었습니다.",
+                    "opt_out_confirm:y-1",
+                    rule_text=True,
+                )
+                == "queued"
+            )
             assert assert_nothing_in_clear(redis_url, (CITIZEN_TEXT, ANSWER, AUTO_REPLY, confirm)) > 5
         finally:
             await runtime.aclose()
@@ -259,10 +305,24 @@ def _messages() -> list[QueuedMessage]:
     return [
         QueuedMessage("k", "pbx", "1.1", "call_notice", CITIZEN, "nhn", alimtalk=alim, sms=sms_),
         QueuedMessage("k", "pbx", "1.1", "postcall", CITIZEN, "nhn", alimtalk=alim),
-        QueuedMessage("k", "pbx", "1.1", "postcall", CITIZEN, "nhn",
-                      alimtalk=AlimtalkRequest("k", CITIZEN, "T1", (("content", "안내"),))),
-        QueuedMessage("k", "sms", "t1", "reply:abc", CITIZEN, "nhn",
-                      sms=SmsRequest("k", CITIZEN, "+82319002000", CITIZEN_TEXT, "", "sms")),
+        QueuedMessage(
+            "k",
+            "pbx",
+            "1.1",
+            "postcall",
+            CITIZEN,
+            "nhn",
+            alimtalk=AlimtalkRequest("k", CITIZEN, "T1", (("content", "안내"),)),
+        ),
+        QueuedMessage(
+            "k",
+            "sms",
+            "t1",
+            "reply:abc",
+            CITIZEN,
+            "nhn",
+            sms=SmsRequest("k", CITIZEN, "+82319002000", CITIZEN_TEXT, "", "sms"),
+        ),
     ]
 
 
@@ -280,12 +340,28 @@ def test_a_payload_from_before_sealing_is_still_read() -> None:
     """Jobs queued by the previous release (texts in clear, "v": 1) stay deliverable."""
     message = _messages()[0]
     assert message.sms is not None and message.alimtalk is not None and message.alimtalk.fallback is not None
-    fields = {"sender": message.sms.sender, "text": message.sms.text, "title": message.sms.title,
-              "kind": message.sms.kind}
-    old = {"v": 1, "key": message.key, "pbx": message.pbx, "call": message.call_id, "action": message.action,
-           "provider": message.provider, "to": SEALER.seal(CITIZEN, message.key.encode()), "sms": fields,
-           "alimtalk": {"template": "T1", "vars": [["content", "여권 발급 안내"]], "buttons": [["b", "https://x"]],
-                        "fallback": fields}}
+    fields = {
+        "sender": message.sms.sender,
+        "text": message.sms.text,
+        "title": message.sms.title,
+        "kind": message.sms.kind,
+    }
+    old = {
+        "v": 1,
+        "key": message.key,
+        "pbx": message.pbx,
+        "call": message.call_id,
+        "action": message.action,
+        "provider": message.provider,
+        "to": SEALER.seal(CITIZEN, message.key.encode()),
+        "sms": fields,
+        "alimtalk": {
+            "template": "T1",
+            "vars": [["content", "여권 발급 안내"]],
+            "buttons": [["b", "https://x"]],
+            "fallback": fields,
+        },
+    }
     assert decode_message(old, SEALER) == message
 
 
@@ -294,23 +370,47 @@ async def test_jobs_queued_before_sealing_are_still_delivered(env: dict[str, str
     clear, a notification whose automatic reply is in clear. The new worker delivers both."""
     config = load_config()
     outbox_sms = SandboxSms("sandbox-sms")
-    over = Overrides(redis_url=redis_url, rules_dir=RULES, queue_namespace="t-old",
-                     sms={"sandbox-sms": outbox_sms},
-                     alimtalk={"sandbox-alimtalk": SandboxAlimtalk("sandbox-alimtalk")})
+    over = Overrides(
+        redis_url=redis_url,
+        rules_dir=RULES,
+        queue_namespace="t-old",
+        sms={"sandbox-sms": outbox_sms},
+        alimtalk={"sandbox-alimtalk": SandboxAlimtalk("sandbox-alimtalk")},
+    )
     sealer = config.sealer(env)
     hash_key = config.number_key(env)
     broker, runtime = build_worker(config, environ=env, redis_url=redis_url, overrides=over)
     enqueuer = Enqueuer(broker, sealer, wire=Wire.from_url(redis_url, timeout_s=2.0))
     tid = Intake.thread_id(number_hash(hash_key, CITIZEN), "+82319002000")
     key = f"sms:{tid}:reply:old1:{number_hash(hash_key, CITIZEN)}"
-    old_sms = {"v": 1, "key": key, "pbx": "sms", "call": tid, "action": "reply:old1", "provider": "sandbox-sms",
-               "to": sealer.seal(CITIZEN, key.encode()),
-               "sms": {"sender": "+82319002000", "text": ANSWER, "title": ANSWER[:20], "kind": "lms"}}
-    old_inbound = {"v": 1, "thread": tid, "queue": "duty", "rule": "r", "priority": "normal", "message_id": "old-2",
-                   "provider": "sandbox-sms", "at": seoul("2026-11-24T10:00:00"), "citizen": "010-****-3916",
-                   "text": sealer.seal(CITIZEN_TEXT, tid.encode()),
-                   "reply": {"text": AUTO_REPLY, "action": "auto_reply:old-2", "to": sealer.seal(CITIZEN, tid.encode()),
-                             "from": "+82319002000"}}
+    old_sms = {
+        "v": 1,
+        "key": key,
+        "pbx": "sms",
+        "call": tid,
+        "action": "reply:old1",
+        "provider": "sandbox-sms",
+        "to": sealer.seal(CITIZEN, key.encode()),
+        "sms": {"sender": "+82319002000", "text": ANSWER, "title": ANSWER[:20], "kind": "lms"},
+    }
+    old_inbound = {
+        "v": 1,
+        "thread": tid,
+        "queue": "duty",
+        "rule": "r",
+        "priority": "normal",
+        "message_id": "old-2",
+        "provider": "sandbox-sms",
+        "at": seoul("2026-11-24T10:00:00"),
+        "citizen": "010-****-3916",
+        "text": sealer.seal(CITIZEN_TEXT, tid.encode()),
+        "reply": {
+            "text": AUTO_REPLY,
+            "action": "auto_reply:old-2",
+            "to": sealer.seal(CITIZEN, tid.encode()),
+            "from": "+82319002000",
+        },
+    }
     worker = None
     try:
         assert await enqueuer.enqueue_payload("sms", old_sms, "old sms job")

@@ -127,19 +127,34 @@ async def relay(port: int, raw: bytes, **kwargs: Any) -> dict[str, Any]:
     return await asyncio.to_thread(send, port, raw, **kwargs)
 
 
-def mail(body: bytes | str = "가로등이 꺼졌어요", *, charset: str = "utf-8", codec: str | None = None,
-         cte: str = "8bit", subject: str = "SMS", message_id: str | None = "<20250925230000.1@sms.carrier.example>",
-         sender: str = "01012345678@sms.carrier.example", ctype: str = "text/plain",
-         extra: tuple[str, ...] = ()) -> bytes:
+def mail(
+    body: bytes | str = "가로등이 꺼졌어요",
+    *,
+    charset: str = "utf-8",
+    codec: str | None = None,
+    cte: str = "8bit",
+    subject: str = "SMS",
+    message_id: str | None = "<20250925230000.1@sms.carrier.example>",
+    sender: str = "01012345678@sms.carrier.example",
+    ctype: str = "text/plain",
+    extra: tuple[str, ...] = (),
+) -> bytes:
     """A relayed mail with full control over the bytes on the wire."""
     data = body.encode(codec or charset) if isinstance(body, str) else body
     if cte == "base64":
         data = base64.encodebytes(data)
     elif cte == "quoted-printable":
         data = quopri.encodestring(data)
-    headers = [f"From: {sender}", f"To: {RCPT}", f"Subject: {subject}", f"Date: {format_datetime(SENT_AT)}",
-               "MIME-Version: 1.0", f"Content-Type: {ctype}; charset={charset}",
-               f"Content-Transfer-Encoding: {cte}", *extra]
+    headers = [
+        f"From: {sender}",
+        f"To: {RCPT}",
+        f"Subject: {subject}",
+        f"Date: {format_datetime(SENT_AT)}",
+        "MIME-Version: 1.0",
+        f"Content-Type: {ctype}; charset={charset}",
+        f"Content-Transfer-Encoding: {cte}",
+        *extra,
+    ]
     if message_id is not None:
         headers.append(f"Message-ID: {message_id}")
     return "\r\n".join(headers).encode("ascii") + b"\r\n\r\n" + data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
@@ -153,15 +168,21 @@ def b_word(text: str, charset: str = "EUC-KR") -> str:
 def multipart(plain: str | None, html: str | None) -> bytes:
     parts = []
     if plain is not None:
-        parts.append(b"Content-Type: text/plain; charset=UTF-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
-                     + quopri.encodestring(plain.encode()))
+        parts.append(
+            b"Content-Type: text/plain; charset=UTF-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+            + quopri.encodestring(plain.encode())
+        )
     if html is not None:
-        parts.append(b"Content-Type: text/html; charset=EUC-KR\r\nContent-Transfer-Encoding: base64\r\n\r\n"
-                     + base64.encodebytes(html.encode("cp949")))
+        parts.append(
+            b"Content-Type: text/html; charset=EUC-KR\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+            + base64.encodebytes(html.encode("cp949"))
+        )
     body = b"".join(b"--BOUNDARY\r\n" + p + b"\r\n" for p in parts) + b"--BOUNDARY--\r\n"
-    head = (f"From: 01012345678@sms.carrier.example\r\nTo: {RCPT}\r\nSubject: SMS\r\n"
-            "Message-ID: <mp-1@sms.carrier.example>\r\nMIME-Version: 1.0\r\n"
-            'Content-Type: multipart/alternative; boundary="BOUNDARY"\r\n\r\n')
+    head = (
+        f"From: 01012345678@sms.carrier.example\r\nTo: {RCPT}\r\nSubject: SMS\r\n"
+        "Message-ID: <mp-1@sms.carrier.example>\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/alternative; boundary="BOUNDARY"\r\n\r\n'
+    )
     return head.encode() + body.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
@@ -177,8 +198,14 @@ async def test_plain_utf8_mail_becomes_inbound_sms() -> None:
     async with running(intake) as (_, port):
         assert await relay(port, mail()) == {}
     [sms] = intake.calls
-    assert sms == InboundSms(message_id=f"20250925230000.1@sms.carrier.example/{CITY}", provider="smtp-relay",
-                             to=CITY, sender=CITIZEN, text="가로등이 꺼졌어요", received_at=SENT_AT.timestamp())
+    assert sms == InboundSms(
+        message_id=f"20250925230000.1@sms.carrier.example/{CITY}",
+        provider="smtp-relay",
+        to=CITY,
+        sender=CITIZEN,
+        text="가로등이 꺼졌어요",
+        received_at=SENT_AT.timestamp(),
+    )
 
 
 @pytest.mark.parametrize("cte", ["base64", "quoted-printable"])
@@ -215,8 +242,10 @@ async def test_multipart_alternative_prefers_text_plain() -> None:
 
 async def test_html_only_mail_is_stripped_of_tags() -> None:
     intake = RecordingIntake()
-    html = ("<html><head><style>p {color: red}</style></head><body><p>가로등&amp;신호등</p>"
-            "<div>한빛로<br>12번지</div><script>x()</script></body></html>")
+    html = (
+        "<html><head><style>p {color: red}</style></head><body><p>가로등&amp;신호등</p>"
+        "<div>한빛로<br>12번지</div><script>x()</script></body></html>"
+    )
     async with running(intake) as (_, port):
         await relay(port, multipart(None, html))
     assert intake.calls[0].text == "가로등&신호등\n\n한빛로\n12번지"
@@ -240,11 +269,14 @@ async def test_several_recipients_are_normalised_and_get_their_own_ids() -> None
     assert len({s.message_id for s in intake.calls}) == 2
 
 
-@pytest.mark.parametrize(("rcpt", "reason"), [
-    ("0319009999@sms.hanbit.go.kr", "5.1.1 recipient is not a city number served here"),
-    ("duty@sms.hanbit.go.kr", "5.1.1 recipient is not a phone number"),
-    ("0319002000@other.example", "5.1.2 recipient domain is not sms.hanbit.go.kr"),
-])
+@pytest.mark.parametrize(
+    ("rcpt", "reason"),
+    [
+        ("0319009999@sms.hanbit.go.kr", "5.1.1 recipient is not a city number served here"),
+        ("duty@sms.hanbit.go.kr", "5.1.1 recipient is not a phone number"),
+        ("0319002000@other.example", "5.1.2 recipient domain is not sms.hanbit.go.kr"),
+    ],
+)
 async def test_unknown_recipient_is_refused_at_rcpt(rcpt: str, reason: str) -> None:
     intake = RecordingIntake()
     async with running(intake) as (_, port):
@@ -323,10 +355,13 @@ async def test_missing_message_id_is_550() -> None:
     assert intake.calls == []
 
 
-@pytest.mark.parametrize(("body", "charset", "reason"), [
-    (b"\xff\xfe\xfd invalid", "EUC-KR", b"5.6.0 body is not valid EUC-KR"),
-    ("가로등".encode("cp949"), "UTF-8", b"5.6.0 body is not valid UTF-8"),
-])
+@pytest.mark.parametrize(
+    ("body", "charset", "reason"),
+    [
+        (b"\xff\xfe\xfd invalid", "EUC-KR", b"5.6.0 body is not valid EUC-KR"),
+        ("가로등".encode("cp949"), "UTF-8", b"5.6.0 body is not valid UTF-8"),
+    ],
+)
 async def test_invalid_bytes_for_the_declared_charset_are_550(body: bytes, charset: str, reason: bytes) -> None:
     intake = RecordingIntake()
     async with running(intake) as (_, port):
@@ -345,8 +380,12 @@ async def test_store_down_is_451_and_the_retry_is_stored_exactly_once() -> None:
         assert intake.stored == {}
         assert await relay(port, mail()) == {}  # the relay's retry
         # What /metrics reports as gateway_smtp_replies_total{command, code}.
-        assert server.handler.replies == {("MAIL", "250"): 2, ("RCPT", "250"): 2, ("DATA", "451"): 1,
-                                          ("DATA", "250"): 1}
+        assert server.handler.replies == {
+            ("MAIL", "250"): 2,
+            ("RCPT", "250"): 2,
+            ("DATA", "451"): 1,
+            ("DATA", "250"): 1,
+        }
     assert list(intake.stored) == [f"20250925230000.1@sms.carrier.example/{CITY}"]
 
 
@@ -448,8 +487,9 @@ def test_parse_date_handling() -> None:
     now = time.time()
     assert parse(mail(), now=now)[0].received_at == SENT_AT.timestamp()
     future = mail(extra=())
-    future = future.replace(format_datetime(SENT_AT).encode(),
-                            format_datetime(datetime.now(KST) + timedelta(hours=2)).encode())
+    future = future.replace(
+        format_datetime(SENT_AT).encode(), format_datetime(datetime.now(KST) + timedelta(hours=2)).encode()
+    )
     assert parse(future, now=now)[0].received_at == now
     garbage = mail().replace(format_datetime(SENT_AT).encode(), b"not a date")
     assert parse(garbage, now=now)[0].received_at == now
@@ -499,8 +539,10 @@ def test_parse_qp_utf8_subject_word() -> None:
 
 
 def test_parse_mail_without_text_part() -> None:
-    raw = (b"From: 01012345678@sms.carrier.example\r\nMessage-ID: <a@b>\r\nMIME-Version: 1.0\r\n"
-           b"Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0=\r\n")
+    raw = (
+        b"From: 01012345678@sms.carrier.example\r\nMessage-ID: <a@b>\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0=\r\n"
+    )
     with pytest.raises(MailRejected, match=r"^5\.6\.0 no text/plain or text/html part"):
         parse(raw)
 
@@ -516,7 +558,12 @@ def test_settings_validation() -> None:
         replace(SETTINGS, peers=("not-a-network",))
     with pytest.raises(ConfigError, match=r"smtp\.city_numbers"):
         replace(SETTINGS, city_numbers=frozenset({"0319002000"}))
-    settings = SmtpSettings(host="127.0.0.1", port=0, peers=["::1/128"], senders=["@X.example"],  # type: ignore[arg-type]
-                            recipient_domain="SMS.Example", city_numbers={CITY})  # type: ignore[arg-type]
+    settings = SmtpSettings(
+        host="127.0.0.1",
+        port=0,
+        peers=["::1/128"],  # type: ignore[arg-type]
+        senders=["@X.example"],  # type: ignore[arg-type]
+        recipient_domain="SMS.Example",
+        city_numbers={CITY},  # type: ignore[arg-type]
+    )
     assert settings.senders == ("@x.example",) and settings.recipient_domain == "sms.example"
-

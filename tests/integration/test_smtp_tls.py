@@ -36,9 +36,14 @@ from gateway.infra.crypto import Sealer
 from tests.conftest import ROOT, RULES
 from tests.integration.test_smtp import RCPT, RELAY, RecordingIntake, mail
 
-ENV = {"GATEWAY_NUMBER_KEY": "test-number-key-0123456789", "GATEWAY_DATA_KEY": Sealer.new_key_spec(),
-       "GATEWAY_INBOUND_SECRET": "inbound-secret", "GATEWAY_API_TOKEN": "staff-token",
-       "GATEWAY_AMI_SECRET": "x", "GATEWAY_WEBHOOK_SECRET": "w"}
+ENV = {
+    "GATEWAY_NUMBER_KEY": "test-number-key-0123456789",
+    "GATEWAY_DATA_KEY": Sealer.new_key_spec(),
+    "GATEWAY_INBOUND_SECRET": "inbound-secret",
+    "GATEWAY_API_TOKEN": "staff-token",
+    "GATEWAY_AMI_SECRET": "x",
+    "GATEWAY_WEBHOOK_SECRET": "w",
+}
 
 
 # --------------------------------------------------------------------------- test certificates
@@ -57,29 +62,55 @@ def _name(cn: str) -> x509.Name:
 
 
 def _pem_key(key: Any) -> bytes:
-    return bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                   serialization.NoEncryption()))
+    return bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
 
 
 def make_pki(where: Path) -> Pki:
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(_name("gateway test CA")).issuer_name(_name("gateway test CA"))
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(_name("gateway test CA"))
+        .issuer_name(_name("gateway test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     server_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    server = (x509.CertificateBuilder().subject_name(_name("sms-gateway.test")).issuer_name(ca.subject)
-              .public_key(server_key.public_key()).serial_number(x509.random_serial_number())
-              .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-              .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                          x509.IPAddress(IPv4Address("127.0.0.1"))]), critical=False)
-              .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-              .sign(ca_key, hashes.SHA256()))
+    server = (
+        x509.CertificateBuilder()
+        .subject_name(_name("sms-gateway.test"))
+        .issuer_name(ca.subject)
+        .public_key(server_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(IPv4Address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
     where.mkdir(parents=True, exist_ok=True)
     pki = Pki(where / "ca.pem", where / "server.pem", where / "server.key", where / "other.key")
     pki.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
@@ -109,9 +140,17 @@ def write_config(where: Path, smtp_lines: str) -> Path:
 
 
 def tls_settings(pki: Pki, **kwargs: Any) -> SmtpSettings:
-    return SmtpSettings(host="127.0.0.1", port=0, peers=("127.0.0.1/32",), senders=("@sms.carrier.example",),
-                        recipient_domain="sms.hanbit.go.kr", city_numbers=frozenset({"+82319002000"}),
-                        tls_cert=str(pki.cert), tls_key=str(pki.key), **kwargs)
+    return SmtpSettings(
+        host="127.0.0.1",
+        port=0,
+        peers=("127.0.0.1/32",),
+        senders=("@sms.carrier.example",),
+        recipient_domain="sms.hanbit.go.kr",
+        city_numbers=frozenset({"+82319002000"}),
+        tls_cert=str(pki.cert),
+        tls_key=str(pki.key),
+        **kwargs,
+    )
 
 
 @asynccontextmanager
@@ -127,16 +166,21 @@ async def serving(settings: SmtpSettings, intake: Any) -> AsyncIterator[int]:
 # --------------------------------------------------------------------------- STARTTLS
 
 
-async def test_starttls_through_the_gateway_stores_the_mail(pki: Pki, tmp_path: Path, redis_url: str,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_starttls_through_the_gateway_stores_the_mail(
+    pki: Pki, tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """gateway.yaml names the certificate and key; the gateway's SMTP intake offers STARTTLS,
     the relay (trusting the test CA, checking the name) upgrades, and the mail is stored."""
     for k, v in ENV.items():
         monkeypatch.setenv(k, v)
     config = load_config(write_config(tmp_path, f"  tls_cert: {pki.cert}\n  tls_key: {pki.key}\n"))
-    over = Overrides(redis_url=redis_url, rules_dir=RULES, queue_namespace="t-smtp-tls",
-                     alimtalk={"sandbox-alimtalk": SandboxAlimtalk("sandbox-alimtalk")},
-                     sms={"sandbox-sms": SandboxSms("sandbox-sms")})
+    over = Overrides(
+        redis_url=redis_url,
+        rules_dir=RULES,
+        queue_namespace="t-smtp-tls",
+        alimtalk={"sandbox-alimtalk": SandboxAlimtalk("sandbox-alimtalk")},
+        sms={"sandbox-sms": SandboxSms("sandbox-sms")},
+    )
     gateway = Gateway(config, _Sink(), environ=dict(os.environ), overrides=over)
     try:
         address = await gateway.start_smtp(port=0)
@@ -181,6 +225,7 @@ async def test_a_relay_that_does_not_trust_the_certificate_cannot_upgrade(pki: P
     other = make_pki(tmp_path / "other")
     intake = RecordingIntake()
     async with serving(tls_settings(pki), intake) as port:
+
         def send() -> None:
             with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
                 client.starttls(context=client_context(other))
@@ -191,9 +236,16 @@ async def test_a_relay_that_does_not_trust_the_certificate_cannot_upgrade(pki: P
 
 
 async def test_without_a_certificate_starttls_is_not_offered() -> None:
-    settings = SmtpSettings(host="127.0.0.1", port=0, peers=("127.0.0.1/32",), senders=("@sms.carrier.example",),
-                            recipient_domain="sms.hanbit.go.kr", city_numbers=frozenset({"+82319002000"}))
+    settings = SmtpSettings(
+        host="127.0.0.1",
+        port=0,
+        peers=("127.0.0.1/32",),
+        senders=("@sms.carrier.example",),
+        recipient_domain="sms.hanbit.go.kr",
+        city_numbers=frozenset({"+82319002000"}),
+    )
     async with serving(settings, RecordingIntake()) as port:
+
         def ehlo() -> tuple[bool, int]:
             with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
                 client.ehlo("relay.test")
@@ -206,6 +258,7 @@ async def test_without_a_certificate_starttls_is_not_offered() -> None:
 async def test_tls_optional_by_default_plaintext_still_accepted(pki: Pki) -> None:
     intake = RecordingIntake()
     async with serving(tls_settings(pki), intake) as port:
+
         def send() -> dict[str, Any]:
             with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
                 return client.sendmail(RELAY, [RCPT], mail())
@@ -214,13 +267,23 @@ async def test_tls_optional_by_default_plaintext_still_accepted(pki: Pki) -> Non
     assert len(intake.stored) == 1
 
 
-@pytest.mark.parametrize("command", ["MAIL FROM:<relay@sms.carrier.example>", f"RCPT TO:<{RCPT}>", "DATA",
-                                     "HELO relay.test", "RSET", "VRFY postmaster"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "MAIL FROM:<relay@sms.carrier.example>",
+        f"RCPT TO:<{RCPT}>",
+        "DATA",
+        "HELO relay.test",
+        "RSET",
+        "VRFY postmaster",
+    ],
+)
 async def test_require_tls_refuses_commands_before_starttls_with_530(pki: Pki, command: str) -> None:
     """`require_tls: true`: every transaction command before STARTTLS gets 530 (RFC 3207); after
     STARTTLS the same relay delivers."""
     intake = RecordingIntake()
     async with serving(tls_settings(pki, require_tls=True), intake) as port:
+
         def session() -> tuple[bool, int, dict[str, Any]]:
             with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
                 client.ehlo("relay.test")
@@ -237,6 +300,7 @@ async def test_require_tls_refuses_commands_before_starttls_with_530(pki: Pki, c
 async def test_require_tls_refuses_a_plaintext_sendmail(pki: Pki) -> None:
     intake = RecordingIntake()
     async with serving(tls_settings(pki, require_tls=True), intake) as port:
+
         def send() -> None:
             with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
                 client.sendmail(RELAY, [RCPT], mail())
@@ -263,8 +327,13 @@ def _bad_files(pki: Pki, where: Path) -> dict[str, tuple[str, str, str, str]]:
     empty.write_bytes(b"")
     encrypted = where / "encrypted.key"
     key = serialization.load_pem_private_key(pki.key.read_bytes(), password=None)
-    encrypted.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                            serialization.BestAvailableEncryption(b"secret")))
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
     missing = where / "missing.pem"
     return {
         "cert missing": (str(missing), str(pki.key), "tls_cert", "file not found"),
@@ -279,13 +348,21 @@ def _bad_files(pki: Pki, where: Path) -> dict[str, tuple[str, str, str, str]]:
     }
 
 
-KINDS = ["cert missing", "key missing", "cert is a directory", "cert is not PEM", "cert is empty",
-         "key is a certificate", "key is encrypted", "key of another certificate", "cert and key swapped"]
+KINDS = [
+    "cert missing",
+    "key missing",
+    "cert is a directory",
+    "cert is not PEM",
+    "cert is empty",
+    "key is a certificate",
+    "key is encrypted",
+    "key of another certificate",
+    "cert and key swapped",
+]
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_a_bad_certificate_or_key_is_a_config_error_naming_file_and_key(pki: Pki, tmp_path: Path,
-                                                                        kind: str) -> None:
+def test_a_bad_certificate_or_key_is_a_config_error_naming_file_and_key(pki: Pki, tmp_path: Path, kind: str) -> None:
     cert, key, setting, reason = _bad_files(pki, tmp_path)[kind]
     path = write_config(tmp_path, f"  tls_cert: {cert}\n  tls_key: {key}\n")
     with pytest.raises(ConfigError) as error:
@@ -316,9 +393,15 @@ def test_gateway_run_stops_at_startup_on_a_bad_key_path(pki: Pki, tmp_path: Path
     """`gateway run` refuses to start, and says which file and which key."""
     missing = tmp_path / "nowhere" / "smtp.key"
     path = write_config(tmp_path, f"  tls_cert: {pki.cert}\n  tls_key: {missing}\n")
-    proc = subprocess.run([sys.executable, "-m", "gateway", "run", "--config", str(path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60, check=False,
-                          env={**os.environ, **ENV, "REDIS_URL": "redis://127.0.0.1:9/0"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "run", "--config", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **ENV, "REDIS_URL": "redis://127.0.0.1:9/0"},
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "gateway.yaml:" in proc.stderr and "smtp.tls_key" in proc.stderr and str(missing) in proc.stderr
 
@@ -349,26 +432,40 @@ def _recv_until_closed(sock: socket.socket) -> bytes:
 
 @pytest.fixture
 def short_idle() -> Iterator[SmtpSettings]:
-    yield SmtpSettings(host="127.0.0.1", port=0, peers=("127.0.0.1/32",), senders=("@sms.carrier.example",),
-                       recipient_domain="sms.hanbit.go.kr", city_numbers=frozenset({"+82319002000"}),
-                       idle_timeout_s=0.5, max_bytes=4096)
+    yield SmtpSettings(
+        host="127.0.0.1",
+        port=0,
+        peers=("127.0.0.1/32",),
+        senders=("@sms.carrier.example",),
+        recipient_domain="sms.hanbit.go.kr",
+        city_numbers=frozenset({"+82319002000"}),
+        idle_timeout_s=0.5,
+        max_bytes=4096,
+    )
 
 
-@pytest.mark.parametrize("stop_at", ["before a command", "after EHLO", "mid-DATA", "mid-line in DATA",
-                                     "after MAIL"])
+@pytest.mark.parametrize("stop_at", ["before a command", "after EHLO", "mid-DATA", "mid-line in DATA", "after MAIL"])
 async def test_a_client_that_stops_talking_is_disconnected(short_idle: SmtpSettings, stop_at: str) -> None:
     intake = RecordingIntake()
     async with serving(short_idle, intake) as port:
+
         def stall() -> bytes:
             with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
-                script = {"before a command": b"",
-                          "after EHLO": b"EHLO relay.test\r\n",
-                          "after MAIL": b"EHLO relay.test\r\nMAIL FROM:<relay@sms.carrier.example>\r\n",
-                          "mid-DATA": (b"EHLO relay.test\r\nMAIL FROM:<relay@sms.carrier.example>\r\n"
-                                       + f"RCPT TO:<{RCPT}>\r\nDATA\r\n".encode() + b"Subject: x\r\n\r\nhello\r\n"),
-                          "mid-line in DATA": (b"EHLO relay.test\r\nMAIL FROM:<relay@sms.carrier.example>\r\n"
-                                               + f"RCPT TO:<{RCPT}>\r\nDATA\r\n".encode() + b"Subject: x\r\n\r\nhel"),
-                          }[stop_at]
+                script = {
+                    "before a command": b"",
+                    "after EHLO": b"EHLO relay.test\r\n",
+                    "after MAIL": b"EHLO relay.test\r\nMAIL FROM:<relay@sms.carrier.example>\r\n",
+                    "mid-DATA": (
+                        b"EHLO relay.test\r\nMAIL FROM:<relay@sms.carrier.example>\r\n"
+                        + f"RCPT TO:<{RCPT}>\r\nDATA\r\n".encode()
+                        + b"Subject: x\r\n\r\nhello\r\n"
+                    ),
+                    "mid-line in DATA": (
+                        b"EHLO relay.test\r\nMAIL FROM:<relay@sms.carrier.example>\r\n"
+                        + f"RCPT TO:<{RCPT}>\r\nDATA\r\n".encode()
+                        + b"Subject: x\r\n\r\nhel"
+                    ),
+                }[stop_at]
                 sock.sendall(script)
                 return _recv_until_closed(sock)  # then nothing more: the server must hang up
 
@@ -382,6 +479,7 @@ async def test_a_client_that_stops_talking_is_disconnected(short_idle: SmtpSetti
 async def test_a_client_that_stops_mid_data_after_starttls_is_disconnected(pki: Pki) -> None:
     intake = RecordingIntake()
     async with serving(replace(tls_settings(pki), idle_timeout_s=0.5), intake) as port:
+
         def stall() -> bool:
             client = smtplib.SMTP("127.0.0.1", port, timeout=20)
             client.starttls(context=client_context(pki))
@@ -405,6 +503,7 @@ async def test_a_client_that_stops_mid_data_after_starttls_is_disconnected(pki: 
 async def test_an_oversized_mail_is_refused_and_its_body_not_kept(short_idle: SmtpSettings) -> None:
     intake = RecordingIntake()
     async with serving(replace(short_idle, idle_timeout_s=30.0), intake) as port:
+
         def send() -> tuple[int, int, int]:
             big = mail("\n".join(["가로등이 꺼졌어요"] * 300))  # short lines, 9 KB
             with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
@@ -423,12 +522,14 @@ async def test_an_oversized_mail_is_refused_and_its_body_not_kept(short_idle: Sm
 
 
 async def test_sessions_over_the_limit_are_refused_with_421_and_the_held_ones_keep_working(
-        pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
+    pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
     """`smtp.max_connections`: past the limit a new session gets 421 at once and is closed; the
     open sessions (one of them upgraded by STARTTLS, counted once) still deliver, and a session
     is taken again once one closes."""
     intake = RecordingIntake()
     async with serving(replace(tls_settings(pki), max_connections=2), intake) as port:
+
         def scenario() -> tuple[bytes, bytes, int, int]:
             first = smtplib.SMTP("127.0.0.1", port, timeout=10)
             first.starttls(context=client_context(pki))  # connection_made runs twice for this session

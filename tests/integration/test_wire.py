@@ -33,7 +33,10 @@ async def test_commands_scripts_and_batches(redis_url: str) -> None:
         assert (await wire.execute("GET", "k")).decode() == "값"
         assert await wire.execute("GET", "missing") is None
         assert await wire.execute_many([("INCR", "n"), ("INCRBY", "n", 41), ("HSET", "h", "a", 1, "b", 2.5)]) == [
-            1, 42, 2]
+            1,
+            42,
+            2,
+        ]
         assert await wire.execute("HGETALL", "h") == [b"a", b"1", b"b", b"2.5"]
         script = wire.register_script("return {KEYS[1], ARGV[1], #ARGV}")
         assert await script(keys=["x"], args=["y", "z"]) == [b"x", b"y", 2]
@@ -59,8 +62,9 @@ async def test_an_error_reply_fails_only_its_command(redis_url: str) -> None:
     wire = Wire.from_url(redis_url)
     try:
         await wire.execute("SET", "s", "text")
-        results: tuple[Any, ...] = await asyncio.gather(wire.execute("ECHO", "a"), wire.execute("INCR", "s"),
-                                                  wire.execute("ECHO", "b"), return_exceptions=True)
+        results: tuple[Any, ...] = await asyncio.gather(
+            wire.execute("ECHO", "a"), wire.execute("INCR", "s"), wire.execute("ECHO", "b"), return_exceptions=True
+        )
         first, bad, last = results
         assert first == b"a" and last == b"b"
         assert isinstance(bad, ResponseError) and isinstance(bad, RedisError)
@@ -127,8 +131,7 @@ async def test_a_hung_redis_times_out_and_later_replies_go_to_the_right_caller(t
         try:
             loop = asyncio.get_running_loop()
             began = loop.time()
-            results = await asyncio.gather(wire.execute("GET", "k"), wire.execute("ECHO", "x"),
-                                           return_exceptions=True)
+            results = await asyncio.gather(wire.execute("GET", "k"), wire.execute("ECHO", "x"), return_exceptions=True)
             assert all(isinstance(r, RedisTimeoutError) for r in results), results
             assert loop.time() - began < 2.0
         finally:
@@ -214,17 +217,23 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gateway test redis")])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     cert_path, key_path = tmp_path / "redis.crt", tmp_path / "redis.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_path, key_path
 
 
@@ -234,9 +243,30 @@ async def test_tls_with_the_url_options_redis_py_takes(tmp_path: Path) -> None:
     cert, key = _self_signed(tmp_path)
     port = free_port()
     server = await asyncio.create_subprocess_exec(
-        "redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--tls-cert-file", str(cert),
-        "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no", "--save", "",
-        "--appendonly", "no", "--dir", str(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        "redis-server",
+        "--port",
+        "0",
+        "--tls-port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--tls-cert-file",
+        str(cert),
+        "--tls-key-file",
+        str(key),
+        "--tls-ca-cert-file",
+        str(cert),
+        "--tls-auth-clients",
+        "no",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"rediss://127.0.0.1:{port}/0"
     urls = {"trusted": f"{base}?ssl_ca_certs={cert}", "unknown_ca": base, "unchecked": f"{base}?ssl_cert_reqs=none"}
     wires = {name: Wire.from_url(url, timeout_s=2.0) for name, url in urls.items()}
@@ -305,9 +335,12 @@ class _ScriptedRedis:
                     if self.delay_s:
                         await asyncio.sleep(self.delay_s)
                     name = bytes(command[0]).upper()
-                    writer.write({"garbage": b"?this is not RESP\r\n",
-                                  "error": b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
-                                  }.get(mode, b"+PONG\r\n" if name == b"PING" else b"+OK\r\n"))
+                    writer.write(
+                        {
+                            "garbage": b"?this is not RESP\r\n",
+                            "error": b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+                        }.get(mode, b"+PONG\r\n" if name == b"PING" else b"+OK\r\n")
+                    )
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
@@ -324,8 +357,9 @@ async def scripted() -> Any:
 
 async def _all_fail(wire: Wire, callers: int = 20) -> list[BaseException]:
     """`callers` commands at once; each must fail with a RedisError, none may hang."""
-    results = await asyncio.wait_for(asyncio.gather(*(wire.execute("PING") for _ in range(callers)),
-                                                    return_exceptions=True), 10)
+    results = await asyncio.wait_for(
+        asyncio.gather(*(wire.execute("PING") for _ in range(callers)), return_exceptions=True), 10
+    )
     assert all(isinstance(r, RedisError) for r in results), results
     return [r for r in results if isinstance(r, BaseException)]
 
@@ -333,16 +367,22 @@ async def _all_fail(wire: Wire, callers: int = 20) -> list[BaseException]:
 @pytest.mark.parametrize("mode", ["silent", "garbage", "error", "close", "reset"])
 @pytest.mark.parametrize("hello", ["auth", "auth_user", "select"])
 async def test_every_connect_failure_releases_its_waiters_and_is_retried(
-        scripted: tuple[_ScriptedRedis, int], mode: str, hello: str) -> None:
+    scripted: tuple[_ScriptedRedis, int], mode: str, hello: str
+) -> None:
     """Whatever goes wrong during a connect's AUTH/SELECT (no answer: redis-py's TimeoutError;
     garbage; an error reply; the connection closed or reset), every caller waiting for that
     connect fails with a RedisError, the next command connects again, and once the server
     answers properly the commands succeed: nothing stays stuck on a connect that failed."""
     server, port = scripted
     server.mode = mode
-    wire = Wire(port=port, password="pw" if hello.startswith("auth") else None,
-                username="gw" if hello == "auth_user" else None, db=2 if hello == "select" else 0,
-                timeout_s=0.2, connect_timeout_s=1.0)
+    wire = Wire(
+        port=port,
+        password="pw" if hello.startswith("auth") else None,
+        username="gw" if hello == "auth_user" else None,
+        db=2 if hello == "select" else 0,
+        timeout_s=0.2,
+        connect_timeout_s=1.0,
+    )
     try:
         for _ in range(3):  # each round is a new connect, failing again
             errors = await _all_fail(wire)
@@ -393,8 +433,7 @@ async def test_a_cancelled_caller_does_not_cancel_the_shared_connect(scripted: t
         await wire.aclose()
 
 
-async def test_a_bounded_wait_for_a_connect_leaves_it_for_the_next_caller(
-        scripted: tuple[_ScriptedRedis, int]) -> None:
+async def test_a_bounded_wait_for_a_connect_leaves_it_for_the_next_caller(scripted: tuple[_ScriptedRedis, int]) -> None:
     """`asyncio.wait_for(wire.execute(...), short)`, as /health does, gives up on a slow
     connect without breaking it: the next command uses the connection it made."""
     server, port = scripted
@@ -423,10 +462,14 @@ async def test_closing_the_wire_during_a_connect_fails_its_waiters(scripted: tup
     assert wire._conn is None
 
 
-@pytest.mark.parametrize(("password", "db"), [("s3cret", 0), (None, 0), (None, 1), ("s3cret", 2)],
-                         ids=["password", "no_password", "select_only", "password_and_select"])
-async def test_a_paused_redis_fails_fast_and_is_used_again_once_it_resumes(tmp_path: Path, password: str | None,
-                                                                          db: int) -> None:
+@pytest.mark.parametrize(
+    ("password", "db"),
+    [("s3cret", 0), (None, 0), (None, 1), ("s3cret", 2)],
+    ids=["password", "no_password", "select_only", "password_and_select"],
+)
+async def test_a_paused_redis_fails_fast_and_is_used_again_once_it_resumes(
+    tmp_path: Path, password: str | None, db: int
+) -> None:
     """SIGSTOP (a paused VM, a fork-heavy save, a debugger): with a password (or a database
     other than 0) the reconnect's AUTH (SELECT) times out, as redis-py's TimeoutError, which
     once escaped and left every later command waiting for ever. Commands fail within their

@@ -57,8 +57,13 @@ def env(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> Iterator[dict[str, s
 
 async def _replay(files: list[str], **kwargs: Any) -> list[dict[str, Any]]:
     out = io.StringIO()
-    rc = await replay([TRANSCRIPTS / f"{f}.ami" for f in files], load_config(), out=out,
-                      rules_dir=kwargs.pop("rules_dir", RULES), **kwargs)
+    rc = await replay(
+        [TRANSCRIPTS / f"{f}.ami" for f in files],
+        load_config(),
+        out=out,
+        rules_dir=kwargs.pop("rules_dir", RULES),
+        **kwargs,
+    )
     assert rc == 0
     return [json.loads(line) for line in out.getvalue().splitlines()]
 
@@ -89,11 +94,18 @@ async def test_iphone_gets_alimtalk_call_notice_and_is_remembered(env: dict[str,
 async def test_no_kakaotalk_gets_sms_from_the_gateway(env: dict[str, str], tmp_path: Path) -> None:
     rules = tmp_path / "rules"
     shutil.copytree(RULES, rules)
-    text = (rules / "messaging.yaml").read_text(encoding="utf-8").replace("provider_resend: true",
-                                                                           "provider_resend: false")
+    text = (
+        (rules / "messaging.yaml")
+        .read_text(encoding="utf-8")
+        .replace("provider_resend: true", "provider_resend: false")
+    )
     (rules / "messaging.yaml").write_text(text, encoding="utf-8")
-    got = await _replay(["answered_mobile"], rules_dir=rules, outcomes={NUMBER: LetteringResult.UNSUPPORTED_DEVICE},
-                        messaging_outcomes={NUMBER: SendResult.NOT_KAKAO_USER})
+    got = await _replay(
+        ["answered_mobile"],
+        rules_dir=rules,
+        outcomes={NUMBER: LetteringResult.UNSUPPORTED_DEVICE},
+        messaging_outcomes={NUMBER: SendResult.NOT_KAKAO_USER},
+    )
     assert {e["result"] for e in _events(got, "sent", channel="alimtalk")} == {"not_kakao_user"}
     assert sorted(e["action"] for e in _events(got, "sms")) == ["call_notice_sms", "postcall_sms"]
     texts = {e["action"]: e for e in _events(got, "sent") if e["channel"] in ("sms", "lms")}
@@ -103,8 +115,11 @@ async def test_no_kakaotalk_gets_sms_from_the_gateway(env: dict[str, str], tmp_p
 
 
 async def test_no_kakaotalk_gets_lms_fallback(env: dict[str, str]) -> None:
-    got = await _replay(["answered_mobile"], outcomes={NUMBER: LetteringResult.UNSUPPORTED_DEVICE},
-                        messaging_outcomes={NUMBER: SendResult.NOT_KAKAO_USER})
+    got = await _replay(
+        ["answered_mobile"],
+        outcomes={NUMBER: LetteringResult.UNSUPPORTED_DEVICE},
+        messaging_outcomes={NUMBER: SendResult.NOT_KAKAO_USER},
+    )
     # The provider was asked for 대체발송 and did it: the citizen got the notice as SMS/LMS.
     for sent in _events(got, "sent", channel="alimtalk"):
         assert sent["result"] == "accepted" and "fallback" in sent["detail"]
@@ -124,7 +139,9 @@ async def nhn() -> Any:
 def _nhn_overrides(nhn: FakeNhnServer, **kwargs: Any) -> Overrides:
     return Overrides(
         alimtalk={"nhn": NhnAlimtalk("nhn", nhn.base_url, nhn.alimtalk_appkey, nhn.alimtalk_secret, nhn.sender_key)},
-        sms={"nhn-sms": NhnSms("nhn-sms", nhn.base_url, nhn.sms_appkey, nhn.sms_secret)}, **kwargs)
+        sms={"nhn-sms": NhnSms("nhn-sms", nhn.base_url, nhn.sms_appkey, nhn.sms_secret)},
+        **kwargs,
+    )
 
 
 def _message(outbox_key: str, *, to: str = NUMBER, kind: str = "alimtalk") -> QueuedMessage:
@@ -138,8 +155,9 @@ def _message(outbox_key: str, *, to: str = NUMBER, kind: str = "alimtalk") -> Qu
 async def test_worker_delivers_through_nhn_with_resend(env: dict[str, str], redis_url: str, nhn: FakeNhnServer) -> None:
     config = load_config()
     nhn.behave("+821055550001", "not_kakao_user")
-    broker, runtime = build_worker(config, environ=env, redis_url=redis_url,
-                                   overrides=_nhn_overrides(nhn, queue_namespace="t-nhn"))
+    broker, runtime = build_worker(
+        config, environ=env, redis_url=redis_url, overrides=_nhn_overrides(nhn, queue_namespace="t-nhn")
+    )
     enqueuer = Enqueuer(broker, config.sealer(env))
     worker = start_worker(broker, threads=2, idle_ms=50)
     try:
@@ -172,11 +190,26 @@ log: {{json: true, level: INFO}}
 
 
 async def _spawn_worker(config_path: Path, env: dict[str, str], nhn: FakeNhnServer) -> asyncio.subprocess.Process:
-    env = dict(env, NHN_AT_APPKEY=nhn.alimtalk_appkey, NHN_AT_SECRET=nhn.alimtalk_secret,
-               NHN_SENDER_KEY=nhn.sender_key, NHN_SMS_APPKEY=nhn.sms_appkey, NHN_SMS_SECRET=nhn.sms_secret)
-    return await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", "worker", "--config",
-                                                str(config_path), cwd=ROOT, env=env,
-                                                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    env = dict(
+        env,
+        NHN_AT_APPKEY=nhn.alimtalk_appkey,
+        NHN_AT_SECRET=nhn.alimtalk_secret,
+        NHN_SENDER_KEY=nhn.sender_key,
+        NHN_SMS_APPKEY=nhn.sms_appkey,
+        NHN_SMS_SECRET=nhn.sms_secret,
+    )
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "worker",
+        "--config",
+        str(config_path),
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
 
 
 async def _until(predicate: Any, timeout: float = 20.0) -> None:
@@ -186,8 +219,9 @@ async def _until(predicate: Any, timeout: float = 20.0) -> None:
         await asyncio.sleep(0.05)
 
 
-async def test_worker_sigkill_mid_job_delivers_exactly_once(env: dict[str, str], redis_url: str, tmp_path: Path,
-                                                            nhn: FakeNhnServer) -> None:
+async def test_worker_sigkill_mid_job_delivers_exactly_once(
+    env: dict[str, str], redis_url: str, tmp_path: Path, nhn: FakeNhnServer
+) -> None:
     """The worker dies while NHN is answering; the job is redelivered to a new worker, which
     sends it again with the same idempotency key: the citizen gets one message."""
     nhn.slow_s = 1.5
@@ -244,9 +278,16 @@ async def test_redis_killed_and_restarted_loses_no_queued_message(env: dict[str,
         proc.kill()
         proc = RedisProcess(port=proc.port, appendonly=True, data_dir=data).start()
         alimtalk = SandboxAlimtalk("sandbox-alimtalk")
-        broker, runtime = build_worker(config, environ=env, redis_url=proc.url, overrides=Overrides(
-            alimtalk={"sandbox-alimtalk": alimtalk}, sms={"sandbox-sms": SandboxSms("sandbox-sms")},
-            queue_namespace="t-restart"))
+        broker, runtime = build_worker(
+            config,
+            environ=env,
+            redis_url=proc.url,
+            overrides=Overrides(
+                alimtalk={"sandbox-alimtalk": alimtalk},
+                sms={"sandbox-sms": SandboxSms("sandbox-sms")},
+                queue_namespace="t-restart",
+            ),
+        )
         # Messages were enqueued for the provider named in the payload ("nhn"): route them to the twin.
         runtime._build_outbox = _rename_provider(runtime._build_outbox, "nhn", "sandbox-alimtalk")
         worker = start_worker(broker, threads=2, idle_ms=50)
@@ -264,21 +305,28 @@ def _rename_provider(build: Any, old: str, new: str) -> Any:
         outbox = build()
         outbox.alimtalk[old] = outbox.alimtalk[new]
         return outbox
+
     return wrapped
 
 
-async def test_failing_provider_ends_in_dead_letters_and_can_be_redriven(env: dict[str, str], redis_url: str,
-                                                                        nhn: FakeNhnServer) -> None:
+async def test_failing_provider_ends_in_dead_letters_and_can_be_redriven(
+    env: dict[str, str], redis_url: str, nhn: FakeNhnServer
+) -> None:
     nhn.behave(NUMBER, "http503")
     config = load_config()
-    broker, runtime = build_worker(config, environ=env, redis_url=redis_url,
-                                   overrides=_nhn_overrides(nhn, queue_namespace="t-dead"))
+    broker, runtime = build_worker(
+        config, environ=env, redis_url=redis_url, overrides=_nhn_overrides(nhn, queue_namespace="t-dead")
+    )
     sealer = config.sealer(env)
     payload = encode_message(_message("dead-1"), sealer)
     # A small retry budget so the test does not wait for the production backoff.
     message: dramatiq.Message[Any] = dramatiq.Message(
-        queue_name="postcall", actor_name=actor_name("postcall"), args=(payload,), kwargs={},
-        options={"max_retries": 2, "min_backoff": 10, "max_backoff": 20})
+        queue_name="postcall",
+        actor_name=actor_name("postcall"),
+        args=(payload,),
+        kwargs={},
+        options={"max_retries": 2, "min_backoff": 10, "max_backoff": 20},
+    )
     worker = start_worker(broker, threads=1, idle_ms=50)
     try:
         broker.enqueue(message)
@@ -345,8 +393,9 @@ async def test_delivery_report_while_redis_is_down_is_503(tmp_path: Path) -> Non
     try:
         async with ClientSession() as session:
             data = json.dumps({"reports": [{"reference": "R", "status": "delivered", "at": 1}]}).encode()
-            async with session.post(f"http://{host}:{port}/webhooks/report/sbx", data=data,
-                                    headers={"X-Sandbox-Signature": "s"}) as resp:
+            async with session.post(
+                f"http://{host}:{port}/webhooks/report/sbx", data=data, headers={"X-Sandbox-Signature": "s"}
+            ) as resp:
                 assert resp.status == 503  # the provider retries later: nothing is lost
     finally:
         await server.stop()
@@ -363,8 +412,9 @@ def test_replay_namespace_is_private(env: dict[str, str]) -> None:
     assert replace(Overrides(), queue_namespace="x").queue_namespace == "x"
 
 
-async def test_sms_with_unknown_outcome_is_looked_up_not_sent_twice(env: dict[str, str], redis_url: str,
-                                                                     nhn: FakeNhnServer) -> None:
+async def test_sms_with_unknown_outcome_is_looked_up_not_sent_twice(
+    env: dict[str, str], redis_url: str, nhn: FakeNhnServer
+) -> None:
     """NHN SMS has no idempotency key: an attempt whose answer never arrived (deadline passed, or
     the worker died mid-request) is looked up by its grouping key before anything is sent again."""
     from gateway.outbox.guard import FOUND_AT_PROVIDER, Outbox, Verdict
@@ -419,8 +469,9 @@ async def test_sms_with_unknown_outcome_is_looked_up_not_sent_twice(env: dict[st
         await store.aclose()
 
 
-async def test_open_circuit_defers_without_spending_retries(env: dict[str, str], redis_url: str,
-                                                              nhn: FakeNhnServer) -> None:
+async def test_open_circuit_defers_without_spending_retries(
+    env: dict[str, str], redis_url: str, nhn: FakeNhnServer
+) -> None:
     """A provider outage must not dead-letter messages that were never tried: while the circuit
     is open a job goes back to the queue for after the cooldown, its retries untouched."""
     from gateway.messaging.jobs import MsgpackEncoder
@@ -492,6 +543,7 @@ async def test_claim_then_queue_is_one_step(env: dict[str, str], redis_url: str)
     enqueuer = Enqueuer(broker, config.sealer(env), wire=wire)
     store = RedisOutboxStore(connect(redis_url, timeout_s=2.0), wire)
     try:
+
         def put() -> QueuePut:
             base = enqueuer.prepare("sms", encode_message(_message("once", kind="sms"), config.sealer(env)))
             return replace(base, stream_key="gw:thread:t1:msgs", stream_fields=(("dir", "out"), ("action", "x")))

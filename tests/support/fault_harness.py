@@ -45,14 +45,33 @@ from tests.support.tcpproxy import TcpProxy
 
 #: The calls looped by the AMI server: every outbound outcome with a mobile, a landline, an
 #: inbound call. One cycle is ~60 recorded seconds.
-LOAD_PLAN = ("answered_mobile", "busy", "answered_callee_hangs_up", "landline", "caller_cancels", "rejected",
-             "inbound_from_citizen", "invalid_number")
+LOAD_PLAN = (
+    "answered_mobile",
+    "busy",
+    "answered_callee_hangs_up",
+    "landline",
+    "caller_cancels",
+    "rejected",
+    "inbound_from_citizen",
+    "invalid_number",
+)
 MAIN_CITIZEN = "+821012345678"  # the mobile of most recorded outbound calls
 INVALID_CITIZEN = "+821000000000"  # invalid_number.ami: opted out before every load
 CITY_NUMBER = "031-900-2000"
 PUBLIC_URL = "https://gateway.example/webhooks/sms/sandbox-sms"
-REGISTERED_SENDERS = frozenset({"0319000119", "0319002000", "0319002100", "0319003000", "0319003200", "0319003400",
-                                "0319003500", "0319003600", "0319004000"})
+REGISTERED_SENDERS = frozenset(
+    {
+        "0319000119",
+        "0319002000",
+        "0319002100",
+        "0319003000",
+        "0319003200",
+        "0319003400",
+        "0319003500",
+        "0319003600",
+        "0319004000",
+    }
+)
 NAMESPACE = "gw"
 QUEUE_NAMES = tuple(QUEUES)
 
@@ -101,8 +120,9 @@ def make_rules(directory: Path) -> Path:
     (rules / "lettering.yaml").write_text(lettering, encoding="utf-8")
     messaging = (rules / "messaging.yaml").read_text(encoding="utf-8")
     messaging = messaging.replace("frequency_cap_days: 7", "frequency_cap_days: 0")
-    messaging = messaging.replace('quiet_hours: {start: "21:00", end: "08:00"}',
-                                  'quiet_hours: {start: "00:00", end: "00:00"}')
+    messaging = messaging.replace(
+        'quiet_hours: {start: "21:00", end: "08:00"}', 'quiet_hours: {start: "00:00", end: "00:00"}'
+    )
     (rules / "messaging.yaml").write_text(messaging, encoding="utf-8")
     (rules / "notify.yaml").unlink()
     assert "provider: kt" in lettering and "frequency_cap_days: 0" in messaging and '"00:00"' in messaging
@@ -128,8 +148,15 @@ class Proc:
         self.log_files.append(path)
         with path.open("wb") as out:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gateway", *self.argv, cwd=ROOT, env=self.env,
-                stdout=asyncio.subprocess.DEVNULL, stderr=out)
+                sys.executable,
+                "-m",
+                "gateway",
+                *self.argv,
+                cwd=ROOT,
+                env=self.env,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=out,
+            )
 
     @property
     def running(self) -> bool:
@@ -192,8 +219,9 @@ class Proc:
 class GatewayProc(Proc):
     """`gateway run` with its own HTTP port and its own proxy in front of the AMI server."""
 
-    def __init__(self, name: str, env: dict[str, str], logs: Path, *, config: Path, http_port: int,
-                 proxy: TcpProxy) -> None:
+    def __init__(
+        self, name: str, env: dict[str, str], logs: Path, *, config: Path, http_port: int, proxy: TcpProxy
+    ) -> None:
         super().__init__(name, ["run", "--config", str(config)], env, logs)
         self.config, self.http_port, self.proxy = config, http_port, proxy
 
@@ -255,10 +283,19 @@ class Harness:
 
     def config_for(self, name: str, ami_port: int, http_port: int) -> Path:
         path = self.tmp / f"{name}.yaml"
-        path.write_text(GATEWAY_YAML.format(
-            ami_port=ami_port, rules=self.rules, http_port=http_port, carrier=self.carrier.base_url,
-            nhn=self.nhn.base_url, public_url=PUBLIC_URL, namespace=NAMESPACE,
-            shutdown_timeout_s=self.shutdown_timeout_s), encoding="utf-8")
+        path.write_text(
+            GATEWAY_YAML.format(
+                ami_port=ami_port,
+                rules=self.rules,
+                http_port=http_port,
+                carrier=self.carrier.base_url,
+                nhn=self.nhn.base_url,
+                public_url=PUBLIC_URL,
+                namespace=NAMESPACE,
+                shutdown_timeout_s=self.shutdown_timeout_s,
+            ),
+            encoding="utf-8",
+        )
         return path
 
     async def add_gateway(self, *, start: bool = True) -> GatewayProc:
@@ -266,8 +303,14 @@ class Harness:
         proxy = TcpProxy(self.ami.host, self.ami.port)
         _, proxy_port = await proxy.start()
         http_port = free_port()
-        gw = GatewayProc(name, self.env, self.tmp, config=self.config_for(name, proxy_port, http_port),
-                         http_port=http_port, proxy=proxy)
+        gw = GatewayProc(
+            name,
+            self.env,
+            self.tmp,
+            config=self.config_for(name, proxy_port, http_port),
+            http_port=http_port,
+            proxy=proxy,
+        )
         self.gateways.append(gw)
         if start:
             await gw.start()
@@ -284,9 +327,18 @@ class Harness:
     async def cli(self, *args: str) -> str:
         """`gateway <args> --config <gw1's>`; returns stdout (asserts exit 0)."""
         config = self.gateways[0].config if self.gateways else self.config_for("cli", 1, free_port())
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", *args, "--config", str(config),
-                                                    cwd=ROOT, env=self.env, stdout=asyncio.subprocess.PIPE,
-                                                    stderr=asyncio.subprocess.PIPE)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway",
+            *args,
+            "--config",
+            str(config),
+            cwd=ROOT,
+            env=self.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         out, err = await asyncio.wait_for(proc.communicate(), 30)
         assert proc.returncode == 0, err.decode()[-2000:]
         return out.decode()
@@ -303,7 +355,8 @@ class Harness:
             await asyncio.sleep(down_s)
         old = self.redis_proc
         self.redis_proc = await asyncio.to_thread(
-            RedisProcess(port=old.port, appendonly=True, data_dir=old.data_dir).start)
+            RedisProcess(port=old.port, appendonly=True, data_dir=old.data_dir).start
+        )
 
     def client(self) -> Any:
         """A synchronous client (redis-py types every reply as a union of everything: Any)."""
@@ -318,8 +371,11 @@ class Harness:
             while time.monotonic() < deadline:
                 with contextlib.suppress(redis.RedisError):
                     pending = sum(int(client.llen(f"{NAMESPACE}:{q}")) for q in QUEUE_NAMES)
-                    running = sum(int(client.scard(k)) for k in client.scan_iter(f"{NAMESPACE}:__acks__.*")
-                                  if not k.endswith(b".DQ"))
+                    running = sum(
+                        int(client.scard(k))
+                        for k in client.scan_iter(f"{NAMESPACE}:__acks__.*")
+                        if not k.endswith(b".DQ")
+                    )
                     quiet = quiet + 1 if pending == 0 and running == 0 else 0
                     if quiet >= 5:
                         return True
@@ -341,8 +397,9 @@ class Harness:
 
 
 @contextlib.asynccontextmanager
-async def harness(tmp_path: Path, *, speed: float = 10.0, plan: Iterable[str] = LOAD_PLAN,
-                  shutdown_timeout_s: float = 10.0) -> AsyncIterator[Harness]:
+async def harness(
+    tmp_path: Path, *, speed: float = 10.0, plan: Iterable[str] = LOAD_PLAN, shutdown_timeout_s: float = 10.0
+) -> AsyncIterator[Harness]:
     """Everything a fault test needs, torn down whatever happens (no process outlives the test)."""
     data = tmp_path / "redis"
     data.mkdir()
@@ -354,17 +411,31 @@ async def harness(tmp_path: Path, *, speed: float = 10.0, plan: Iterable[str] = 
     try:
         await carrier.start()
         await nhn.start()
-        env = dict(os.environ, **ENV, REDIS_URL=redis_proc.url, NHN_AT_APPKEY=nhn.alimtalk_appkey,
-                   NHN_AT_SECRET=nhn.alimtalk_secret, NHN_SENDER_KEY=nhn.sender_key,
-                   NHN_SMS_APPKEY=nhn.sms_appkey, NHN_SMS_SECRET=nhn.sms_secret)
+        env = dict(
+            os.environ,
+            **ENV,
+            REDIS_URL=redis_proc.url,
+            NHN_AT_APPKEY=nhn.alimtalk_appkey,
+            NHN_AT_SECRET=nhn.alimtalk_secret,
+            NHN_SENDER_KEY=nhn.sender_key,
+            NHN_SMS_APPKEY=nhn.sms_appkey,
+            NHN_SMS_SECRET=nhn.sms_secret,
+        )
         env.pop("COMPLAINT_WEBHOOK_SECRET", None)
         holder: list[Harness] = []
-        ami = AmiServer([Transcript.named(n) for n in plan], secret=ENV["GATEWAY_AMI_SECRET"], speed=speed,
-                        loop_forever=True, broadcast=True, add_timestamps=True,
-                        on_block=lambda data: holder[0].on_block(data) if holder else None)
+        ami = AmiServer(
+            [Transcript.named(n) for n in plan],
+            secret=ENV["GATEWAY_AMI_SECRET"],
+            speed=speed,
+            loop_forever=True,
+            broadcast=True,
+            add_timestamps=True,
+            on_block=lambda data: holder[0].on_block(data) if holder else None,
+        )
         await ami.start()
-        h = Harness(tmp_path, redis_proc, carrier, nhn, ami, make_rules(tmp_path), env,
-                    shutdown_timeout_s=shutdown_timeout_s)
+        h = Harness(
+            tmp_path, redis_proc, carrier, nhn, ami, make_rules(tmp_path), env, shutdown_timeout_s=shutdown_timeout_s
+        )
         holder.append(h)
         yield h
     finally:
@@ -390,8 +461,12 @@ def local(e164: str) -> str:
     return f"{national[:3]}-{national[3:7]}-{national[7:]}"
 
 
-TEXTS = ("가로등이 고장났어요 {n}", "12가3456 불법주차 신고합니다 {n}", "여권 발급 문의드립니다 {n}",
-         "쓰레기 무단투기 {n}")
+TEXTS = (
+    "가로등이 고장났어요 {n}",
+    "12가3456 불법주차 신고합니다 {n}",
+    "여권 발급 문의드립니다 {n}",
+    "쓰레기 무단투기 {n}",
+)
 
 
 @dataclass
@@ -406,8 +481,15 @@ class WebhookLoad:
     backoff) until some gateway answers 2xx, as a provider does, or `give_up_s` after the
     load stopped."""
 
-    def __init__(self, targets: Sequence[str], *, rate_per_s: float = 10.0, senders: int = 40,
-                 optout_senders: Sequence[int] = (), give_up_s: float = 20.0) -> None:
+    def __init__(
+        self,
+        targets: Sequence[str],
+        *,
+        rate_per_s: float = 10.0,
+        senders: int = 40,
+        optout_senders: Sequence[int] = (),
+        give_up_s: float = 20.0,
+    ) -> None:
         self.targets = list(targets)
         self.rate_per_s = rate_per_s
         self.senders = senders
@@ -448,14 +530,22 @@ class WebhookLoad:
                 await asyncio.wait(set(self._tasks), timeout=self.give_up_s + 10)
 
     async def _deliver(self, session: ClientSession, mid: str, sender: str, text: str, n: int) -> None:
-        fields = {"message_id": mid, "from": local(sender), "to": CITY_NUMBER, "text": text,
-                  "received_at": f"{time.time():.3f}"}
+        fields = {
+            "message_id": mid,
+            "from": local(sender),
+            "to": CITY_NUMBER,
+            "text": text,
+            "received_at": f"{time.time():.3f}",
+        }
         body = json.dumps(fields, ensure_ascii=False).encode()
         for attempt in itertools.count():
             target = self.targets[(n + attempt) % len(self.targets)]
             ts = str(int(time.time()))
-            headers = {"Content-Type": "application/json; charset=utf-8", "X-Signature-Timestamp": ts,
-                       "X-Signature": sign(ENV["GATEWAY_INBOUND_SECRET"], ts, PUBLIC_URL, body)}
+            headers = {
+                "Content-Type": "application/json; charset=utf-8",
+                "X-Signature-Timestamp": ts,
+                "X-Signature": sign(ENV["GATEWAY_INBOUND_SECRET"], ts, PUBLIC_URL, body),
+            }
             result: int | str
             try:
                 async with session.post(f"{target}/webhooks/sms/sandbox-sms", data=body, headers=headers) as resp:
@@ -545,15 +635,23 @@ class Ledger:
     details: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> str:
-        return (f"letterings due/sent {self.letterings_due}/{self.letterings_sent}; post-call due {self.postcalls_due}:"
-                f" delivered {self.delivered}, dead-lettered {self.dead}, pending retry {self.pending}, refused as"
-                f" opted out {self.not_sent_opted_out}; SMS delivered {self.sms_delivered}, twice {len(self.sms_twice)}"
-                f" {self.details}")
+        return (
+            f"letterings due/sent {self.letterings_due}/{self.letterings_sent}; post-call due {self.postcalls_due}:"
+            f" delivered {self.delivered}, dead-lettered {self.dead}, pending retry {self.pending}, refused as"
+            f" opted out {self.not_sent_opted_out}; SMS delivered {self.sms_delivered}, twice {len(self.sms_twice)}"
+            f" {self.details}"
+        )
 
 
-def check_lettering(h: Harness, ledger: Ledger, *, opted_out: dict[str, float] | None = None,
-                    every_call_decided: bool = False, margin_s: float = 4.0,
-                    blind: Sequence[tuple[float, float]] = ()) -> None:
+def check_lettering(
+    h: Harness,
+    ledger: Ledger,
+    *,
+    opted_out: dict[str, float] | None = None,
+    every_call_decided: bool = False,
+    margin_s: float = 4.0,
+    blind: Sequence[tuple[float, float]] = (),
+) -> None:
     """Each call is lettered at most once at the carrier; every logged lettering reached it;
     no lettering to a number after its opt-out (plus `margin_s` for one in flight). With
     `every_call_decided`, every mobile DialBegin the PBX broadcast got a decision (lettering or
@@ -591,11 +689,15 @@ def check_lettering(h: Harness, ledger: Ledger, *, opted_out: dict[str, float] |
     ledger.letterings_sent = len(per_call)
     ledger.letterings_due = len(h.dials)
     if every_call_decided:
-        undecided = [c for c, at in h.dials.items() if c not in per_call and c not in skipped
-                     and not any(start <= at <= end for start, end in blind)]
+        undecided = [
+            c
+            for c, at in h.dials.items()
+            if c not in per_call and c not in skipped and not any(start <= at <= end for start, end in blind)
+        ]
         assert not undecided, f"{len(undecided)} dialed calls got no decision: {undecided[:5]}"
-    ledger.details["skips"] = dict(Counter(str(d.get("reason")) for d in h.decisions("skipped")
-                                           if str(d["call"]) in h.dials))
+    ledger.details["skips"] = dict(
+        Counter(str(d.get("reason")) for d in h.decisions("skipped") if str(d["call"]) in h.dials)
+    )
 
 
 def _wall(perf: float) -> float:
@@ -603,8 +705,9 @@ def _wall(perf: float) -> float:
     return time.time() - (time.perf_counter() - perf)
 
 
-def check_messages(h: Harness, ledger: Ledger, *, optouts: dict[str, float] | None = None,
-                   margin_s: float = 5.0) -> None:
+def check_messages(
+    h: Harness, ledger: Ledger, *, optouts: dict[str, float] | None = None, margin_s: float = 5.0
+) -> None:
     """Every post-call content the gateways queued was delivered to NHN exactly once, or is a
     dead letter, or is still held by the broker (waiting out a retry backoff), or was refused by
     the guard because its citizen opted out meanwhile. No message reached a phone twice; after a
@@ -624,8 +727,11 @@ def check_messages(h: Harness, ledger: Ledger, *, optouts: dict[str, float] | No
         pending, dead = broker_messages(client)
     finally:
         client.close()
-    refused = {(str(d.get("pbx")), str(d.get("call")), str(d.get("action"))) for d in h.decisions("sent")
-               if d.get("result") in ("opted_out", "already_sent")}
+    refused = {
+        (str(d.get("pbx")), str(d.get("call")), str(d.get("action")))
+        for d in h.decisions("sent")
+        if d.get("result") in ("opted_out", "already_sent")
+    }
     due = [(str(d["pbx"]), str(d["call"])) for d in h.decisions("postcall") if d.get("result") == "queued"]
     assert len(due) == len(set(due)), "a call's post-call content was queued twice"
     lost = []
@@ -646,8 +752,11 @@ def check_messages(h: Harness, ledger: Ledger, *, optouts: dict[str, float] | No
     assert not lost, f"{len(lost)} queued post-call messages were neither delivered nor visible: {lost[:5]}"
     ledger.sms_delivered = sum(1 for d in h.nhn.deliveries if d.channel in ("sms", "lms"))
     for number, at in (optouts or {}).items():
-        late = [d for d in h.nhn.deliveries if d.to == number and d.at > at + margin_s
-                and ":opt_out_confirm:" not in d.idempotency_key]
+        late = [
+            d
+            for d in h.nhn.deliveries
+            if d.to == number and d.at > at + margin_s and ":opt_out_confirm:" not in d.idempotency_key
+        ]
         assert not late, f"{number} opted out at {at:.1f} but got {late[:3]}"
     ledger.details["dead_letters"] = dict(Counter(v for v in dead.values()))
     ledger.details["held_by_broker"] = dict(Counter(v for v in pending.values()))

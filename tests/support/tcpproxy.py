@@ -56,8 +56,10 @@ class _Link:
             proxy.stats.upstream_failures += 1
             self.abort()
             return
-        self.tasks = [asyncio.ensure_future(self._pump(self.client_r, self.upstream_w, up=True)),
-                      asyncio.ensure_future(self._pump(upstream_r, self.client_w, up=False))]
+        self.tasks = [
+            asyncio.ensure_future(self._pump(self.client_r, self.upstream_w, up=True)),
+            asyncio.ensure_future(self._pump(upstream_r, self.client_w, up=False)),
+        ]
         try:
             await asyncio.wait(self.tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -87,9 +89,9 @@ class _Link:
                     # Forward in small pieces at about `rate` bytes per second.
                     piece = max(1, rate // 20)
                     for i in range(0, len(data), piece):
-                        writer.write(data[i:i + piece])
+                        writer.write(data[i : i + piece])
                         await writer.drain()
-                        await asyncio.sleep(len(data[i:i + piece]) / rate)
+                        await asyncio.sleep(len(data[i : i + piece]) / rate)
                 else:
                     writer.write(data)
                     await writer.drain()

@@ -23,9 +23,28 @@ pytestmark = [
 
 def test_tiny_benchmark_run_processes_everything(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "ops.bench.ami_ingest", "--events", "2000", "--runs", "2", "--rates", "20",
-         "--seconds", "1", "--latency-runs", "2", "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "ops.bench.ami_ingest",
+            "--events",
+            "2000",
+            "--runs",
+            "2",
+            "--rates",
+            "20",
+            "--seconds",
+            "1",
+            "--latency-runs",
+            "2",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "| figure | value | goal | baseline / ratio |" in proc.stdout
@@ -40,8 +59,16 @@ def test_tiny_benchmark_run_processes_everything(tmp_path: Path) -> None:
     assert stream["expected_calls"] > 0 and stream["expected_letterings"] > 0
 
     ingest = results["ingest"]
-    assert {"bare_events_per_s", "pipeline_events_per_s", "ratio", "goal_ratio", "runs", "expected",
-            "counts_ok", "problems"} <= ingest.keys()
+    assert {
+        "bare_events_per_s",
+        "pipeline_events_per_s",
+        "ratio",
+        "goal_ratio",
+        "runs",
+        "expected",
+        "counts_ok",
+        "problems",
+    } <= ingest.keys()
     assert ingest["problems"] == []
     assert [r["variant"] for r in ingest["runs"]] == ["bare", "pipeline", "bare", "pipeline"]
     for run in ingest["runs"]:
@@ -53,8 +80,17 @@ def test_tiny_benchmark_run_processes_everything(tmp_path: Path) -> None:
             assert run["lettering_results"] == {"delivered": stream["expected_letterings"]}
 
     (rate,) = results["lettering"]["rates"]
-    assert {"rate", "calls", "letterings_received", "p50_ms", "p95_ms", "p99_ms", "max_ms", "goal_p99_ms",
-            "counts_ok"} <= rate.keys()
+    assert {
+        "rate",
+        "calls",
+        "letterings_received",
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
+        "max_ms",
+        "goal_p99_ms",
+        "counts_ok",
+    } <= rate.keys()
     assert rate["calls"] == 20
     assert rate["runs"] == 2 and len(rate["p99_runs_ms"]) == 2 and rate["p99_ms"] in rate["p99_runs_ms"]
     assert rate["letterings_received"] == rate["calls"]
@@ -73,8 +109,10 @@ def test_routing_bench_decides_like_the_naive_scan() -> None:
     for mix in section["mixes"].values():
         assert mix["decisions"] >= 200 and mix["reference_decisions"] >= 200
         assert mix["decisions_per_s"] > 0 and mix["reference_per_s"] > 0
-    assert section["mixes"]["realistic"]["distinct_winning_rules"] > section["mixes"]["no_keyword"][
-        "distinct_winning_rules"]
+    assert (
+        section["mixes"]["realistic"]["distinct_winning_rules"]
+        > section["mixes"]["no_keyword"]["distinct_winning_rules"]
+    )
     assert len(routing.figures(section)) == 3
 
 
@@ -115,9 +153,26 @@ def test_inbound_bench_finds_every_accepted_message_in_redis() -> None:
 
 def test_entry_point_writes_json_and_markdown(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "ops.bench", "--only", "routing,memory", "--routing-seconds", "0.05",
-         "--routing-sample", "100", "--memory-calls", "100", "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "ops.bench",
+            "--only",
+            "routing,memory",
+            "--routing-seconds",
+            "0.05",
+            "--routing-sample",
+            "100",
+            "--memory-calls",
+            "100",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "| figure | value | goal | baseline | verdict |" in proc.stdout
@@ -130,18 +185,28 @@ def test_entry_point_writes_json_and_markdown(tmp_path: Path) -> None:
 
 
 def test_entry_point_rejects_unknown_sections(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "ops.bench", "--only", "nope", "--out", str(tmp_path)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ops.bench", "--only", "nope", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 2 and "unknown section" in proc.stderr
 
 
-@pytest.mark.parametrize("step", ["accept", "hmac", "hmac_stdlib", "job_id", "uuid4", "route", "notify_job",
-                                  "reply"])
+@pytest.mark.parametrize("step", ["accept", "hmac", "hmac_stdlib", "job_id", "uuid4", "route", "notify_job", "reply"])
 def test_instruction_count_programs_run(step: str, redis_url: str) -> None:
     # What `ops.bench.instructions` runs under valgrind, run without it (valgrind takes minutes):
     # the programs must keep working as the code changes.
-    proc = subprocess.run([sys.executable, "-m", "ops.bench.instructions", "--child", step, "--n", "70",
-                           "--redis-url", redis_url], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ops.bench.instructions", "--child", step, "--n", "70", "--redis-url", redis_url],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "child ok" in proc.stdout

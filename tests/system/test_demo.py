@@ -41,8 +41,12 @@ def _rules_in_quiet_hours(tmp_path: Path) -> Path:
     now = datetime.now(ZoneInfo("Asia/Seoul"))
     start, end = (now - timedelta(hours=1)).strftime("%H:%M"), (now + timedelta(hours=2)).strftime("%H:%M")
     messaging = rules / "messaging.yaml"
-    text, n = re.subn(r"^quiet_hours: .*$", f'quiet_hours: {{start: "{start}", end: "{end}"}}',
-                      messaging.read_text("utf-8"), flags=re.M)
+    text, n = re.subn(
+        r"^quiet_hours: .*$",
+        f'quiet_hours: {{start: "{start}", end: "{end}"}}',
+        messaging.read_text("utf-8"),
+        flags=re.M,
+    )
     assert n == 1
     messaging.write_text(text, "utf-8")
     return rules
@@ -54,9 +58,14 @@ def test_demo_runs_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     rules = _rules_in_quiet_hours(tmp_path)
     with out.open("wb") as sink:
         # A session of its own stands in for the terminal: Ctrl-C signals the whole group.
-        proc = subprocess.Popen([sys.executable, "-m", "gateway", "demo", "--http-port", "0", "--speed", "4",
-                                 "--rules", str(rules)],
-                                cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "demo", "--http-port", "0", "--speed", "4", "--rules", str(rules)],
+            cwd=ROOT,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         text = _wait_for(out, r"\[lettering\] .* delivered", 60)
         text = _wait_for(out, r"(\[sms in\].*HTTP 200[\s\S]*){3}", 30)

@@ -39,8 +39,14 @@ from tests.support.fault_harness import (
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
 
 
-async def under_load(h: Harness, targets: list[GatewayProc], scenario: Callable[[], Awaitable[None]], *,
-                     rate_per_s: float = 10.0, optout_senders: tuple[int, ...] = ()) -> WebhookLoad:
+async def under_load(
+    h: Harness,
+    targets: list[GatewayProc],
+    scenario: Callable[[], Awaitable[None]],
+    *,
+    rate_per_s: float = 10.0,
+    optout_senders: tuple[int, ...] = (),
+) -> WebhookLoad:
     """Run `scenario` while citizens' SMS are posted; stop the load and let the queues settle."""
     load = WebhookLoad([g.base_url for g in targets], rate_per_s=rate_per_s, optout_senders=optout_senders)
     stop = asyncio.Event()
@@ -98,8 +104,9 @@ async def test_redis_sigkill_and_restart_under_load(tmp_path: Path) -> None:
         check_messages(h, ledger, optouts=load.optouts)
         statuses = load.statuses()
         print(f"\nredis: posts {dict(statuses)}, accepted {len(load.accepted)}; {ledger.summary()}")
-        assert statuses[503] + sum(v for k, v in statuses.items() if isinstance(k, str)) > 0, \
+        assert statuses[503] + sum(v for k, v in statuses.items() if isinstance(k, str)) > 0, (
             "the outage was never seen by the webhooks"
+        )
         assert all(w.running for w in h.workers) and gw.running
         assert not ledger.sms_twice
 
@@ -187,9 +194,11 @@ async def test_ami_cut_refused_and_silent(tmp_path: Path) -> None:
         check_lettering(h, ledger, opted_out={INVALID_CITIZEN: 0.0}, every_call_decided=True, blind=blind)
         check_messages(h, ledger)
         unseen = [c for c, at in h.dials.items() if any(a <= at <= b for a, b in blind)]
-        print(f"\nami: {len(unseen)} calls dialed while the link was down; proxy {proxy.stats.accepted}"
-              f" connections, {proxy.stats.cut} cut, {proxy.stats.dropped} bytes"
-              f" dropped while silent; accepted {len(load.accepted)}; {ledger.summary()}")
+        print(
+            f"\nami: {len(unseen)} calls dialed while the link was down; proxy {proxy.stats.accepted}"
+            f" connections, {proxy.stats.cut} cut, {proxy.stats.dropped} bytes"
+            f" dropped while silent; accepted {len(load.accepted)}; {ledger.summary()}"
+        )
         assert not ledger.sms_twice
 
 
@@ -228,6 +237,8 @@ async def test_providers_slow_failing_and_garbage(tmp_path: Path) -> None:
         assert "temporary_error" in results and "delivered" in results, results
         sent = {str(d.get("result")) for d in h.decisions("sent")}
         assert "temporary_error" in sent, sent
-        print(f"\nproviders: accepted {len(load.accepted)}; lettering results {sorted(results)};"
-              f" NHN requests {len(h.nhn.requests)}; {ledger.summary()}")
+        print(
+            f"\nproviders: accepted {len(load.accepted)}; lettering results {sorted(results)};"
+            f" NHN requests {len(h.nhn.requests)}; {ledger.summary()}"
+        )
         assert not ledger.sms_twice, f"SMS sent twice: {ledger.sms_twice}"

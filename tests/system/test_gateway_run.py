@@ -21,12 +21,15 @@ from tests.conftest import ROOT, RULES
 
 async def test_run_two_pbxes_logs_masked_and_stops_on_sigterm(tmp_path: Path, redis_server: RedisProcess) -> None:
     secret = "ami-secret-for-test"
-    servers = [AmiServer([Transcript.named("answered_mobile")], secret=secret, speed="fast"),
-               AmiServer([Transcript.named("inbound_from_citizen")], secret=secret, speed="fast")]
+    servers = [
+        AmiServer([Transcript.named("answered_mobile")], secret=secret, speed="fast"),
+        AmiServer([Transcript.named("inbound_from_citizen")], secret=secret, speed="fast"),
+    ]
     ports = [(await s.start())[1] for s in servers]
     http_port = free_port()
     config = tmp_path / "gateway.yaml"
-    config.write_text(f"""
+    config.write_text(
+        f"""
 pbx:
   - name: main-hall
     host: 127.0.0.1
@@ -46,12 +49,28 @@ http: {{host: 127.0.0.1, port: {http_port}}}
 carriers: {{sandbox: {{kind: sandbox}}}}
 outbox: {{number_key_env: TEST_NUMBER_KEY, data_key_env: TEST_DATA_KEY}}
 log: {{json: true, level: INFO}}
-""", encoding="utf-8")
-    env = dict(os.environ, TEST_AMI_SECRET=secret, TEST_REDIS_URL=redis_server.url,
-               TEST_NUMBER_KEY="number-key-for-tests-0123", TEST_DATA_KEY=Sealer.new_key_spec())
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", "run", "--config", str(config),
-                                                cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
+""",
+        encoding="utf-8",
+    )
+    env = dict(
+        os.environ,
+        TEST_AMI_SECRET=secret,
+        TEST_REDIS_URL=redis_server.url,
+        TEST_NUMBER_KEY="number-key-for-tests-0123",
+        TEST_DATA_KEY=Sealer.new_key_spec(),
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "run",
+        "--config",
+        str(config),
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         await asyncio.wait_for(asyncio.gather(*(s.wait_done() for s in servers)), 30)
         health: dict[str, Any] = {}
@@ -78,8 +97,9 @@ log: {{json: true, level: INFO}}
             await s.stop()
     assert proc.returncode == 0, err.decode()[-2000:]
     log = err.decode()
-    decisions = [json.loads(line) for line in log.splitlines()
-                 if line.startswith("{") and '"gateway.decisions"' in line]
+    decisions = [
+        json.loads(line) for line in log.splitlines() if line.startswith("{") and '"gateway.decisions"' in line
+    ]
     # One line per decision, its fields at the top level, the call id on every line of a call.
     assert all(d["call"] and d["pbx"] and d["msg"] for d in decisions if d["event"] != "pbx")
     assert {d["state"] for d in decisions if d["event"] == "pbx"} >= {"connected"}

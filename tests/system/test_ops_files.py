@@ -102,9 +102,11 @@ def test_redis_conf_has_the_settings_the_gateway_relies_on() -> None:
 def test_redis_accepts_the_fragment_and_its_acl_keeps_the_gateway_from_admin_commands(tmp_path: Path) -> None:
     """The fragment as Debian's redis-server reads it, with host paths moved into tmp_path."""
     users = tmp_path / "users.conf"
-    users.write_text("user default off\n"
-                     "user gateway on >gw-secret-0123456789 ~* &* +@all -@admin -@dangerous\n"
-                     "user admin on >admin-secret-0123456789 ~* &* +@all\n")
+    users.write_text(
+        "user default off\n"
+        "user gateway on >gw-secret-0123456789 ~* &* +@all -@admin -@dangerous\n"
+        "user admin on >admin-secret-0123456789 ~* &* +@all\n"
+    )
     sock = tmp_path / "redis.sock"
     text = (OPS / "redis.conf").read_text()
     text = re.sub(r"^bind .*$", "bind 127.0.0.1", text, flags=re.M)
@@ -113,9 +115,10 @@ def test_redis_accepts_the_fragment_and_its_acl_keeps_the_gateway_from_admin_com
     text = re.sub(r"^include .*$", f"include {users}", text, flags=re.M)
     text = re.sub(r"^dir .*$", f"dir {tmp_path}", text, flags=re.M)
     text = re.sub(r"^supervised .*$", "supervised no", text, flags=re.M)
-    (tmp_path / "redis.conf").write_text(text + "\ndaemonize no\nlogfile \"\"\n")
-    proc = subprocess.Popen(["redis-server", str(tmp_path / "redis.conf")], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    (tmp_path / "redis.conf").write_text(text + '\ndaemonize no\nlogfile ""\n')
+    proc = subprocess.Popen(
+        ["redis-server", str(tmp_path / "redis.conf")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     try:
         deadline = time.monotonic() + 10
         while not sock.exists():
@@ -209,9 +212,18 @@ async def _gateway_scrape(redis_url: str) -> str:
     server = AmiServer([Transcript.named("answered_mobile")], secret=environ["GATEWAY_AMI_SECRET"], speed="fast")
     host, port = await server.start()
     carrier = SandboxCarrier()
-    gw = Gateway(config, Sink(), environ=environ, overrides=Overrides(
-        redis_url=redis_url, rules_dir=RULES, pbx_address=(host, port), carriers={"sandbox": carrier},
-        ami=dict(FAST_RECONNECT)))
+    gw = Gateway(
+        config,
+        Sink(),
+        environ=environ,
+        overrides=Overrides(
+            redis_url=redis_url,
+            rules_dir=RULES,
+            pbx_address=(host, port),
+            carriers={"sandbox": carrier},
+            ami=dict(FAST_RECONNECT),
+        ),
+    )
     await gw.start()
     http = HttpServer(make_app(gw.health, gw.reports, gw.http_routes), "127.0.0.1", 0)
     http_host, http_port = await http.start()

@@ -32,14 +32,16 @@ from tests.system.test_ops_files import _gateway_scrape
 
 PROMTOOL = shutil.which("promtool")
 # Skipped only outside CI (a contributor without Debian's prometheus); in CI a missing promtool fails.
-pytestmark = pytest.mark.skipif(PROMTOOL is None and not os.environ.get("CI"),
-                                reason="promtool missing (ops/bootstrap.sh installs prometheus)")
+pytestmark = pytest.mark.skipif(
+    PROMTOOL is None and not os.environ.get("CI"), reason="promtool missing (ops/bootstrap.sh installs prometheus)"
+)
 
 
 def _check_metrics(exposition: str) -> None:
     assert PROMTOOL is not None
-    done = subprocess.run([PROMTOOL, "check", "metrics"], input=exposition, capture_output=True, text=True,
-                          timeout=60, check=False)
+    done = subprocess.run(
+        [PROMTOOL, "check", "metrics"], input=exposition, capture_output=True, text=True, timeout=60, check=False
+    )
     # promtool prints lint problems and exits non-zero (3 for lint findings).
     assert done.returncode == 0 and not done.stdout.strip() and not done.stderr.strip(), done.stdout + done.stderr
     assert "gateway_" in exposition
@@ -55,14 +57,25 @@ async def test_worker_metrics_pass_promtool(redis_url: str) -> None:
     config = load_config()
     env = demo_environ(config, os.environ)
     alimtalk = SandboxAlimtalk("sandbox-alimtalk")
-    broker, runtime = build_worker(config, environ=env, redis_url=redis_url, overrides=Overrides(
-        alimtalk={"sandbox-alimtalk": alimtalk}, sms={"sandbox-sms": SandboxSms("sandbox-sms")}))
+    broker, runtime = build_worker(
+        config,
+        environ=env,
+        redis_url=redis_url,
+        overrides=Overrides(alimtalk={"sandbox-alimtalk": alimtalk}, sms={"sandbox-sms": SandboxSms("sandbox-sms")}),
+    )
     enqueuer = Enqueuer(broker, config.sealer(env))
     to = "+821012345678"
 
     def message(key: str) -> QueuedMessage:
-        return QueuedMessage(key, "pbx", key, "postcall", to, "sandbox-alimtalk",
-                             alimtalk=AlimtalkRequest(key, to, "HB_POSTCALL_01", (("title", "안내"),)))
+        return QueuedMessage(
+            key,
+            "pbx",
+            key,
+            "postcall",
+            to,
+            "sandbox-alimtalk",
+            alimtalk=AlimtalkRequest(key, to, "HB_POSTCALL_01", (("title", "안내"),)),
+        )
 
     worker = start_worker(broker, threads=2, idle_ms=50)
     http = WorkerHttp(broker, runtime, worker, "127.0.0.1", 0)
@@ -94,7 +107,12 @@ async def test_worker_metrics_pass_promtool(redis_url: str) -> None:
 
 def test_alert_rules_pass_promtool() -> None:
     assert PROMTOOL is not None
-    done = subprocess.run([PROMTOOL, "check", "rules", str(ROOT / "ops" / "prometheus" / "alerts.yml")],
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [PROMTOOL, "check", "rules", str(ROOT / "ops" / "prometheus" / "alerts.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "SUCCESS" in done.stdout

@@ -75,8 +75,10 @@ async def test_graceful_sigterm_under_load(tmp_path: Path) -> None:
         in_flight = str((h.carrier.requests[before].body or {}).get("callKey"))
         results = {str(d["call"]): d.get("result") for d in gw.decisions() if d.get("event") == "lettering"}
         assert results.get(in_flight) == "temporary_error", (in_flight, results)
-        print(f"\nsigterm: exit {rc} after {exited_at - sigterm_at:.1f} s; posts while draining {dict(during)};"
-              f" accepted {len(load.accepted)}, given up {len(load.gave_up)}; {ledger.summary()}")
+        print(
+            f"\nsigterm: exit {rc} after {exited_at - sigterm_at:.1f} s; posts while draining {dict(during)};"
+            f" accepted {len(load.accepted)}, given up {len(load.gave_up)}; {ledger.summary()}"
+        )
 
 
 async def test_two_gateways_letter_once_and_survive_kill(tmp_path: Path) -> None:
@@ -108,8 +110,14 @@ async def test_two_gateways_letter_once_and_survive_kill(tmp_path: Path) -> None
         check_lettering(h, ledger, opted_out={INVALID_CITIZEN: 0.0}, every_call_decided=True)
         check_messages(h, ledger)
         assert not ledger.sms_twice
-        by_gateway = {gw.name: Counter(str(d.get("reason") or d.get("result")) for d in gw.decisions()
-                                       if d.get("event") in ("lettering", "skipped")) for gw in (gw1, gw2)}
+        by_gateway = {
+            gw.name: Counter(
+                str(d.get("reason") or d.get("result"))
+                for d in gw.decisions()
+                if d.get("event") in ("lettering", "skipped")
+            )
+            for gw in (gw1, gw2)
+        }
         # Both saw the calls and both lettered some; where they raced, one recorded "duplicate".
         # (Which one loses a race, and whether its lease wait ends before it is killed, is timing:
         # per gateway a duplicate is not guaranteed.)
@@ -124,6 +132,8 @@ async def test_two_gateways_letter_once_and_survive_kill(tmp_path: Path) -> None
         lost_with_the_killed = [c for c in unlettered if skip_reasons.get(c) == "duplicate"]
         statuses = load.statuses()
         assert any(isinstance(k, str) for k in statuses), statuses  # the killed gateway refused connections
-        print(f"\ntwo gateways: {len(h.dials)} calls dialed, {len(lettered)} lettered once, decisions {by_gateway},"
-              f" claimed by a killed gateway and not lettered {len(lost_with_the_killed)};"
-              f" posts {dict(statuses)}, accepted {len(load.accepted)}; {ledger.summary()}")
+        print(
+            f"\ntwo gateways: {len(h.dials)} calls dialed, {len(lettered)} lettered once, decisions {by_gateway},"
+            f" claimed by a killed gateway and not lettered {len(lost_with_the_killed)};"
+            f" posts {dict(statuses)}, accepted {len(load.accepted)}; {ledger.summary()}"
+        )

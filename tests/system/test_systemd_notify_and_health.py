@@ -71,7 +71,8 @@ def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
 
 def _config(tmp_path: Path, ami_port: int, http_port: int, worker_port: int, *, outcomes: dict[str, str]) -> Path:
     path = tmp_path / "gateway.yaml"
-    path.write_text(f"""
+    path.write_text(
+        f"""
 pbx:
   - name: city-hall
     host: 127.0.0.1
@@ -91,7 +92,9 @@ outbox: {{number_key_env: TEST_NUMBER_KEY, data_key_env: TEST_DATA_KEY}}
 worker: {{http_port: {worker_port}, threads: 2}}
 shutdown_timeout_s: 5
 log: {{json: true, level: INFO}}
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )
     return path
 
 
@@ -108,17 +111,33 @@ async def _get(url: str, tries: int = 200) -> tuple[int, Any]:
 
 
 async def test_gateway_run_tells_systemd_ready_feeds_watchdog_and_says_stopping(
-        tmp_path: Path, redis_url: str, notify_socket: NotifySocket) -> None:
+    tmp_path: Path, redis_url: str, notify_socket: NotifySocket
+) -> None:
     secret = "ami-secret-for-test"
     server = AmiServer([Transcript.named("answered_mobile")], secret=secret, speed="fast")
     ami_port = (await server.start())[1]
     http_port = free_port()
     config = _config(tmp_path, ami_port, http_port, free_port(), outcomes={})
-    env = dict(os.environ, TEST_AMI_SECRET=secret, TEST_REDIS_URL=redis_url, NOTIFY_SOCKET=str(notify_socket.path),
-               WATCHDOG_USEC="200000", **KEYS)
+    env = dict(
+        os.environ,
+        TEST_AMI_SECRET=secret,
+        TEST_REDIS_URL=redis_url,
+        NOTIFY_SOCKET=str(notify_socket.path),
+        WATCHDOG_USEC="200000",
+        **KEYS,
+    )
     env.pop("WATCHDOG_PID", None)
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", "run", "--config", str(config),
-                                                cwd=ROOT, env=env, stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "run",
+        "--config",
+        str(config),
+        cwd=ROOT,
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         ready = await notify_socket.wait_for("READY=1")
         assert "STATUS=ready" in ready  # every PBX logged in before READY
@@ -143,15 +162,24 @@ async def test_gateway_run_tells_systemd_ready_feeds_watchdog_and_says_stopping(
 
 
 async def test_ready_is_sent_without_a_pbx_after_ready_timeout(
-        tmp_path: Path, redis_url: str, notify_socket: NotifySocket) -> None:
+    tmp_path: Path, redis_url: str, notify_socket: NotifySocket
+) -> None:
     """Citizens' SMS intake must not wait for a PBX that is down: READY anyway, /health says 503."""
     http_port = free_port()
     config = _config(tmp_path, free_port(), http_port, free_port(), outcomes={})  # nobody listens there
     config.write_text(config.read_text(encoding="utf-8") + "ready_timeout_s: 0.5\n", encoding="utf-8")
-    env = dict(os.environ, TEST_AMI_SECRET="x", TEST_REDIS_URL=redis_url, NOTIFY_SOCKET=str(notify_socket.path),
-               **KEYS)
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", "run", "--config", str(config),
-                                                cwd=ROOT, env=env, stderr=asyncio.subprocess.DEVNULL)
+    env = dict(os.environ, TEST_AMI_SECRET="x", TEST_REDIS_URL=redis_url, NOTIFY_SOCKET=str(notify_socket.path), **KEYS)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "run",
+        "--config",
+        str(config),
+        cwd=ROOT,
+        env=env,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
     try:
         ready = await notify_socket.wait_for("READY=1")
         assert "without every PBX or Redis" in ready
@@ -166,14 +194,25 @@ async def test_ready_is_sent_without_a_pbx_after_ready_timeout(
 
 
 async def test_worker_notifies_systemd_and_reports_providers(
-        tmp_path: Path, redis_url: str, notify_socket: NotifySocket) -> None:
+    tmp_path: Path, redis_url: str, notify_socket: NotifySocket
+) -> None:
     failing = "+821055550001"
     worker_port = free_port()
     config_path = _config(tmp_path, free_port(), free_port(), worker_port, outcomes={failing: "temporary_error"})
-    env = dict(os.environ, TEST_REDIS_URL=redis_url, NOTIFY_SOCKET=str(notify_socket.path), WATCHDOG_USEC="400000",
-               **KEYS)
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", "worker", "--config",
-                                                str(config_path), cwd=ROOT, env=env, stderr=asyncio.subprocess.PIPE)
+    env = dict(
+        os.environ, TEST_REDIS_URL=redis_url, NOTIFY_SOCKET=str(notify_socket.path), WATCHDOG_USEC="400000", **KEYS
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "worker",
+        "--config",
+        str(config_path),
+        cwd=ROOT,
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
     config = load_config(config_path, env)
     broker = make_broker(redis_url, namespace=config.queue_namespace)
     enqueuer = Enqueuer(broker, config.sealer(env))
@@ -183,8 +222,9 @@ async def test_worker_notifies_systemd_and_reports_providers(
         assert status == 200 and health["threads_alive"] and health["providers"] == {}
         for n, to in enumerate(("+821055550000", failing)):
             alimtalk = AlimtalkRequest(f"k{n}", to, "HB_POSTCALL_01", (("title", "여권 발급 안내"),))
-            assert await enqueuer.enqueue("postcall", QueuedMessage(f"k{n}", "pbx", f"c{n}", "postcall", to, "kakao",
-                                                                    alimtalk=alimtalk))
+            assert await enqueuer.enqueue(
+                "postcall", QueuedMessage(f"k{n}", "pbx", f"c{n}", "postcall", to, "kakao", alimtalk=alimtalk)
+            )
         metrics = ""
         for _ in range(200):
             _, metrics = await _get(f"http://127.0.0.1:{worker_port}/metrics")

@@ -29,14 +29,35 @@ INSTALLED_BIN = "/opt/gateway/.venv/bin/gateway"
 MAX_EXPOSURE = 1.5
 #: What every unit must say, key by key (the brief of issue #5 and ops/runbook.md).
 REQUIRED = {
-    "Type": "notify", "NotifyAccess": "main", "WatchdogSec": "30s", "EnvironmentFile": "/etc/gateway/gateway.env",
-    "Restart": "on-failure", "TimeoutStopSec": "30s", "KillMode": "mixed", "User": "gateway", "Group": "gateway",
-    "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
-    "PrivateDevices": "yes", "ProtectKernelTunables": "yes", "ProtectKernelModules": "yes", "ProtectKernelLogs": "yes",
-    "ProtectControlGroups": "yes", "ProtectClock": "yes", "ProtectHostname": "yes",
-    "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX", "RestrictNamespaces": "yes", "RestrictRealtime": "yes",
-    "RestrictSUIDSGID": "yes", "LockPersonality": "yes", "SystemCallArchitectures": "native",
-    "CapabilityBoundingSet": "", "AmbientCapabilities": "", "UMask": "0077",
+    "Type": "notify",
+    "NotifyAccess": "main",
+    "WatchdogSec": "30s",
+    "EnvironmentFile": "/etc/gateway/gateway.env",
+    "Restart": "on-failure",
+    "TimeoutStopSec": "30s",
+    "KillMode": "mixed",
+    "User": "gateway",
+    "Group": "gateway",
+    "NoNewPrivileges": "yes",
+    "ProtectSystem": "strict",
+    "ProtectHome": "yes",
+    "PrivateTmp": "yes",
+    "PrivateDevices": "yes",
+    "ProtectKernelTunables": "yes",
+    "ProtectKernelModules": "yes",
+    "ProtectKernelLogs": "yes",
+    "ProtectControlGroups": "yes",
+    "ProtectClock": "yes",
+    "ProtectHostname": "yes",
+    "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
+    "RestrictNamespaces": "yes",
+    "RestrictRealtime": "yes",
+    "RestrictSUIDSGID": "yes",
+    "LockPersonality": "yes",
+    "SystemCallArchitectures": "native",
+    "CapabilityBoundingSet": "",
+    "AmbientCapabilities": "",
+    "UMask": "0077",
 }
 
 
@@ -120,7 +141,7 @@ def _copies(directory: Path) -> list[Path]:
     copies: list[Path] = []
     for name in UNITS:
         text = (SYSTEMD / name).read_text().replace(f"ExecStart={INSTALLED_BIN} ", f"ExecStart={_gateway_bin()} ")
-        for target in ([name, "gateway-worker@1.service"] if name.endswith("@.service") else [name]):
+        for target in [name, "gateway-worker@1.service"] if name.endswith("@.service") else [name]:
             (directory / target).write_text(text)
             copies.append(directory / target)
     return copies
@@ -128,8 +149,13 @@ def _copies(directory: Path) -> list[Path]:
 
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
     tool = _analyze()
-    proc = subprocess.run([tool, "verify", "--man=no", *map(str, _copies(tmp_path))],
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [tool, "verify", "--man=no", *map(str, _copies(tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     ours = [line for line in (proc.stdout + proc.stderr).splitlines() if "gateway" in line]
     assert proc.returncode == 0 and not ours, proc.stdout + proc.stderr
 
@@ -139,8 +165,13 @@ def test_systemd_analyze_security_exposure(tmp_path: Path) -> None:
     for unit in _copies(tmp_path):
         if unit.name.endswith("@.service"):
             continue  # scored as its instance gateway-worker@1.service
-        proc = subprocess.run([tool, "security", "--offline=true", "--no-pager", str(unit)],
-                              capture_output=True, text=True, timeout=60, check=False)
+        proc = subprocess.run(
+            [tool, "security", "--offline=true", "--no-pager", str(unit)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", proc.stdout)
         assert found, proc.stdout + proc.stderr
         exposure = float(found.group(1))

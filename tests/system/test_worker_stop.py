@@ -37,7 +37,8 @@ KEYS = {"TEST_NUMBER_KEY": "test-number-key-0123456789", "TEST_DATA_KEY": "k1:" 
 
 def _config(tmp_path: Path, http_port: int, provider_delay_ms: int) -> Path:
     path = tmp_path / "gateway.yaml"
-    path.write_text(f"""
+    path.write_text(
+        f"""
 pbx:
   - {{name: city-hall, host: 127.0.0.1, port: {free_port()}, username: gateway, secret_env: TEST_AMI_SECRET,
      trunks: [carrier]}}
@@ -49,7 +50,9 @@ outbox: {{number_key_env: TEST_NUMBER_KEY, data_key_env: TEST_DATA_KEY}}
 worker: {{http_port: {http_port}, threads: 2, namespace: {NAMESPACE}}}
 shutdown_timeout_s: {SHUTDOWN_S}
 log: {{json: true, level: INFO}}
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )
     return path
 
 
@@ -96,8 +99,12 @@ def _put_delayed(url: str, count: int) -> None:
     try:
         for i in range(count):
             message: dramatiq.Message[Any] = dramatiq.Message(
-                queue_name="postcall", actor_name=actor_name("postcall"), args=({"v": 1, "key": f"held-{i}"},),
-                kwargs={}, options=actor_options("postcall"))
+                queue_name="postcall",
+                actor_name=actor_name("postcall"),
+                args=({"v": 1, "key": f"held-{i}"},),
+                kwargs={},
+                options=actor_options("postcall"),
+            )
             broker.enqueue(message, delay=3_600_000)
     finally:
         broker.client.close()
@@ -138,8 +145,15 @@ def _put_ready(url: str, env: dict[str, str], config_path: Path, count: int) -> 
     async def put() -> None:
         for i in range(count):
             to = f"+82105555{i:04d}"
-            message = QueuedMessage(key=f"busy-{i}", pbx="city-hall", call_id=f"c-{i}", action="postcall", recipient=to,
-                                    provider="kakao", alimtalk=AlimtalkRequest(f"busy-{i}", to, "T1", ()))
+            message = QueuedMessage(
+                key=f"busy-{i}",
+                pbx="city-hall",
+                call_id=f"c-{i}",
+                action="postcall",
+                recipient=to,
+                provider="kakao",
+                alimtalk=AlimtalkRequest(f"busy-{i}", to, "T1", ()),
+            )
             assert await enqueuer.enqueue("postcall", message)
 
     try:
@@ -149,11 +163,21 @@ def _put_ready(url: str, env: dict[str, str], config_path: Path, count: int) -> 
         broker.client.close()
 
 
-@pytest.mark.parametrize(("redis_fate", "busy"), [
-    ("up", False), ("killed", False), ("paused", False), ("restarted_empty", False),
-    ("up", True), ("killed", True), ("paused", True)])
-def test_sigterm_stops_the_worker_within_its_shutdown_timeout(redis_fate: str, busy: bool,
-                                                              private_redis: RedisProcess, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("redis_fate", "busy"),
+    [
+        ("up", False),
+        ("killed", False),
+        ("paused", False),
+        ("restarted_empty", False),
+        ("up", True),
+        ("killed", True),
+        ("paused", True),
+    ],
+)
+def test_sigterm_stops_the_worker_within_its_shutdown_timeout(
+    redis_fate: str, busy: bool, private_redis: RedisProcess, tmp_path: Path
+) -> None:
     """busy: jobs are running (a provider that answers after a minute) and more wait prefetched
     in the worker's memory when Redis goes; idle: it only holds delayed jobs."""
     http_port = free_port()
@@ -164,8 +188,14 @@ def test_sigterm_stops_the_worker_within_its_shutdown_timeout(redis_fate: str, b
     if busy:
         _put_ready(private_redis.url, env, config_path, 8)
     restarted: RedisProcess | None = None
-    worker = subprocess.Popen([sys.executable, "-m", "gateway", "worker", "--config", str(config_path)], cwd=ROOT,
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "worker", "--config", str(config_path)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _until(lambda: _port_open(http_port) or worker.poll() is not None, 30, "worker HTTP port never opened")
         assert worker.poll() is None, worker.communicate()[1][-2000:]
@@ -187,8 +217,9 @@ def test_sigterm_stops_the_worker_within_its_shutdown_timeout(redis_fate: str, b
         except subprocess.TimeoutExpired:
             worker.kill()
             _, stderr = worker.communicate()
-            pytest.fail(f"worker still running {SHUTDOWN_S + MARGIN_S} s after SIGTERM (Redis {redis_fate}):\n"
-                        + stderr[-3000:])
+            pytest.fail(
+                f"worker still running {SHUTDOWN_S + MARGIN_S} s after SIGTERM (Redis {redis_fate}):\n" + stderr[-3000:]
+            )
     finally:
         if worker.poll() is None:
             worker.kill()

@@ -66,8 +66,7 @@ def make_protocol(wanted: set[str]) -> tuple[AmiProtocol, Sink, FakeTransport]:
 
 def korean_block() -> bytes:
     transcript = Transcript.named("inbound_queue_korean_name")
-    return next(b.raw for b in transcript.blocks
-                if b.raw.startswith(b"Event: Newchannel") and HONG.encode() in b.raw)
+    return next(b.raw for b in transcript.blocks if b.raw.startswith(b"Event: Newchannel") and HONG.encode() in b.raw)
 
 
 async def test_korean_name_split_at_every_byte_position_stays_intact() -> None:
@@ -88,7 +87,7 @@ async def test_whole_transcript_fed_byte_by_byte() -> None:
     raw = (TRANSCRIPTS / "inbound_queue_korean_name.ami").read_bytes()
     proto, sink, _ = make_protocol({"Newchannel", "QueueCallerJoin"})
     for i in range(len(raw)):
-        proto.data_received(raw[i:i + 1])
+        proto.data_received(raw[i : i + 1])
     names = [e["CallerIDName"] for e in sink.named("Newchannel")]
     assert HONG in names
     assert all("\ufffd" not in n for n in names)
@@ -124,8 +123,11 @@ async def test_prefilter_discards_unwanted_events_without_parsing_them() -> None
 
 
 async def test_parsed_event_is_a_plain_dict_with_first_value_and_empty_values() -> None:
-    block = next(b.raw for b in Transcript.named("answered_mobile").blocks
-                 if b.raw.startswith(b"Event: DialBegin") and b"DestChannel: PJSIP/carrier" in b.raw)
+    block = next(
+        b.raw
+        for b in Transcript.named("answered_mobile").blocks
+        if b.raw.startswith(b"Event: DialBegin") and b"DestChannel: PJSIP/carrier" in b.raw
+    )
     event = parse_frame(block.decode())
     assert type(event) is dict
     assert event["DestChannel"].startswith("PJSIP/carrier-")
@@ -135,8 +137,7 @@ async def test_parsed_event_is_a_plain_dict_with_first_value_and_empty_values() 
 
 
 async def test_timestamp_header_is_used_as_event_time() -> None:
-    block = next(b.raw for b in Transcript.named("answered_mobile").blocks
-                 if b.raw.startswith(b"Event: DialBegin"))
+    block = next(b.raw for b in Transcript.named("answered_mobile").blocks if b.raw.startswith(b"Event: DialBegin"))
     stamped = add_timestamp(block, 1795339616.25)
     assert header(stamped, b"Timestamp") == b"1795339616.250000"
     assert stamped.split(b"\r\n")[2].startswith(b"Timestamp: ")  # right after Privilege
@@ -200,7 +201,8 @@ async def test_garbage_peer_over_real_tcp_is_dropped(caplog: pytest.LogCaptureFi
     loop = asyncio.get_running_loop()
     with caplog.at_level(logging.ERROR, logger="gateway.calls.pbx.protocol"):
         _t, proto = await loop.create_connection(
-            lambda: AmiProtocol(frozenset(), sink.on_event, sink.on_lost, name="junk"), "127.0.0.1", port)
+            lambda: AmiProtocol(frozenset(), sink.on_event, sink.on_lost, name="junk"), "127.0.0.1", port
+        )
         for _ in range(200):
             if sink.lost:
                 break
@@ -241,8 +243,11 @@ def test_transcript_kinds() -> None:
 
 
 def test_fresh_ids_shifts_only_the_integer_part_of_uniqueid_and_linkedid_headers() -> None:
-    block = next(b.raw for b in Transcript.named("answered_mobile").blocks
-                 if b.raw.startswith(b"Event: DialBegin") and b"DestChannel: PJSIP/carrier" in b.raw)
+    block = next(
+        b.raw
+        for b in Transcript.named("answered_mobile").blocks
+        if b.raw.startswith(b"Event: DialBegin") and b"DestChannel: PJSIP/carrier" in b.raw
+    )
     shifted = fresh_ids(block, 1000)
     for name in (b"Uniqueid", b"Linkedid", b"DestUniqueid", b"DestLinkedid"):
         before, after = header(block, name), header(shifted, name)
@@ -254,8 +259,7 @@ def test_fresh_ids_shifts_only_the_integer_part_of_uniqueid_and_linkedid_headers
     strip = [line for line in block.split(b"\r\n") if b"id: " not in line.lower()]
     assert [line for line in shifted.split(b"\r\n") if b"id: " not in line.lower()] == strip
     assert fresh_ids(block, 0) is block
-    bridge = next(b.raw for b in Transcript.named("answered_mobile").blocks
-                  if b.raw.startswith(b"Event: BridgeEnter"))
+    bridge = next(b.raw for b in Transcript.named("answered_mobile").blocks if b.raw.startswith(b"Event: BridgeEnter"))
     assert header(fresh_ids(bridge, 5), b"BridgeUniqueid") == header(bridge, b"BridgeUniqueid")
     lower = b"Event: X\r\nuniqueID: 12.5\r\n\r\n"
     assert fresh_ids(lower, 3) == b"Event: X\r\nuniqueID: 15.5\r\n\r\n"
@@ -275,4 +279,3 @@ def test_channel_table_reproduces_the_recorded_coreshowchannels_answer() -> None
     assert rendered[0] == recorded[0]
     assert rendered[-1] == recorded[-1]
     assert sorted(rendered[1:-1]) == sorted(recorded[1:-1])
-

@@ -89,7 +89,7 @@ def test_reconnect_gap_resync_ends_missing_and_keeps_live() -> None:
     events = list(timed_events("answered_mobile"))
     cut = next(i for i, (_, f) in enumerate(events) if f.get("Event") == "BridgeEnter")
     t = tracker()
-    out = run(t, events[:cut + 2])
+    out = run(t, events[: cut + 2])
     assert [type(o) for o in out] == [ExternalDial]
     t.resync_started()
     # The PBX says the call is gone (it ended while we were away).
@@ -111,8 +111,10 @@ def test_resync_rebuilds_unknown_ringing_call_once() -> None:
     t.resync_started()
     phone = _info("100.1", "100.1", "PJSIP/2002-00000010", "2002", "01055551234", 6)
     trunk = _info("100.2", "100.1", "PJSIP/carrier-00000011", "01055551234", "s", 5)
-    listed = [ChannelListed(50.0, trunk, "AppDial", "(Outgoing Line)", "", 2.0),
-              ChannelListed(50.0, phone, "Dial", "PJSIP/01055551234@carrier,20", "", 3.0)]
+    listed = [
+        ChannelListed(50.0, trunk, "AppDial", "(Outgoing Line)", "", 2.0),
+        ChannelListed(50.0, phone, "Dial", "PJSIP/01055551234@carrier,20", "", 3.0),
+    ]
     out = t.resynced(50.0, listed)
     dials = [o for o in out if isinstance(o, ExternalDial)]
     assert len(dials) == 1 and dials[0].recovered and dials[0].extension == "2002"
@@ -158,18 +160,32 @@ def test_attended_transfer_folds_consultation_into_citizens_call() -> None:
     c = _info("1.2", "1.1", "PJSIP/carrier-00000002", "01012345678", "", 6)
     b = _info("2.1", "2.1", "PJSIP/2001-00000003", "2001", "2004", 6)
     d = _info("2.2", "2.1", "PJSIP/2004-00000004", "2004", "", 6)
-    for ev in (LegNew(0, a), LegNew(0, c), DialStart(0, a, c, "01012345678@carrier"),
-               DialStop(1, "1.1", "1.2", "ANSWER"),
-               BridgeJoin(1, "1.1", "x"), BridgeJoin(1, "1.2", "x"),
-               LegNew(5, b), LegNew(5, d), DialStart(5, b, d, "2004"), DialStop(6, "2.1", "2.2", "ANSWER"),
-               BridgeJoin(6, "2.1", "y"), BridgeJoin(6, "2.2", "y")):
+    for ev in (
+        LegNew(0, a),
+        LegNew(0, c),
+        DialStart(0, a, c, "01012345678@carrier"),
+        DialStop(1, "1.1", "1.2", "ANSWER"),
+        BridgeJoin(1, "1.1", "x"),
+        BridgeJoin(1, "1.2", "x"),
+        LegNew(5, b),
+        LegNew(5, d),
+        DialStart(5, b, d, "2004"),
+        DialStop(6, "2.1", "2.2", "ANSWER"),
+        BridgeJoin(6, "2.1", "y"),
+        BridgeJoin(6, "2.2", "y"),
+    ):
         t.handle(ev)
     assert t.live_calls == 2
     t.handle(AttendedTransferred(8, "1.2", "2.1", "2.2"))
     assert t.live_calls == 1
     out: list[TrackerOutput] = []
-    for gone in (LegGone(8, "1.1", 16), LegGone(8, "2.1", 16), BridgeJoin(8, "1.2", "y"),
-                 LegGone(20, "2.2", 16), LegGone(20, "1.2", 16)):
+    for gone in (
+        LegGone(8, "1.1", 16),
+        LegGone(8, "2.1", 16),
+        BridgeJoin(8, "1.2", "y"),
+        LegGone(20, "2.2", 16),
+        LegGone(20, "1.2", 16),
+    ):
         out += t.handle(gone)
     records = [o.record for o in out if isinstance(o, CallEnded)]
     assert len(records) == 1
@@ -186,8 +202,14 @@ def test_local_channels_join_one_call() -> None:
     l2 = _info("3.3", "3.1", "Local/0212345678@out-0000001;2", "", "0212345678", 0)
     tr = _info("3.4", "3.1", "PJSIP/carrier-0000000b", "", "s", 0)
     out: list[TrackerOutput] = []
-    for ev in (LegNew(0, p), LegNew(0, l1), LegNew(0, l2), LegsJoined(0, "3.2", "3.3", "local"),
-               DialStart(0, p, l1, "Local/0212345678@out"), DialStart(0.1, l2, tr, "PJSIP/0212345678@carrier")):
+    for ev in (
+        LegNew(0, p),
+        LegNew(0, l1),
+        LegNew(0, l2),
+        LegsJoined(0, "3.2", "3.3", "local"),
+        DialStart(0, p, l1, "Local/0212345678@out"),
+        DialStart(0.1, l2, tr, "PJSIP/0212345678@carrier"),
+    ):
         out += t.handle(ev)
     dial = next(o for o in out if isinstance(o, ExternalDial))
     assert dial.extension == "2003" and dial.number.kind.value == "landline"
@@ -218,13 +240,16 @@ def test_memory_is_bounded_over_many_calls() -> None:
     assert len(t._gone) <= 8192
 
 
-@pytest.mark.parametrize(("dial", "number"), [
-    ("01012345678@carrier", "01012345678"),
-    ("PJSIP/01012345678@carrier,20", "01012345678"),
-    ("PJSIP/carrier/sip:01012345678@10.0.0.1:5060", "01012345678"),
-    ("SIP/trunk/901012345678", "901012345678"),
-    ("2001", "2001"),
-])
+@pytest.mark.parametrize(
+    ("dial", "number"),
+    [
+        ("01012345678@carrier", "01012345678"),
+        ("PJSIP/01012345678@carrier,20", "01012345678"),
+        ("PJSIP/carrier/sip:01012345678@10.0.0.1:5060", "01012345678"),
+        ("SIP/trunk/901012345678", "901012345678"),
+        ("2001", "2001"),
+    ],
+)
 def test_dialed_number(dial: str, number: str) -> None:
     assert dialed_number(dial) == number
 
@@ -240,7 +265,10 @@ def test_pbx_shutdown_soft_hangup_is_the_cause_of_only_the_calls_it_cut() -> Non
     t = tracker()
     records = [o.record for o in run(t, merged) if isinstance(o, CallEnded)]
     assert sorted((r.cause, r.disposition.value) for r in records) == [
-        ("busy", "busy"), ("normal", "answered"), ("pbx_restart", "answered")]
+        ("busy", "busy"),
+        ("normal", "answered"),
+        ("pbx_restart", "answered"),
+    ]
     restarted = next(r for r in records if r.cause == "pbx_restart")
     assert 2 <= restarted.talk_seconds <= 5
     assert t.live_calls == 0
@@ -250,8 +278,14 @@ def test_pbx_shutdown_while_ringing_keeps_the_disposition() -> None:
     t = tracker()
     phone = _info("5.1", "5.1", "PJSIP/2001-00000001", "2001", "01012345678", 6)
     trunk = _info("5.2", "5.1", "PJSIP/carrier-00000002", "", "s", 5)
-    for ev in (LegNew(0, phone), LegNew(0.1, trunk), DialStart(0.1, phone, trunk, "01012345678@carrier"),
-               LegShutdown(3.0, "5.2"), LegShutdown(3.0, "5.1"), DialStop(3.0, "5.1", "5.2", "CANCEL")):
+    for ev in (
+        LegNew(0, phone),
+        LegNew(0.1, trunk),
+        DialStart(0.1, phone, trunk, "01012345678@carrier"),
+        LegShutdown(3.0, "5.2"),
+        LegShutdown(3.0, "5.1"),
+        DialStop(3.0, "5.1", "5.2", "CANCEL"),
+    ):
         t.handle(ev)
     out = t.handle(LegGone(3.0, "5.2", 16)) + t.handle(LegGone(3.0, "5.1", 16))
     record = next(o.record for o in out if isinstance(o, CallEnded))
@@ -298,9 +332,18 @@ def test_a_call_alive_after_the_reconnect_keeps_its_real_end() -> None:
     run(t, events[:cut])
     t.connection_lost(events[cut][0])
     t.resync_started()
-    listed = [ChannelListed(events[cut][0] + 1.0, LegInfo(f["Uniqueid"], f["Linkedid"], f["Channel"],
-                                                          *split_channel(f["Channel"]), "", "", 6), "", "", "", 3.0)
-              for _, f in events[:cut] if f.get("Event") == "Newchannel"]
+    listed = [
+        ChannelListed(
+            events[cut][0] + 1.0,
+            LegInfo(f["Uniqueid"], f["Linkedid"], f["Channel"], *split_channel(f["Channel"]), "", "", 6),
+            "",
+            "",
+            "",
+            3.0,
+        )
+        for _, f in events[:cut]
+        if f.get("Event") == "Newchannel"
+    ]
     assert t.resynced(events[cut][0] + 1.0, listed) == []
     out = run(t, events[cut:])
     (record,) = [o.record for o in out if isinstance(o, CallEnded)]

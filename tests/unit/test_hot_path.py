@@ -23,7 +23,7 @@ UUID_SHAPE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3
 def test_job_ids_are_unique_and_shaped_like_uuid4() -> None:
     ids = [_job_id() for _ in range(100_000)]
     assert len(set(ids)) == len(ids)
-    assert all(UUID_SHAPE.match(i) for i in ids[:: 997])
+    assert all(UUID_SHAPE.match(i) for i in ids[::997])
 
 
 def test_two_sources_do_not_share_a_prefix() -> None:
@@ -51,9 +51,16 @@ def _plain_hash(key: bytes, e164: str) -> str:
 
 
 @settings(max_examples=300)
-@given(st.lists(st.tuples(st.sampled_from([b"k" * 32, b"j" * 32, b""]),
-                          st.sampled_from(["+821012345678", "+821087654321", "+82319002000", ""])),
-                min_size=1, max_size=30))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([b"k" * 32, b"j" * 32, b""]),
+            st.sampled_from(["+821012345678", "+821087654321", "+82319002000", ""]),
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
 def test_number_hash_remembers_only_the_last_number(calls: list[tuple[bytes, str]]) -> None:
     # Repeats, alternations and key changes in any order: always the keyed hash of this call.
     for key, number in calls:

@@ -28,12 +28,23 @@ from gateway.messaging.reports import UnknownProvider, sandbox_parser
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize(("error", "status"), [
-    (BadRequest("x"), 400), (InboundRejected("x"), 400), (RecipientUnknown("x"), 400),
-    (ReportRejected("x"), 400), (Unauthorized("x"), 401), (ReportForged("x"), 401),
-    (ThreadNotFound("x"), 404), (UnknownProvider("x"), 404), (ClaimedByOther("kim"), 409),
-    (OptedOut("x"), 409), (StoreUnavailable("redis: down"), 503), (ConfigError("x"), 500),
-])
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (BadRequest("x"), 400),
+        (InboundRejected("x"), 400),
+        (RecipientUnknown("x"), 400),
+        (ReportRejected("x"), 400),
+        (Unauthorized("x"), 401),
+        (ReportForged("x"), 401),
+        (ThreadNotFound("x"), 404),
+        (UnknownProvider("x"), 404),
+        (ClaimedByOther("kim"), 409),
+        (OptedOut("x"), 409),
+        (StoreUnavailable("redis: down"), 503),
+        (ConfigError("x"), 500),
+    ],
+)
 def test_each_error_class_carries_its_status(error: GatewayError, status: int) -> None:
     assert type(error).http_status == status
     assert error_response(error).status == status
@@ -42,10 +53,11 @@ def test_each_error_class_carries_its_status(error: GatewayError, status: int) -
 def test_bodies_are_as_before() -> None:
     """The JSON bodies, byte for byte: Redis internals never reach the client, the claim conflict
     names the holder in readable Korean, other errors keep JSON's ASCII escapes."""
-    assert error_response(StoreUnavailable("redis: Connection refused")).body == \
-        b'{"error": "temporarily unavailable"}'
-    assert error_response(StoreUnavailable("x"), message="temporarily unavailable, retry").body == \
-        b'{"error": "temporarily unavailable, retry"}'
+    assert error_response(StoreUnavailable("redis: Connection refused")).body == b'{"error": "temporarily unavailable"}'
+    assert (
+        error_response(StoreUnavailable("x"), message="temporarily unavailable, retry").body
+        == b'{"error": "temporarily unavailable, retry"}'
+    )
     conflict = error_response(ClaimedByOther("kim"))
     assert isinstance(conflict.body, bytes)
     assert json.loads(conflict.body) == {"error": str(ClaimedByOther("kim")), "claimed_by": "kim"}
@@ -61,8 +73,9 @@ def test_forged_and_unreadable_reports_are_two_classes() -> None:
     with pytest.raises(ReportForged):
         sandbox_parser("secret")({"X-Sandbox-Signature": "wrong"}, b"{}")
     with pytest.raises(ReportRejected) as caught:  # the word "signature" in the input changes nothing
-        sandbox_parser("secret")({"X-Sandbox-Signature": "secret"},
-                                 b'{"reports": [{"reference": "r", "status": "signature", "at": 1}]}')
+        sandbox_parser("secret")(
+            {"X-Sandbox-Signature": "secret"}, b'{"reports": [{"reference": "r", "status": "signature", "at": 1}]}'
+        )
     assert type(caught.value) is ReportRejected and isinstance(caught.value, ValueError)
     assert error_response(caught.value).status == 400
 

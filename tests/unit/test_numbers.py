@@ -13,8 +13,10 @@ from gateway.domain.numbers import NumberPlan
 PLAN = NumberPlan()
 
 
-@given(subscriber=st.from_regex(r"\A[0-9]{8}\Z"),
-       form=st.sampled_from(["010{}", "010-{a}-{b}", "+8210{}", "8210{}", "+82 10 {a} {b}", "9010{}", "9,010-{a}-{b}"]))
+@given(
+    subscriber=st.from_regex(r"\A[0-9]{8}\Z"),
+    form=st.sampled_from(["010{}", "010-{a}-{b}", "+8210{}", "8210{}", "+82 10 {a} {b}", "9010{}", "9,010-{a}-{b}"]),
+)
 def test_mobile_fast_path_matches_phonenumbers(subscriber: str, form: str) -> None:
     raw = form.format(subscriber, a=subscriber[:4], b=subscriber[4:])
     got = NumberPlan().classify(raw)
@@ -32,13 +34,15 @@ def test_other_numbers_still_go_through_phonenumbers() -> None:
     assert PLAN.classify("2001").kind is NumberKind.EXTENSION
 
 
-@given(subscriber=st.from_regex(r"\A[0-9]{8}\Z"),
-       form=st.sampled_from(["010{}", "+8210{}", "8210{}", "9010{}", "0010{}", "01{}", "10{}", " 010{} "]),
-       prefixes=st.sampled_from([("9",), ("0",), ("8",), ("0", "9"), ()]),
-       extension=st.sampled_from([r"^[0-9]{3,5}$", r"^[0-9]{11}$", r"^8[0-9]{10}$"]))
-def test_the_uncached_mobile_path_answers_like_the_full_classification(subscriber: str, form: str,
-                                                                        prefixes: tuple[str, ...],
-                                                                        extension: str) -> None:
+@given(
+    subscriber=st.from_regex(r"\A[0-9]{8}\Z"),
+    form=st.sampled_from(["010{}", "+8210{}", "8210{}", "9010{}", "0010{}", "01{}", "10{}", " 010{} "]),
+    prefixes=st.sampled_from([("9",), ("0",), ("8",), ("0", "9"), ()]),
+    extension=st.sampled_from([r"^[0-9]{3,5}$", r"^[0-9]{11}$", r"^8[0-9]{10}$"]),
+)
+def test_the_uncached_mobile_path_answers_like_the_full_classification(
+    subscriber: str, form: str, prefixes: tuple[str, ...], extension: str
+) -> None:
     """Citizens' mobile numbers skip the cache (they are not kept in memory); whatever the
     PBX's outside-line prefixes and extension pattern, the answer is the same."""
     plan = NumberPlan(outside_line_prefixes=prefixes, extension_pattern=extension)

@@ -49,8 +49,11 @@ def test_each_family_says_what_it_holds_and_how_long(family: KeyFamily) -> None:
 
 
 def test_every_helper_is_in_the_table_once() -> None:
-    helpers = {name for name, value in vars(rediskeys).items()
-               if inspect.isfunction(value) and value.__module__ == rediskeys.__name__ and name.endswith("_key")}
+    helpers = {
+        name
+        for name, value in vars(rediskeys).items()
+        if inspect.isfunction(value) and value.__module__ == rediskeys.__name__ and name.endswith("_key")
+    }
     listed = [f.build.__name__ for f in KEY_FAMILIES if not isinstance(f.build, str)]
     assert sorted(listed) == sorted(helpers)
     assert len({f.pattern for f in KEY_FAMILIES}) == len(KEY_FAMILIES)
@@ -73,8 +76,10 @@ def test_names_stay_as_they_were() -> None:
 
 # Spellings of a key outside rediskeys: a quoted "gw:", the prefix or a namespace joined by hand,
 # dramatiq's suffixes and internal names.
-_INLINE = re.compile(r"""["']gw:|\{PREFIX\}|\bPREFIX \+|namespace\}:|\{ns\}:|(\}|\+ ["'])\.(XQ|DQ|msgs)\b|"""
-                     r"""["'][^"'\s]*__(acks|heartbeats)__""")
+_INLINE = re.compile(
+    r"""["']gw:|\{PREFIX\}|\bPREFIX \+|namespace\}:|\{ns\}:|(\}|\+ ["'])\.(XQ|DQ|msgs)\b|"""
+    r"""["'][^"'\s]*__(acks|heartbeats)__"""
+)
 
 
 def test_no_key_is_spelled_outside_rediskeys() -> None:
@@ -109,9 +114,12 @@ def test_scripts_are_read_once_at_import() -> None:
     from gateway.outbox import store
 
     loaded: dict[str, Callable[[], str]] = {
-        "outbox/lua/claim.lua": lambda: store.CLAIM_LUA, "outbox/lua/report.lua": lambda: store._REPORT,
-        "inbox/lua/accept.lua": lambda: intake._ACCEPT, "inbox/lua/claim_thread.lua": lambda: intake._CLAIM,
-        "messaging/lua/enqueue.lua": lambda: jobs._ENQUEUE}
+        "outbox/lua/claim.lua": lambda: store.CLAIM_LUA,
+        "outbox/lua/report.lua": lambda: store._REPORT,
+        "inbox/lua/accept.lua": lambda: intake._ACCEPT,
+        "inbox/lua/claim_thread.lua": lambda: intake._CLAIM,
+        "messaging/lua/enqueue.lua": lambda: jobs._ENQUEUE,
+    }
     assert sorted(loaded) == [p.relative_to(GATEWAY).as_posix() for p in _lua_files()]
     for relative, text in loaded.items():
         assert text() == (GATEWAY / relative).read_text(encoding="utf-8")

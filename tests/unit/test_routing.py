@@ -61,40 +61,175 @@ def sms(at: str, text: str, to: str = CIVIL, sender: str = CITIZEN) -> InboundSm
 # (case, local time, text, city number, rule, queue, priority, day type, holiday name)
 Case = tuple[str, str, str, str, str, str, str, str, str | None]
 CASES: list[Case] = [
-    ("weekday streetlight", "2026-03-10T10:00", "가로등 고장", CIVIL, "streetlight-road", "complaint",
-     "normal", "weekday", None),
-    ("particle attached", "2026-03-10T10:00", "집 앞 가로등이 꺼졌어요", CIVIL, "streetlight-road", "complaint",
-     "normal", "weekday", None),
-    ("weekday general", "2026-03-10T10:00", "민원 문의드립니다", CIVIL, "default-complaint", "complaint",
-     "normal", "weekday", None),
-    ("weekday noise", "2026-03-10T15:30", "층간 소음이 심해요", CIVIL, "noise-garbage", "dept:environment",
-     "normal", "weekday", None),
-    ("car plate", "2026-03-10T11:00", "12가3456 차량이 입구를 막고 있어요", CIVIL, "illegal-parking", "dept:transport",
-     "normal", "weekday", None),
-    ("office starts 09:00", "2026-03-10T09:00", "가로등 고장", CIVIL, "streetlight-road", "complaint",
-     "normal", "weekday", None),
+    (
+        "weekday streetlight",
+        "2026-03-10T10:00",
+        "가로등 고장",
+        CIVIL,
+        "streetlight-road",
+        "complaint",
+        "normal",
+        "weekday",
+        None,
+    ),
+    (
+        "particle attached",
+        "2026-03-10T10:00",
+        "집 앞 가로등이 꺼졌어요",
+        CIVIL,
+        "streetlight-road",
+        "complaint",
+        "normal",
+        "weekday",
+        None,
+    ),
+    (
+        "weekday general",
+        "2026-03-10T10:00",
+        "민원 문의드립니다",
+        CIVIL,
+        "default-complaint",
+        "complaint",
+        "normal",
+        "weekday",
+        None,
+    ),
+    (
+        "weekday noise",
+        "2026-03-10T15:30",
+        "층간 소음이 심해요",
+        CIVIL,
+        "noise-garbage",
+        "dept:environment",
+        "normal",
+        "weekday",
+        None,
+    ),
+    (
+        "car plate",
+        "2026-03-10T11:00",
+        "12가3456 차량이 입구를 막고 있어요",
+        CIVIL,
+        "illegal-parking",
+        "dept:transport",
+        "normal",
+        "weekday",
+        None,
+    ),
+    (
+        "office starts 09:00",
+        "2026-03-10T09:00",
+        "가로등 고장",
+        CIVIL,
+        "streetlight-road",
+        "complaint",
+        "normal",
+        "weekday",
+        None,
+    ),
     ("before 09:00", "2026-03-10T08:59", "가로등 고장", CIVIL, "night-duty", "duty", "normal", "weekday", None),
     ("office ends 18:00", "2026-03-10T18:00", "가로등 고장", CIVIL, "night-duty", "duty", "normal", "weekday", None),
     ("weekday 20:00", "2026-03-10T20:00", "민원 문의", CIVIL, "night-duty", "duty", "normal", "weekday", None),
-    ("saturday 14:00", "2026-03-07T14:00", "가로등 고장", CIVIL, "weekend-holiday-duty", "duty",
-     "normal", "weekend", None),
-    ("chuseok 10:00", "2026-09-25T10:00", "가로등 고장", CIVIL, "weekend-holiday-duty", "duty",
-     "normal", "holiday", "추석"),
-    ("chuseok eve 23:00", "2026-09-24T23:00", "쓰레기 불법 투기", CIVIL, "night-duty", "duty",
-     "normal", "holiday", "추석 전날"),
-    ("chuseok on saturday", "2026-09-26T14:00", "민원", CIVIL, "weekend-holiday-duty", "duty",
-     "normal", "holiday", "추석 다음날"),
+    (
+        "saturday 14:00",
+        "2026-03-07T14:00",
+        "가로등 고장",
+        CIVIL,
+        "weekend-holiday-duty",
+        "duty",
+        "normal",
+        "weekend",
+        None,
+    ),
+    (
+        "chuseok 10:00",
+        "2026-09-25T10:00",
+        "가로등 고장",
+        CIVIL,
+        "weekend-holiday-duty",
+        "duty",
+        "normal",
+        "holiday",
+        "추석",
+    ),
+    (
+        "chuseok eve 23:00",
+        "2026-09-24T23:00",
+        "쓰레기 불법 투기",
+        CIVIL,
+        "night-duty",
+        "duty",
+        "normal",
+        "holiday",
+        "추석 전날",
+    ),
+    (
+        "chuseok on saturday",
+        "2026-09-26T14:00",
+        "민원",
+        CIVIL,
+        "weekend-holiday-duty",
+        "duty",
+        "normal",
+        "holiday",
+        "추석 다음날",
+    ),
     ("seollal", "2026-02-17T11:00", "도로 파손", CIVIL, "weekend-holiday-duty", "duty", "normal", "holiday", "설날"),
-    ("substitute holiday 삼일절", "2026-03-02T10:00", "가로등 고장", CIVIL, "weekend-holiday-duty", "duty",
-     "normal", "holiday", "삼일절 대체 휴일"),
-    ("substitute holiday 개천절", "2026-10-05T10:00", "가로등 고장", CIVIL, "weekend-holiday-duty", "duty",
-     "normal", "holiday", "개천절 대체 휴일"),
-    ("local foundation day", "2026-10-15T10:00", "가로등 고장", CIVIL, "weekend-holiday-duty", "duty",
-     "normal", "holiday", "한빛시 개청기념일"),
-    ("emergency in office hours", "2026-03-10T10:00", "도로에서 교통사고가 났어요", CIVIL, "emergency", "duty",
-     "urgent", "weekday", None),
-    ("emergency at night", "2026-03-10T02:00", "지하 주차장 침수", CIVIL, "emergency", "duty",
-     "urgent", "weekday", None),
+    (
+        "substitute holiday 삼일절",
+        "2026-03-02T10:00",
+        "가로등 고장",
+        CIVIL,
+        "weekend-holiday-duty",
+        "duty",
+        "normal",
+        "holiday",
+        "삼일절 대체 휴일",
+    ),
+    (
+        "substitute holiday 개천절",
+        "2026-10-05T10:00",
+        "가로등 고장",
+        CIVIL,
+        "weekend-holiday-duty",
+        "duty",
+        "normal",
+        "holiday",
+        "개천절 대체 휴일",
+    ),
+    (
+        "local foundation day",
+        "2026-10-15T10:00",
+        "가로등 고장",
+        CIVIL,
+        "weekend-holiday-duty",
+        "duty",
+        "normal",
+        "holiday",
+        "한빛시 개청기념일",
+    ),
+    (
+        "emergency in office hours",
+        "2026-03-10T10:00",
+        "도로에서 교통사고가 났어요",
+        CIVIL,
+        "emergency",
+        "duty",
+        "urgent",
+        "weekday",
+        None,
+    ),
+    (
+        "emergency at night",
+        "2026-03-10T02:00",
+        "지하 주차장 침수",
+        CIVIL,
+        "emergency",
+        "duty",
+        "urgent",
+        "weekday",
+        None,
+    ),
     ("duty line", "2026-03-10T10:00", "가로등 고장", DUTY_LINE, "duty-line", "duty", "normal", "weekday", None),
 ]
 
@@ -104,7 +239,11 @@ def test_sample_rules_route(sample: RoutingRules, case: Case) -> None:
     _, at, text, to, rule, queue, priority, day, holiday = case
     decision = route(sms(at, text, to=to), sample)
     assert (decision.rule, decision.queue, decision.priority, decision.day_type, decision.holiday_name) == (
-        rule, queue, priority, day, holiday,
+        rule,
+        queue,
+        priority,
+        day,
+        holiday,
     )
     assert decision.rules_version == sample.version
     # Every rule before the winner really does not match, and says why.
@@ -217,7 +356,8 @@ def test_calendar_precedence_and_time_zone() -> None:
     assert cal.local_date(utc) == date(2026, 3, 10)
     # 2026-03-01 15:30 UTC is 2026-03-02 (substitute holiday) in Seoul, a Sunday holiday in UTC.
     assert cal.describe(cal.local_date(datetime(2026, 3, 1, 15, 30, tzinfo=ZoneInfo("UTC")))) == (
-        DayType.HOLIDAY, "삼일절 대체 휴일",
+        DayType.HOLIDAY,
+        "삼일절 대체 휴일",
     )
     # Lazily computed per year, any year.
     assert cal.day_type(date(2030, 1, 1)) is DayType.HOLIDAY
@@ -240,7 +380,11 @@ DEFAULT = Rule("default", Conditions(), Action("complaint"))
 def test_time_windows() -> None:
     night = parse_window("18:00-09:00")
     assert [night.contains(m) for m in (17 * 60 + 59, 18 * 60, 0, 8 * 60 + 59, 9 * 60)] == [
-        False, True, True, True, False,
+        False,
+        True,
+        True,
+        True,
+        False,
     ]
     assert str(night) == "18:00-09:00"
     whole = parse_window("00:00-24:00")
@@ -374,9 +518,9 @@ def test_loader_reports_every_problem_with_file_line_and_key(tmp_path: Path) -> 
     assert problems == [
         "R:3: city_numbers.bogus: '12345' is not a valid Korean phone number",
         "R:7: queues.Dept Tax: 'Dept Tax' is not a queue id: use lower-case, like duty or dept:tax",
-        'R:10: calendar.holidays.2026-13-01: \'2026-13-01\' is not a date: write YYYY-MM-DD, like "2026-10-15"',
+        "R:10: calendar.holidays.2026-13-01: '2026-13-01' is not a date: write YYYY-MM-DD, like \"2026-10-15\"",
         "R:12: calendar.workdays[0]: 2026-10-15 is also listed under calendar.holidays (개청기념일)",
-        'R:12: calendar.workdays[1]: \'soon\' is not a date: write YYYY-MM-DD, like "2026-11-07"',
+        "R:12: calendar.workdays[1]: 'soon' is not a date: write YYYY-MM-DD, like \"2026-11-07\"",
         "R:15: rules[0].time[0]: '25:00-18:00': start 25:00 is not a time of day (00:00 to 24:00)",
         "R:18: rules[1].regex: not a valid regular expression: missing ), unterminated subpattern at position 0",
         "R:19: rules[1].queue: unknown queue 'dept:transprt': not listed under queues "
@@ -420,8 +564,10 @@ def test_default_rule_missing_or_not_last() -> None:
 
 
 def test_schema_problems_are_located() -> None:
-    text = HEAD + "  - name: a\n    days: [weekday, sunday]\n    thread: yes please\n    queue: duty\n" \
-                  "  - name: Default Rule\n    queu: complaint\n"
+    text = (
+        HEAD + "  - name: a\n    days: [weekday, sunday]\n    thread: yes please\n    queue: duty\n"
+        "  - name: Default Rule\n    queu: complaint\n"
+    )
     assert _problems(text) == [
         "rules/routing.yaml:6: rules[0].days[1]: 'sunday' is not a day type: use weekday, weekend or holiday",
         "rules/routing.yaml:7: rules[0].thread: thread is true, false or {within_days: N} (got 'yes please')",
@@ -433,14 +579,19 @@ def test_schema_problems_are_located() -> None:
 
 
 def test_unquoted_impossible_date_is_located() -> None:
-    text = HEAD.replace("rules:\n", "calendar:\n  holidays:\n    2026-02-30: 없는 날\nrules:\n") + \
-        "  - name: d\n    queue: duty\n"
+    text = (
+        HEAD.replace("rules:\n", "calendar:\n  holidays:\n    2026-02-30: 없는 날\nrules:\n")
+        + "  - name: d\n    queue: duty\n"
+    )
     assert _problems(text) == [
         "rules/routing.yaml:6: calendar.holidays: '2026-02-30' is not a valid date (day is out of range for month)"
     ]
     # An unquoted valid date is fine (YAML makes it a date; we take it back as text).
-    ok = parse_routing(HEAD.replace("rules:\n", "calendar:\n  holidays:\n    2026-10-15: 개청기념일\nrules:\n")
-                       + "  - name: d\n    queue: duty\n", "r.yaml")
+    ok = parse_routing(
+        HEAD.replace("rules:\n", "calendar:\n  holidays:\n    2026-10-15: 개청기념일\nrules:\n")
+        + "  - name: d\n    queue: duty\n",
+        "r.yaml",
+    )
     assert ok.calendar.holiday_name(date(2026, 10, 15)) == "개청기념일"
 
 
@@ -479,8 +630,15 @@ def test_cmd_rules_test_prints_the_decision() -> None:
 def test_cmd_rules_test_with_a_thread_and_a_zone() -> None:
     out = io.StringIO()
     # 01:00 UTC is 10:00 in Seoul, a weekday office hour.
-    rc = cmd_rules_test(RULES, "0319002000", "+82 10 1234 5678", "2026-03-12T01:00+00:00", "네", out,
-                        thread_department="tax@2026-03-10T15:00")
+    rc = cmd_rules_test(
+        RULES,
+        "0319002000",
+        "+82 10 1234 5678",
+        "2026-03-12T01:00+00:00",
+        "네",
+        out,
+        thread_department="tax@2026-03-10T15:00",
+    )
     text = out.getvalue()
     assert rc == 0
     assert "thread:     reply to dept:tax (sent 2026-03-10 15:00, 1.8 days before)" in text
@@ -525,8 +683,13 @@ def _generated(count: int) -> str:
             lines.append(f'    time: ["{i % 24:02d}:00-{(i + 6) % 24:02d}:30"]')
         if i % 7 == 3:
             lines.append("    days: [weekday]")
-    lines += ["  - name: night", '    time: ["22:00-06:00"]', "    queue: duty",
-              "  - name: default", "    queue: complaint"]
+    lines += [
+        "  - name: night",
+        '    time: ["22:00-06:00"]',
+        "    queue: duty",
+        "  - name: default",
+        "    queue: complaint",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -598,15 +761,21 @@ def _naive_route(msg: InboundSms, rules: RoutingRules, thread: ThreadContext | N
         w = rule.when
         ok = (
             (w.to is None or msg.to in w.to)
-            and ((w.senders is None and not w.sender_prefixes)
-                 or msg.sender in (w.senders or ()) or any(msg.sender.startswith(p) for p in w.sender_prefixes))
+            and (
+                (w.senders is None and not w.sender_prefixes)
+                or msg.sender in (w.senders or ())
+                or any(msg.sender.startswith(p) for p in w.sender_prefixes)
+            )
             and (w.keywords is None or any(fold(k) in nfc.casefold() for k in w.keywords))
             and (w.regex is None or re.search(w.regex, nfc) is not None)
             and (w.time is None or any(t.contains(minute) for t in w.time))
             and (w.days is None or day in w.days)
-            and (w.thread is None
-                 or (age is not None and (w.thread.within_days is None or age <= w.thread.within_days * 86400))
-                 if w.thread is None or w.thread.reply else age is None)
+            and (
+                w.thread is None
+                or (age is not None and (w.thread.within_days is None or age <= w.thread.within_days * 86400))
+                if w.thread is None or w.thread.reply
+                else age is None
+            )
         )
         if ok:
             return rule.name
@@ -618,10 +787,15 @@ def _conditions(draw: st.DrawFn) -> Conditions:
     def maybe(strategy: st.SearchStrategy[object], p: int = 3) -> object:
         return draw(strategy) if draw(st.integers(0, p)) == 0 else None
 
-    windows = maybe(st.lists(st.tuples(st.integers(0, 1439), st.integers(1, 1440)).filter(lambda w: w[0] != w[1]),
-                             min_size=1, max_size=2), 2)
-    prefixes = draw(st.lists(st.sampled_from(["+8210", "+822", "+8231"]), max_size=1)) if draw(
-        st.integers(0, 5)) == 0 else []
+    windows = maybe(
+        st.lists(
+            st.tuples(st.integers(0, 1439), st.integers(1, 1440)).filter(lambda w: w[0] != w[1]), min_size=1, max_size=2
+        ),
+        2,
+    )
+    prefixes = (
+        draw(st.lists(st.sampled_from(["+8210", "+822", "+8231"]), max_size=1)) if draw(st.integers(0, 5)) == 0 else []
+    )
     return Conditions(
         to=maybe(st.frozensets(st.sampled_from(CITY), min_size=1)),  # type: ignore[arg-type]
         senders=maybe(st.frozensets(st.sampled_from(SENDERS), min_size=1), 5),  # type: ignore[arg-type]
@@ -630,16 +804,26 @@ def _conditions(draw: st.DrawFn) -> Conditions:
         regex=maybe(st.sampled_from(["[0-9]{2}", "(?i)b", "등$"]), 8),  # type: ignore[arg-type]
         time=None if windows is None else tuple(TimeWindow(a, b) for a, b in windows),  # type: ignore[attr-defined]
         days=maybe(st.frozensets(st.sampled_from(list(DayType)), min_size=1)),  # type: ignore[arg-type]
-        thread=maybe(st.sampled_from([ThreadCondition(), ThreadCondition(False),  # type: ignore[arg-type]
-                                      ThreadCondition(True, 2.0)]), 5),
+        thread=maybe(
+            st.sampled_from(
+                [
+                    ThreadCondition(),
+                    ThreadCondition(False),  # type: ignore[arg-type]
+                    ThreadCondition(True, 2.0),
+                ]
+            ),
+            5,
+        ),
     )
 
 
 @st.composite
 def _rule_sets(draw: st.DrawFn) -> RoutingRules:
     conditions = draw(st.lists(_conditions(), min_size=1, max_size=25))
-    rules = [Rule(f"r{i}", c, Action("duty" if c.thread is None or not c.thread.reply else "thread_department"))
-             for i, c in enumerate(conditions)]
+    rules = [
+        Rule(f"r{i}", c, Action("duty" if c.thread is None or not c.thread.reply else "thread_department"))
+        for i, c in enumerate(conditions)
+    ]
     return _rules(*rules, DEFAULT)
 
 
@@ -664,10 +848,12 @@ def test_indexed_routing_with_blank_and_one_character_keywords() -> None:
         Rule("folded", Conditions(keywords=("STRASSE",)), Action("duty")),
         DEFAULT,
     )
-    cases = [("불편해요", DUTY_LINE, "2026-03-10T10:00", "one-char"),
-             ("불편해요", CIVIL, "2026-03-10T10:00", "default"),
-             ("anything", CIVIL, "2026-03-07T10:00", "blank"),
-             ("Straße 5", CIVIL, "2026-03-10T10:00", "folded")]
+    cases = [
+        ("불편해요", DUTY_LINE, "2026-03-10T10:00", "one-char"),
+        ("불편해요", CIVIL, "2026-03-10T10:00", "default"),
+        ("anything", CIVIL, "2026-03-07T10:00", "blank"),
+        ("Straße 5", CIVIL, "2026-03-10T10:00", "folded"),
+    ]
     for text, to, at, want in cases:
         msg = sms(at, text, to=to)
         assert route(msg, rules).rule == _naive_route(msg, rules, None) == want

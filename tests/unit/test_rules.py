@@ -345,9 +345,7 @@ def test_typo_in_a_key(rules_dir: Path) -> None:
 
 def test_typo_in_a_lettering_key(rules_dir: Path) -> None:
     write(rules_dir, lettering=LETTERING.replace("template:", "templte:"))
-    assert problems_of(rules_dir) == [
-        "rules/lettering.yaml:8: unknown key 'templte' (did you mean 'template'?)"
-    ]
+    assert problems_of(rules_dir) == ["rules/lettering.yaml:8: unknown key 'templte' (did you mean 'template'?)"]
 
 
 def test_bad_range(rules_dir: Path) -> None:
@@ -361,8 +359,7 @@ def test_reversed_range_and_mixed_widths(rules_dir: Path) -> None:
     directory = DIRECTORY.replace('"2008"', '"2010-2008"').replace('"3000-3199"', '"999-1000"')
     write(rules_dir, directory=directory)
     assert problems_of(rules_dir) == [
-        "rules/directory.yaml:14: departments[1].extensions[0]: "
-        "'2010-2008': first extension is greater than the last",
+        "rules/directory.yaml:14: departments[1].extensions[0]: '2010-2008': first extension is greater than the last",
         "rules/directory.yaml:15: departments[1].extensions[1]: "
         "'999-1000': both ends must have the same number of digits",
     ]

@@ -66,9 +66,14 @@ class _SupervisedManager(Manager):  # type: ignore[misc]  # panoramisk is untype
 
     def __init__(self, settings: AmiSettings) -> None:
         super().__init__(
-            host=settings.host, port=settings.port, username=settings.username,
-            secret=settings.secret, events=settings.events, encoding="utf-8",
-            loop=asyncio.get_running_loop(), forgetable_actions=("ping", "login", "logoff"),
+            host=settings.host,
+            port=settings.port,
+            username=settings.username,
+            secret=settings.secret,
+            events=settings.events,
+            encoding="utf-8",
+            loop=asyncio.get_running_loop(),
+            forgetable_actions=("ping", "login", "logoff"),
         )
         # The base class registers `send_awaiting_actions` for FullyBooted; actions are
         # never re-sent on a new session (an Originate twice rings a citizen twice).
@@ -133,11 +138,13 @@ class PbxClient:
         self._uptime_seen_at: float | None = None  # monotonic time of the last FullyBooted
         self._ami_version: str | None = None
         self._wait_net = wait_exponential_jitter(
-            multiplier=settings.backoff_initial_s, max=settings.backoff_max_s,
-            jitter=settings.backoff_initial_s)
+            multiplier=settings.backoff_initial_s, max=settings.backoff_max_s, jitter=settings.backoff_initial_s
+        )
         self._wait_auth = wait_exponential_jitter(
-            multiplier=settings.auth_backoff_initial_s, max=settings.auth_backoff_max_s,
-            jitter=settings.auth_backoff_initial_s)
+            multiplier=settings.auth_backoff_initial_s,
+            max=settings.auth_backoff_max_s,
+            jitter=settings.auth_backoff_initial_s,
+        )
 
     @property
     def name(self) -> str:
@@ -159,7 +166,9 @@ class PbxClient:
             while not self._stop.is_set():
                 # A new AsyncRetrying after each stable session: that resets the backoff.
                 retrying = AsyncRetrying(
-                    wait=self._wait, sleep=self._sleep, reraise=True,
+                    wait=self._wait,
+                    sleep=self._sleep,
+                    reraise=True,
                     retry=retry_if_exception_type(AmiError),
                 )
                 async for attempt in retrying:
@@ -175,8 +184,9 @@ class PbxClient:
         manager, protocol = self._manager, self._protocol
         if self._authenticated and manager is not None and protocol is not None and not protocol.closed:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(manager.send_action({"Action": "Logoff"}),
-                                       min(1.0, self.settings.action_timeout_s))
+                await asyncio.wait_for(
+                    manager.send_action({"Action": "Logoff"}), min(1.0, self.settings.action_timeout_s)
+                )
         self._end_session("stopped")
         if protocol is not None:
             protocol.close()
@@ -310,10 +320,10 @@ class PbxClient:
         protocol: AmiProtocol | None = None
         try:
             _transport, connected = await asyncio.wait_for(
-                loop.create_connection(factory, s.host, s.port), s.connect_timeout_s)
+                loop.create_connection(factory, s.host, s.port), s.connect_timeout_s
+            )
             protocol = connected
-            self._ami_version = await asyncio.wait_for(asyncio.shield(connected.banner_received),
-                                                       s.connect_timeout_s)
+            self._ami_version = await asyncio.wait_for(asyncio.shield(connected.banner_received), s.connect_timeout_s)
         except (OSError, TimeoutError, AmiError) as exc:
             why = f"cannot connect to {s.host}:{s.port}: {str(exc) or type(exc).__name__}"
             self._note_error(why)
@@ -325,8 +335,11 @@ class PbxClient:
 
     async def _login(self, manager: _SupervisedManager) -> bool:
         s = self.settings
-        answer = await self._send({"Action": "Login", "Username": s.username, "Secret": s.secret,
-                                   "Events": s.events}, s.action_timeout_s, require_login=False)
+        answer = await self._send(
+            {"Action": "Login", "Username": s.username, "Secret": s.secret, "Events": s.events},
+            s.action_timeout_s,
+            require_login=False,
+        )
         if answer.success:
             if self._logins:
                 self._reconnects += 1
@@ -338,8 +351,9 @@ class PbxClient:
             return True
         self._login_failures += 1
         self._consecutive_auth_failures += 1
-        why = (f"AMI login rejected for user {s.username!r} on pbx {s.name!r} "
-               f"({answer.get('Message', 'no reason given')})")
+        why = (
+            f"AMI login rejected for user {s.username!r} on pbx {s.name!r} ({answer.get('Message', 'no reason given')})"
+        )
         self._note_error(why)
         log.error(why)
         self._emit(SessionChange(SessionKind.AUTH_FAILED, detail=why))
@@ -369,8 +383,7 @@ class PbxClient:
         # The Uptime itself was checked when FullyBooted arrived (`_on_fully_booted`).
 
     async def _resync(self) -> list[dict[str, str]]:
-        answer = await self._send({"Action": "CoreShowChannels"}, self.settings.action_timeout_s,
-                                  as_list=True)
+        answer = await self._send({"Action": "CoreShowChannels"}, self.settings.action_timeout_s, as_list=True)
         items = answer if isinstance(answer, list) else [answer]
         return [_plain(m) for m in items if m.get("Event") == "CoreShowChannel"]
 
@@ -386,8 +399,7 @@ class PbxClient:
                 # The PBX was last heard from with its last frame, not now.
                 last = self._counters.last_frame_at
                 self._lost_at = self._pbx_now(last) if last is not None else None
-                log.warning("AMI %s: no Pong within %.1f s, replacing the connection", self.name,
-                            s.ping_timeout_s)
+                log.warning("AMI %s: no Pong within %.1f s, replacing the connection", self.name, s.ping_timeout_s)
                 self._end_session(why)
                 return
             except AmiError:
@@ -414,8 +426,12 @@ class PbxClient:
                 return
         elif name == "Shutdown":
             self._shutdown_seen = True
-            log.warning("AMI %s: PBX is shutting down (%s, restart=%s)", self.name,
-                        event.get("Shutdown", "?"), event.get("Restart", "?"))
+            log.warning(
+                "AMI %s: PBX is shutting down (%s, restart=%s)",
+                self.name,
+                event.get("Shutdown", "?"),
+                event.get("Restart", "?"),
+            )
         try:
             self._listener.ami_event(self.name, event, at)
         except Exception:
@@ -440,10 +456,13 @@ class PbxClient:
         if self._pbx_uptime is not None and self._uptime_seen_at is not None:
             expected = self._pbx_uptime + (now - self._uptime_seen_at) - UPTIME_TOLERANCE_S
             if uptime < expected:
-                log.warning("AMI %s: PBX restarted (uptime %d s, expected about %.0f s)", self.name,
-                            uptime, expected + UPTIME_TOLERANCE_S)
-                self._emit(SessionChange(SessionKind.PBX_RESTARTED, detail=f"uptime {uptime} s",
-                                         uptime=uptime), at)
+                log.warning(
+                    "AMI %s: PBX restarted (uptime %d s, expected about %.0f s)",
+                    self.name,
+                    uptime,
+                    expected + UPTIME_TOLERANCE_S,
+                )
+                self._emit(SessionChange(SessionKind.PBX_RESTARTED, detail=f"uptime {uptime} s", uptime=uptime), at)
         self._pbx_uptime = uptime
         self._uptime_seen_at = now
 
@@ -463,11 +482,11 @@ class PbxClient:
 
     # -- helpers -----------------------------------------------------------------------------
 
-    async def _send(self, action: dict[str, str], limit_s: float, *, as_list: bool | None = None,
-                    require_login: bool = True) -> Any:
+    async def _send(
+        self, action: dict[str, str], limit_s: float, *, as_list: bool | None = None, require_login: bool = True
+    ) -> Any:
         manager, protocol = self._manager, self._protocol
-        if manager is None or protocol is None or protocol.closed or (
-                require_login and not self._authenticated):
+        if manager is None or protocol is None or protocol.closed or (require_login and not self._authenticated):
             raise AmiError(f"AMI {self.name}: not connected")
         future = manager.send_action(action, as_list=as_list)
         try:
@@ -476,8 +495,7 @@ class PbxClient:
             # Forget the action so a late answer does not linger in panoramisk's table.
             for key in [k for k, v in protocol.responses.items() if v.future is future]:
                 protocol.responses.pop(key, None)
-            raise AmiTimeout(f"AMI {self.name}: no answer to {action.get('Action')} "
-                             f"within {limit_s} s") from None
+            raise AmiTimeout(f"AMI {self.name}: no answer to {action.get('Action')} within {limit_s} s") from None
 
     def _end_session(self, detail: str) -> None:
         end = self._session_end

@@ -28,11 +28,27 @@ from gateway.domain.events import (
     OriginateDone,
 )
 
-TRACKED_EVENTS: frozenset[str] = frozenset({
-    "Newchannel", "Newstate", "NewCallerid", "DialBegin", "DialEnd", "BridgeEnter", "BridgeLeave",
-    "Hangup", "BlindTransfer", "AttendedTransfer", "LocalBridge", "Pickup", "OriginateResponse",
-    "CoreShowChannel", "FullyBooted", "Shutdown", "SoftHangupRequest",
-})
+TRACKED_EVENTS: frozenset[str] = frozenset(
+    {
+        "Newchannel",
+        "Newstate",
+        "NewCallerid",
+        "DialBegin",
+        "DialEnd",
+        "BridgeEnter",
+        "BridgeLeave",
+        "Hangup",
+        "BlindTransfer",
+        "AttendedTransfer",
+        "LocalBridge",
+        "Pickup",
+        "OriginateResponse",
+        "CoreShowChannel",
+        "FullyBooted",
+        "Shutdown",
+        "SoftHangupRequest",
+    }
+)
 
 #: SoftHangupRequest's `Cause` is Asterisk's soft-hangup reason flag (not a Q.850 cause):
 #: AST_SOFTHANGUP_SHUTDOWN, set on every channel by `core stop|restart now`.
@@ -53,9 +69,16 @@ def leg_info(e: Mapping[str, str], prefix: str = "") -> LegInfo | None:
     channel = e.get(prefix + "Channel", "")
     tech, endpoint = split_channel(channel)
     caller = e.get(prefix + "CallerIDNum", "")
-    return LegInfo(leg=leg, group=e.get(prefix + "Linkedid", "") or leg, channel=channel, tech=tech,
-                   endpoint=endpoint, caller="" if caller == "<unknown>" else caller,
-                   exten=e.get(prefix + "Exten", ""), state=_int(e.get(prefix + "ChannelState")))
+    return LegInfo(
+        leg=leg,
+        group=e.get(prefix + "Linkedid", "") or leg,
+        channel=channel,
+        tech=tech,
+        endpoint=endpoint,
+        caller="" if caller == "<unknown>" else caller,
+        exten=e.get(prefix + "Exten", ""),
+        state=_int(e.get(prefix + "ChannelState")),
+    )
 
 
 def _duration(text: str) -> float:
@@ -123,8 +146,9 @@ def _soft_hangup(e: Mapping[str, str], at: float) -> LegEvent | None:
 def _blind(e: Mapping[str, str], at: float) -> LegEvent | None:
     if e.get("Result", "Success") != "Success":
         return None
-    return BlindTransferred(at, e.get("TransfererUniqueid", ""), e.get("TransfereeUniqueid", ""),
-                            e.get("Extension", ""))
+    return BlindTransferred(
+        at, e.get("TransfererUniqueid", ""), e.get("TransfereeUniqueid", ""), e.get("Extension", "")
+    )
 
 
 def _attended(e: Mapping[str, str], at: float) -> LegEvent | None:
@@ -149,16 +173,23 @@ def _pickup(e: Mapping[str, str], at: float) -> LegEvent | None:
 
 def _originate(e: Mapping[str, str], at: float) -> LegEvent | None:
     leg = e.get("Uniqueid", "")
-    return OriginateDone(at, e.get("Response") == "Success", "" if leg == "<unknown>" else leg,
-                         e.get("Channel", ""), e.get("Exten", ""))
+    return OriginateDone(
+        at, e.get("Response") == "Success", "" if leg == "<unknown>" else leg, e.get("Channel", ""), e.get("Exten", "")
+    )
 
 
 def channel_listed(e: Mapping[str, str], at: float) -> ChannelListed | None:
     info = leg_info(e)
     if info is None:
         return None
-    return ChannelListed(at, info, e.get("Application", ""), e.get("ApplicationData", ""),
-                         e.get("BridgeId", ""), _duration(e.get("Duration", "")))
+    return ChannelListed(
+        at,
+        info,
+        e.get("Application", ""),
+        e.get("ApplicationData", ""),
+        e.get("BridgeId", ""),
+        _duration(e.get("Duration", "")),
+    )
 
 
 _MAP: dict[str, Callable[[Mapping[str, str], float], LegEvent | None]] = {

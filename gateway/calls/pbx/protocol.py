@@ -53,8 +53,16 @@ LostCallback = Callable[[BaseException | None], None]
 class AmiCounters:
     """Counters shared by every connection of one client (they survive reconnects)."""
 
-    __slots__ = ("decode_errors", "discarded", "dispatched", "frames_in", "last_frame_at", "last_stamp",
-                 "last_stamp_read_at", "malformed")
+    __slots__ = (
+        "decode_errors",
+        "discarded",
+        "dispatched",
+        "frames_in",
+        "last_frame_at",
+        "last_stamp",
+        "last_stamp_read_at",
+        "malformed",
+    )
 
     def __init__(self) -> None:
         self.frames_in = 0
@@ -185,8 +193,9 @@ class AmiProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is untyped
                 self._to_panoramisk(frame)
             else:
                 counters.malformed += 1
-                log.warning("AMI %s: ignoring a frame that is neither event nor response: %r",
-                            self.pbx_name, frame[:80])
+                log.warning(
+                    "AMI %s: ignoring a frame that is neither event nor response: %r", self.pbx_name, frame[:80]
+                )
 
     def connection_lost(self, exc: BaseException | None) -> None:
         """Fail pending actions and report the loss once."""
@@ -226,12 +235,12 @@ class AmiProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is untyped
         if not line.startswith(_BANNER):
             self._fail(f"peer is not an AMI server (banner {line[:40]!r})")
             return b""
-        self.version = line[len(_BANNER):].decode("ascii", "replace").strip()
+        self.version = line[len(_BANNER) :].decode("ascii", "replace").strip()
         self._banner_done = True
         self._pending = b""
         if not self.banner_received.done():
             self.banner_received.set_result(self.version)
-        return data[nl + 2:]
+        return data[nl + 2 :]
 
     def _answers_pending(self, frame: bytes) -> bool:
         start = frame.find(_ACTION_ID) + len(_ACTION_ID)
@@ -245,9 +254,12 @@ class AmiProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is untyped
         except UnicodeDecodeError:
             self.counters.decode_errors += 1
             nl = frame.find(_EOL)
-            log.warning("AMI %s: invalid UTF-8 in %r (replaced; %d so far)", self.pbx_name,
-                        frame[:nl if nl >= 0 else 60].decode("ascii", "replace"),
-                        self.counters.decode_errors)
+            log.warning(
+                "AMI %s: invalid UTF-8 in %r (replaced; %d so far)",
+                self.pbx_name,
+                frame[: nl if nl >= 0 else 60].decode("ascii", "replace"),
+                self.counters.decode_errors,
+            )
             return frame.decode("utf-8", "replace")
 
     def _dispatch(self, frame: bytes) -> None:

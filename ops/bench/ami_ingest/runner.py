@@ -73,9 +73,18 @@ class Helper:
     @classmethod
     async def start(cls, *args: str, env: Mapping[str, str] | None = None, max_seconds: float = 600.0) -> Helper:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "ops.bench.ami_ingest.server", "--max-seconds", str(max_seconds), *args,
-            cwd=ROOT, env={**os.environ, **(env or {})}, stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, limit=256 * 1024 * 1024)
+            sys.executable,
+            "-m",
+            "ops.bench.ami_ingest.server",
+            "--max-seconds",
+            str(max_seconds),
+            *args,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            limit=256 * 1024 * 1024,
+        )
         return cls(proc)
 
     async def next(self, event: str, timeout: float) -> dict[str, Any]:
@@ -153,12 +162,20 @@ class Setup:
     redis_pid: int | None = None  # for CPU accounting
 
     @classmethod
-    def make(cls, rules: Rules, redis_url: str, *, redis_max_connections: int | None = None,
-             gc_freeze: bool = True, redis_pid: int | None = None) -> Setup:
+    def make(
+        cls,
+        rules: Rules,
+        redis_url: str,
+        *,
+        redis_max_connections: int | None = None,
+        gc_freeze: bool = True,
+        redis_pid: int | None = None,
+    ) -> Setup:
         config = load_config(None)
         config = replace(config, pbxes=config.pbxes[:1])
-        gateway_url = redis_url if redis_max_connections is None else (
-            f"{redis_url}?max_connections={redis_max_connections}")
+        gateway_url = (
+            redis_url if redis_max_connections is None else (f"{redis_url}?max_connections={redis_max_connections}")
+        )
         return cls(config, demo_environ(config, os.environ), rules, redis_url, gateway_url, gc_freeze, redis_pid)
 
     @property
@@ -170,8 +187,14 @@ class Setup:
         return tuple(self.config.pbxes[0].trunks)
 
     def gateway(self, sink: CountingSink, port: int, carriers: dict[str, LetteringCarrier]) -> Gateway:
-        gateway = Gateway(self.config, sink, environ=self.environ, overrides=Overrides(
-            redis_url=self.gateway_url, rules_dir=RULES_DIR, pbx_address=("127.0.0.1", port), carriers=carriers))
+        gateway = Gateway(
+            self.config,
+            sink,
+            environ=self.environ,
+            overrides=Overrides(
+                redis_url=self.gateway_url, rules_dir=RULES_DIR, pbx_address=("127.0.0.1", port), carriers=carriers
+            ),
+        )
         gc.collect()
         if self.gc_freeze:
             gc.freeze()
@@ -225,9 +248,18 @@ async def run_bare(helper: Helper, port: int, stream: IngestStream, timeout: flo
 
     # A long reconnect timeout: panoramisk reconnects by itself when the peer closes first
     # (it only happens on failure, which ends the run anyway).
-    manager = Manager(host="127.0.0.1", port=port, username="bench", secret="bench", loop=loop,
-                      encoding="utf8", ping_delay=10, ping_interval=10, reconnect_timeout=86_400,
-                      on_disconnect=on_disconnect)
+    manager = Manager(
+        host="127.0.0.1",
+        port=port,
+        username="bench",
+        secret="bench",
+        loop=loop,
+        encoding="utf8",
+        ping_delay=10,
+        ping_interval=10,
+        reconnect_timeout=86_400,
+        on_disconnect=on_disconnect,
+    )
     manager.register_event("*", on_event)
     manager.connect()
     try:
@@ -239,8 +271,12 @@ async def run_bare(helper: Helper, port: int, stream: IngestStream, timeout: flo
         raise BenchError(f"bare: unexpected server record {served}")
     if count != target:
         raise BenchError(f"bare: saw {count} events, expected {target}")
-    return IngestRun("bare", end - float(served["first_byte"]), stream.events,
-                     {"events_seen": count - 1, "server_write_s": served["last_write"] - served["first_byte"]})
+    return IngestRun(
+        "bare",
+        end - float(served["first_byte"]),
+        stream.events,
+        {"events_seen": count - 1, "server_write_s": served["last_write"] - served["first_byte"]},
+    )
 
 
 async def run_pipeline(helper: Helper, port: int, stream: IngestStream, setup: Setup, timeout: float) -> IngestRun:
@@ -254,8 +290,9 @@ async def run_pipeline(helper: Helper, port: int, stream: IngestStream, setup: S
             try:
                 end = await asyncio.wait_for(asyncio.shield(sink.all_calls_ended), timeout)
             except TimeoutError:
-                raise BenchError(f"pipeline: {sink.kinds['call']} of {stream.expected_calls} calls ended "
-                                 f"within {timeout:.0f} s") from None
+                raise BenchError(
+                    f"pipeline: {sink.kinds['call']} of {stream.expected_calls} calls ended within {timeout:.0f} s"
+                ) from None
             await gateway.pipeline.drain(30)
             drained = time.perf_counter()
             status = gateway.clients[0].status()
@@ -283,8 +320,9 @@ async def run_pipeline(helper: Helper, port: int, stream: IngestStream, setup: S
     return IngestRun("pipeline", end - first, stream.events, extra)
 
 
-async def ingest_benchmark(stream: IngestStream, stream_file: Path, setup: Setup, runs: int,
-                           timeout: float) -> list[IngestRun]:
+async def ingest_benchmark(
+    stream: IngestStream, stream_file: Path, setup: Setup, runs: int, timeout: float
+) -> list[IngestRun]:
     """`runs` x (bare, pipeline), interleaved, against one helper serving the same stream."""
     helper = await Helper.start("ingest", "--stream", str(stream_file), max_seconds=timeout * runs * 2 + 60)
     try:
@@ -312,13 +350,27 @@ class LatencyRun:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-async def latency_run(setup: Setup, rate: float, seconds: float, *, index: int, hold_ms: float,
-                      lead_ms: float) -> LatencyRun:
+async def latency_run(
+    setup: Setup, rate: float, seconds: float, *, index: int, hold_ms: float, lead_ms: float
+) -> LatencyRun:
     token = secrets.token_urlsafe(24)
     helper = await Helper.start(
-        "lettering", "--rate", str(rate), "--seconds", str(seconds), "--hold-ms", str(hold_ms),
-        "--lead-ms", str(lead_ms), "--id-base", str((index + 1) * 10**12),
-        "--number-base", str((index + 1) * 10**7), env={TOKEN_ENV: token}, max_seconds=seconds + 120)
+        "lettering",
+        "--rate",
+        str(rate),
+        "--seconds",
+        str(seconds),
+        "--hold-ms",
+        str(hold_ms),
+        "--lead-ms",
+        str(lead_ms),
+        "--id-base",
+        str((index + 1) * 10**12),
+        "--number-base",
+        str((index + 1) * 10**7),
+        env={TOKEN_ENV: token},
+        max_seconds=seconds + 120,
+    )
     try:
         ready = await helper.next("ready", 120)
         calls = int(ready["calls"])
@@ -397,5 +449,9 @@ def percentile(values: list[float], q: float) -> float:
 def summary(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"p50": None, "p95": None, "p99": None, "max": None}
-    return {"p50": round(percentile(values, 50), 3), "p95": round(percentile(values, 95), 3),
-            "p99": round(percentile(values, 99), 3), "max": round(max(values), 3)}
+    return {
+        "p50": round(percentile(values, 50), 3),
+        "p95": round(percentile(values, 95), 3),
+        "p99": round(percentile(values, 99), 3),
+        "max": round(max(values), 3),
+    }

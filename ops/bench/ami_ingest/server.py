@@ -41,8 +41,9 @@ from gateway.sim.amiserver import ChannelTable, parse_action, with_header
 EOF = b"\r\n\r\n"
 BANNER = b"Asterisk Call Manager/11.0.0\r\n"
 LOGIN_OK = b"Response: Success\r\nActionID: x\r\nMessage: Authentication accepted\r\n\r\n"
-FULLY_BOOTED = (b"Event: FullyBooted\r\nPrivilege: system,all\r\nUptime: 3600\r\nLastReload: 3600\r\n"
-                b"Status: Fully Booted\r\n\r\n")
+FULLY_BOOTED = (
+    b"Event: FullyBooted\r\nPrivilege: system,all\r\nUptime: 3600\r\nLastReload: 3600\r\nStatus: Fully Booted\r\n\r\n"
+)
 PONG = b"Response: Success\r\nActionID: x\r\nPing: Pong\r\nTimestamp: 0\r\n\r\n"
 GOODBYE = b"Response: Goodbye\r\nActionID: x\r\nMessage: Thanks for all the fish.\r\n\r\n"
 INVALID = b"Response: Error\r\nActionID: x\r\nMessage: Invalid/unknown command\r\n\r\n"
@@ -224,8 +225,12 @@ async def run_lettering(args: argparse.Namespace) -> int:
                 dial_at[k] = stamp
             writes += 1
         await asyncio.sleep(0.05)
-        return {"calls": count, "writes": writes, "max_late_ms": round(late * 1000, 3),
-                "duration_s": round(time.perf_counter() - t0, 3)}
+        return {
+            "calls": count,
+            "writes": writes,
+            "max_late_ms": round(late * 1000, 3),
+            "duration_s": round(time.perf_counter() - t0, 3),
+        }
 
     token = os.environ.get(TOKEN_ENV, "")
     carrier = FakeCarrierServer(PROFILES["skt"], token)
@@ -235,10 +240,11 @@ async def run_lettering(args: argparse.Namespace) -> int:
     await wait_for_parent(args.max_seconds)
     await ami.stop()
     await carrier.stop()
-    emit(event="report",
-         calls=[{"number": c.number, "dial_at": t} for c, t in zip(calls, dial_at, strict=True)],
-         requests=[{"recipient": r.recipient, "received_at": r.received_at, "error": r.error}
-                   for r in carrier.requests])
+    emit(
+        event="report",
+        calls=[{"number": c.number, "dial_at": t} for c, t in zip(calls, dial_at, strict=True)],
+        requests=[{"recipient": r.recipient, "received_at": r.received_at, "error": r.error} for r in carrier.requests],
+    )
     return 0
 
 

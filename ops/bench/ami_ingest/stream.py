@@ -54,7 +54,7 @@ def fresh_bridges(data: bytes, copy: int) -> bytes:
 def event_name(block: bytes) -> bytes:
     """The event name of an ``Event:`` frame (raw bytes)."""
     nl = block.find(EOL)
-    return block[7:nl if nl >= 0 else len(block)]
+    return block[7 : nl if nl >= 0 else len(block)]
 
 
 def call_transcripts(directory: Path = TRANSCRIPTS_DIR) -> list[Transcript]:
@@ -175,8 +175,9 @@ def expected_outcome(blocks: list[bytes], rules: Rules, *, pbx: str, trunks: tup
     return at_end
 
 
-def build_ingest_stream(events: int, rules: Rules, *, pbx: str, trunks: tuple[str, ...],
-                        number_base: int = 0, chunk_bytes: int = 256 * 1024) -> IngestStream:
+def build_ingest_stream(
+    events: int, rules: Rules, *, pbx: str, trunks: tuple[str, ...], number_base: int = 0, chunk_bytes: int = 256 * 1024
+) -> IngestStream:
     """About `events` event frames of every call scenario, cut after the last call's end."""
     transcripts = call_transcripts()
     blocks: list[bytes] = []
@@ -187,7 +188,7 @@ def build_ingest_stream(events: int, rules: Rules, *, pbx: str, trunks: tuple[st
     cut = expected_outcome(blocks, rules, pbx=pbx, trunks=trunks)
     if cut.last_call_end < 0:
         raise ValueError("the stream ends no call: use more events")
-    blocks = blocks[:cut.last_call_end + 1]
+    blocks = blocks[: cut.last_call_end + 1]
     chunks: list[bytes] = []
     current: list[bytes] = []
     size = 0
@@ -200,9 +201,14 @@ def build_ingest_stream(events: int, rules: Rules, *, pbx: str, trunks: tuple[st
     if current:
         chunks.append(b"".join(current))
     return IngestStream(
-        chunks=tuple(chunks), events=len(blocks), size=sum(len(c) for c in chunks), repetitions=reps,
-        scenarios=tuple(t.name for t in transcripts), expected_calls=cut.calls,
-        expected_letterings=cut.letterings, expected_external_dials=cut.external_dials,
+        chunks=tuple(chunks),
+        events=len(blocks),
+        size=sum(len(c) for c in chunks),
+        repetitions=reps,
+        scenarios=tuple(t.name for t in transcripts),
+        expected_calls=cut.calls,
+        expected_letterings=cut.letterings,
+        expected_external_dials=cut.external_dials,
         tracked_events=cut.tracked_events,
     )
 
@@ -220,21 +226,23 @@ class PacedCall:
     after: bytes  # the rest of the call (answer, bridge, hang-up, noise)
 
 
-def build_paced_calls(count: int, *, id_base: int, number_base: int,
-                      scenario: str = "answered_mobile") -> list[PacedCall]:
+def build_paced_calls(
+    count: int, *, id_base: int, number_base: int, scenario: str = "answered_mobile"
+) -> list[PacedCall]:
     """`count` copies of one call scenario with fresh ids and a distinct number each."""
     blocks = event_blocks(Transcript.named(scenario))
     numbers = NumberAllocator(number_base)
     out: list[PacedCall] = []
     for k in range(count):
         fresh = _fresh(blocks, id_base + (k + 1) * CYCLE_ID_OFFSET, numbers)
-        at = next((i for i, b in enumerate(fresh) if b.startswith(b"Event: DialBegin\r\n") and _CARRIER_DIAL in b),
-                  None)
+        at = next(
+            (i for i, b in enumerate(fresh) if b.startswith(b"Event: DialBegin\r\n") and _CARRIER_DIAL in b), None
+        )
         if at is None:
             raise ValueError(f"{scenario}: no carrier-leg DialBegin")
         match = _MOBILE.search(fresh[at])
         if match is None:
             raise ValueError(f"{scenario}: the carrier-leg DialBegin names no mobile number")
         number = "+82" + match[0][1:].decode("ascii")
-        out.append(PacedCall(number, b"".join(fresh[:at]), fresh[at], b"".join(fresh[at + 1:])))
+        out.append(PacedCall(number, b"".join(fresh[:at]), fresh[at], b"".join(fresh[at + 1 :])))
     return out
