@@ -62,7 +62,7 @@ class Outgoing:
 
     pbx: str
     call_id: str
-    action: str  # "lettering" (later: "postcall", "alimtalk", "sms", "reply")
+    action: str  # "lettering", "postcall", "call_notice", "auto_reply:…", "reply:…", "opt_out_confirm:…"
     recipient: str  # E.164
     provider: str
     payload: LetteringRequest

@@ -302,7 +302,7 @@ class RedisOutboxStore:
 
         Redis counts as reachable only when commands on both can complete now: the pool may
         still hold working connections while the wire cannot connect (Redis at `maxclients`),
-        and the wire may be what is broken (issue #13: /health said reachable while every
+        and the wire may be what is broken (/health once said reachable while every
         webhook hung on it). Raises StoreUnavailable."""
         start = time.perf_counter()
         try:
