@@ -236,7 +236,8 @@ def verify_signature(headers: Mapping[str, str], expected_signature: str) -> Non
     received = next((v for k, v in headers.items() if k.lower() == SIGNATURE_HEADER.lower()), None)
     if received is None:
         raise ReportForged(f"missing {SIGNATURE_HEADER} header")
-    if not hmac.compare_digest(received.encode(), expected_signature.encode()):
+    # A header value that is not UTF-8 reaches us as surrogate escapes: compare the bytes sent.
+    if not hmac.compare_digest(received.encode("utf-8", "surrogatepass"), expected_signature.encode()):
         raise ReportForged(f"wrong {SIGNATURE_HEADER}")
 
 

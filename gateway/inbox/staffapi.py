@@ -16,7 +16,6 @@ and kind, never with the input (`gateway.infra.edgelog`).
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -29,6 +28,7 @@ from gateway.domain.inputs import text_problem
 from gateway.domain.numbers import NumberPlan
 from gateway.errors import BadRequest, ClaimedByOther, StoreUnavailable, ThreadNotFound
 from gateway.inbox.intake import InboundRejected, Intake, OptedOut
+from gateway.infra.crypto import same_secret
 from gateway.infra.edgelog import MalformedLog
 from gateway.infra.http import error_response, json_error, refused
 
@@ -47,7 +47,7 @@ def add_routes(app: web.Application, intake: Intake, *, api_token: str, plan: Nu
 
         async def checked(request: web.Request) -> web.StreamResponse:
             given = request.headers.get("Authorization", "")
-            if not api_token or not hmac.compare_digest(given.encode(), f"Bearer {api_token}".encode()):
+            if not api_token or not same_secret(given, f"Bearer {api_token}"):
                 return json_error(401, "bearer token required")
             try:
                 return await handler(request)

@@ -14,7 +14,6 @@ rate-limited WARNING per route and kind, never with the input (`gateway.infra.ed
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import math
@@ -30,7 +29,7 @@ from gateway.domain.inputs import text_problem
 from gateway.domain.numbers import NumberPlan
 from gateway.errors import BadRequest, RecipientUnknown, ReportRejected, StoreUnavailable, Unauthorized
 from gateway.inbox.intake import InboundRejected, Intake, inbound_from_fields
-from gateway.infra.crypto import sign
+from gateway.infra.crypto import same_secret, sign
 from gateway.infra.edgelog import MalformedLog, install_parser_filter
 from gateway.infra.http import error_response, json_error, read_body, refused
 
@@ -67,7 +66,7 @@ def verify(provider: InboundProvider, headers: Mapping[str, str], body: bytes, n
     if not math.isfinite(age) or age > REPLAY_WINDOW_S:  # "nan" compares False with everything
         raise Unauthorized(f"timestamp outside the {REPLAY_WINDOW_S} s window (replayed or clock skew)")
     expected = sign(provider.secret, timestamp, provider.public_url, body)
-    if not hmac.compare_digest(expected.encode(), given.strip().lower().encode()):
+    if not same_secret(given.strip().lower(), expected):
         raise Unauthorized("bad signature")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -40,6 +41,15 @@ def hmac_sha256_hex(key: bytes, message: bytes) -> str:
     outer = pads[1].copy()
     outer.update(inner.digest())
     return outer.hexdigest()
+
+
+def same_secret(given: str, expected: str) -> bool:
+    """Constant-time comparison of a secret a client presented (a header value) with ours.
+
+    Header values are bytes on the wire: aiohttp hands non-UTF-8 ones over as surrogate escapes,
+    which a plain `str.encode()` refuses (a 500 the provider retries forever). Compared as the
+    bytes they stand for, they are simply not the secret."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
 
 
 def sign(secret: str, timestamp: str, url: str, body: bytes) -> str:

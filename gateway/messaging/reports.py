@@ -12,7 +12,6 @@ repeated report changes nothing. Terminal states do not replace each other.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -23,6 +22,7 @@ from aiohttp import web
 from adapters.nhn_alimtalk import parse_report as nhn_parse_report
 from gateway.domain.models import DeliveryReport, ReportStatus
 from gateway.errors import ConfigError, GatewayError, ReportForged, ReportRejected, StoreUnavailable
+from gateway.infra.crypto import same_secret
 from gateway.infra.http import error_response, read_body
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def sandbox_parser(secret: str, provider: str = "sandbox") -> Parser:
 
     def parse(headers: Mapping[str, str], body: bytes) -> list[DeliveryReport]:
         given = next((v for k, v in headers.items() if k.lower() == "x-sandbox-signature"), "")
-        if not secret or not hmac.compare_digest(given.encode(), secret.encode()):
+        if not secret or not same_secret(given, secret):
             raise ReportForged("bad or missing signature")
         try:
             data = json.loads(body.decode("utf-8"))

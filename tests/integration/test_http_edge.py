@@ -803,3 +803,35 @@ async def test_health_and_metrics_listeners(
             await private.stop()
         await public.stop()
         await gateway.stop(drain_timeout=2)
+
+
+# Header values are bytes on the wire: aiohttp hands non-UTF-8 ones over as surrogate escapes,
+# which a plain str.encode() refuses. Every secret a client presents is compared as the bytes it sent.
+@pytest.mark.parametrize("value", [b"\xff\xfe", "가나".encode(), b"\xed\xa0\xbd", b"abc\x80"])
+@pytest.mark.parametrize(
+    ("method", "path", "header", "body"),
+    [
+        ("POST", "/webhooks/sms/sandbox-sms", "X-Signature", b'{"message_id": "m"}'),
+        ("POST", "/webhooks/unsubscribe/nhn", "X-Toast-Webhook-Signature", b'{"event": "UNSUBSCRIBE"}'),
+        ("POST", "/webhooks/report/sandbox-alimtalk", "X-Sandbox-Signature", b'{"reports": []}'),
+        ("GET", "/api/inbox/duty", "Authorization", b""),
+    ],
+)
+async def test_a_secret_header_that_is_not_utf8_is_refused_not_a_500(  # noqa: PLR0917 (pytest passes them)
+    edge: Edge, caplog: pytest.LogCaptureFixture, method: str, path: str, header: str, body: bytes, value: bytes
+) -> None:
+    extra = f"X-Signature-Timestamp: {int(time.time())}\r\n".encode() if header == "X-Signature" else b""
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n".encode()
+        + extra
+        + header.encode()
+        + b": "
+        + value
+        + b"\r\n\r\n"
+    )
+    with caplog.at_level(logging.WARNING):
+        resp = await exchange(edge.port, [head + body])
+    assert resp.status == 401, (resp.status, resp.body)
+    assert "error" in resp.json()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
