@@ -18,6 +18,7 @@ from gateway.domain.models import (
     SendOutcome,
     SmsRequest,
 )
+from gateway.domain.records import Fact
 
 
 class LetteringCarrier(Protocol):
@@ -184,3 +185,22 @@ class SmsProvider(Protocol):
     async def send_sms(self, request: SmsRequest) -> SendOutcome: ...
 
     async def close(self) -> None: ...
+
+
+class RecordSink(Protocol):
+    """Where the flows hand facts for the SQL archive (`gateway.records`).
+
+    `record` never blocks and never raises: it is called on the event loop, after the
+    real-time work (a lettering, an accept) is done, and the archive must not slow or fail
+    that work. Implementations buffer (bounded, counting what they drop) and write in batches
+    elsewhere: the gateway's emitter to a Redis stream the worker drains, replay's straight
+    into a store."""
+
+    def record(self, fact: Fact) -> None: ...
+
+
+class NoRecords:
+    """The sink when nothing is archived (unit tests, tools)."""
+
+    def record(self, fact: Fact) -> None:
+        return None

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the gateway needs on a fresh Debian machine with Python 3.11:
-# Debian's redis-server (demo and tests start private instances of it), Debian's systemd
+# Debian's redis-server (demo and tests start private instances of it), postgresql (the
+# records store's tests start a private server), Pango, fonts-nanum and poppler-utils (the PDF
+# report and its tests), Debian's systemd
 # (for systemd-analyze: the tests verify the units in systemd/), Debian's prometheus (for
 # promtool: the tests lint /metrics and the alert rules) and a virtualenv in .venv
 # with the project and its development tools.
@@ -16,14 +18,22 @@ command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
 command -v systemd-analyze >/dev/null 2>&1 || packages+=(systemd)
 # promtool (Debian's prometheus package): tests/system/test_promtool.py lints /metrics and alerts.yml.
 command -v promtool >/dev/null 2>&1 || packages+=(prometheus)
+# PostgreSQL (Debian's postgresql): the records store's tests run on it too, a private server
+# started by the tests (gateway/sim/pgproc.py) from /usr/lib/postgresql/*/bin.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || packages+=(postgresql)
+# The monthly PDF report (WeasyPrint): Pango for layout, Debian's fonts-nanum for Hangul (no font
+# is fetched from outside), and poppler-utils (pdftoppm) with which the tests render its pages.
+[ -n "$(ldconfig -p 2>/dev/null | grep 'libpangoft2-1.0.so.0' || true)" ] || packages+=(libpango-1.0-0 libpangoft2-1.0-0)
+[ -f /usr/share/fonts/truetype/nanum/NanumGothic.ttf ] || packages+=(fonts-nanum fontconfig)
+command -v pdftoppm >/dev/null 2>&1 || packages+=(poppler-utils)
 if [ ${#packages[@]} -gt 0 ]; then
     echo "bootstrap: installing Debian's ${packages[*]}" >&2
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq >&2
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${packages[@]}" >&2
-    # Debian starts a system-wide Redis (and Prometheus) where systemd runs; the gateway's tests
-    # use neither: they start private redis-servers and run promtool only.
+    # Debian starts a system-wide Redis (and Prometheus, PostgreSQL) where systemd runs; the
+    # gateway's tests use none of them: they start private servers and run promtool only.
 fi
 
 PY=${PYTHON:-python3}

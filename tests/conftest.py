@@ -11,6 +11,9 @@ from hypothesis import HealthCheck, settings
 
 from gateway.sim.redisproc import RedisProcess
 
+# The records store's fixtures (a private PostgreSQL per session; tests/unit refuses them).
+pytest_plugins = ["tests.support.records"]
+
 # Hypothesis profiles for the fuzz suite (tests/test_fuzz_*.py, marker `fuzz`; see tests/fuzz/FUZZING.md).
 # "ci" (default) keeps the whole fuzz suite well under a minute on two cores; "long" is the
 # documented soak run (HYPOTHESIS_PROFILE=long). No deadline: shared CI cores make timing flaky.

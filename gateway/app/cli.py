@@ -58,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="E164=RESULT",
         help="sandbox Alimtalk/SMS answer for a number, e.g. +821012345678=not_kakao_user",
     )
+    rp.add_argument(
+        "--records",
+        metavar="URL",
+        help="write the replayed calls and sends into this records store (sqlite:///FILE or postgresql://...)",
+    )
 
     wk = sub.add_parser("worker", help="run the queue workers (post-call content, Alimtalk, SMS)")
     wk.add_argument("--config", type=Path)
@@ -93,6 +98,10 @@ def _parser() -> argparse.ArgumentParser:
     gen = rsub.add_parser("generate-directory", help="print a realistic directory.yaml for N phones")
     gen.add_argument("--phones", type=int, default=4000)
     gen.add_argument("--seed", type=int, default=7)
+
+    from gateway.app.recordscli import add_parsers
+
+    add_parsers(sub)  # `gateway records ...` and `gateway report ...` (the SQL archive)
     return p
 
 
@@ -127,6 +136,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cmd_generate_directory(args.phones, sys.stdout, seed=args.seed)
 
     config = load_config(args.config)
+    if args.command in ("records", "report"):
+        from gateway.app.recordscli import dispatch
+
+        setup_logging("WARNING", json_lines=False)
+        return dispatch(args, config)
     if args.command == "replay":
         from gateway.app.replay import replay
         from gateway.domain.models import LetteringResult, SendResult
@@ -142,6 +156,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 out=sys.stdout,
                 outcomes=outcomes,
                 messaging_outcomes=messaging,
+                records_url=args.records,
             )
         )
     if args.command == "worker":

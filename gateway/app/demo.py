@@ -5,6 +5,12 @@ every recorded transcript in a loop at real speed (fresh call ids each round), s
 carriers, the gateway, its worker and its health endpoints, and a loopback stand-in for
 the complaint system the citizens' messages are posted to; prints each call, lettering and
 message as it happens.
+
+The facts for the SQL archive take the production path: the gateway's and the worker's
+emitters put them on the Redis stream, a `RecordsWriter` writes them into a SQLite file in a
+temporary directory (printed at start, kept at exit for `gateway report ... --records URL`),
+or into the records database named by `GATEWAY_RECORDS_URL` / a `records.url` of the
+configuration given.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import os
 import secrets
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -36,13 +43,17 @@ from gateway.domain.models import LetteringResult, SendResult
 from gateway.domain.notify import NotifyRules
 from gateway.errors import GatewayError
 from gateway.inbox.webhooks import InboundProvider, verify
-from gateway.infra.config import GatewayConfig
+from gateway.infra.config import DEFAULT_RECORDS_URL, GatewayConfig
 from gateway.infra.crypto import sign
 from gateway.infra.http import HttpServer
 from gateway.infra.sinks import ConsoleSink
 from gateway.messaging.runtime import WorkerRuntime
 from gateway.messaging.workers import start_worker, stop_worker
 from gateway.outbox.providerstats import publish
+from gateway.outbox.store import connect
+from gateway.records.emitter import StreamRecordSink
+from gateway.records.store import RecordsStore
+from gateway.records.writer import RecordsWriter
 from gateway.rules.notify import load_notify
 from gateway.sim.amiserver import TRANSCRIPTS_DIR, AmiServer, Transcript
 from gateway.sim.redisproc import RedisProcess
@@ -123,6 +134,19 @@ class ComplaintDesk:
             await self._http.stop()
 
 
+def demo_records_url(config: GatewayConfig, environ: Mapping[str, str]) -> str:
+    """The records database of a demo: the environment's or one the configuration names;
+    else (the default, `records.sqlite3` beside the configuration) a SQLite file in a new
+    temporary directory: a demo writes nothing where it was not asked to."""
+    given = environ.get(config.records.url_env, "")
+    if given:
+        return given
+    default_name = DEFAULT_RECORDS_URL.removeprefix("sqlite:///")
+    if not (config.records.url.startswith("sqlite:///") and config.records.url.endswith("/" + default_name)):
+        return config.records.url
+    return f"sqlite:///{Path(tempfile.mkdtemp(prefix='gateway-demo-records-')) / default_name}"
+
+
 async def run_demo(
     config: GatewayConfig,
     *,
@@ -133,6 +157,14 @@ async def run_demo(
     rules_dir: Path | None = None,
 ) -> int:
     environ = demo_environ(config, os.environ)
+    records_url = demo_records_url(config, environ)
+    store = RecordsStore(records_url)
+    try:
+        await store.ready()  # an empty database is created; one behind this release is refused
+    except BaseException:
+        await store.close()
+        raise
+    print(f"demo: records in {records_url}", file=out)
     notify = load_notify(rules_dir or config.rules_dir)
     for sinks in notify.queues.values():  # the stand-in complaint system's keys
         if sinks.webhook_secret_env:
@@ -160,6 +192,9 @@ async def run_demo(
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    records_client = connect(redis_url, timeout_s=5.0, max_connections=4)
+    worker_records = StreamRecordSink(records_client, maxlen=config.records.stream_maxlen)
+    writer = RecordsWriter(records_client, store, config.records.batch_size)
     worker: dramatiq.Worker | None = None
     gateway: Gateway | None = None
     http: HttpServer | None = None
@@ -179,7 +214,10 @@ async def run_demo(
             redis_url=redis_url,
             sink=sink,
             overrides=replace(messaging, rules_dir=rules_dir, notify_webhook_url=desk_url),
+            records=worker_records,
         )
+        worker_records.start()
+        writer.start()
         worker = start_worker(broker, threads=2, idle_ms=200)
         gateway = Gateway(
             config,
@@ -235,6 +273,10 @@ async def run_demo(
             await gateway.stop()
         if worker is not None:
             await asyncio.to_thread(stop_worker, worker)
+        await worker_records.stop(1.0)
+        await writer.stop(2.0)
+        await records_client.aclose()
+        await store.close()
         await server.stop()
         await desk.stop()
         if redis_proc is not None:

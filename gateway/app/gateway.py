@@ -31,7 +31,7 @@ from gateway.calls.pipeline import CallPipeline
 from gateway.domain.notify import NotifyRules
 from gateway.domain.numbers import NumberPlan
 from gateway.domain.postcall import MessagingRules
-from gateway.domain.routing import RoutingRules
+from gateway.domain.routing import RoutingRules, parse_window
 from gateway.domain.rules import Rules
 from gateway.errors import ConfigError, RulesError, StoreUnavailable
 from gateway.inbox.intake import Intake
@@ -46,7 +46,8 @@ from gateway.messaging.reports import ReportIntake, build_parsers
 from gateway.outbox.guard import Outbox
 from gateway.outbox.providerstats import read_published
 from gateway.outbox.store import RedisOutboxStore, connect, warm_up
-from gateway.ports import AlimtalkProvider, DecisionSink, LetteringCarrier, SmsProvider
+from gateway.ports import AlimtalkProvider, DecisionSink, LetteringCarrier, RecordSink, SmsProvider
+from gateway.records.emitter import StreamRecordSink
 from gateway.rules.ruleset import RuleSet, load_all
 
 log = logging.getLogger(__name__)
@@ -193,6 +194,9 @@ class Overrides:
     # Every queue's notification webhook (notify.yaml) goes here instead: the demo's loopback
     # stand-in for the complaint system.
     notify_webhook_url: str | None = None
+    # Where the flows' facts for the SQL archive go instead of the Redis stream `gw:records`
+    # (replay: straight into a store, or nowhere: never a live deployment's stream).
+    records: RecordSink | None = None
 
 
 class Gateway:
@@ -219,6 +223,17 @@ class Gateway:
         slow = self.over.redis_timeout_s or 0.0
         self.wire = Wire.from_url(redis_url, timeout_s=max(0.25, slow), connect_timeout_s=max(1.0, slow))
         self.store = RedisOutboxStore(self.redis, self.wire)
+        # The SQL archive's facts: buffered here, XADDed to `gw:records` by a background task on
+        # its own small pool (2 s timeouts: a batch never waits behind, or delays, the real-time
+        # path), written to SQL by the worker (`gateway.records.writer`).
+        self.records_client = None
+        self.emitter: StreamRecordSink | None = None
+        if self.over.records is not None:
+            self.records: RecordSink = self.over.records
+        else:
+            self.records_client = connect(redis_url, timeout_s=max(2.0, slow), max_connections=2)
+            self.emitter = StreamRecordSink(self.records_client, maxlen=config.records.stream_maxlen)
+            self.records = self.emitter
         carriers: dict[str, LetteringCarrier] = {}
         for name, spec in config.carriers.items():
             carriers[name] = self.over.carriers.get(name) or build_carrier(name, spec, self.environ)
@@ -233,7 +248,7 @@ class Gateway:
         # Its own connection: enqueues get 2 s, not the real-time path's 0.25 s timeouts.
         self.enqueuer = Enqueuer(self.broker, self.sealer, wire=Wire.from_url(redis_url, timeout_s=max(2.0, slow)))
         alimtalk_provider = next(iter(self.over.alimtalk or config.alimtalk), "")
-        self.reports = ReportIntake(build_parsers(config.webhooks, self.environ), self.store)
+        self.reports = ReportIntake(build_parsers(config.webhooks, self.environ), self.store, self.records)
         sms_provider = reply_provider(config, self.over)
         self.intake = Intake(
             self.redis,
@@ -246,6 +261,8 @@ class Gateway:
             sms_provider=sms_provider,
             sink=sink,
             wire=self.wire,
+            records=self.records,
+            office_hours=parse_window(config.records.office_hours),
         )
         self.inbound = {
             name: InboundProvider(
@@ -277,6 +294,7 @@ class Gateway:
             alimtalk_provider=alimtalk_provider,
             lease_s=lease_s,
             on_latency=latency.observe,
+            records=self.records,
         )
         self.clients = [PbxClient(self._ami_settings(p), self.pipeline, TRACKED_EVENTS) for p in config.pbxes]
         # The collector reads this gateway at scrape time only; the latency histogram comes after it.
@@ -306,6 +324,8 @@ class Gateway:
             await self.wire.execute("PING")  # connected before the first call needs it
         except (StoreUnavailable, RedisError) as exc:
             log.error("redis not reachable at start (%s); lettering fails closed until it is", exc)
+        if self.emitter is not None:
+            self.emitter.start()
         for client in self.clients:
             self._tasks.append(asyncio.get_running_loop().create_task(client.run(), name=f"ami-{client.name}"))
         self._tasks.append(asyncio.get_running_loop().create_task(self.rules.watch(), name="rules-watch"))
@@ -374,6 +394,12 @@ class Gateway:
         for carrier in self.carriers.values():
             await carrier.close()
         await self.enqueuer.aclose(left())
+        if self.emitter is not None:
+            # Last: the calls ended by the drain above are recorded; what Redis does not take
+            # within the bound is logged as lost.
+            await self.emitter.stop(left())
+        if self.records_client is not None:
+            await self.records_client.aclose()
         await self.redis.aclose()
         await self.wire.aclose()
 
@@ -436,6 +462,9 @@ class Gateway:
                 queues["error"] = str(exc)
         if self.draining:
             ready = False  # a load balancer takes a draining gateway out of rotation
+        records = self.records_status()
+        if records.get("dropping"):
+            ready = False  # facts are being lost: Redis has been away long enough to fill the buffer
         return {
             "ready": ready,
             "draining": self.draining,
@@ -446,7 +475,17 @@ class Gateway:
             "rules": self.rules.status(),
             "pipeline": self.pipeline.status(),
             "queues": queues,
+            "records": records,
         }
+
+    def records_status(self) -> dict[str, int]:
+        """The archive's emitter for /health and /metrics: facts pending (buffered, not yet in
+        Redis), dropped (the buffer was full), emitted, errors; `dropping` 1 while it is full."""
+        if self.emitter is not None:
+            st = self.emitter.status()
+            return {**st, "dropping": int(self.emitter.pending >= self.emitter.bound)}
+        status = getattr(self.records, "status", None)
+        return dict(status()) if callable(status) else {}
 
 
 def reply_provider(config: GatewayConfig, over: Overrides) -> str:

@@ -53,6 +53,40 @@ class GatewayState(Protocol):
     def enqueuer(self) -> Enqueuer: ...
     @property
     def http_counts(self) -> Mapping[tuple[str, int], int]: ...
+    def records_status(self) -> Mapping[str, int]: ...
+
+
+def records_families(emitter: Mapping[str, int] | None, writer: Mapping[str, Any] | None = None) -> Iterator[Metric]:
+    """The SQL archive's figures: the emitter's (facts to the Redis stream `gw:records`) in the
+    gateway and the worker, the writer's (stream to SQL) in the worker."""
+    if emitter:
+        facts = CounterMetricFamily(
+            "gateway_records_facts",
+            "facts for the records store by what became of them: recorded (handed over by the flows), "
+            "emitted (in the Redis stream), dropped (the buffer was full), errors (failed batches to Redis)",
+            labels=["outcome"],
+        )
+        for outcome in ("recorded", "emitted", "dropped", "errors"):
+            facts.add_metric([outcome], emitter.get(outcome, 0))
+        yield facts
+        pending = GaugeMetricFamily("gateway_records_pending", "facts buffered in this process, not yet in Redis")
+        pending.add_metric([], emitter.get("pending", 0))
+        yield pending
+    if writer:
+        written = CounterMetricFamily(
+            "gateway_records_writer",
+            "the records writer: facts written (new rows), duplicates (already stored), bad entries, "
+            "batches, errors (failed reads or writes, retried)",
+            labels=["outcome"],
+        )
+        for outcome in ("written", "duplicates", "bad", "batches", "errors"):
+            written.add_metric([outcome], writer.get(outcome, 0))
+        yield written
+        lag = GaugeMetricFamily(
+            "gateway_records_writer_lag", "facts in the Redis stream gw:records not yet written to the records store"
+        )
+        lag.add_metric([], writer.get("lag", 0))
+        yield lag
 
 
 class GatewayCollector(Collector):
@@ -170,3 +204,5 @@ class GatewayCollector(Collector):
         for (route, http_status), count in gw.http_counts.items():
             http.add_metric([route, str(http_status)], count)
         yield http
+
+        yield from records_families(gw.records_status())

@@ -5,6 +5,10 @@ their recorded timing compressed to nothing (it stamps each event with its recor
 as Asterisk does with `timestampevents = yes`); the real AMI client, tracker, policy and
 outbox guard process them with sandbox carriers and a Redis (REDIS_URL, else a throwaway
 redis-server). One JSON object per decision goes to stdout.
+
+With `records_url` (`--records URL`) the facts of the replay (calls, sends) are written straight
+into that records store (created and migrated when empty), so that a report can be checked
+against the replay's own decisions; without it nothing is archived (never a live stream).
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ from gateway.infra.config import GatewayConfig
 from gateway.infra.crypto import Sealer
 from gateway.infra.sinks import JsonLinesSink
 from gateway.messaging.workers import start_worker, stop_worker, wait_idle
-from gateway.ports import LetteringCarrier
+from gateway.ports import LetteringCarrier, NoRecords, RecordSink
+from gateway.records.store import RecordsStore
+from gateway.records.writer import DirectRecordSink
 from gateway.sim.amiserver import AmiServer, Transcript
 from gateway.sim.redisproc import RedisProcess
 
@@ -83,11 +89,54 @@ async def replay(
     outcomes: Mapping[str, LetteringResult] | None = None,
     messaging_outcomes: Mapping[str, SendResult] | None = None,
     timeout_s: float = 60.0,
+    records_url: str | None = None,
 ) -> int:
     for f in files:
         if not f.is_file():
             raise ConfigError(f"{f}: no such transcript")
     transcripts = [Transcript.load(f) for f in files]
+    store: RecordsStore | None = None
+    records: RecordSink = NoRecords()
+    direct: DirectRecordSink | None = None
+    if records_url:
+        store = RecordsStore(records_url)
+        try:
+            await store.ready()  # an empty database is created; one behind this release refused
+        except BaseException:
+            await store.close()
+            raise
+        direct = DirectRecordSink(store)
+        direct.start()
+        records = direct
+    try:
+        return await _replay(
+            transcripts,
+            config,
+            rules_dir=rules_dir,
+            out=out,
+            outcomes=outcomes,
+            messaging_outcomes=messaging_outcomes,
+            timeout_s=timeout_s,
+            records=records,
+            direct=direct,
+        )
+    finally:
+        if store is not None:
+            await store.close()
+
+
+async def _replay(
+    transcripts: list[Transcript],
+    config: GatewayConfig,
+    *,
+    rules_dir: Path | None,
+    out: TextIO,
+    outcomes: Mapping[str, LetteringResult] | None,
+    messaging_outcomes: Mapping[str, SendResult] | None,
+    timeout_s: float,
+    records: RecordSink,
+    direct: DirectRecordSink | None,
+) -> int:
     config = replace(config, pbxes=config.pbxes[:1])  # one recorded PBX at a time
     environ = demo_environ(config, os.environ)
     redis_proc: RedisProcess | None = None
@@ -102,7 +151,12 @@ async def replay(
     messaging = sandbox_messaging(config, messaging_outcomes or {})
     messaging.queue_namespace = f"gw-replay-{secrets.token_hex(4)}"
     broker, runtime = build_worker(
-        config, environ=environ, redis_url=redis_url, sink=sink, overrides=replace(messaging, rules_dir=rules_dir)
+        config,
+        environ=environ,
+        redis_url=redis_url,
+        sink=sink,
+        overrides=replace(messaging, rules_dir=rules_dir),
+        records=records,
     )
     worker = start_worker(broker, threads=2, idle_ms=100)
     try:
@@ -119,6 +173,7 @@ async def replay(
                 ami=FAST_RECONNECT,
                 alimtalk=messaging.alimtalk,
                 queue_namespace=messaging.queue_namespace,
+                records=records,
             ),
         )
         await gateway.start()
@@ -133,6 +188,8 @@ async def replay(
                 await client.stop()  # the recording is over: no reconnect attempts
             await gateway.pipeline.drain()
             await wait_idle(broker, runtime, timeout_s=timeout_s)
+            if direct is not None:
+                await direct.flush()
         except TimeoutError:
             print(f"replay: timed out after {timeout_s}s", file=sys.stderr)
             return 1

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 from collections.abc import Coroutine
 from typing import Any
@@ -16,12 +17,16 @@ from gateway.app.httpapps import gateway_listeners
 from gateway.infra.config import GatewayConfig
 from gateway.infra.sdnotify import Notifier
 from gateway.infra.sinks import LogSink
+from gateway.records.store import check_ready
 
 log = logging.getLogger("gateway")
 
 
 async def run_gateway(config: GatewayConfig) -> int:
     """`gateway run`: start, tell systemd READY, feed its watchdog, drain on SIGTERM within the bound."""
+    # A records schema behind this release: refuse to start (a GatewayError: exit 2, the message
+    # names the command to run). An empty database is created here.
+    await check_ready(config.records_url(os.environ))
     notifier = Notifier()
     gateway = Gateway(config, LogSink(logging.getLogger("gateway.decisions")))
     # Intake already answers 503 when the listener closes, so in-flight requests are short: a

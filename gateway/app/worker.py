@@ -21,6 +21,7 @@ import dramatiq
 import redis
 
 from gateway.app.gateway import Overrides, RulesHolder, build_alimtalk, build_sms, reply_provider
+from gateway.app.recordsthread import RecordsThread
 from gateway.app.workerhttp import WorkerHttp
 from gateway.domain.notify import NotifyRules
 from gateway.errors import GatewayError
@@ -35,7 +36,8 @@ from gateway.messaging.workerstop import EXIT_STOP_INCOMPLETE, stop_within
 from gateway.outbox.guard import Outbox
 from gateway.outbox.providerstats import publish
 from gateway.outbox.store import RedisOutboxStore, connect
-from gateway.ports import DecisionSink
+from gateway.ports import DecisionSink, RecordSink
+from gateway.records.retention import PurgeScheduler
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ def build_worker(
     redis_url: str,
     sink: DecisionSink | None = None,
     overrides: Overrides | None = None,
+    records: RecordSink | None = None,
 ) -> tuple[Any, WorkerRuntime]:
     """The broker with its actors and the runtime they use (`gateway worker`, replay, demo).
 
@@ -96,10 +99,27 @@ def build_worker(
         return {q: info.name for q, info in holder.routing.queues.items()} if holder.routing else {}
 
     runtime = WorkerRuntime(
-        outbox, sealer, enqueuer, sink, environ=environ, replies=replies, notify=notify, queue_names=queue_names
+        outbox,
+        sealer,
+        enqueuer,
+        sink,
+        environ=environ,
+        replies=replies,
+        notify=notify,
+        queue_names=queue_names,
+        records=records,
     )
     declare_actors(broker, runtime)
     return broker, runtime
+
+
+def _records_ready(config: GatewayConfig) -> None:
+    """The records database is this release's (an empty one is created), else a GatewayError."""
+    import asyncio
+
+    from gateway.records.store import check_ready
+
+    asyncio.run(check_ready(config.records_url(os.environ)))
 
 
 def run_worker(config: GatewayConfig, *, threads: int | None = None) -> int:
@@ -110,17 +130,38 @@ def run_worker(config: GatewayConfig, *, threads: int | None = None) -> int:
     url = config.resolved_redis_url(os.environ)
     if not url:
         raise GatewayError(f"no Redis: set {config.redis_url_env} or redis.url in {config.source}")
+    _records_ready(config)  # a records schema behind this release: refuse to start (exit 2)
     notifier = Notifier()
+    # The SQL archive: the writer draining gw:records, and the actors' own facts (sends' states,
+    # automatic replies), on a thread and event loop of their own.
+    records = RecordsThread(
+        url,
+        config.records_url(os.environ),
+        batch_size=config.records.batch_size,
+        stream_maxlen=config.records.stream_maxlen,
+        purge=lambda engine, client: PurgeScheduler.from_config(config, engine, client),
+    )
     broker, runtime = build_worker(
-        config, environ=os.environ, redis_url=url, sink=LogSink(logging.getLogger("gateway.decisions"))
+        config,
+        environ=os.environ,
+        redis_url=url,
+        sink=LogSink(logging.getLogger("gateway.decisions")),
+        records=records.emitter,
     )
     count = threads or config.worker_threads
+    records.start()
     worker = start_worker(broker, threads=count, idle_ms=1000)
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
     http: WorkerHttp | None = None
     if config.worker_http_port is not None:
         http = WorkerHttp(
-            broker, runtime, worker, config.worker_http_host, config.worker_http_port, limits=config.http_limits
+            broker,
+            runtime,
+            worker,
+            config.worker_http_host,
+            config.worker_http_port,
+            limits=config.http_limits,
+            records=records,
         )
         host, port = http.start()
         log.info("worker health on http://%s:%d/health", host, port)
@@ -154,11 +195,17 @@ def run_worker(config: GatewayConfig, *, threads: int | None = None) -> int:
     threading.Thread(target=monitor, name="worker-monitor", daemon=True).start()
     while not stop.wait(1.0):
         pass
-    return _stop(config, worker, http, notifier, signalled[0] if signalled else time.monotonic())
+    return _stop(config, worker, http, notifier, signalled[0] if signalled else time.monotonic(), records=records)
 
 
 def _stop(
-    config: GatewayConfig, worker: dramatiq.Worker, http: WorkerHttp | None, notifier: Notifier, signalled_at: float
+    config: GatewayConfig,
+    worker: dramatiq.Worker,
+    http: WorkerHttp | None,
+    notifier: Notifier,
+    signalled_at: float,
+    *,
+    records: RecordsThread | None = None,
 ) -> int:
     """`gateway worker`'s stop, within shutdown_timeout_s of the signal whatever Redis does:
     0 once every job finished or went back to Redis; otherwise the process ends at once with
@@ -168,7 +215,12 @@ def _stop(
     log.info("worker stopping: finishing running jobs for at most %.0f s", budget)
     notifier.stopping("finishing running jobs")
     reserve = min(1.0, budget / 5)  # closing the HTTP listener and the logs
-    result = stop_within(worker, budget - reserve - (time.monotonic() - signalled_at))
+    # The records' share: the actors' last facts to Redis and the writer's batch in hand (what
+    # it does not write stays in the stream for the next worker).
+    records_s = min(3.0, budget / 5) if records is not None else 0.0
+    result = stop_within(worker, budget - reserve - records_s - (time.monotonic() - signalled_at))
+    if records is not None:
+        records.stop(max(0.2, min(records_s, budget - reserve - (time.monotonic() - signalled_at))))
     if http is not None:
         http.stop()
     if result.complete:

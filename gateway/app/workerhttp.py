@@ -29,12 +29,16 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
+from gateway.app.metrics import records_families
+from gateway.app.recordsthread import RecordsThread
 from gateway.infra.config import HttpLimits
 from gateway.infra.connlimit import ConnectionGate
 from gateway.infra.metrics import sends_family
 from gateway.messaging.backlog import backlog_report, queue_families
 from gateway.messaging.runtime import WorkerRuntime
 from gateway.messaging.workers import worker_alive
+from gateway.records.metrics import AnswerRateCollector
+from gateway.records.metrics import register as register_answer_rates
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +59,17 @@ def holding(worker: dramatiq.Worker | None) -> dict[str, int]:
 
 
 class WorkerCollector(Collector):
-    def __init__(self, runtime: WorkerRuntime, broker: RedisBroker, worker: dramatiq.Worker | None = None) -> None:
+    def __init__(
+        self,
+        runtime: WorkerRuntime,
+        broker: RedisBroker,
+        worker: dramatiq.Worker | None = None,
+        records: RecordsThread | None = None,
+    ) -> None:
         self.runtime = runtime
         self.broker = broker
         self.worker = worker
+        self.records = records
 
     def collect(self) -> Iterator[Metric]:
         rt = self.runtime
@@ -96,6 +107,9 @@ class WorkerCollector(Collector):
             circuit.add_metric([name], {"open": 1.0, "half_open": 0.5}.get(state["circuit"], 0.0))
         yield circuit
         yield from queue_families(self.broker)
+        if self.records is not None:
+            st = self.records.status()
+            yield from records_families(st["emitter"], st["writer"])
 
 
 class _BoundedServer(ThreadingHTTPServer):
@@ -143,10 +157,16 @@ class WorkerHttp:
         port: int,
         *,
         limits: HttpLimits | None = None,
+        records: RecordsThread | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(WorkerCollector(runtime, broker, worker))
+        self.registry.register(WorkerCollector(runtime, broker, worker, records))
         self.broker, self.runtime, self.worker = broker, runtime, worker
+        self.records = records
+        # The answer rates from the records' daily roll-ups (read at scrape, cached, bounded).
+        self.answer_rates: AnswerRateCollector | None = (
+            register_answer_rates(self.registry, records) if records is not None else None
+        )
         self.limits = limits or HttpLimits()
         self.server = _BoundedServer(
             (host, port), self._handler(), ConnectionGate(self.limits.max_connections, "worker http listener")
@@ -171,6 +191,8 @@ class WorkerHttp:
             "holding": holding(self.worker),
             "queues": queues,
             "providers": self.runtime.provider_report(),
+            # The SQL archive (not part of readiness: jobs go on, facts wait in the stream).
+            **({"records": self.records.status()} if self.records is not None else {}),
         }
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -241,3 +263,5 @@ class WorkerHttp:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+        if self.answer_rates is not None:
+            self.answer_rates.close()

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway.calls.pbx.mapping import channel_listed, to_leg_event
@@ -37,14 +37,53 @@ from gateway.domain.postcall import (
     postcall_sms,
     postcall_variables,
 )
+from gateway.domain.records import CallFact, LetteringKind
 from gateway.domain.rules import Rules
 from gateway.domain.smstext import choose
 from gateway.messaging.jobs import Enqueuer
 from gateway.outbox.guard import Admission, Outbox, Outgoing, QueuedMessage, Verdict
 from gateway.outbox.store import number_hash
-from gateway.ports import DecisionSink, SessionChange, SessionKind
+from gateway.ports import DecisionSink, NoRecords, RecordSink, SessionChange, SessionKind
 
 log = logging.getLogger(__name__)
+
+# How long an ended call's record waits for its lettering (and call notice) and post-call
+# decision to finish: in replay's fast mode a call ends before the carrier answered.
+RECORD_WAIT_S = 30.0
+# Calls noted (dialled, lettering in flight) at most: the tracker ends every call it tracks,
+# so this only bounds memory against a bug or a tracker that loses calls.
+MAX_NOTED_CALLS = 100_000
+
+# A call that dialled more than one outside number keeps the best of what lettering did.
+_RANK = {
+    LetteringKind.SKIPPED: 0,
+    LetteringKind.FAILED: 1,
+    LetteringKind.NOT_SUBSCRIBED: 2,
+    LetteringKind.UNSUPPORTED_DEVICE: 3,
+    LetteringKind.DELIVERED: 4,
+}
+_RESULT_KIND = {
+    LetteringResult.DELIVERED: LetteringKind.DELIVERED,
+    LetteringResult.UNSUPPORTED_DEVICE: LetteringKind.UNSUPPORTED_DEVICE,
+    LetteringResult.NOT_SUBSCRIBED: LetteringKind.NOT_SUBSCRIBED,
+    LetteringResult.REJECTED: LetteringKind.FAILED,
+    LetteringResult.TEMPORARY_ERROR: LetteringKind.FAILED,
+}
+
+
+@dataclass(slots=True)
+class _CallNotes:
+    """What the flow decided for one call before and after it ended, for its `CallFact`."""
+
+    lettering: LetteringKind | None = None
+    reason: str = ""
+    call_notice: str = ""
+    postcall: str = ""
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)  # lettering (with its call notice)
+
+    def lettered(self, kind: LetteringKind, reason: str) -> None:
+        if self.lettering is None or _RANK[kind] > _RANK[self.lettering]:
+            self.lettering, self.reason = kind, reason
 
 
 def plan_of(rules: Rules) -> NumberPlan:
@@ -69,6 +108,7 @@ class CallPipeline:
         alimtalk_provider: str = "",
         lease_s: float | None = None,
         on_latency: Callable[[float], None] | None = None,
+        records: RecordSink | None = None,
     ) -> None:
         self._rules = rules
         self._messaging = messaging or MessagingRules
@@ -90,6 +130,11 @@ class CallPipeline:
         # Lettering claims are leases this long until the carrier answered (Outgoing.lease_s);
         # None: claims are final at once. Given by the composition root from the carriers' deadlines.
         self.lease_s = lease_s
+        # The SQL archive's sink: one CallFact per ended call (nothing noted when there is none).
+        self.records: RecordSink = records if records is not None else NoRecords()
+        self._recording = not isinstance(self.records, NoRecords)
+        self._notes: dict[tuple[str, str], _CallNotes] = {}
+        self.records_waits_timed_out = 0
 
     # -------------------------------------------------------------- listener
     def tracker(self, pbx: str) -> CallTracker:
@@ -148,12 +193,69 @@ class CallPipeline:
         if isinstance(decision, Skip):
             self._skipped(decision.pbx, decision.call_id, decision.reason, decision.to)
             return
-        self._spawn(self._letter(decision, received))
+        task = self._spawn(self._letter(decision, received))
+        if self._recording:
+            self._note(dial.pbx, dial.call_id).tasks.append(task)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -------------------------------------------------------------- records
+    def _note(self, pbx: str, call_id: str) -> _CallNotes:
+        """The notes of a call, made on its first decision."""
+        key = (pbx, call_id)
+        notes = self._notes.get(key)
+        if notes is None:
+            if len(self._notes) >= MAX_NOTED_CALLS:
+                del self._notes[next(iter(self._notes))]  # the oldest: a call the tracker never ended
+            notes = self._notes[key] = _CallNotes()
+        return notes
+
+    def _noted(self, pbx: str, call_id: str) -> _CallNotes | None:
+        """The notes of a call still waiting for its record (None once recorded: nothing new is made)."""
+        return self._notes.get((pbx, call_id)) if self._recording else None
+
+    async def _record_call(self, r: CallRecord, waits: list[asyncio.Task[None]]) -> None:
+        """The call's `CallFact`, once its lettering and post-call decision are made (bounded)."""
+        pending = [t for t in waits if not t.done()]
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=RECORD_WAIT_S)
+            if still:
+                self.records_waits_timed_out += 1
+        notes = self._notes.pop((r.pbx, r.call_id), None) or _CallNotes()
+        try:
+            self.records.record(self._call_fact(r, notes))
+        except Exception:  # the archive must never break the flow; a bug is logged
+            log.exception("call %s on %s not recorded", r.call_id, r.pbx)
+
+    def _call_fact(self, r: CallRecord, notes: _CallNotes) -> CallFact:
+        department = self._rules().directory.lookup(r.extension) if r.extension else None
+        external = bool(r.party) and r.party_kind is not NumberKind.EXTENSION
+        return CallFact(
+            pbx=r.pbx,
+            call_id=r.call_id,
+            direction=r.direction.value,
+            extension=r.extension,
+            department=department.id if department is not None else "",
+            party_hash=number_hash(self.outbox.hash_key, r.party) if external else "",
+            party_kind=r.party_kind.value,
+            disposition=r.disposition.value,
+            cause=r.cause,
+            started_at=r.started_at,
+            answered_at=r.answered_at,
+            ended_at=r.ended_at,
+            ring_seconds=max(0.0, (r.answered_at or r.ended_at) - r.started_at),
+            talk_seconds=r.talk_seconds,
+            lettering=(notes.lettering or LetteringKind.SKIPPED).value,
+            lettering_reason=notes.reason if notes.lettering is not None else "unknown",
+            call_notice=notes.call_notice,
+            postcall=notes.postcall,
+            transfers=len(r.transfers),
+            recovered=r.recovered,
+        )
 
     async def _letter(self, letter: Letter, received: float) -> None:
         request = letter.request
@@ -183,6 +285,8 @@ class CallPipeline:
                     delivery = replace(delivery, verdict=Verdict.DUPLICATE)  # the peer is still on it
         except Exception:  # a bug must not kill the AMI reader; it is logged with its traceback
             log.exception("lettering for call %s failed", request.call_id)
+            if (notes := self._noted(request.pbx, request.call_id)) is not None:
+                notes.lettered(LetteringKind.FAILED, "error")
             return
         if delivery.verdict is Verdict.KNOWN_NO_LETTERING:
             # This phone answered `unsupported_device` before: straight to the Alimtalk call notice.
@@ -197,6 +301,9 @@ class CallPipeline:
             self.dial_latencies_ms.append(latency_ms)
         if self.on_latency is not None:
             self.on_latency(latency_ms / 1000)  # seconds: Prometheus's base unit
+        if (notes := self._noted(request.pbx, request.call_id)) is not None:
+            result = delivery.outcome.result
+            notes.lettered(_RESULT_KIND[result], "" if result is LetteringResult.DELIVERED else result.value)
         self.sink.decision(
             {
                 "event": "lettering",
@@ -217,6 +324,8 @@ class CallPipeline:
 
     def _skipped(self, pbx: str, call_id: str, reason: str, to: str = "") -> None:
         log.info("call %s on %s not lettered: %s %s", call_id, pbx, reason, mask(to))
+        if self._recording:
+            self._note(pbx, call_id).lettered(LetteringKind.SKIPPED, reason)
         record: dict[str, Any] = {"event": "skipped", "pbx": pbx, "call": call_id, "reason": reason}
         if to:
             record["to"] = to
@@ -239,13 +348,18 @@ class CallPipeline:
         )
         if ended.external_dials == 0:
             self._skipped(r.pbx, r.call_id, self._unlettered_reason(r))
+        waits: list[asyncio.Task[None]] = []
+        if self._recording:
+            waits.extend(self._note(r.pbx, r.call_id).tasks)
         if (
             r.direction is Direction.OUTBOUND
             and r.disposition is Disposition.ANSWERED
             and r.party_kind is NumberKind.MOBILE
             and self.enqueuer is not None
         ):
-            self._spawn(self._postcall(r))
+            waits.append(self._spawn(self._postcall(r)))
+        if self._recording:
+            self._spawn(self._record_call(r, waits))
         self.sink.decision(
             {
                 "event": "call",
@@ -300,7 +414,10 @@ class CallPipeline:
             "purpose": "call_notice",
             "template": rules.call_notice_template,
         }
+        notes = self._noted(request.pbx, request.call_id)
         if self.enqueuer is None or not self.alimtalk_provider:
+            if notes is not None:
+                notes.call_notice = "not_configured"
             self.sink.decision({**record, "result": "not_configured"})
             return
         policy = self._rules().lettering
@@ -344,7 +461,10 @@ class CallPipeline:
         )
         if verdict is Verdict.ADMITTED:
             self.enqueuer.enqueued += 1
-        self.sink.decision({**record, "result": "queued" if verdict is Verdict.ADMITTED else verdict.value})
+        result = "queued" if verdict is Verdict.ADMITTED else verdict.value
+        if notes is not None:
+            notes.call_notice = result
+        self.sink.decision({**record, "result": result})
 
     async def _postcall(self, r: CallRecord) -> None:
         department = self._rules().directory.lookup(r.extension) if r.extension else None
@@ -357,7 +477,10 @@ class CallPipeline:
             "to": r.party,
             "content": department.postcall if department else None,
         }
+        notes = self._noted(r.pbx, r.call_id)
         if not isinstance(plan, PostcallPlan):
+            if notes is not None:
+                notes.postcall = plan.reason
             self.sink.decision({**record, "result": plan.reason})
             return
         assert self.enqueuer is not None
@@ -393,12 +516,16 @@ class CallPipeline:
             then=self.enqueuer.prepare_message("postcall", message, delay_s=delay),
         )
         if verdict is not Verdict.ADMITTED:
+            if notes is not None:
+                notes.postcall = verdict.value
             self.sink.decision({**record, "result": verdict.value})
             return
         self.enqueuer.enqueued += 1
         # The citizen may text back: route that to the department that wrote.
         await self.outbox.store.remember_contact(number_hash(self.outbox.hash_key, r.party), dept.id)
         result = "deferred" if delay > 0 else "queued"
+        if notes is not None:
+            notes.postcall = result
         self.sink.decision({**record, "result": result, **({"delay_s": round(delay)} if delay > 0 else {})})
 
     async def drain(self, timeout: float = 10.0) -> None:

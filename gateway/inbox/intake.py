@@ -24,6 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -34,7 +35,8 @@ from gateway.domain.models import NumberKind
 from gateway.domain.numbers import NumberPlan, mask
 from gateway.domain.optout import OPT_IN, OPT_OUT, QUESTION, QUESTION_TAG
 from gateway.domain.postcall import MessagingRules
-from gateway.domain.routing import InboundSms, RoutingRules, ThreadContext, route
+from gateway.domain.records import SEOUL, ThreadEventKind, ThreadFact
+from gateway.domain.routing import DayType, InboundSms, RoutingRules, ThreadContext, TimeWindow, route
 from gateway.errors import ClaimedByOther, GatewayError, RecipientUnknown, StoreUnavailable, ThreadNotFound
 from gateway.inbox.replies import AUTO_REPLY, Replies
 from gateway.infra.crypto import Sealer
@@ -55,7 +57,8 @@ from gateway.infra.wire import Wire
 from gateway.messaging.jobs import Enqueuer, inbound_reply
 from gateway.outbox.guard import Outbox, Verdict
 from gateway.outbox.store import number_hash
-from gateway.ports import DecisionSink, QueuePut
+from gateway.ports import DecisionSink, NoRecords, QueuePut, RecordSink
+from gateway.records.refs import message_ref
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +74,16 @@ _ROUTING_ATTEMPTS = 3
 
 # Staff claim a thread, in one step so that two staff never both win (`claim_thread.lua`).
 _CLAIM = lua_script(__package__, "claim_thread.lua")
+_CLOSE = lua_script(__package__, "close_thread.lua")  # staff close a thread; a new message re-opens it
 CLAIM_TTL_S = 3600
 # The same reply text from the same staff to the same thread within this time is a double click
 # (or a client retry): sent once, the repeat answered "duplicate".
 REPLY_ONCE_S = 60
 NOT_MOBILE = "not_mobile"  # why no automatic reply: only a Korean mobile gets one (cost, and it can't be read)
 _PLAN = NumberPlan()  # sender kinds only: classify() takes E.164 as it is
+# Office hours for the records' after-hours share (`records.office_hours`): a weekday inside
+# this window is office hours; anything else (evenings, weekends, holidays) is after hours.
+OFFICE_HOURS = TimeWindow(9 * 60, 18 * 60)
 
 
 def is_mobile(e164: str) -> bool:
@@ -182,6 +189,8 @@ class Intake:
         sms_provider: str,
         sink: DecisionSink,
         wire: Wire,
+        records: RecordSink | None = None,
+        office_hours: TimeWindow = OFFICE_HOURS,
     ) -> None:
         # redis-py types every reply as a union of everything; this module reads bytes replies.
         self.client: Any = client
@@ -198,6 +207,11 @@ class Intake:
         self.counts: dict[tuple[str, str, str], int] = {}  # (queue, status, keyword) for /metrics
         self._accept = self.wire.register_script(_ACCEPT)
         self._claim = client.register_script(_CLAIM)
+        self._close = client.register_script(_CLOSE)
+        # The SQL archive: a thread's lifecycle (received, claimed, answered, closed).
+        self.records: RecordSink = records if records is not None else NoRecords()
+        self._recording = not isinstance(self.records, NoRecords)
+        self.office_hours = office_hours
 
     @staticmethod
     def thread_id(sender_hash: str, city_number: str) -> str:
@@ -320,7 +334,67 @@ class Intake:
             )
         if status == "accepted" and self.enqueuer is not None:
             self.enqueuer.enqueued += plan.job is not None
+        if status == "accepted" and self._recording:
+            self._received(
+                sms, routing, tid=tid, queue=queue, plan=plan, sender_hash=sender_hash, sealed_text=sealed_text
+            )
         return IntakeResult(status, tid, queue, keyword, no_reply)
+
+    def _received(
+        self,
+        sms: InboundSms,
+        routing: RoutingRules | None,
+        *,
+        tid: str,
+        queue: str,
+        plan: _Plan,
+        sender_hash: str,
+        sealed_text: str,
+    ) -> None:
+        """The RECEIVED fact of an accepted message (after the accept: off its critical step)."""
+        try:
+            day_type, after_hours = self.when(routing, sms.received_at)
+            key = message_ref(sms.provider, sms.message_id)
+            self.records.record(
+                ThreadFact(
+                    thread=tid,
+                    kind=ThreadEventKind.RECEIVED.value,
+                    at=sms.received_at,
+                    ref=key,
+                    message=key,
+                    queue=queue,
+                    rule=plan.rule,
+                    tags=tuple(t for t in plan.tags.split(",") if t),
+                    day_type=day_type,
+                    after_hours=after_hours,
+                    party_hash=sender_hash,
+                    sealed_text=sealed_text,
+                )
+            )
+        except Exception:  # the archive must never fail an accept that is already durable
+            log.exception("message %s not recorded", shown_id(sms.message_id))
+
+    def when(self, routing: RoutingRules | None, at: float) -> tuple[str, bool]:
+        """(day type, after hours) of a time: the routing calendar's day type (holidays
+        included); weekends and holidays are after hours all day, weekdays outside the office
+        hours. Without routing rules: weekdays and weekends only."""
+        if routing is not None:
+            local = routing.calendar.local_time(at)
+            day = routing.calendar.day_type(local)
+        else:
+            local = datetime.fromtimestamp(at, SEOUL)
+            day = DayType.WEEKEND if local.weekday() >= 5 else DayType.WEEKDAY
+        inside = self.office_hours.contains(local.hour * 60 + local.minute)
+        return day.value, day is not DayType.WEEKDAY or not inside
+
+    def _record_step(self, tid: str, kind: ThreadEventKind, at: float, ref: str, **fields: Any) -> None:
+        """A staff step of a thread (CLAIMED, ANSWERED, CLOSED) for the archive."""
+        if not self._recording:
+            return
+        try:
+            self.records.record(ThreadFact(thread=tid, kind=kind.value, at=at, ref=ref, **fields))
+        except Exception:
+            log.exception("thread %s: %s not recorded", tid, kind.value)
 
     def _plan(
         self,
@@ -469,7 +543,27 @@ class Intake:
             raise ThreadNotFound(f"no thread {tid}")
         if int(found) == 2:
             raise ClaimedByOther(holder)
-        return holder != staff
+        newly = holder != staff
+        if newly:
+            at = time.time()
+            self._record_step(tid, ThreadEventKind.CLAIMED, at, f"{staff}:{at:.6f}", staff=staff)
+        return newly
+
+    async def close(self, tid: str, staff: str) -> bool:
+        """Staff close a thread: True when closed now, False when it was closed already (a
+        double click). A new message from the citizen re-opens it. Raises `ThreadNotFound`."""
+        at = time.time()
+        try:
+            result = await self._close(keys=[thread_key(tid)], args=[f"{at:.3f}", staff])
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        if int(result) == 0:
+            raise ThreadNotFound(f"no thread {tid}")
+        if int(result) == 2:
+            return False
+        self._record_step(tid, ThreadEventKind.CLOSED, at, f"{staff}:{at:.6f}", staff=staff)
+        self.sink.decision({"event": "closed", "thread": tid, "staff": staff})
+        return True
 
     async def reply(self, tid: str, text: str, staff: str) -> str:
         """Staff answer a thread: SMS/LMS from the city number the citizen texted.
@@ -493,8 +587,9 @@ class Intake:
         t = {k.decode(): v.decode() for k, v in raw.items()}
         sender = self.sealer.open(t["sender"], tid.encode())
         result = "failed"
+        action = f"reply:{uuid.uuid4().hex[:12]}"
         try:
-            result = await self.replies.send(tid, sender, t["to"], text, f"reply:{uuid.uuid4().hex[:12]}")
+            result = await self.replies.send(tid, sender, t["to"], text, action)
         finally:
             if result != "queued":
                 # Not sent: the same answer may be posted again at once.
@@ -506,6 +601,16 @@ class Intake:
             # The worker sends automatic replies from the messages' notification jobs; if it is
             # behind, this answer came first and those are no longer sent.
             await self.replies.supersede(tid, sender, await self._recent_inbound(tid))
+            if self._recording:
+                self._record_step(
+                    tid,
+                    ThreadEventKind.ANSWERED,
+                    time.time(),
+                    action,
+                    queue=t["queue"],
+                    staff=staff,
+                    sealed_text=self.sealer.seal(text, tid.encode()),
+                )
         self.sink.decision({"event": "reply", "thread": tid, "staff": staff, "result": result})
         if t["queue"].startswith("dept:"):
             await self.remember_contact(sender, t["queue"].removeprefix("dept:"))

@@ -6,6 +6,8 @@
   someone else has it; claiming again is no error).
 * `POST /api/threads/{id}/reply` ``{"text", "staff"}``: answer it; only its claimer may (an
   unclaimed thread is claimed by its first answer); posting the same reply again is no error.
+* `POST /api/threads/{id}/close` ``{"staff"}``: close it (200 ``{"closed": true, "already": false}``;
+  closing again is no error: ``"already": true``); a new message from the citizen re-opens it.
 * `POST /api/optout` ``{"number", "action": "add"|"remove", "staff"}`` and
   `GET /api/optout/{number}`: the opt-out register, by hand.
 
@@ -106,6 +108,17 @@ def add_routes(app: web.Application, intake: Intake, *, api_token: str, plan: Nu
         status = 202 if result == "queued" else 200 if result == "duplicate" else 409
         return web.json_response({"result": result}, status=status)
 
+    async def close(request: web.Request) -> web.Response:
+        """Close a thread: 200 (again: ``already``), 404 for no such thread."""
+        staff = _text(await _json(request), "staff")
+        if not staff:
+            return json_error(400, "staff is required")
+        try:
+            closed = await intake.close(request.match_info["id"], staff)
+        except (ThreadNotFound, StoreUnavailable) as exc:
+            return error_response(exc)
+        return web.json_response({"closed": True, "already": not closed})
+
     async def optout(request: web.Request) -> web.Response:
         data = await _json(request)
         number = plan.classify(_text(data, "number")).e164
@@ -127,6 +140,7 @@ def add_routes(app: web.Application, intake: Intake, *, api_token: str, plan: Nu
     app.router.add_get("/api/threads/{id}", staff_only(thread))
     app.router.add_post("/api/threads/{id}/claim", staff_only(claim))
     app.router.add_post("/api/threads/{id}/reply", staff_only(reply))
+    app.router.add_post("/api/threads/{id}/close", staff_only(close))
     app.router.add_post("/api/optout", staff_only(optout))
     app.router.add_get("/api/optout/{number}", staff_only(optout_status))
 

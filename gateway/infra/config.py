@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import time
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from gateway.errors import ConfigError, RulesError
@@ -28,6 +30,8 @@ _NAME = {
 }
 _ENV = {"type": "string", "pattern": "^[A-Z_][A-Z0-9_]*$", "x-message": "{value!r} is not an environment variable name"}
 _SECONDS = {"type": "number", "exclusiveMinimum": 0}
+_HHMM = "([01][0-9]|2[0-3]):[0-5][0-9]"
+_DAYS = {"type": "integer", "minimum": 1, "x-message": {"minimum": "{value!r} is not a positive number of days"}}
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -182,6 +186,36 @@ SCHEMA: dict[str, Any] = {
                 "dedupe_ttl_s": {"type": "integer", "minimum": 60},
             },
         },
+        # The SQL archive (gateway.records): where, and how long each kind of record is kept.
+        "records": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "url_env": _ENV,
+                "url": {
+                    "type": "string",
+                    "pattern": "^(sqlite|postgresql|postgres)://",
+                    "x-message": "{value!r} is not a records URL (sqlite:///FILE or postgresql://...)",
+                },
+                "retention_days": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {kind: _DAYS for kind in ("messages", "calls", "sends", "access")},
+                },
+                "purge_at": {
+                    "type": "string",
+                    "pattern": f"^{_HHMM}$",
+                    "x-message": "{value!r} is not a time of day (HH:MM, Asia/Seoul)",
+                },
+                "office_hours": {
+                    "type": "string",
+                    "pattern": f"^{_HHMM}-{_HHMM}$",
+                    "x-message": "{value!r} is not a range of times of day (HH:MM-HH:MM)",
+                },
+                "stream_maxlen": {"type": "integer", "minimum": 1000},
+                "batch_size": {"type": "integer", "minimum": 1, "maximum": 100_000},
+            },
+        },
         "log": {
             "type": "object",
             "additionalProperties": False,
@@ -220,6 +254,70 @@ class HttpLimits:
     max_connections: int = 1024  # open at once per listener; more are answered 503 and closed
 
 
+RETENTION_DEFAULTS: Mapping[str, int] = MappingProxyType({"messages": 365, "calls": 365, "sends": 365, "access": 730})
+DEFAULT_RECORDS_URL = "sqlite:///records.sqlite3"
+
+
+def _hhmm(text: str) -> time:
+    hour, minute = text.split(":")
+    return time(int(hour), int(minute))
+
+
+@dataclass(frozen=True, slots=True)
+class RecordsConfig:
+    """gateway.yaml `records:`: the SQL archive's URL, retention periods and writer bounds."""
+
+    url_env: str = "GATEWAY_RECORDS_URL"
+    # A relative SQLite path is already resolved against gateway.yaml's directory here.
+    url: str = DEFAULT_RECORDS_URL
+    # Days each kind of record is kept: messages (texts and thread history), calls (raw call
+    # records), sends, access (audit of who read what). Roll-ups hold no personal data: kept.
+    retention_days: Mapping[str, int] = field(default_factory=lambda: RETENTION_DEFAULTS)
+    purge_at: str = "03:30"  # the daily purge, Asia/Seoul
+    office_hours: str = "09:00-18:00"  # working days; outside is "after hours" in the inbox report
+    stream_maxlen: int = 1_000_000  # facts waiting in Redis for the writer, at most (older are trimmed)
+    batch_size: int = 1000  # facts per write transaction
+
+    @property
+    def purge_time(self) -> time:
+        return _hhmm(self.purge_at)
+
+    @property
+    def office_start(self) -> time:
+        return _hhmm(self.office_hours.split("-")[0])
+
+    @property
+    def office_end(self) -> time:
+        return _hhmm(self.office_hours.split("-")[1])
+
+
+def _resolve_records_url(url: str, base: Path) -> str:
+    """A relative SQLite file is relative to `base` (gateway.yaml's directory), like `rules_dir`."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url[len(prefix) :].startswith("/"):
+        return f"{prefix}{(base / url[len(prefix) :]).absolute()}"
+    return url
+
+
+def _records(section: Mapping[str, Any], source: Path, label: str, lines: Lines) -> RecordsConfig:
+    office = str(section.get("office_hours", "09:00-18:00"))
+    start, end = (_hhmm(t) for t in office.split("-"))
+    if start >= end:
+        line = line_of(lines, ("records", "office_hours"))
+        raise ConfigError(f"{label}:{line}: records.office_hours: {office!r} ends before it starts")
+    # The embedded default lives inside the package: its relative file goes to the working directory.
+    base = Path.cwd() if source == DEFAULT_CONFIG else source.parent
+    return RecordsConfig(
+        url_env=section.get("url_env", "GATEWAY_RECORDS_URL"),
+        url=_resolve_records_url(str(section.get("url", DEFAULT_RECORDS_URL)), base),
+        retention_days=MappingProxyType({**RETENTION_DEFAULTS, **(section.get("retention_days") or {})}),
+        purge_at=str(section.get("purge_at", "03:30")),
+        office_hours=office,
+        stream_maxlen=int(section.get("stream_maxlen", 1_000_000)),
+        batch_size=int(section.get("batch_size", 1000)),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
     source: str
@@ -255,6 +353,11 @@ class GatewayConfig:
     # /health and /metrics on their own listener (and not on the public one); None: on the public one.
     http_internal_host: str = "127.0.0.1"
     http_internal_port: int | None = None
+    records: RecordsConfig = field(default_factory=RecordsConfig)
+
+    def records_url(self, environ: Mapping[str, str]) -> str:
+        """The records database's URL: the `records.url_env` variable, else `records.url`."""
+        return environ.get(self.records.url_env, "") or self.records.url
 
     def resolved_redis_url(self, environ: Mapping[str, str]) -> str:
         """The Redis URL from the environment variable, else the file; "" if neither."""
@@ -372,4 +475,5 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
         ),
         http_internal_host=http.get("internal_host", "127.0.0.1"),
         http_internal_port=http.get("internal_port"),
+        records=_records(data.get("records") or {}, source, label, lines),
     )

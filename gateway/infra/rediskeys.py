@@ -104,6 +104,11 @@ def cap_key(key: str) -> str:
 
 NONE_KEY = PREFIX + "none"
 AUDIT_STREAM = PREFIX + "audit"
+PURGE_LOCK = PREFIX + "purge:lock"  # one records purge at a time across workers
+
+
+# The records the flows hand to the SQL archive (msgpack'd facts), drained by the worker's writer.
+RECORDS_STREAM = PREFIX + "records"
 
 
 def inbound_key(provider: str, message_key: str) -> str:
@@ -203,7 +208,7 @@ KEY_FAMILIES: tuple[KeyFamily, ...] = (
         OPTOUT_AUDIT,
         "stream",
         "hash",
-        "none: the record of every consent change, kept untrimmed",
+        "no TTL: the records purge trims entries past the consent retention (XTRIM MINID)",
         "gateway.inbox.intake",
         "one entry per opt-out/opt-in: number hash, action, channel, via, at",
     ),
@@ -293,9 +298,28 @@ KEY_FAMILIES: tuple[KeyFamily, ...] = (
         AUDIT_STREAM,
         "stream",
         "hash",
-        "none: trimmed to about 200,000 entries (MAXLEN ~)",
+        "no TTL: trimmed to about 200,000 entries (MAXLEN ~), and by the records purge past the access retention",
         "gateway.outbox.store",
         "one entry per guard decision: dedupe key, ts, verdict fields",
+    ),
+    KeyFamily(
+        "gw:purge:lock",
+        PURGE_LOCK,
+        "string",
+        "plain",
+        "the purge's lock time (SET NX EX), deleted by its holder when the purge ends",
+        "gateway.records.retention",
+        "a random token: the worker running the daily records purge",
+    ),
+    KeyFamily(
+        "gw:records",
+        RECORDS_STREAM,
+        "stream",
+        "sealed",
+        "none: trimmed to records.stream_maxlen (MAXLEN ~); drained by the worker",
+        "gateway.records.emitter",
+        "one entry per fact for the SQL archive (field 'f': msgpack of to_wire(fact): number hashes, sealed texts); "
+        "the worker's RecordsWriter (consumer group 'records') writes, acknowledges and deletes them",
     ),
     KeyFamily(
         "gw:in:<provider>:<message_key>",
@@ -311,7 +335,7 @@ KEY_FAMILIES: tuple[KeyFamily, ...] = (
         thread_key,
         "hash",
         "sealed",
-        "none: the staff inbox's conversation record (no retention is automated)",
+        "no TTL: the records purge deletes it once its last activity is past the messages' retention",
         "gateway.inbox.intake",
         "{to, sender (sealed), sender_hash, queue, created_at, last_at, count}",
     ),
@@ -320,7 +344,7 @@ KEY_FAMILIES: tuple[KeyFamily, ...] = (
         thread_messages_key,
         "stream",
         "sealed",
-        "none: the conversation itself, kept with its thread",
+        "no TTL: the conversation itself, deleted with its thread by the records purge",
         "gateway.inbox.intake",
         "one entry per message in or out: dir, at, text (sealed), message_id/provider or action",
     ),
@@ -329,7 +353,7 @@ KEY_FAMILIES: tuple[KeyFamily, ...] = (
         inbox_key,
         "stream",
         "plain",
-        "none: the staff queue's history, kept untrimmed",
+        "no TTL: the records purge trims entries past the messages' retention (XTRIM MINID)",
         "gateway.inbox.intake",
         "one entry per accepted message: thread, at, priority, rule, tags, message_id",
     ),

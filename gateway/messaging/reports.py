@@ -21,9 +21,11 @@ from aiohttp import web
 
 from adapters.nhn_alimtalk import parse_report as nhn_parse_report
 from gateway.domain.models import DeliveryReport, ReportStatus
+from gateway.domain.records import SendFact
 from gateway.errors import ConfigError, GatewayError, ReportForged, ReportRejected, StoreUnavailable
 from gateway.infra.crypto import same_secret
 from gateway.infra.http import error_response, read_body
+from gateway.ports import NoRecords, RecordSink
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +89,34 @@ def build_parsers(specs: Mapping[str, Mapping[str, Any]], environ: Mapping[str, 
     return parsers
 
 
+def send_fact(report: DeliveryReport, key: str) -> SendFact:
+    """The archive's record of a report that moved a send's state. The report knows the send
+    only by the provider's reference; the delivery state (`gw:msg:...`) names its idempotency
+    key, '<pbx>:<call>:<action>:<recipient hash>', which gives the purpose and the hash. The
+    channel is what the send's own record says (the latest state only updates the state)."""
+    parts = key.split(":")
+    purpose = parts[2] if len(parts) >= 4 else ""
+    return SendFact(
+        key=key,
+        purpose=purpose,
+        channel="",
+        provider=report.provider,
+        state=report.status.value,
+        at=report.at,
+        party_hash=parts[-1] if len(parts) >= 4 else "",
+        reference=report.reference,
+        detail=report.detail[:128],
+        fallback_used=report.fallback_used,
+    )
+
+
 class ReportIntake:
-    def __init__(self, parsers: Mapping[str, Parser], store: Any) -> None:
+    def __init__(self, parsers: Mapping[str, Parser], store: Any, records: RecordSink | None = None) -> None:
         self.parsers = dict(parsers)
         self.store = store
         self.counts: dict[str, int] = {}
+        # The SQL archive: a report that moves a send's state updates the send's record.
+        self.records: RecordSink = records if records is not None else NoRecords()
 
     async def handle(self, provider: str, headers: Mapping[str, str], body: bytes) -> dict[str, int]:
         """Apply every report of one webhook call. Raises UnknownProvider, ReportForged (a bad
@@ -114,8 +139,21 @@ class ReportIntake:
             )
             counts[outcome] = counts.get(outcome, 0) + 1
             self.counts[outcome] = self.counts.get(outcome, 0) + 1
+            if outcome == "updated" and not isinstance(self.records, NoRecords):
+                await self._record(report)
         log.info("delivery reports from %s: %s", provider, counts)
         return counts
+
+    async def _record(self, report: DeliveryReport) -> None:
+        """The send's new state for the archive (best effort: the report itself is applied)."""
+        try:
+            state = await self.store.message_state(report.provider, report.reference)
+        except Exception as exc:
+            log.warning("delivery report of %s not recorded: %s", report.provider, type(exc).__name__)
+            return
+        key = state.get("key", "")
+        if key:
+            self.records.record(send_fact(report, key))
 
 
 def add_routes(app: web.Application, reports: ReportIntake | None) -> None:

@@ -33,17 +33,25 @@ from dramatiq.middleware import AsyncIO, Middleware
 from gateway.domain.models import SendOutcome, SendResult, SmsRequest
 from gateway.domain.notify import NotifyRules, duty_sms
 from gateway.domain.numbers import mask
+from gateway.domain.records import SendFact, ThreadEventKind, ThreadFact
 from gateway.domain.smstext import choose
 from gateway.errors import GatewayError, StoreUnavailable
 from gateway.infra.crypto import Sealer, SealError, sign
 from gateway.messaging.jobs import QUEUES, Enqueuer, actor_name, actor_options, decode_message, open_inbound_reply
 from gateway.outbox.guard import Admission, Outbox, QueuedMessage, Verdict
-from gateway.ports import DecisionSink
+from gateway.outbox.store import number_hash
+from gateway.ports import DecisionSink, NoRecords, RecordSink
+from gateway.records.refs import message_ref
 
 log = logging.getLogger(__name__)
 
 # Results an SMS can fix: the citizen is not reachable on KakaoTalk.
 SMS_CAN_FIX = frozenset({SendResult.NOT_KAKAO_USER, SendResult.BLOCKED})
+
+# A send's state in the archive (`SendFact.state`), as delivery reports name states too; a
+# permanent refusal is "failed" with the provider's answer as detail. TEMPORARY_ERROR is no
+# state: the job is retried.
+_SEND_STATE = {SendResult.ACCEPTED: "sent", SendResult.OPTED_OUT: "opted_out"}
 
 
 class TemporaryFailure(GatewayError):
@@ -130,6 +138,7 @@ class WorkerRuntime:
         replies: Callable[[Outbox], ReplySender],
         notify: Callable[[], NotifyRules | None] = no_notify,
         queue_names: Callable[[], Mapping[str, str]] = dict,
+        records: RecordSink | None = None,
     ) -> None:
         self._build_outbox = build_outbox
         self._build_replies = replies
@@ -148,6 +157,8 @@ class WorkerRuntime:
         self.in_flight = 0
         self.deferred = 0  # jobs put back because their provider's circuit was open
         self._lock = threading.Lock()
+        # The SQL archive: every citizen-bound send's state, every automatic reply's verdict.
+        self.records: RecordSink = records if records is not None else NoRecords()
 
     @property
     def outbox(self) -> Outbox:
@@ -202,8 +213,12 @@ class WorkerRuntime:
             raise TemporaryFailure(str(exc)) from exc
         if isinstance(result, Verdict):
             self._report(message, result.value, "")
+            if result is not Verdict.ALREADY_SENT:  # (its state was recorded when it was sent)
+                self._record_send(message, result.value)
             return
         self._report(message, result.result.value, result.reference, result)
+        if result.result is not SendResult.TEMPORARY_ERROR:
+            self._record_send(message, _SEND_STATE.get(result.result, "failed"), result)
         if result.result is SendResult.TEMPORARY_ERROR:
             breaker.failure()
             raise TemporaryFailure(f"{result.provider}: {result.detail}")
@@ -244,7 +259,8 @@ class WorkerRuntime:
         except (SealError, KeyError, ValueError, TypeError) as exc:
             raise UnreadableJob(f"unreadable inbound notification: {exc}") from None
         if reply:
-            await self._reply(tid, reply_to, reply_from, reply_text, reply_action)
+            replied = await self._reply(tid, reply_to, reply_from, reply_text, reply_action)
+            self._record_auto_reply(tid, queue, payload, replied)
         rules = self.notify()
         if rules is None:
             return
@@ -298,13 +314,14 @@ class WorkerRuntime:
                 if not isinstance(result, Verdict) and result.result is SendResult.TEMPORARY_ERROR:
                     raise TemporaryFailure(f"duty SMS: {result.detail}")
 
-    async def _reply(self, tid: str, to: str, city_number: str, text: str, action: str) -> None:
+    async def _reply(self, tid: str, to: str, city_number: str, text: str, action: str) -> str:
         """The automatic reply of a citizen's message, through the guard (a retried job finds it
         a duplicate; a citizen who opted out since gets none but the opt-out's confirmation)."""
         result = await self.replies.send(tid, to, city_number, text, action, rule_text=True)
         if result == Verdict.STORE_UNAVAILABLE.value:
             raise TemporaryFailure(f"reply {action}: redis unavailable")
         self._emit({"event": "replied", "thread": tid, "action": action, "to": to, "result": result})
+        return result
 
     async def _webhook(self, url: str, secret_env: str, body: Mapping[str, Any], key: str) -> None:
         secret = self.environ.get(secret_env, "")
@@ -374,6 +391,7 @@ class WorkerRuntime:
             # and the admission is already claimed, so only the enqueue is attempted again.
             raise TemporaryFailure("SMS fallback could not be queued")
         self._report_sms(message, action, "queued")
+        self._record_send(message, _SEND_STATE.get(outcome.result, "failed"), outcome, fallback_used=True)
 
     async def aclose(self) -> None:
         """Close what the actors opened on their loop: providers' HTTP sessions, the Redis client."""
@@ -418,6 +436,50 @@ class WorkerRuntime:
                 "detail": outcome.detail if outcome else "",
             }
         )
+
+    def _record_send(
+        self, message: QueuedMessage, state: str, outcome: SendOutcome | None = None, *, fallback_used: bool = False
+    ) -> None:
+        """The send's state for the archive (the latest state of a key wins there)."""
+        try:
+            channel = "alimtalk" if message.alimtalk is not None else (message.sms.kind if message.sms else "")
+            detail = outcome.detail if outcome else ""
+            if outcome is not None and state == "failed":
+                detail = f"{outcome.result.value}: {detail}" if detail else outcome.result.value
+            self.records.record(
+                SendFact(
+                    key=message.key,
+                    purpose=message.action.partition(":")[0],
+                    channel=str(channel),
+                    provider=outcome.provider if outcome else message.provider,
+                    state=state,
+                    at=time.time(),
+                    party_hash=number_hash(self.outbox.hash_key, message.recipient),
+                    reference=outcome.reference if outcome else "",
+                    detail=detail[:128],
+                    fallback_used=fallback_used,
+                )
+            )
+        except Exception:  # the archive must never fail a send
+            log.exception("send %s not recorded", message.action)
+
+    def _record_auto_reply(self, tid: str, queue: str, payload: Mapping[str, Any], result: str) -> None:
+        """The automatic reply's (or opt-out confirmation's) verdict for the message's record."""
+        try:
+            ref = message_ref(str(payload.get("provider", "")), str(payload["message_id"]))
+            self.records.record(
+                ThreadFact(
+                    thread=tid,
+                    kind=ThreadEventKind.AUTO_REPLIED.value,
+                    at=time.time(),
+                    ref=ref,
+                    message=ref,
+                    queue=queue,
+                    detail=result[:64],
+                )
+            )
+        except Exception:
+            log.exception("automatic reply of thread %s not recorded", tid)
 
     def _report_sms(self, message: QueuedMessage, action: str, result: str) -> None:
         self._emit(

@@ -33,9 +33,14 @@ class RedisProcess:
         appendonly: bool = False,
         data_dir: Path | None = None,
         own_session: bool = False,
+        appendfsync: str = "everysec",
     ) -> None:
         self.port = port or free_port()
         self.appendonly = appendonly
+        # "everysec" as ops/redis.conf; "always" where a test kills Redis and counts on every
+        # acknowledged write being in the AOF (everysec may hold a write back up to 2 s while a
+        # slow fsync is in progress, and a killed process then loses it).
+        self.appendfsync = appendfsync
         # The demo's and replay's Redis: out of the terminal's process group, so that Ctrl-C (or
         # a SIGTERM to the group) reaches only the program, which still needs Redis to shut
         # down in order and then stops it. (A SIGKILLed program leaves it running; its data
@@ -66,7 +71,7 @@ class RedisProcess:
             "--appendonly",
             "yes" if self.appendonly else "no",
             "--appendfsync",
-            "everysec",
+            self.appendfsync,
             "--daemonize",
             "no",
             "--loglevel",

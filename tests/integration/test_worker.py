@@ -262,11 +262,11 @@ async def test_worker_sigkill_mid_job_delivers_exactly_once(
 
 
 async def test_redis_killed_and_restarted_loses_no_queued_message(env: dict[str, str], tmp_path: Path) -> None:
-    """Messages queued (and fsynced: AOF everysec) survive a Redis SIGKILL; after the restart the
+    """Messages queued (in the AOF: appendfsync always, see test_intake) survive a Redis SIGKILL; after the restart the
     worker delivers each exactly once."""
     data = tmp_path / "redis"
     data.mkdir()
-    proc = RedisProcess(appendonly=True, data_dir=data).start()
+    proc = RedisProcess(appendonly=True, data_dir=data, appendfsync="always").start()
     try:
         config = load_config()
         broker = make_broker(proc.url, namespace="t-restart")
@@ -276,7 +276,7 @@ async def test_redis_killed_and_restarted_loses_no_queued_message(env: dict[str,
         enqueuer.close()
         await asyncio.sleep(1.5)  # appendfsync everysec
         proc.kill()
-        proc = RedisProcess(port=proc.port, appendonly=True, data_dir=data).start()
+        proc = RedisProcess(port=proc.port, appendonly=True, data_dir=data, appendfsync="always").start()
         alimtalk = SandboxAlimtalk("sandbox-alimtalk")
         broker, runtime = build_worker(
             config,

@@ -355,7 +355,7 @@ class Harness:
             await asyncio.sleep(down_s)
         old = self.redis_proc
         self.redis_proc = await asyncio.to_thread(
-            RedisProcess(port=old.port, appendonly=True, data_dir=old.data_dir).start
+            RedisProcess(port=old.port, appendonly=True, data_dir=old.data_dir, appendfsync="always").start
         )
 
     def client(self) -> Any:
@@ -403,7 +403,7 @@ async def harness(
     """Everything a fault test needs, torn down whatever happens (no process outlives the test)."""
     data = tmp_path / "redis"
     data.mkdir()
-    redis_proc = RedisProcess(appendonly=True, data_dir=data).start()
+    redis_proc = RedisProcess(appendonly=True, data_dir=data, appendfsync="always").start()
     carrier = FakeCarrierServer(PROFILES["kt"], ENV["KT_TOKEN"], slow_s=3.0)
     nhn = FakeNhnServer(registered_senders=REGISTERED_SENDERS, slow_s=3.0)
     h: Harness | None = None

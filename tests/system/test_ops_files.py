@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -246,16 +247,26 @@ def _worker_scrape(redis_url: str) -> str:
     """The `gateway worker` registry (its /metrics), built the way `gateway worker` builds it."""
     from prometheus_client import CollectorRegistry, generate_latest
 
+    from gateway.app.recordsthread import RecordsThread
     from gateway.app.workerhttp import WorkerCollector
 
     config = load_config()
     broker, runtime = build_worker(config, environ=demo_environ(config, os.environ), redis_url=redis_url)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(WorkerCollector(runtime, broker))
-    try:
-        return generate_latest(registry).decode()
-    finally:
-        broker.close()
+    # With its records thread (the writer's figures), on a throwaway SQLite file.
+    with tempfile.TemporaryDirectory() as tmp:
+        records = RecordsThread(redis_url, f"sqlite:///{tmp}/records.sqlite3")
+        records.start()
+        registry.register(WorkerCollector(runtime, broker, None, records))
+        try:
+            deadline = time.monotonic() + 10
+            while records.writer is None:
+                assert time.monotonic() < deadline, f"records writer not started: {records.error}"
+                time.sleep(0.01)
+            return generate_latest(registry).decode()
+        finally:
+            records.stop(5.0)
+            broker.close()
 
 
 async def test_every_metric_in_the_alerts_exists_in_a_real_scrape(redis_url: str) -> None:

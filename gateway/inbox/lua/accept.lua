@@ -16,6 +16,7 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('HSET', KEYS[2], 'to', ARGV[3], 'sender', ARGV[4], 'sender_hash', ARGV[5], 'queue', ARGV[6],
            'last_at', ARGV[7])
 redis.call('HSETNX', KEYS[2], 'created_at', ARGV[7])
+redis.call('HDEL', KEYS[2], 'closed_at', 'closed_by')  -- a new message re-opens a closed thread
 redis.call('HINCRBY', KEYS[2], 'count', 1)
 redis.call('XADD', KEYS[3], '*', 'dir', 'in', 'at', ARGV[7], 'text', ARGV[8], 'message_id', ARGV[9],
            'provider', ARGV[10])
