@@ -22,6 +22,7 @@ import asyncio
 import collections
 import logging
 import socket
+import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -76,6 +77,7 @@ class RecordsWriter:
         consumer: str | None = None,
         block_ms: int = 1000,
         claim_idle_s: float = 300.0,
+        linger_s: float = 0.5,
         backoff_initial_s: float = 0.2,
         backoff_max_s: float = 10.0,
     ) -> None:
@@ -87,11 +89,13 @@ class RecordsWriter:
         self.consumer = consumer or f"writer@{socket.gethostname()}"
         self.block_ms = block_ms
         self.claim_idle_s = claim_idle_s
+        self.linger_s = linger_s
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._recovered = False
+        self._next_recovery = 0.0
         self.written = 0  # facts newly stored
         self.duplicates = 0  # facts the store had already (a re-read after a crash, a resend)
         self.batches = 0
@@ -132,8 +136,13 @@ class RecordsWriter:
         backoff = self.backoff_initial_s
         while not self._stopping:
             try:
-                await self.run_once()
+                handled = await self.run_once()
                 backoff = self.backoff_initial_s
+                if 0 < handled < self.batch_size and self.linger_s > 0:
+                    # A short batch: let the next one fill. Each batch costs its round trips and
+                    # five statements whatever its size (0.58 ms of CPU per fact in batches of
+                    # 40, 0.15 ms in batches of 1,000); the archive is not in a hurry.
+                    await asyncio.sleep(self.linger_s)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis or the database away: wait, then try again
@@ -153,7 +162,9 @@ class RecordsWriter:
     async def run_once(self) -> int:
         """One batch: this consumer's pending entries first (after a start), then new ones.
         Returns how many entries were handled (0: nothing to do within the block time)."""
-        if not self._recovered:
+        if not self._recovered or time.monotonic() >= self._next_recovery:
+            # At start, and again every `claim_idle_s`: a writer of another worker that died
+            # while this one runs leaves its entries pending; they are claimed, then written.
             await self.ensure_group()
             await self._claim_abandoned()
             while True:  # what this consumer read but never acknowledged (a crash mid-batch)
@@ -162,6 +173,7 @@ class RecordsWriter:
                     break
                 await self._handle(entries)
             self._recovered = True
+            self._next_recovery = time.monotonic() + self.claim_idle_s
         entries = await self._read(">", block=True)
         if entries:
             await self._handle(entries)

@@ -7,7 +7,11 @@ Sections (see ops/bench/README.md for what each figure means):
 * ``inbound``: signed SMS webhooks/s and latency at rising concurrency, real gateway app vs a bare
   aiohttp handler, then every accepted message looked for in Redis (`ops.bench.inbound`);
 * ``routing``: `route()` decisions/s with 500 generated rules vs a naive scan (`ops.bench.routing`);
-* ``memory``: bytes per tracked call with 10,000 concurrent calls (`ops.bench.memory`).
+* ``memory``: bytes per tracked call with 10,000 concurrent calls (`ops.bench.memory`);
+* ``records``: the SQL archive over a generated year (15 million calls) on SQLite and PostgreSQL:
+  the answer-rate report, write throughput, a day's purge, intake during it, and the lettering
+  p99 with records on vs off (`ops.bench.records`). Not in the default run (a full year takes
+  minutes to generate the first time): ask for it with ``--only records``.
 
 Prints one table (every figure beside its goal and its baseline) and writes it, with all the
 raw data as JSON, to ``ops/bench/results/bench-<UTC stamp>.{json,md}`` and ``bench-latest.{json,md}``.
@@ -29,14 +33,17 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SECTIONS = ("ami", "routing", "memory", "inbound")
+SECTIONS = ("ami", "routing", "memory", "inbound", "records")
+DEFAULT_SECTIONS = ("ami", "routing", "memory", "inbound")  # the 5-minute run; records when asked
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ops.bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="about a minute: smaller runs of every section")
     p.add_argument(
-        "--only", default=",".join(SECTIONS), help=f"sections to run, comma-separated ({', '.join(SECTIONS)})"
+        "--only",
+        default=",".join(DEFAULT_SECTIONS),
+        help=f"sections to run, comma-separated ({', '.join(SECTIONS)}; default {','.join(DEFAULT_SECTIONS)})",
     )
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help=f"results directory (default {RESULTS_DIR})")
     sizes = p.add_argument_group("sizes (defaults depend on --quick)")
@@ -56,6 +63,8 @@ def parser() -> argparse.ArgumentParser:
     sizes.add_argument("--routing-seconds", type=float, help="length of each routing figure (3, quick 1)")
     sizes.add_argument("--routing-sample", type=int, help="distinct routed messages per mix (5000, quick 2000)")
     sizes.add_argument("--memory-calls", type=int, help="concurrent calls for the memory figure (10000, quick 2000)")
+    sizes.add_argument("--records-calls", type=int, help="calls in the records year (15000000, quick 300000)")
+    sizes.add_argument("--records-db", default="sqlite,postgresql", help="records databases (sqlite,postgresql)")
     return p
 
 
@@ -120,11 +129,22 @@ def run_inbound(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str
     return section, inbound.figures(section)
 
 
+def run_records(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    from ops.bench import records
+
+    argv = ["--db", args.records_db, "--out", str(args.out)] + (["--quick"] if args.quick else [])
+    if args.records_calls is not None:
+        argv += ["--calls", str(args.records_calls)]
+    section = records.run_from_args(records.parser().parse_args(argv))
+    return section, records.figures(section)
+
+
 RUNNERS: dict[str, Callable[[argparse.Namespace], tuple[dict[str, Any], list[dict[str, Any]]]]] = {
     "ami": run_ami,
     "routing": run_routing,
     "memory": run_memory,
     "inbound": run_inbound,
+    "records": run_records,
 }
 
 

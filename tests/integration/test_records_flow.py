@@ -226,6 +226,25 @@ async def test_an_abandoned_consumers_entries_are_claimed(client: Any, store: Re
     assert other.written == 4 and await client.xlen(RECORDS_STREAM) == 0
 
 
+async def test_a_running_writer_claims_what_a_writer_that_died_later_left(client: Any, store: RecordsStore) -> None:
+    """Two workers: the survivor, already running, takes over the entries the other one read
+    and never acknowledged (not only at its own start)."""
+    survivor = RecordsWriter(client, store, consumer="writer@host-a", block_ms=50, claim_idle_s=0.2)
+    assert await survivor.run_once() == 0  # started: nothing to do yet
+    emitter = StreamRecordSink(client)
+    emitter.start()
+    for n in range(5):
+        emitter.record(call(n))
+    assert await emitter.flush()
+    await emitter.stop()
+    dying = RecordsWriter(client, store, consumer="writer@host-b", block_ms=50)
+    await dying.ensure_group()
+    assert len(await dying._read(">", block=False)) == 5  # read, then its host died
+    await asyncio.sleep(0.3)  # idle longer than claim_idle_s
+    await survivor.run_once()
+    assert survivor.written == 5 and await client.xlen(RECORDS_STREAM) == 0
+
+
 async def test_bad_entries_are_counted_and_acknowledged(client: Any, store: RecordsStore) -> None:
     await client.xadd(RECORDS_STREAM, {FIELD: b"\xc1not msgpack"})
     await client.xadd(RECORDS_STREAM, {b"other": b"1"})

@@ -210,3 +210,68 @@ def test_instruction_count_programs_run(step: str, redis_url: str) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "child ok" in proc.stdout
+
+
+def _records_section(tmp_path: Path, dbs: tuple[str, ...], *, intake: bool, latency: bool) -> dict[str, Any]:
+    from ops.bench import records
+
+    return records.run(
+        calls=20_000,
+        threads=600,
+        dbs=dbs,
+        report_runs=1,
+        write_calls=2_500,
+        batch=1000,
+        intake_seconds=1.0,
+        intake_rounds=1 if intake else 0,
+        latency_runs=1 if latency else 0,
+        latency_seconds=1.0,
+        latency_rate=20.0,
+        cache_dir=tmp_path,
+        use_cache=True,
+    )
+
+
+def _check_database(result: dict[str, Any], spec: dict[str, Any]) -> None:
+    report, write, purge = result["report"], result["write"], result["purge"]
+    # the roll-ups' report and the raw GROUP BY agree row for row
+    assert report["mismatches"] == [] and report["counts_ok"] is True
+    assert report["rows"] > 10 and 0 < report["total"]["answered"] < report["total"]["calls"] < spec["calls"]
+    # every fresh call stored once, the roll-ups moved by exactly the counted ones, a rewrite changed nothing
+    assert write["problems"] == [] and write["calls"] == 2_500
+    assert 0 < write["rollup_rows_counted"] < write["calls"]
+    # exactly the expired working day went, roll-ups kept, four purges recorded
+    assert purge["problems"] == [] and purge["day"] == "2025-01-02"
+    assert purge["deleted"]["calls"] > 0 and set(purge["deleted"]) == {"calls", "messages", "thread_events", "sends"}
+
+
+def test_records_bench_on_sqlite_checks_every_count(tmp_path: Path) -> None:
+    from ops.bench import records
+
+    section = _records_section(tmp_path, ("sqlite",), intake=True, latency=True)
+    spec = section["spec"]
+    assert section["year"]["counts"]["calls"] == spec["calls"] == 20_000
+    assert section["year"]["cached"] is False
+    _check_database(section["databases"]["sqlite"], spec)
+    intake = section["databases"]["sqlite"]["intake"]
+    assert intake["problems"] == [] and intake["stored"]["lost"] == 0
+    assert len(intake["purged"]) == 1 and intake["purged"][0]["calls"] > 0
+    latency = section["latency"]
+    # records on: one `calls` row per call the gateway ended, nothing dropped
+    assert latency["problems"] == [] and latency["rows_written"] == latency["calls_ended"] == 20
+    assert section["counts_ok"] is True
+    assert len(records.figures(section)) == 6  # the year, report, write, purge, intake, latency
+
+    # a second run finds the generated year in the cache
+    again = _records_section(tmp_path, ("sqlite",), intake=False, latency=False)
+    assert again["year"]["cached"] is True and again["counts_ok"] is True
+
+
+def test_records_bench_on_postgresql_agrees_with_sqlite(tmp_path: Path) -> None:
+    section = _records_section(tmp_path, ("sqlite", "postgresql"), intake=False, latency=False)
+    sqlite, pg = section["databases"]["sqlite"], section["databases"]["postgresql"]
+    assert pg["load"]["counts"] == section["year"]["counts"]  # the same year copied over
+    _check_database(pg, section["spec"])
+    assert pg["report"]["total"] == sqlite["report"]["total"]
+    assert pg["purge"]["deleted"] == sqlite["purge"]["deleted"]
+    assert section["counts_ok"] is True

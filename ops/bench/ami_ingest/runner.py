@@ -11,7 +11,8 @@ import secrets
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from gateway.app.gateway import Gateway, Overrides
 from gateway.app.replay import demo_environ, sandbox_carriers
 from gateway.domain.rules import Rules
 from gateway.infra.config import GatewayConfig, load_config
-from gateway.ports import LetteringCarrier
+from gateway.ports import LetteringCarrier, RecordSink
 from ops.bench.ami_ingest.server import TOKEN_ENV
 from ops.bench.ami_ingest.stream import IngestStream
 from ops.bench.cpu import CpuWindow
@@ -186,13 +187,23 @@ class Setup:
     def trunks(self) -> tuple[str, ...]:
         return tuple(self.config.pbxes[0].trunks)
 
-    def gateway(self, sink: CountingSink, port: int, carriers: dict[str, LetteringCarrier]) -> Gateway:
+    def gateway(
+        self,
+        sink: CountingSink,
+        port: int,
+        carriers: dict[str, LetteringCarrier],
+        records: RecordSink | None = None,
+    ) -> Gateway:
         gateway = Gateway(
             self.config,
             sink,
             environ=self.environ,
             overrides=Overrides(
-                redis_url=self.gateway_url, rules_dir=RULES_DIR, pbx_address=("127.0.0.1", port), carriers=carriers
+                redis_url=self.gateway_url,
+                rules_dir=RULES_DIR,
+                pbx_address=("127.0.0.1", port),
+                carriers=carriers,
+                records=records,
             ),
         )
         gc.collect()
@@ -350,9 +361,25 @@ class LatencyRun:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+# The records benchmark's switch (`ops.bench.records_latency`): entered around the gateway's
+# run (after it is built, before it starts; left after it stopped), its dict is the run's
+# extra["records"].
+RecordsHook = Callable[[Gateway], AbstractAsyncContextManager[dict[str, Any]]]
+
+
 async def latency_run(
-    setup: Setup, rate: float, seconds: float, *, index: int, hold_ms: float, lead_ms: float
+    setup: Setup,
+    rate: float,
+    seconds: float,
+    *,
+    index: int,
+    hold_ms: float,
+    lead_ms: float,
+    records: RecordSink | None = None,
+    records_hook: RecordsHook | None = None,
 ) -> LatencyRun:
+    """One run at `rate`; `records` replaces the gateway's own `RecordSink` (a StreamRecordSink
+    to Redis) when given (e.g. `NoRecords()`: records off)."""
     token = secrets.token_urlsafe(24)
     helper = await Helper.start(
         "lettering",
@@ -379,20 +406,22 @@ async def latency_run(
         providers = {route.provider for route in setup.rules.lettering.providers}
         carriers: dict[str, LetteringCarrier] = {name: carrier for name in providers}
         sink = CountingSink(calls)
-        gateway = setup.gateway(sink, int(ready["ami_port"]), carriers)
+        gateway = setup.gateway(sink, int(ready["ami_port"]), carriers, records)
         pids = {"gateway": os.getpid(), "helper": helper.proc.pid, "redis": setup.redis_pid}
+        hook = records_hook(gateway) if records_hook is not None else contextlib.nullcontext({})
         with GcMonitor() as gc_monitor:
-            await gateway.start()
-            try:
-                with CpuWindow(pids) as cpu:
-                    played = await helper.next("played", seconds + 60)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(sink.all_calls_ended), 30)
-                await gateway.pipeline.drain(10)
-                in_gateway = list(gateway.pipeline.dial_latencies_ms)
-                outbox = dict(gateway.outbox.counts)
-            finally:
-                await gateway.stop()
+            async with hook as records_info:
+                await gateway.start()
+                try:
+                    with CpuWindow(pids) as cpu:
+                        played = await helper.next("played", seconds + 60)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(sink.all_calls_ended), 30)
+                    await gateway.pipeline.drain(10)
+                    in_gateway = list(gateway.pipeline.dial_latencies_ms)
+                    outbox = dict(gateway.outbox.counts)
+                finally:
+                    await gateway.stop()
         report = await helper.report()
     finally:
         await helper.close()
@@ -433,6 +462,8 @@ async def latency_run(
         "gc": gc_monitor.summary(),
         "cpu": cpu_use,
     }
+    if records_hook is not None:
+        extra["records"] = records_info
     return LatencyRun(rate, calls, len(latencies), latencies, extra)
 
 
