@@ -143,6 +143,7 @@ table {{ border-collapse: collapse; width: 100%; margin-top: 5mm; }}
 th, td {{ border: 0.5pt solid #999; padding: 1.2mm 1.5mm; }}
 th {{ background: #eef2f7; font-weight: bold; font-size: 8pt; }}
 td.n {{ text-align: right; }}
+td.t {{ white-space: nowrap; }}
 tr:last-child td {{ font-weight: bold; background: #f6f6f6; }}
 svg text {{ font-family: "ReportKorean"; }}
 </style></head><body>
