@@ -519,6 +519,9 @@ class Intake:
             "count": int(t.get("count", "0")),
             "messages": messages,
             "reply": "" if is_mobile(sender) else NOT_MOBILE,
+            # Closed by staff (POST .../close) until the citizen writes again: None when open.
+            "closed_at": float(t["closed_at"]) if t.get("closed_at") else None,
+            "closed_by": t.get("closed_by") or None,
         }
 
     async def _recent_inbound(self, tid: str, count: int = 20) -> list[str]:

@@ -170,8 +170,12 @@ async def test_the_close_route(site: RecordedSite) -> None:
         assert status == 400
         status, closed = await site.api(session, "POST", f"/api/threads/{tid}/close", {"staff": "lee"})
         assert status == 200 and closed["closed"]
+        status, thread = await site.api(session, "GET", f"/api/threads/{tid}")
+        assert status == 200 and thread["closed_by"] == "lee" and thread["closed_at"] > 0
         # A new message from the citizen re-opens the thread: it can be closed again.
         await site.post(session, sms("close-2", "추가 문의입니다", seoul("2026-11-24T11:00:00")))
+        status, thread = await site.api(session, "GET", f"/api/threads/{tid}")
+        assert thread["closed_at"] is None and thread["closed_by"] is None
         status, closed = await site.api(session, "POST", f"/api/threads/{tid}/close", {"staff": "lee"})
         assert status == 200 and closed == {"closed": True, "already": False}
     await site.written()
