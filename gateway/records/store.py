@@ -14,8 +14,10 @@ whose schema is behind (or ahead of) this release.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,14 +113,36 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # purge, another process's writer) makes us wait instead of failing at once; NORMAL sync
     # is durable enough in WAL.
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    # busy_timeout first: switching a new file to WAL takes an exclusive lock, and processes
+    # starting together on it failed at once ("database is locked") without the wait.
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
     # The driver's own transaction handling begins only before DML (DDL would autocommit, a
     # half-made schema) and defers the write lock (two writers upgrading their locks at once
     # fail at once, busy_timeout or not): `_sqlite_begin` emits BEGIN itself instead.
     dbapi_connection.isolation_level = None
+
+
+def _wal_once(path: str) -> None:
+    """Put the file in WAL mode before any pooled connection opens it. Switching a new file to
+    WAL takes an exclusive lock: several processes (a gateway and its workers) opening a new
+    file together each tried it on connect, and one failed ("database is locked") whenever
+    another held a lock past the busy timeout. Once the file is in WAL mode, the connections'
+    own PRAGMA is a no-op. Bounded: after 30 s the connection's own attempt reports the error."""
+    import sqlite3
+
+    deadline = time.monotonic() + 30.0
+    while True:
+        try:
+            with contextlib.closing(sqlite3.connect(path.split("?", 1)[0], timeout=5.0)) as raw:
+                raw.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError:
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.05)
 
 
 def _sqlite_begin(conn: Connection) -> None:
@@ -164,6 +188,7 @@ class RecordsStore:
         self.masked_url = mask_url(url)
         sa_url, self.dialect = engine_url(url)
         if self.dialect == "sqlite":
+            _wal_once(sa_url.removeprefix("sqlite+aiosqlite:///"))
             self.engine: AsyncEngine = create_async_engine(sa_url)
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
             event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
