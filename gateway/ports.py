@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
+from gateway.domain.audit import AccessEntry
 from gateway.domain.models import (
     AlimtalkRequest,
     LetteringOutcome,
@@ -19,6 +20,7 @@ from gateway.domain.models import (
     SmsRequest,
 )
 from gateway.domain.records import Fact
+from gateway.domain.staff import Account
 
 
 class LetteringCarrier(Protocol):
@@ -204,3 +206,76 @@ class NoRecords:
 
     def record(self, fact: Fact) -> None:
         return None
+
+
+# ------------------------------------------------------------------ staff (issue #16)
+@dataclass(frozen=True, slots=True)
+class LoginOutcome:
+    """A login attempt's result: `account` when it succeeded; else `reason` ("unknown",
+    "wrong_password", "disabled", "locked") and, when locked, until when."""
+
+    account: Account | None
+    reason: str = ""
+    locked_until: float | None = None
+
+
+class StaffDirectory(Protocol):
+    """The people who may use the console and the staff API (`gateway.staff.accounts`).
+
+    Every method raises `StoreUnavailable` when the records database cannot be reached: the
+    console then answers 503, never lets anyone in unchecked."""
+
+    async def login(self, username: str, password: str, *, ip: str) -> LoginOutcome:
+        """Check a password: counts failures, locks the account after the policy's limit (and
+        records the failure and the lock as access records)."""
+        ...
+
+    async def account(self, account_id: int) -> Account | None:
+        """An account by id (None: no such account). A disabled one is returned disabled."""
+        ...
+
+    async def by_username(self, username: str) -> Account | None: ...
+
+    async def accounts(self) -> Sequence[Account]: ...
+
+    async def account_for_token(self, token: str) -> Account | None:
+        """The person a staff-API bearer token belongs to (None: unknown, revoked, or the account
+        is disabled)."""
+        ...
+
+
+class AccessLog(Protocol):
+    """The access records (접속기록, `gateway.staff.audit`): append-only, hash-chained.
+
+    `record` returns once the record is durable, or raises `StoreUnavailable`: what cannot be
+    recorded is not done (a thread is not shown when its view cannot be recorded)."""
+
+    async def record(self, entry: AccessEntry) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleSession:
+    """A signed-in console session: whose, its CSRF token, when it began and from where."""
+
+    id: str
+    account_id: int
+    csrf: str
+    created_at: float
+    ip: str
+
+
+class SessionStore(Protocol):
+    """Console sessions (`gateway.staff.sessions`, in Redis): an idle timeout refreshed on every
+    request and a maximum age, both enforced here; the id is stored only as a hash."""
+
+    async def create(self, account_id: int, *, ip: str) -> ConsoleSession: ...
+
+    async def get(self, session_id: str) -> ConsoleSession | None:
+        """The session, its idle timer restarted; None when unknown, idle too long or too old."""
+        ...
+
+    async def destroy(self, session_id: str) -> None: ...
+
+    async def destroy_all(self, account_id: int) -> int:
+        """End every session of an account (disabled, password reset); returns how many."""
+        ...

@@ -26,6 +26,9 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || packages+=(postgresq
 [ -n "$(ldconfig -p 2>/dev/null | grep 'libpangoft2-1.0.so.0' || true)" ] || packages+=(libpango-1.0-0 libpangoft2-1.0-0)
 [ -f /usr/share/fonts/truetype/nanum/NanumGothic.ttf ] || packages+=(fonts-nanum fontconfig)
 command -v pdftoppm >/dev/null 2>&1 || packages+=(poppler-utils)
+# The staff console's browser tests: Debian's chromium, driven by Playwright from PyPI through
+# executable_path (never `playwright install`: it downloads a browser, and there is no internet).
+command -v chromium >/dev/null 2>&1 || packages+=(chromium)
 if [ ${#packages[@]} -gt 0 ]; then
     echo "bootstrap: installing Debian's ${packages[*]}" >&2
     SUDO=""

@@ -102,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     from gateway.app.recordscli import add_parsers
 
     add_parsers(sub)  # `gateway records ...` and `gateway report ...` (the SQL archive)
+    from gateway.staff.cli import add_parsers as staff_parsers
+
+    staff_parsers(sub)  # `gateway staff ...` and `gateway audit ...` (accounts, access records)
     return p
 
 
@@ -141,6 +144,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         setup_logging("WARNING", json_lines=False)
         return dispatch(args, config)
+    if args.command in ("staff", "audit"):
+        from gateway.staff.cli import dispatch as staff_dispatch
+
+        setup_logging("WARNING", json_lines=False)
+        return staff_dispatch(args, config)
     if args.command == "replay":
         from gateway.app.replay import replay
         from gateway.domain.models import LetteringResult, SendResult

@@ -35,12 +35,14 @@ from aiohttp import ClientError, ClientSession, web
 from dramatiq.brokers.redis import RedisBroker
 from redis.exceptions import RedisError
 
+from gateway.app.consoleapp import console_app
 from gateway.app.gateway import Gateway, Overrides
 from gateway.app.httpapps import make_app
 from gateway.app.replay import demo_environ, sandbox_carriers, sandbox_messaging
 from gateway.app.worker import build_worker
 from gateway.domain.models import LetteringResult, SendResult
 from gateway.domain.notify import NotifyRules
+from gateway.domain.staff import Role
 from gateway.errors import GatewayError
 from gateway.inbox.webhooks import InboundProvider, verify
 from gateway.infra.config import DEFAULT_RECORDS_URL, GatewayConfig
@@ -198,6 +200,7 @@ async def run_demo(
     worker: dramatiq.Worker | None = None
     gateway: Gateway | None = None
     http: HttpServer | None = None
+    console: HttpServer | None = None
     publisher: asyncio.Task[None] | None = None
     # Everything started is stopped in reverse order, whatever fails on the way (a broken pipe
     # on stdout included): dramatiq's worker threads would otherwise keep the process alive.
@@ -230,6 +233,7 @@ async def run_demo(
                 alimtalk=messaging.alimtalk,
                 queue_namespace=messaging.queue_namespace,
                 carriers=sandbox_carriers(config, DEMO_OUTCOMES),
+                records_url=records_url,
                 ami={
                     "backoff_initial_s": 0.2,
                     "backoff_max_s": 2.0,
@@ -256,6 +260,7 @@ async def run_demo(
                 f"POST http://{h_host}:{h_port}/webhooks/sms/<provider>",
                 file=out,
             )
+        console = await _start_console(config, gateway, out)
         await gateway.start()
         publisher = asyncio.get_running_loop().create_task(_publish_providers(broker, runtime))
         await _sample_citizen_sms(gateway, f"http://{h_host}:{h_port}", out)
@@ -267,6 +272,8 @@ async def run_demo(
     finally:
         if publisher is not None:
             publisher.cancel()
+        if console is not None:
+            await console.stop()
         if http is not None:
             await http.stop()
         if gateway is not None:
@@ -286,6 +293,31 @@ async def run_demo(
     return 0
 
 
+async def _start_console(config: GatewayConfig, gateway: Gateway, out: TextIO) -> HttpServer | None:
+    """The staff console on its configured port (any free one when that is taken), with a demo
+    administrator who sees every queue; prints its address, user name and password on one line."""
+    if config.console is None:
+        return None
+    app = console_app(gateway, config.console)
+    console = HttpServer(app, config.console.host, config.console.port, limits=config.http_limits, name="console")
+    try:
+        host, port = await console.start()
+    except OSError as exc:
+        print(f"demo: console port {console.port} unavailable ({exc.strerror}); using a free one", file=out)
+        console = HttpServer(app, config.console.host, 0, limits=config.http_limits, name="console")
+        host, port = await console.start()
+    directory = gateway.staff_directory
+    actor = "demo"
+    if await directory.by_username("demo") is None:
+        _, password = await directory.add(
+            actor, "demo", "데모 관리자", Role.ADMIN, queues="*", must_change_password=False
+        )
+    else:  # a records database kept from an earlier demo (GATEWAY_RECORDS_URL)
+        password = await directory.reset_password(actor, "demo", must_change_password=False)
+    print(f"console: http://{host}:{port}/  user demo password {password}", file=out)
+    return console
+
+
 async def _publish_providers(broker: RedisBroker, runtime: WorkerRuntime, every_s: float = 2.0) -> None:
     """What `gateway worker` does in its main loop: its providers' state, for /health."""
     while True:
@@ -299,6 +331,15 @@ SAMPLE_SMS = [
     ("demo-sms-1", "010-3333-4444", "031-900-2000", "가로등이 고장났어요", "2026-11-24T10:00:00+09:00"),
     ("demo-sms-2", "010-5555-6666", "031-900-2000", "가로등이 고장났어요", "2026-09-25T23:00:00+09:00"),
     ("demo-sms-3", "010-7777-8888", "031-900-2100", "수신거부", "2026-11-24T11:00:00+09:00"),
+    (
+        "demo-sms-4",
+        "010-2222-1357",
+        "031-900-2000",
+        "집 앞에 불법주차 차량이 3일째 있어요",
+        "2026-12-01T09:30:00+09:00",
+    ),
+    ("demo-sms-5", "010-4444-2468", "031-900-0119", "도로에 물이 넘쳐요 빨리 와주세요", "2026-11-29T02:10:00+09:00"),
+    ("demo-sms-6", "010-6666-9753", "031-900-2100", "밤마다 공사 소음이 심합니다", "2026-12-02T22:40:00+09:00"),
 ]
 
 

@@ -28,17 +28,21 @@ from gateway.app.metrics import GatewayCollector
 from gateway.calls.pbx.client import AmiSettings, PbxClient
 from gateway.calls.pbx.mapping import TRACKED_EVENTS
 from gateway.calls.pipeline import CallPipeline
+from gateway.domain.audit import audit_key
+from gateway.domain.guidance import ConsoleRules
 from gateway.domain.notify import NotifyRules
 from gateway.domain.numbers import NumberPlan
 from gateway.domain.postcall import MessagingRules
 from gateway.domain.routing import RoutingRules, parse_window
 from gateway.domain.rules import Rules
+from gateway.domain.staff import LoginPolicy
 from gateway.errors import ConfigError, RulesError, StoreUnavailable
 from gateway.inbox.intake import Intake
 from gateway.inbox.smtp import SmtpIntake, settings_from_config
 from gateway.inbox.webhooks import InboundProvider
-from gateway.infra.config import GatewayConfig, PbxConfig
+from gateway.infra.config import ConsoleConfig, GatewayConfig, PbxConfig
 from gateway.infra.metrics import lettering_latency, new_registry
+from gateway.infra.recent import RecentDecisions, Tee
 from gateway.infra.wire import Wire
 from gateway.messaging.backlog import backlog_report
 from gateway.messaging.jobs import Enqueuer, dead_letter_counts, make_broker
@@ -48,7 +52,12 @@ from gateway.outbox.providerstats import read_published
 from gateway.outbox.store import RedisOutboxStore, connect, warm_up
 from gateway.ports import AlimtalkProvider, DecisionSink, LetteringCarrier, RecordSink, SmsProvider
 from gateway.records.emitter import StreamRecordSink
+from gateway.records.store import RecordsStore
 from gateway.rules.ruleset import RuleSet, load_all
+from gateway.staff.accounts import SqlStaffDirectory
+from gateway.staff.audit import SqlAccessLog
+from gateway.staff.sessions import RedisSessions
+from gateway.staff.throttle import Throttle
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -113,6 +122,7 @@ class RulesHolder:
         self.messaging: MessagingRules = ruleset.messaging
         self.routing: RoutingRules | None = ruleset.routing
         self.notify: NotifyRules = ruleset.notify
+        self.console: ConsoleRules = ruleset.console
         self.loaded_at = time.time()
         self.last_error = ""
         self._seen = self._fingerprint()
@@ -147,6 +157,9 @@ class RulesHolder:
     def get_notify(self) -> NotifyRules:
         return self.notify
 
+    def get_console(self) -> ConsoleRules:
+        return self.console
+
     def get(self) -> Rules:
         return self.rules
 
@@ -161,7 +174,7 @@ class RulesHolder:
             log.error("rules reload failed, keeping version %s:\n%s", self.rules.version, exc)
             return False
         self.rules, self.messaging = ruleset.rules, ruleset.messaging
-        self.routing, self.notify = ruleset.routing, ruleset.notify
+        self.routing, self.notify, self.console = ruleset.routing, ruleset.notify, ruleset.console
         self.loaded_at, self.last_error = time.time(), ""
         log.info("rules reloaded: version %s", ruleset.rules.version)
         return True
@@ -170,6 +183,7 @@ class RulesHolder:
         return {
             "version": self.rules.version,
             "routing_version": self.routing.version if self.routing else None,
+            "console_version": self.console.version or None,
             "loaded_at": self.loaded_at,
             "last_error": self.last_error,
             "extensions": self.rules.directory.extension_count(),
@@ -197,6 +211,8 @@ class Overrides:
     # Where the flows' facts for the SQL archive go instead of the Redis stream `gw:records`
     # (replay: straight into a store, or nowhere: never a live deployment's stream).
     records: RecordSink | None = None
+    # The records database of the staff accounts and access records, instead of the configuration's.
+    records_url: str | None = None
 
 
 class Gateway:
@@ -209,6 +225,9 @@ class Gateway:
         overrides: Overrides | None = None,
     ) -> None:
         self.config = config
+        # The last decisions, numbers masked, for the console's status page (this process's only).
+        self.recent = RecentDecisions(200)
+        sink = Tee(sink, self.recent)
         self.sink = sink
         self.environ = dict(os.environ if environ is None else environ)
         self.over = overrides or Overrides()
@@ -274,7 +293,23 @@ class Gateway:
             name: _unsubscribe_parser(_secret(self.environ, spec["signature_env"], f"unsubscribe.{name}"))
             for name, spec in config.unsubscribe.items()
         }
-        self.api_token = self.environ.get(config.api_token_env, "")
+        # The people behind the staff API and the console (issue #16): accounts, tokens and the
+        # access records live in the records store (its engine connects lazily, at first use);
+        # console sessions and sign-in throttles in Redis.
+        console = config.console or ConsoleConfig()
+        self.staff_store = RecordsStore(self.over.records_url or config.records_url(self.environ))
+        self.access_log = SqlAccessLog(self.staff_store, audit_key(config.number_key(self.environ)))
+        self.sessions = RedisSessions(
+            self.redis, idle_s=console.session_idle_minutes * 60.0, max_s=console.session_max_hours * 3600.0
+        )
+        self.throttle = Throttle(self.redis)
+        self.staff_directory = SqlStaffDirectory(
+            self.staff_store,
+            self.access_log,
+            LoginPolicy(max_failures=console.lockout_failures, lock_s=console.lockout_minutes * 60.0),
+            self.throttle,
+            sessions=self.sessions,
+        )
         self.draining = False
         self.http_counts: dict[tuple[str, int], int] = {}
         self.smtp: SmtpIntake | None = None
@@ -400,6 +435,7 @@ class Gateway:
             await self.emitter.stop(left())
         if self.records_client is not None:
             await self.records_client.aclose()
+        await self.staff_store.close()
         await self.redis.aclose()
         await self.wire.aclose()
 
@@ -415,7 +451,9 @@ class Gateway:
             intake=self.intake,
             providers=self.inbound,
             unsubscribe=self.unsubscribe,
-            api_token=self.api_token,
+            directory=self.staff_directory,
+            access=self.access_log,
+            throttle=self.throttle,
             plan=plan,
             draining=lambda: self.draining,
             count=self._count_http,

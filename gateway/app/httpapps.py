@@ -34,6 +34,8 @@ from gateway.infra.http import HealthSource, HttpServer, Routes, add_health_rout
 from gateway.infra.metrics import exposition
 from gateway.messaging import reports as delivery_reports
 from gateway.messaging.reports import MAX_REPORT_BODY, ReportIntake
+from gateway.ports import AccessLog, StaffDirectory
+from gateway.staff.throttle import Throttle
 
 
 def make_app(
@@ -66,7 +68,9 @@ def add_gateway_routes(
     intake: Intake,
     providers: Mapping[str, InboundProvider],
     unsubscribe: Mapping[str, UnsubscribeParser],
-    api_token: str,
+    directory: StaffDirectory,
+    access: AccessLog,
+    throttle: Throttle | None,
     plan: NumberPlan,
     draining: Callable[[], bool],
     count: Callable[[str, int], None],
@@ -74,7 +78,9 @@ def add_gateway_routes(
 ) -> None:
     """A Gateway's routes on the public listener: the citizens' webhooks, the staff API, and
     /metrics unless `registry` is None (served on the internal listener then). `count` is told
-    every answer's route and status (`gateway_http_responses_total`)."""
+    every answer's route and status (`gateway_http_responses_total`). The staff API checks each
+    person's token in `directory`, writes its access records to `access` and throttles refused
+    tokens with `throttle`."""
 
     # Every answer is counted as it is sent (errors and unknown routes included). A signal, not
     # a middleware: any middleware makes aiohttp wrap every request in a chain of handler
@@ -87,7 +93,7 @@ def add_gateway_routes(
     if registry is not None:
         add_metrics_route(app, registry)
     webhooks.add_routes(app, intake, providers, unsubscribe=unsubscribe, plan=plan, draining=draining)
-    staffapi.add_routes(app, intake, api_token=api_token, plan=plan)
+    staffapi.add_routes(app, intake, directory=directory, access=access, plan=plan, throttle=throttle)
 
 
 def add_metrics_route(app: web.Application, registry: CollectorRegistry) -> None:

@@ -60,7 +60,6 @@ def demo_environ(config: GatewayConfig, base: Mapping[str, str]) -> dict[str, st
         environ[config.data_key_env] = Sealer.new_key_spec()
     for spec in (*config.webhooks.values(), *config.inbound.values(), *config.unsubscribe.values()):
         environ.setdefault(spec["signature_env"], secrets.token_urlsafe(18))
-    environ.setdefault(config.api_token_env, secrets.token_urlsafe(18))
     return environ
 
 

@@ -12,6 +12,7 @@ import signal
 from collections.abc import Coroutine
 from typing import Any
 
+from gateway.app.consoleapp import console_listener
 from gateway.app.gateway import Gateway
 from gateway.app.httpapps import gateway_listeners
 from gateway.infra.config import GatewayConfig
@@ -33,6 +34,8 @@ async def run_gateway(config: GatewayConfig) -> int:
     # tenth of the bound for them, most of it for the pipeline (wait_for below takes 0.85).
     # /health and /metrics go to the internal listener when one is configured.
     http, internal = gateway_listeners(config, gateway, shutdown_timeout=config.shutdown_timeout_s / 10)
+    # The staff console, on its own listener (None when `console:` is not configured).
+    console = console_listener(config, gateway, shutdown_timeout=config.shutdown_timeout_s / 10)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -46,6 +49,9 @@ async def run_gateway(config: GatewayConfig) -> int:
     smtp = await gateway.start_smtp()
     if smtp:
         log.info("SMTP intake on %s:%d", *smtp)
+    if console is not None:
+        c_host, c_port = await console.start()
+        log.info("staff console on http://%s:%d/", c_host, c_port)
     await gateway.start()
     # Everything imported and built so far lives for the whole run: keep it out of the
     # collector's full passes, which otherwise pause the event loop for tens of ms.
@@ -67,6 +73,10 @@ async def run_gateway(config: GatewayConfig) -> int:
     started = loop.time()
     log.info("stopping: draining for at most %.1f s", config.shutdown_timeout_s)
     notifier.stopping("draining")
+    if console is not None:
+        # First: the console's live streams end (staff pages reconnect to the other gateway);
+        # nothing a citizen or the PBX sends goes through it.
+        await console.stop()
     try:  # stop() refuses intake first (503/421) while the HTTP listener is still up
         await asyncio.wait_for(gateway.stop(config.shutdown_timeout_s * 0.7), config.shutdown_timeout_s * 0.85)
     except TimeoutError:

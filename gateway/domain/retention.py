@@ -19,7 +19,7 @@ from datetime import datetime, time, timedelta
 from gateway.domain.records import SEOUL
 
 # The kinds of `gateway.yaml`'s `records.retention_days` (see `Retention`).
-RETENTION_KINDS = ("messages", "calls", "sends", "access")
+RETENTION_KINDS = ("messages", "calls", "sends", "access", "accounts")
 
 _HHMM = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
 
@@ -40,6 +40,8 @@ class Retention:
     calls: int = 365
     sends: int = 365
     access: int = 730
+    # Account grants and changes (the ACCOUNTS access-record chain): 3 years (safety measures §5).
+    accounts: int = 1095
     consent: int | None = None
 
     def __post_init__(self) -> None:
@@ -73,6 +75,7 @@ class Cutoffs:
     sends: float
     access: float
     consent: float
+    accounts: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +105,7 @@ def plan_purge(retention: Retention, now: float) -> Cutoffs:
         sends=cutoff(now, retention.sends),
         access=cutoff(now, retention.access),
         consent=cutoff(now, retention.consent_days),
+        accounts=cutoff(now, retention.accounts),
     )
 
 

@@ -30,6 +30,7 @@ Decisions (pure stdlib, never raises):
 from __future__ import annotations
 
 import unicodedata
+from dataclasses import dataclass
 from functools import cache
 
 SMS_MAX_BYTES = 90
@@ -200,3 +201,40 @@ def choose(text: str, *, allow_cp949: bool = False) -> tuple[str, str]:
         used += width
         cut = i + 1
     return "lms", safe[:cut].rstrip() + ELLIPSIS
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """What `choose` would make of a staff member's answer, for the console's byte counter.
+
+    `kind` is "sms" or "lms"; `bytes` the EUC-KR size of the whole text once made safe (before
+    any cut, so the counter can show how far over 2,000 it is); `safe` the text as it would be
+    sent (cut and ending in "…" when too long); `changes` each distinct character that would be
+    replaced or removed, in order of first appearance, with what it becomes ("" when removed);
+    `cut` the end of the text that would not be sent ("" when nothing is cut)."""
+
+    kind: str
+    bytes: int
+    safe: str
+    changes: tuple[tuple[str, str], ...]
+    cut: str
+
+
+def explain(text: str, *, allow_cp949: bool = False) -> Explanation:
+    """Explain `choose(text)`: see `Explanation`. Pure; never raises.
+
+    Each character is judged by `euckr_safe` itself (one character at a time, after the same
+    NFC/newline normalisation), so the explanation cannot drift from what is sent."""
+    kind, sent = choose(text, allow_cp949=allow_cp949)
+    whole = euckr_safe(text, allow_cp949=allow_cp949)
+    normalised = unicodedata.normalize("NFC", text.replace("\r\n", "\n")).replace("\r", "\n")
+    changes: dict[str, str] = {}
+    for ch in normalised:
+        if ch not in changes:
+            after = euckr_safe(ch, allow_cp949=allow_cp949)
+            if after != ch:
+                changes[ch] = after
+    cut = ""
+    if sent != whole:  # cut to fit an LMS: `sent` is a prefix of `whole` (right-stripped) plus "…"
+        cut = whole[len(sent) - len(ELLIPSIS) :].strip()
+    return Explanation(kind, _byte_length(whole), sent, tuple(changes.items()), cut)

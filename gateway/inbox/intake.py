@@ -41,6 +41,8 @@ from gateway.errors import ClaimedByOther, GatewayError, RecipientUnknown, Store
 from gateway.inbox.replies import AUTO_REPLY, Replies
 from gateway.infra.crypto import Sealer
 from gateway.infra.rediskeys import (
+    CONSOLE_EVENTS,
+    DESK_PREFIX,
     NONE_KEY,
     OPTOUT_AUDIT,
     contact_key,
@@ -75,6 +77,10 @@ _ROUTING_ATTEMPTS = 3
 # Staff claim a thread, in one step so that two staff never both win (`claim_thread.lua`).
 _CLAIM = lua_script(__package__, "claim_thread.lua")
 _CLOSE = lua_script(__package__, "close_thread.lua")  # staff close a thread; a new message re-opens it
+# The console's other steps on a thread (read, handover, release, note, tags, answered), each
+# atomic with the queue's indexes (`desk.lua`; used by `gateway.inbox.desk.Desk`).
+_DESK = lua_script(__package__, "desk.lua")
+CLOSED_KEEP = 1000  # closed threads a queue's 'closed' index keeps (the console's "closed" view)
 CLAIM_TTL_S = 3600
 # The same reply text from the same staff to the same thread within this time is a double click
 # (or a client retry): sent once, the repeat answered "duplicate".
@@ -208,6 +214,7 @@ class Intake:
         self._accept = self.wire.register_script(_ACCEPT)
         self._claim = client.register_script(_CLAIM)
         self._close = client.register_script(_CLOSE)
+        self._desk = client.register_script(_DESK)
         # The SQL archive: a thread's lifecycle (received, claimed, answered, closed).
         self.records: RecordSink = records if records is not None else NoRecords()
         self._recording = not isinstance(self.records, NoRecords)
@@ -276,6 +283,7 @@ class Intake:
                     plan.job.msgs_key if plan.job else NONE_KEY,
                     plan.job.queue_key if plan.job else NONE_KEY,
                     contact_key(sender_hash),
+                    thread_claim_key(tid),
                 ]
                 args: list[str | int | bytes] = [
                     f"{tid}|{plan.queue}",
@@ -295,6 +303,8 @@ class Intake:
                     plan.job.message_id if plan.job else "",
                     plan.job.data if plan.job else b"",
                     contact,
+                    DESK_PREFIX,
+                    CONSOLE_EVENTS,
                 ]
                 stored, value = await self._accept(keys=keys, args=args)
                 if int(stored) != 2:
@@ -503,6 +513,8 @@ class Intake:
         messages = []
         for entry_id, fields in await self.client.xrange(thread_messages_key(tid)):
             f = {k.decode(): v.decode() for k, v in fields.items()}
+            if f.get("dir") not in ("in", "out"):
+                continue  # the console's private notes and events are not part of the exchange
             messages.append(
                 {
                     "id": entry_id.decode(),
@@ -537,8 +549,12 @@ class Intake:
         """Claim a thread for `staff` for `ttl_s`: True when newly claimed, False when `staff`
         held it already (a double click: renewed, not an error). Raises `ThreadNotFound`, or
         `ClaimedByOther` when another staff member holds it."""
+        at = time.time()
         try:
-            found, holder = await self._claim(keys=[thread_key(tid), thread_claim_key(tid)], args=[staff, ttl_s])
+            found, holder = await self._claim(
+                keys=[thread_key(tid), thread_claim_key(tid), thread_messages_key(tid)],
+                args=[staff, ttl_s, f"{at:.3f}", DESK_PREFIX, CONSOLE_EVENTS, f"{staff} 담당자가 맡음", tid],
+            )
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
         holder = holder.decode() if isinstance(holder, bytes) else str(holder)
@@ -548,23 +564,36 @@ class Intake:
             raise ClaimedByOther(holder)
         newly = holder != staff
         if newly:
-            at = time.time()
             self._record_step(tid, ThreadEventKind.CLAIMED, at, f"{staff}:{at:.6f}", staff=staff)
         return newly
 
-    async def close(self, tid: str, staff: str) -> bool:
+    async def close(self, tid: str, staff: str, *, outcome: str = "", detail: str = "") -> bool:
         """Staff close a thread: True when closed now, False when it was closed already (a
-        double click). A new message from the citizen re-opens it. Raises `ThreadNotFound`."""
+        double click). A new message from the citizen re-opens it. Raises `ThreadNotFound`.
+        `outcome` (a key of `gateway.inbox.desk.OUTCOMES`, "" for none) is kept on the thread
+        and in the CLOSED fact's detail; `detail` is the thread's event text (Korean)."""
         at = time.time()
         try:
-            result = await self._close(keys=[thread_key(tid)], args=[f"{at:.3f}", staff])
+            result = await self._close(
+                keys=[thread_key(tid), thread_messages_key(tid), thread_claim_key(tid)],
+                args=[
+                    f"{at:.3f}",
+                    staff,
+                    outcome,
+                    DESK_PREFIX,
+                    CONSOLE_EVENTS,
+                    detail or f"{staff} 담당자가 종결",
+                    tid,
+                    CLOSED_KEEP,
+                ],
+            )
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
         if int(result) == 0:
             raise ThreadNotFound(f"no thread {tid}")
         if int(result) == 2:
             return False
-        self._record_step(tid, ThreadEventKind.CLOSED, at, f"{staff}:{at:.6f}", staff=staff)
+        self._record_step(tid, ThreadEventKind.CLOSED, at, f"{staff}:{at:.6f}", staff=staff, detail=outcome)
         self.sink.decision({"event": "closed", "thread": tid, "staff": staff})
         return True
 
@@ -592,7 +621,7 @@ class Intake:
         result = "failed"
         action = f"reply:{uuid.uuid4().hex[:12]}"
         try:
-            result = await self.replies.send(tid, sender, t["to"], text, action)
+            result = await self.replies.send(tid, sender, t["to"], text, action, staff=staff)
         finally:
             if result != "queued":
                 # Not sent: the same answer may be posted again at once.
@@ -604,6 +633,12 @@ class Intake:
             # The worker sends automatic replies from the messages' notification jobs; if it is
             # behind, this answer came first and those are no longer sent.
             await self.replies.supersede(tid, sender, await self._recent_inbound(tid))
+            # The console's indexes: answered, no longer waiting (the answer is queued: a
+            # failure here is logged, not raised, the citizen's answer is on its way).
+            try:
+                await self.desk_step("answered", tid, staff)
+            except (StoreUnavailable, ThreadNotFound) as exc:
+                log.warning("thread %s: answer not indexed for the console: %s", tid, exc)
             if self._recording:
                 self._record_step(
                     tid,
@@ -618,6 +653,28 @@ class Intake:
         if t["queue"].startswith("dept:"):
             await self.remember_contact(sender, t["queue"].removeprefix("dept:"))
         return result
+
+    async def desk_step(self, op: str, tid: str, staff: str, *args: str | int) -> str:
+        """One of the console's steps on a thread (`desk.lua`: read, handover, release, note,
+        tags, answered), atomic with the queue's indexes and published as a live event.
+        Returns the step's value (earlier holder, note entry id, new tags). Raises
+        `ThreadNotFound`, `ClaimedByOther` (handover, release) or `StoreUnavailable`; too many
+        tags raise `InboundRejected`."""
+        try:
+            found, value = await self._desk(
+                keys=[thread_key(tid), thread_messages_key(tid), thread_claim_key(tid)],
+                args=[op, DESK_PREFIX, CONSOLE_EVENTS, f"{time.time():.3f}", staff, tid, *args],
+            )
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        text = value.decode() if isinstance(value, bytes) else str(value)
+        if int(found) == 0:
+            raise ThreadNotFound(f"no thread {tid}")
+        if int(found) == 2:
+            if op == "tags":
+                raise InboundRejected("태그는 민원 하나에 최대 10개까지 붙일 수 있습니다 / too many tags")
+            raise ClaimedByOther(text)
+        return text
 
     async def remember_contact(self, e164: str, department: str) -> None:
         """A department messaged this citizen: a reply within N days goes back to it."""

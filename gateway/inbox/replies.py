@@ -41,7 +41,7 @@ class Replies:
         self.sms_provider = sms_provider  # "" when no SMS provider is configured
 
     def outgoing(
-        self, tid: str, to: str, city_number: str, text: str, action: str, *, rule_text: bool = False
+        self, tid: str, to: str, city_number: str, text: str, action: str, *, rule_text: bool = False, staff: str = ""
     ) -> tuple[Admission, QueuePut] | None:
         """The reply's admission, and its job with the thread entry to add once admitted. None
         when nothing can be sent (no broker or no SMS provider)."""
@@ -60,16 +60,17 @@ class Replies:
                 ("at", f"{time.time():.3f}"),
                 ("text", self.sealer.seal(safe, tid.encode())),
                 ("action", action),
+                *((("staff", staff),) if staff else ()),  # who answered (the console's conversation)
             ),
         )
         return Admission("sms", tid, action, to), put
 
     async def send(
-        self, tid: str, to: str, city_number: str, text: str, action: str, *, rule_text: bool = False
+        self, tid: str, to: str, city_number: str, text: str, action: str, *, rule_text: bool = False, staff: str = ""
     ) -> str:
         """Admit, queue and record a reply in one step: "queued", "not_configured", or the
         guard's verdict ("opted_out", "duplicate", "rate_limited", "store_unavailable", ...)."""
-        outgoing = self.outgoing(tid, to, city_number, text, action, rule_text=rule_text)
+        outgoing = self.outgoing(tid, to, city_number, text, action, rule_text=rule_text, staff=staff)
         if outgoing is None or self.enqueuer is None:
             return "not_configured"
         verdict = await self.outbox.admit(outgoing[0], then=outgoing[1])

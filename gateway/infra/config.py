@@ -164,7 +164,21 @@ SCHEMA: dict[str, Any] = {
                 "require_tls": {"type": "boolean"},
             },
         },
-        "api": {"type": "object", "additionalProperties": False, "properties": {"token_env": _ENV}},
+        # The staff console (gateway.console) on a listener of its own, and its sign-in rules.
+        "console": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "host": {"type": "string"},
+                "port": {"type": "integer", "minimum": 0, "maximum": 65535},
+                "secure_cookie": {"type": "boolean"},
+                "session_idle_minutes": {"type": "integer", "minimum": 1, "maximum": 720},
+                "session_max_hours": {"type": "integer", "minimum": 1, "maximum": 72},
+                "lockout_failures": {"type": "integer", "minimum": 3, "maximum": 20},
+                "lockout_minutes": {"type": "integer", "minimum": 1, "maximum": 1440},
+                "waiting_minutes": {"type": "integer", "minimum": 1, "maximum": 10080},
+            },
+        },
         "worker": {
             "type": "object",
             "additionalProperties": False,
@@ -200,7 +214,7 @@ SCHEMA: dict[str, Any] = {
                 "retention_days": {
                     "type": "object",
                     "additionalProperties": False,
-                    "properties": {kind: _DAYS for kind in ("messages", "calls", "sends", "access")},
+                    "properties": {kind: _DAYS for kind in ("messages", "calls", "sends", "access", "accounts")},
                 },
                 "purge_at": {
                     "type": "string",
@@ -319,6 +333,28 @@ def _records(section: Mapping[str, Any], source: Path, label: str, lines: Lines)
 
 
 @dataclass(frozen=True, slots=True)
+class ConsoleConfig:
+    """gateway.yaml `console:`: the staff console's listener and sign-in rules (gateway.console)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8090
+    # The session cookie's Secure flag: on behind the city's TLS reverse proxy (the default);
+    # off only for a console reached over plain HTTP on loopback (the demo).
+    secure_cookie: bool = True
+    session_idle_minutes: int = 30  # signed out after this long without a request
+    session_max_hours: int = 12  # and after this long in any case (one shift)
+    lockout_failures: int = 5  # consecutive failed logins that lock an account
+    lockout_minutes: int = 30  # for this long (an admin may unlock it sooner)
+    waiting_minutes: int = 30  # a citizen's unanswered text older than this is "waiting too long"
+
+
+def _console(section: Mapping[str, Any] | None) -> ConsoleConfig | None:
+    if section is None:
+        return None
+    return ConsoleConfig(**dict(section))
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     source: str
     pbxes: tuple[PbxConfig, ...]
@@ -336,7 +372,6 @@ class GatewayConfig:
     webhooks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     inbound: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     unsubscribe: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    api_token_env: str = "GATEWAY_API_TOKEN"
     smtp: Mapping[str, Any] = field(default_factory=dict)  # empty: no SMTP intake
     worker_threads: int = 4
     queue_namespace: str = "gw"
@@ -354,6 +389,7 @@ class GatewayConfig:
     http_internal_host: str = "127.0.0.1"
     http_internal_port: int | None = None
     records: RecordsConfig = field(default_factory=RecordsConfig)
+    console: ConsoleConfig | None = None  # None: no console listener
 
     def records_url(self, environ: Mapping[str, str]) -> str:
         """The records database's URL: the `records.url_env` variable, else `records.url`."""
@@ -410,6 +446,12 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
         data, lines = load_yaml(source, label)
     except RulesError as exc:
         raise ConfigError(str(exc)) from exc
+    if isinstance(data, dict) and "api" in data:
+        # Issue #16: the shared staff-API token is gone; each person has their own.
+        raise ConfigError(
+            f"{label}:{line_of(lines, ('api',))}: api: the shared staff-API token was removed; "
+            "delete this section and give each person a token of their own (gateway staff token USER)"
+        )
     problems = validate(data, SCHEMA, lines, label)
     if problems:
         raise ConfigError("\n".join(problems))
@@ -454,7 +496,7 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
         webhooks=data.get("webhooks") or {},
         inbound=data.get("inbound") or {},
         unsubscribe=data.get("unsubscribe") or {},
-        api_token_env=(data.get("api") or {}).get("token_env", "GATEWAY_API_TOKEN"),
+        console=_console(data.get("console")),
         smtp=_smtp(data.get("smtp") or {}, source, label, lines),
         worker_threads=int((data.get("worker") or {}).get("threads", 4)),
         queue_namespace=(data.get("worker") or {}).get("namespace", "gw"),

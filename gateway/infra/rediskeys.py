@@ -132,6 +132,27 @@ def thread_claim_key(tid: str) -> str:
     return f"{PREFIX}claim:{tid}"
 
 
+# The staff console's per-queue indexes of threads (sorted sets, `gateway.inbox.desk`). The Lua
+# steps that keep them (accept, claim, close, desk) build the same names from `DESK_PREFIX`
+# (`<DESK_PREFIX><queue>:<view>`): a thread that moves queue is found in the old one's sets.
+DESK_PREFIX = PREFIX + "desk:"
+DESK_VIEWS = ("open", "unread", "waiting", "claimed", "closed")
+
+
+def desk_key(queue: str, view: str) -> str:
+    """A queue's index of threads: `view` one of `DESK_VIEWS` (see `KEY_FAMILIES` for scores)."""
+    return f"{PREFIX}desk:{queue}:{view}"
+
+
+def desk_mine_key(queue: str, staff: str) -> str:
+    """The open threads of a queue one staff member holds (score: when the claim expires)."""
+    return f"{PREFIX}desk:{queue}:mine:{staff}"
+
+
+# The console's live events: a pub/sub channel (not a key), JSON {"k", "q", "t", "at"}.
+CONSOLE_EVENTS = PREFIX + "console:events"
+
+
 def reply_once_key(tid: str, digest: str) -> str:
     return f"{PREFIX}reply-once:{tid}:{digest}"
 
@@ -175,6 +196,23 @@ def acks_key(namespace: str, worker: str, queue: str) -> str:
 def acks_pattern(namespace: str) -> str:
     """A SCAN pattern matching every worker's acks set (`acks_key`)."""
     return f"{namespace}:__acks__.*"
+
+
+# Staff console sessions and sign-in throttles (issue #16, `gateway.staff`).
+def console_session_key(session_hash: str) -> str:
+    """A console session, by the SHA-256 of its id (the id itself is only in the browser)."""
+    return f"{PREFIX}console:session:{session_hash}"
+
+
+def console_account_sessions_key(account_id: int | str) -> str:
+    """The session hashes of one account (to end them all: disabled, password reset)."""
+    return f"{PREFIX}console:sessions:{account_id}"
+
+
+def throttle_key(scope: str, bucket: int | str) -> str:
+    """A failure counter for one scope ("login-ip:<ip>", "login-user:<name>", "token-ip:<ip>")
+    in one fixed window."""
+    return f"{PREFIX}throttle:{scope}:{bucket}"
 
 
 # ------------------------------------------------------------------ the table
@@ -367,6 +405,26 @@ KEY_FAMILIES: tuple[KeyFamily, ...] = (
         "the staff member working the thread",
     ),
     KeyFamily(
+        "gw:desk:<queue>:<view>",
+        desk_key,
+        "zset",
+        "plain",
+        "none: kept by the intake's Lua steps (and the records purge) as threads come and go; "
+        "'closed' is bounded (intake CLOSED_KEEP per queue)",
+        "gateway.inbox.intake",
+        "thread ids of a queue by view: open/unread (score: last activity), waiting (unanswered since), "
+        "claimed (claim expiry), closed (closed at)",
+    ),
+    KeyFamily(
+        "gw:desk:<queue>:mine:<staff>",
+        desk_mine_key,
+        "zset",
+        "plain",
+        "none: members past their score (the claim's expiry) are pruned when read or purged",
+        "gateway.inbox.intake",
+        "the open threads of a queue a staff member holds, score: the claim's expiry",
+    ),
+    KeyFamily(
         "gw:reply-once:<tid>:<digest>",
         reply_once_key,
         "string",
@@ -374,6 +432,33 @@ KEY_FAMILIES: tuple[KeyFamily, ...] = (
         "60 s (intake REPLY_ONCE_S)",
         "gateway.inbox.intake",
         "'1': the same staff reply within a minute is a double click",
+    ),
+    KeyFamily(
+        "gw:console:session:<session_hash>",
+        console_session_key,
+        "hash",
+        "plain",
+        "the console's idle timeout, refreshed by every request (gateway.staff.sessions)",
+        "gateway.staff.sessions",
+        "account id, CSRF token, created at, IP of a signed-in console session",
+    ),
+    KeyFamily(
+        "gw:console:sessions:<account_id>",
+        console_account_sessions_key,
+        "set",
+        "plain",
+        "the console's maximum session age, renewed by every sign-in",
+        "gateway.staff.sessions",
+        "session hashes of one account (members whose session expired are dropped when read)",
+    ),
+    KeyFamily(
+        "gw:throttle:<scope>:<bucket>",
+        throttle_key,
+        "string",
+        "plain",
+        "the throttle's window (gateway.staff.throttle)",
+        "gateway.staff.throttle",
+        "failures counted in one window for a sign-in IP, user name or staff-API client IP",
     ),
     KeyFamily(
         "<namespace>:providers",

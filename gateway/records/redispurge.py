@@ -21,13 +21,23 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from gateway.domain.retention import Cutoffs, PurgeCount
-from gateway.infra.rediskeys import AUDIT_STREAM, OPTOUT_AUDIT, inbox_key, thread_key, thread_messages_key
+from gateway.infra.rediskeys import (
+    AUDIT_STREAM,
+    DESK_PREFIX,
+    OPTOUT_AUDIT,
+    inbox_key,
+    thread_key,
+    thread_messages_key,
+)
 
 # KEYS: (thread hash, its messages stream) pairs; ARGV[1]: the cutoff (epoch seconds); ARGV[2]:
-# "1" to count only (dry run). Returns how many threads are (or would be) gone. A thread with
-# no time at all is kept: what cannot be dated is not destroyed by a guess. UNLINK frees the
-# memory off Redis's main thread. (Inline rather than a lua/ file: short, and read once; a file
-# would need a package-data glob for gateway/records/lua.)
+# "1" to count only (dry run); ARGV[3]: the console's index prefix (rediskeys.DESK_PREFIX), ARGV[4]:
+# the length of a thread hash key's prefix (the thread id follows it). A purged thread also
+# leaves its queue's console indexes (a 'mine' entry expires with its claim). Returns how many
+# threads are (or would be) gone. A thread with no time at all is kept: what cannot be dated is
+# not destroyed by a guess. UNLINK frees the memory off Redis's main thread. (Inline rather
+# than a lua/ file: short, and read once; a file would need a package-data glob for
+# gateway/records/lua.)
 _PURGE_THREADS = """
 local cutoff = tonumber(ARGV[1])
 local gone = 0
@@ -49,7 +59,16 @@ for i = 1, #KEYS, 2 do
   end
   if last and last < cutoff then
     gone = gone + 1
-    if ARGV[2] ~= '1' then redis.call('UNLINK', KEYS[i], KEYS[i + 1]) end
+    if ARGV[2] ~= '1' then
+      local queue = redis.call('HGET', KEYS[i], 'queue')
+      if queue then
+        local tid = string.sub(KEYS[i], tonumber(ARGV[4]) + 1)
+        for _, view in ipairs({'open', 'unread', 'waiting', 'claimed', 'closed'}) do
+          redis.call('ZREM', ARGV[3] .. queue .. ':' .. view, tid)
+        end
+      end
+      redis.call('UNLINK', KEYS[i], KEYS[i + 1])
+    end
   end
 end
 return gone
@@ -83,7 +102,8 @@ async def purge_threads(
     async def flush() -> int:
         keys = [k for tid in pending for k in (thread_key(tid), thread_messages_key(tid))]
         pending.clear()
-        return int(await script(keys=keys, args=[repr(cutoff), "1" if dry_run else "0"]))
+        args = [repr(cutoff), "1" if dry_run else "0", DESK_PREFIX, len(_THREAD_PREFIX)]
+        return int(await script(keys=keys, args=args))
 
     async for raw in client.scan_iter(match=thread_key("*"), count=scan_count):
         tid = _thread_id(_text(raw))

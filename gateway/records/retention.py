@@ -46,6 +46,7 @@ from gateway.domain.retention import Cutoffs, PurgeCount, Retention, next_purge_
 from gateway.errors import GatewayError
 from gateway.infra.config import GatewayConfig
 from gateway.infra.rediskeys import PURGE_LOCK
+from gateway.records import auditchain
 from gateway.records.redispurge import purge_redis
 from gateway.records.schema import calls, messages, purges, sends, thread_events
 
@@ -61,6 +62,12 @@ SQL_KINDS: tuple[tuple[str, Table, str, str], ...] = (
     ("messages", messages, "received_at", "messages"),
     ("thread_events", thread_events, "at", "messages"),
     ("sends", sends, "updated_at", "sends"),
+)
+
+# (kind, chain, retention kind): the access-record chains, purged after the SQL kinds.
+AUDIT_KINDS: tuple[tuple[str, str, str], ...] = (
+    ("access_log", "access", "access"),
+    ("accounts_log", "accounts", "accounts"),
 )
 
 # Release the lock only if it is still ours (it may have expired and been taken by another).
@@ -146,6 +153,16 @@ async def purge_sql(
         else:
             rows, chunks = await _delete_chunks(engine, table, column, cutoff, chunk=chunk, pause_s=pause_s)
             result = PurgeCount(kind, "sql", cutoff, rows, f"{chunks} chunk(s) of up to {chunk:,}")
+            await _record(engine, result)
+        done.append(result)
+    # The access-record chains (접속기록 2 years, account changes 3 years): oldest end only,
+    # the chain's anchor moved in the same transaction (`gateway.records.auditchain`).
+    for kind, chain, retention_kind in AUDIT_KINDS:
+        cutoff = float(getattr(cutoffs, retention_kind))
+        if dry_run:
+            result = PurgeCount(kind, "sql", cutoff, await auditchain.count_due(engine, chain, cutoff))
+        else:
+            result = PurgeCount(kind, "sql", cutoff, await auditchain.purge_chain(engine, chain, cutoff, chunk=chunk))
             await _record(engine, result)
         done.append(result)
     if not dry_run and engine.dialect.name == "sqlite":

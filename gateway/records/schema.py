@@ -181,3 +181,73 @@ purges = Table(
     Column("cutoff", Float, nullable=False),
     Column("detail", String(200), nullable=False, default=""),
 )
+
+# ------------------------------------------------------------------ staff (issue #16)
+# One row per person (never shared: the safety measures' §5). The password is an Argon2id hash;
+# `queues` the grants, comma-separated ("duty,complaint", "dept:*", "*").
+staff_accounts = Table(
+    "staff_accounts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("username", String(32), nullable=False, unique=True),
+    Column("display_name", String(64), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("queues", String(1000), nullable=False, default=""),
+    Column("password_hash", String(200), nullable=False),
+    Column("must_change_password", Boolean, nullable=False, default=False),
+    Column("disabled", Boolean, nullable=False, default=False),
+    Column("failed_logins", Integer, nullable=False, default=0),
+    Column("locked_until", Float, nullable=True),
+    Column("last_login_at", Float, nullable=True),
+    Column("password_changed_at", Float, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+# Per-person API tokens for the staff API: `id` is the token's public part, `secret_hash` the
+# SHA-256 of its secret part (a token is 256 random bits: no slow hash needed). Revocable.
+staff_tokens = Table(
+    "staff_tokens",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("account_id", Integer, nullable=False),
+    Column("secret_hash", String(64), nullable=False),
+    Column("label", String(64), nullable=False, default=""),
+    Column("created_at", Float, nullable=False),
+    Column("last_used_at", Float, nullable=True),
+    Column("revoked_at", Float, nullable=True),
+    Index("ix_staff_tokens_account", "account_id"),
+)
+
+# Access records (접속기록) and account changes, each chain hash-linked (`gateway.domain.audit`).
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("chain", String(16), primary_key=True),
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("at", Float, nullable=False),
+    Column("account", String(32), nullable=False, default=""),
+    Column("ip", String(64), nullable=False, default=""),
+    Column("action", String(32), nullable=False),
+    Column("subject", String(64), nullable=False, default=""),
+    Column("target", String(200), nullable=False, default=""),
+    Column("result", String(16), nullable=False, default="ok"),
+    Column("detail", String(400), nullable=False, default=""),
+    Column("prev", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Index("ix_audit_log_at", "chain", "at"),
+    Index("ix_audit_log_subject", "subject"),
+    Index("ix_audit_log_account", "account", "at"),
+)
+
+# Each chain's newest record (seq, hash), updated in the same transaction as every append: the
+# newest rows deleted are detected against it. `anchor_*`: the last record the purge removed.
+audit_heads = Table(
+    "audit_heads",
+    metadata,
+    Column("chain", String(16), primary_key=True),
+    Column("seq", Integer, nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("anchor_seq", Integer, nullable=False, default=0),
+    Column("anchor_hash", String(64), nullable=False),
+)

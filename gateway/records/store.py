@@ -188,8 +188,11 @@ class RecordsStore:
         self.masked_url = mask_url(url)
         sa_url, self.dialect = engine_url(url)
         if self.dialect == "sqlite":
-            _wal_once(sa_url.removeprefix("sqlite+aiosqlite:///"))
             self.engine: AsyncEngine = create_async_engine(sa_url)
+            # Before the first connection (not at construction: a store made but never used,
+            # such as a gateway's staff store in a test, leaves no file behind).
+            path = sa_url.removeprefix("sqlite+aiosqlite:///")
+            event.listen(self.engine.sync_engine, "do_connect", lambda *_: _wal_once(path), once=True)
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
             event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
         else:

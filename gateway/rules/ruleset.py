@@ -1,7 +1,7 @@
 """Every rules file at once: `load_all` (``gateway run`` start-up, the hot reload, the worker) and
 `check` / `cmd_rules_check` (``gateway rules check``).
 
-The files and the order they load in are listed once, in `_load`. Adding a sixth rules file
+The files and the order they load in are listed once, in `_load`. Adding another rules file
 ``rules/X.yaml`` touches two places:
 
 1. its module, ``gateway/rules/X.py``: schema, checks and ``load_X(directory) -> XRules`` raising
@@ -19,16 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO, TypeVar
 
+from gateway.domain.guidance import ConsoleRules
 from gateway.domain.notify import NotifyRules
 from gateway.domain.postcall import MessagingRules
 from gateway.domain.routing import RoutingRules
 from gateway.domain.rules import Rules
 from gateway.errors import RulesError
 from gateway.infra.yamldoc import file_label
+from gateway.rules.console import load_console
 from gateway.rules.lettering import load_rules
 from gateway.rules.messaging import load_messaging
 from gateway.rules.notify import load_notify
-from gateway.rules.routing import load_routing_rules
+from gateway.rules.routing import ROUTING_FILE, load_routing_rules
 
 T = TypeVar("T")
 
@@ -41,6 +43,8 @@ class RuleSet:
     messaging: MessagingRules  # messaging.yaml (optional)
     routing: RoutingRules | None  # routing.yaml (optional: None without it)
     notify: NotifyRules  # notify.yaml (optional)
+    # console.yaml (optional: empty without it): canned answers and the duty manual of the console
+    console: ConsoleRules = field(default_factory=ConsoleRules)
 
     def summary(self) -> str:
         """What ``gateway rules check`` prints after ``rules OK: ``."""
@@ -76,9 +80,12 @@ def _load(directory: Path, loading: _Loading) -> RuleSet | None:
     messaging = loading.take(lambda: load_messaging(directory, rules.directory)) if rules is not None else None
     routing = loading.take(lambda: load_routing_rules(directory))
     notify = loading.take(lambda: load_notify(directory))
-    if loading.problems or rules is None or messaging is None or notify is None:
+    # console.yaml names routing.yaml's rules and tags: checked only once that loaded (or is absent).
+    routing_failed = routing is None and (directory / ROUTING_FILE).exists()
+    console = ConsoleRules() if routing_failed else loading.take(lambda: load_console(directory, routing))
+    if loading.problems or rules is None or messaging is None or notify is None or console is None:
         return None
-    return RuleSet(rules=rules, messaging=messaging, routing=routing, notify=notify)
+    return RuleSet(rules=rules, messaging=messaging, routing=routing, notify=notify, console=console)
 
 
 def load_all(directory: Path) -> RuleSet:

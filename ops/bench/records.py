@@ -351,7 +351,9 @@ async def purge_figure(store: RecordsStore) -> dict[str, Any]:
     t0 = time.perf_counter()
     done = await run_purge(store.engine, None, RETENTION, now)
     seconds = time.perf_counter() - t0
-    got = {d.kind: d.count for d in done}
+    # (the staff access-record chains are purged too: the generated year has none)
+    got = {d.kind: d.count for d in done if d.kind not in ("access_log", "accounts_log") or d.count}
+    chains = len(done) - len(got)
     left = await _purge_expectation(store.engine, now)
     rollups_after = await _rollup_sums(store.engine, YEAR[0])
     async with store.engine.connect() as conn:
@@ -363,8 +365,8 @@ async def purge_figure(store: RecordsStore) -> dict[str, Any]:
         problems.append(f"rows older than the cutoff left: {left}")
     if rollups_after != rollups_before:
         problems.append(f"roll-ups changed: {rollups_before} -> {rollups_after}")
-    if purges_after - purges_before != len(expected):
-        problems.append(f"{purges_after - purges_before} purges recorded, expected {len(expected)}")
+    if purges_after - purges_before != len(expected) + chains:
+        problems.append(f"{purges_after - purges_before} purges recorded, expected {len(expected) + chains}")
     if not expected.get("calls"):
         problems.append("no call had expired: the figure measured nothing")
     return {

@@ -345,7 +345,8 @@ class _Sink:
 class Server:
     """A gateway's webhook edge on its own event loop thread (hypothesis drives it synchronously)."""
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, records_url: str) -> None:
+        self.records_url = records_url
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="fuzz-http", daemon=True)
         self.thread.start()
@@ -360,7 +361,7 @@ class Server:
             "GATEWAY_NUMBER_KEY": "test-number-key-0123456789",
             "GATEWAY_DATA_KEY": Sealer.new_key_spec(),
             "GATEWAY_INBOUND_SECRET": SECRET,
-            "GATEWAY_API_TOKEN": "staff-token",
+            "GATEWAY_RECORDS_URL": self.records_url,  # the staff accounts (none: every token refused)
             "GATEWAY_AMI_SECRET": "x",
             "GATEWAY_WEBHOOK_SECRET": "w",
             "NHN_SIG": NHN_SIG,
@@ -391,7 +392,14 @@ class Server:
                 plan=PLAN,
                 unsubscribe={"nhn": lambda h, b: parse_unsubscribe(h, b, NHN_SIG)},
             )
-            staffapi.add_routes(app, gateway.intake, api_token="staff-token", plan=PLAN)
+            staffapi.add_routes(
+                app,
+                gateway.intake,
+                directory=gateway.staff_directory,
+                access=gateway.access_log,
+                plan=PLAN,
+                throttle=gateway.throttle,
+            )
 
         http = HttpServer(make_app(gateway.health, reports, routes), "127.0.0.1", 0)
         await http.start()
@@ -419,8 +427,8 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(redis_server: RedisProcess) -> Iterator[Server]:
-    s = Server(redis_server.url)
+def server(redis_server: RedisProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    s = Server(redis_server.url, f"sqlite:///{tmp_path_factory.mktemp('fuzz-records') / 'records.sqlite3'}")
     yield s
     s.close()
 

@@ -146,6 +146,7 @@ def _accept_lua(redis_url: str) -> Put:
                 job.msgs_key,
                 job.queue_key,
                 "layout-contact",
+                f"layout-claim:{tid}",
             ]
             args: list[Any] = [
                 f"{tid}|sms",
@@ -165,6 +166,8 @@ def _accept_lua(redis_url: str) -> Put:
                 job.message_id,
                 job.data,
                 "",
+                "layout-desk:",  # the console's index prefix
+                "layout-events",  # and its event channel
             ]
             stored, _ = await client.register_script(intake._ACCEPT)(keys=keys, args=args)
             assert int(stored) == 1

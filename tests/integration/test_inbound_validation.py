@@ -33,8 +33,9 @@ SURROGATES = ["\ud83d", "가로등\ud83d", "\ude00", "a\ude00\ud83db", "\udcff"]
 
 
 @pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> Iterator[dict[str, str]]:
+def env(monkeypatch: pytest.MonkeyPatch, redis_url: str, sqlite_records_url: str) -> Iterator[dict[str, str]]:
     monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("GATEWAY_RECORDS_URL", sqlite_records_url)  # the staff accounts and access records
     for k, v in ENV.items():
         monkeypatch.setenv(k, v)
     yield dict(os.environ)
@@ -67,7 +68,7 @@ async def staff_raw(site: Site, session: ClientSession, path: str, body: bytes) 
     async with session.post(
         f"{site.base}{path}",
         data=body,
-        headers={"Authorization": "Bearer staff-token", "Content-Type": "application/json"},
+        headers={"Authorization": f"Bearer {site.tokens['kim']}", "Content-Type": "application/json"},
     ) as resp:
         return resp.status, json.loads(await resp.read())
 
@@ -262,23 +263,29 @@ async def test_received_at_may_be_a_json_number(site: Site) -> None:
 
 async def test_claiming_a_thread_that_does_not_exist_is_404(site: Site) -> None:
     async with ClientSession() as session:
-        status, body = await site.api(session, "POST", "/api/threads/t0000000000/claim", {"staff": "kim"})
+        status, body = await site.api(session, "POST", "/api/threads/t0000000000/claim", {})
     assert status == 404 and body["error"]
 
 
 async def test_claims_and_replies_follow_the_claim(site: Site) -> None:
+    """Who acts is the token's person (kim, lee), never a name in the body."""
     async with ClientSession() as session:
         tid = await a_thread(site, session, "c-1")
         assert await wait_idle(site.broker, site.runtime, timeout_s=15)
-        status, body = await site.api(session, "POST", f"/api/threads/{tid}/claim", {"staff": "kim"})
+        status, body = await site.api(session, "POST", f"/api/threads/{tid}/claim", {})
         assert status == 200 and body["claimed"], body
-        status, body = await site.api(session, "POST", f"/api/threads/{tid}/claim", {"staff": "kim"})
+        status, body = await site.api(session, "POST", f"/api/threads/{tid}/claim", {})
         assert status == 200 and body["claimed"], body  # a double click
-        status, body = await site.api(session, "POST", f"/api/threads/{tid}/claim", {"staff": "lee"})
+        status, body = await site.api(session, "POST", f"/api/threads/{tid}/claim", {}, as_="lee")
         assert status == 409 and body["claimed_by"] == "kim" and "담당" in body["error"], body
-        status, body = await site.api(session, "POST", f"/api/threads/{tid}/reply", {"text": "답변", "staff": "lee"})
+        status, body = await site.api(session, "POST", f"/api/threads/{tid}/reply", {"text": "답변"}, as_="lee")
         assert status == 409 and body["claimed_by"] == "kim", body
-        status, body = await site.api(session, "POST", f"/api/threads/{tid}/reply", {"text": "답변", "staff": "kim"})
+        # lee cannot act as kim by naming kim in the body
+        status, body = await site.api(
+            session, "POST", f"/api/threads/{tid}/reply", {"text": "답변", "staff": "kim"}, as_="lee"
+        )
+        assert status == 400 and "staff" in body["error"], body
+        status, body = await site.api(session, "POST", f"/api/threads/{tid}/reply", {"text": "답변"})
         assert status == 202 and body["result"] == "queued", body
         status, body = await site.api(session, "POST", f"/api/threads/{tid}/reply", {"text": "답변", "staff": "kim"})
         assert status == 200 and body["result"] == "duplicate", body  # the same reply posted twice quickly
@@ -289,13 +296,13 @@ async def test_claims_and_replies_follow_the_claim(site: Site) -> None:
 async def test_an_unclaimed_thread_is_claimed_by_its_first_reply(site: Site) -> None:
     async with ClientSession() as session:
         tid = await a_thread(site, session, "c-2")
-        status, body = await site.api(session, "POST", f"/api/threads/{tid}/reply", {"text": "확인", "staff": "park"})
+        status, body = await site.api(session, "POST", f"/api/threads/{tid}/reply", {"text": "확인"}, as_="lee")
         assert status == 202, body
-        status, body = await site.api(session, "POST", f"/api/threads/{tid}/claim", {"staff": "lee"})
-        assert status == 409 and body["claimed_by"] == "park", body
+        status, body = await site.api(session, "POST", f"/api/threads/{tid}/claim", {})
+        assert status == 409 and body["claimed_by"] == "lee", body
         status, body = await site.api(session, "POST", f"/api/threads/{tid}/reply", {"text": "확인", "staff": ""})
         assert status == 400 and "staff" in body["error"], body
-        status, body = await site.api(session, "POST", "/api/threads/t0000000000/reply", {"text": "x", "staff": "k"})
+        status, body = await site.api(session, "POST", "/api/threads/t0000000000/reply", {"text": "x"})
         assert status == 404, body
 
 

@@ -30,6 +30,7 @@ from gateway.messaging.workers import start_worker, wait_idle
 from gateway.outbox.guard import Admission, Verdict
 from gateway.sim.redisproc import RedisProcess
 from tests.conftest import ROOT, RULES
+from tests.support.staff import issue_tokens
 from tests.support.transcripts import TRANSCRIPTS
 
 SEOUL = ZoneInfo("Asia/Seoul")
@@ -38,7 +39,6 @@ ENV = {
     "GATEWAY_NUMBER_KEY": "test-number-key-0123456789",
     "GATEWAY_DATA_KEY": Sealer.new_key_spec(),
     "GATEWAY_INBOUND_SECRET": "inbound-secret",
-    "GATEWAY_API_TOKEN": "staff-token",
     "GATEWAY_AMI_SECRET": "x",
     "GATEWAY_WEBHOOK_SECRET": "w",
 }
@@ -61,10 +61,20 @@ class Site:
     """A gateway's HTTP edge (no PBX connected) plus an in-process queue worker."""
 
     def __init__(
-        self, gateway: Gateway, http: HttpServer, base: str, sms: SandboxSms, *, worker: Any, runtime: Any, broker: Any
+        self,
+        gateway: Gateway,
+        http: HttpServer,
+        base: str,
+        sms: SandboxSms,
+        *,
+        worker: Any,
+        runtime: Any,
+        broker: Any,
+        tokens: dict[str, str],
     ) -> None:
         self.gateway, self.http, self.base, self.sms = gateway, http, base, sms
         self.worker, self.runtime, self.broker = worker, runtime, broker
+        self.tokens = tokens  # personal staff-API tokens: kim and lee, every queue
 
     async def post(
         self,
@@ -93,8 +103,17 @@ class Site:
             return resp.status, await resp.json()
 
     async def api(
-        self, session: ClientSession, method: str, path: str, data: Any = None, token: str = "staff-token"
+        self,
+        session: ClientSession,
+        method: str,
+        path: str,
+        data: Any = None,
+        token: str | None = None,
+        *,
+        as_: str = "kim",
     ) -> tuple[int, Any]:
+        """A staff-API call as `as_` (with that person's token), or with `token` as given."""
+        token = self.tokens[as_] if token is None else token
         async with session.request(
             method, f"{self.base}{path}", json=data, headers={"Authorization": f"Bearer {token}"}
         ) as resp:
@@ -102,8 +121,9 @@ class Site:
 
 
 @pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> Iterator[dict[str, str]]:
+def env(monkeypatch: pytest.MonkeyPatch, redis_url: str, sqlite_records_url: str) -> Iterator[dict[str, str]]:
     monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("GATEWAY_RECORDS_URL", sqlite_records_url)  # the staff accounts and access records
     for k, v in ENV.items():
         monkeypatch.setenv(k, v)
     yield dict(os.environ)
@@ -125,7 +145,10 @@ async def _site(env: dict[str, str], redis_url: str, namespace: str, rules_dir: 
     worker = start_worker(broker, threads=2, idle_ms=50)
     http = HttpServer(make_app(gateway.health, gateway.reports, gateway.http_routes), "127.0.0.1", 0)
     host, port = await http.start()
-    return Site(gateway, http, f"http://{host}:{port}", sms, worker=worker, runtime=runtime, broker=broker)
+    tokens = await issue_tokens(env["GATEWAY_RECORDS_URL"], env["GATEWAY_NUMBER_KEY"])
+    return Site(
+        gateway, http, f"http://{host}:{port}", sms, worker=worker, runtime=runtime, broker=broker, tokens=tokens
+    )
 
 
 @pytest.fixture
@@ -210,7 +233,7 @@ async def test_api_needs_the_bearer_token(site: Site) -> None:
         for path in ("/api/inbox/duty", "/api/threads/t1", "/api/optout/01012345678"):
             status, _ = await site.api(session, "GET", path, token="wrong")
             assert status == 401, path
-        status, _ = await site.api(session, "POST", "/api/threads/t1/reply", {"text": "x", "staff": "k"}, token="")
+        status, _ = await site.api(session, "POST", "/api/threads/t1/reply", {"text": "x"}, token="")
         assert status == 401
         async with session.get(f"{site.base}/nowhere") as resp:
             assert resp.status == 404
@@ -229,12 +252,12 @@ async def test_staff_reply_goes_out_from_the_number_texted(site: Site) -> None:
         # The worker acknowledges the message first (the rule's automatic reply), as it does long
         # before staff read it; then staff claim and answer the thread.
         assert await wait_idle(site.broker, site.runtime, timeout_s=10)
-        status, claimed = await site.api(session, "POST", f"/api/threads/{tid}/claim", {"staff": "kim"})
+        status, claimed = await site.api(session, "POST", f"/api/threads/{tid}/claim", {})
         assert status == 200 and claimed["claimed"]
-        status, _ = await site.api(session, "POST", f"/api/threads/{tid}/claim", {"staff": "lee"})
+        status, _ = await site.api(session, "POST", f"/api/threads/{tid}/claim", {}, as_="lee")
         assert status == 409
         status, result = await site.api(
-            session, "POST", f"/api/threads/{tid}/reply", {"text": "확인했습니다. 현장 점검하겠습니다.", "staff": "kim"}
+            session, "POST", f"/api/threads/{tid}/reply", {"text": "확인했습니다. 현장 점검하겠습니다."}
         )
         assert status == 202 and result["result"] == "queued"
         assert await wait_idle(site.broker, site.runtime, timeout_s=10)
@@ -263,7 +286,7 @@ async def test_optout_stops_every_send_path(site: Site, env: dict[str, str], red
         assert state["opted_out"]["channel"] == "sms"
         # staff reply
         status, result = await site.api(
-            session, "POST", f"/api/threads/{first['thread']}/reply", {"text": "답변드립니다", "staff": "kim"}
+            session, "POST", f"/api/threads/{first['thread']}/reply", {"text": "답변드립니다"}
         )
         assert status == 409 and "수신거부" in result["error"]
     outbox = site.gateway.outbox
@@ -569,14 +592,17 @@ async def test_a_staff_answer_before_the_automatic_reply_supersedes_it(env: dict
     http = HttpServer(make_app(gateway.health, gateway.reports, gateway.http_routes), "127.0.0.1", 0)
     host, port = await http.start()
     broker, runtime = build_worker(config, environ=env, redis_url=redis_url, overrides=over)
-    site = Site(gateway, http, f"http://{host}:{port}", outbox_sms, worker=None, runtime=runtime, broker=broker)
+    tokens = await issue_tokens(env["GATEWAY_RECORDS_URL"], env["GATEWAY_NUMBER_KEY"])
+    site = Site(
+        gateway, http, f"http://{host}:{port}", outbox_sms, worker=None, runtime=runtime, broker=broker, tokens=tokens
+    )
     worker = None
     try:
         async with ClientSession() as session:
             _, body = await site.post(session, sms("s-1", "가로등이 고장났어요", seoul("2026-11-24T10:00:00")))
             tid = body["thread"]
             status, result = await site.api(
-                session, "POST", f"/api/threads/{tid}/reply", {"text": "내일 오전에 교체하겠습니다.", "staff": "kim"}
+                session, "POST", f"/api/threads/{tid}/reply", {"text": "내일 오전에 교체하겠습니다."}
             )
             assert status == 202 and result["result"] == "queued"
             worker = start_worker(broker, threads=2, idle_ms=50)

@@ -174,7 +174,7 @@ async def test_migration_0003_backfills_the_months_from_the_days(empty_records_u
                 text("INSERT INTO ring_daily VALUES (:d, :dep, :let, :s, :n)"),
                 [{"d": d, "dep": dep, "let": let, "s": sec, "n": n} for (d, dep, let, sec), n in ring_rows.items()],
             )
-        assert (await s.migrate()).current == "0003"
+        assert (await s.migrate()).current == "0004"  # (and on to the head)
         expected: dict[tuple[str, str, str, str], list[int]] = {}
         for (d, dep, let, why), (c, a) in answer_rows.items():
             agg = expected.setdefault((d[:7], dep, let, why), [0, 0])

@@ -28,16 +28,17 @@ from gateway.records.store import RecordsStore
 from gateway.records.writer import RecordsWriter
 from tests.conftest import RULES
 from tests.integration.test_intake import ENV, Collect, Site, seoul, sms
+from tests.support.staff import issue_tokens
 
 pytestmark = pytest.mark.usefixtures("env")
 
 
 @pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> dict[str, str]:
+def env(monkeypatch: pytest.MonkeyPatch, redis_url: str, sqlite_records_url: str) -> dict[str, str]:
     monkeypatch.setenv("REDIS_URL", redis_url)
     for k, v in ENV.items():
         monkeypatch.setenv(k, v)
-    return {**ENV, "REDIS_URL": redis_url}
+    return {**ENV, "REDIS_URL": redis_url, "GATEWAY_RECORDS_URL": sqlite_records_url}
 
 
 class RecordedSite(Site):
@@ -82,8 +83,16 @@ async def site(env: dict[str, str], redis_url: str, sqlite_records_url: str) -> 
     worker = start_worker(broker, threads=2, idle_ms=50)
     http = HttpServer(make_app(gateway.health, gateway.reports, gateway.http_routes), "127.0.0.1", 0)
     host, port = await http.start()
+    tokens = await issue_tokens(sqlite_records_url, env["GATEWAY_NUMBER_KEY"])  # kim and lee
     s = RecordedSite(
-        gateway, http, f"http://{host}:{port}", sms_provider, worker=worker, runtime=runtime, broker=broker
+        gateway,
+        http,
+        f"http://{host}:{port}",
+        sms_provider,
+        worker=worker,
+        runtime=runtime,
+        broker=broker,
+        tokens=tokens,
     )
     s.store = RecordsStore(sqlite_records_url)
     s.writer = RecordsWriter(client, s.store, block_ms=50)
@@ -166,9 +175,9 @@ async def test_the_close_route(site: RecordedSite) -> None:
         assert status == 401
         status, err = await site.api(session, "POST", "/api/threads/t00000000000000000000/close", {"staff": "kim"})
         assert status == 404 and err["error"]
-        status, _ = await site.api(session, "POST", f"/api/threads/{tid}/close", {})
-        assert status == 400
-        status, closed = await site.api(session, "POST", f"/api/threads/{tid}/close", {"staff": "lee"})
+        status, _ = await site.api(session, "POST", f"/api/threads/{tid}/close", {"staff": "lee"})
+        assert status == 400  # kim's token cannot close as lee
+        status, closed = await site.api(session, "POST", f"/api/threads/{tid}/close", {}, as_="lee")
         assert status == 200 and closed["closed"]
         status, thread = await site.api(session, "GET", f"/api/threads/{tid}")
         assert status == 200 and thread["closed_by"] == "lee" and thread["closed_at"] > 0
@@ -176,7 +185,7 @@ async def test_the_close_route(site: RecordedSite) -> None:
         await site.post(session, sms("close-2", "추가 문의입니다", seoul("2026-11-24T11:00:00")))
         status, thread = await site.api(session, "GET", f"/api/threads/{tid}")
         assert thread["closed_at"] is None and thread["closed_by"] is None
-        status, closed = await site.api(session, "POST", f"/api/threads/{tid}/close", {"staff": "lee"})
+        status, closed = await site.api(session, "POST", f"/api/threads/{tid}/close", {}, as_="lee")
         assert status == 200 and closed == {"closed": True, "already": False}
     await site.written()
     health = await site.gateway.health()

@@ -150,9 +150,11 @@ async def test_migrate_from_empty_matches_the_schema(empty_records_url: str) -> 
         assert (before.current, before.state) == (None, "empty")
         after = await s.migrate()
         assert (after.current, after.state) == (after.head, "current")
-        assert after.head == "0003"
+        assert after.head == "0004"
         counts = await s.counts()
         assert set(counts) == set(schema.metadata.tables)
+        # Empty, but for the two access-record chains' head rows the migration creates.
+        assert counts.pop("audit_heads") == 2
         assert set(counts.values()) == {0}
 
         def diff(sync: Connection) -> list[Any]:
@@ -182,7 +184,7 @@ async def test_processes_starting_together_migrate_once(empty_records_url: str) 
     try:
         await asyncio.gather(*(s.ready() for s in stores))
         assert {(await s.status()).state for s in stores} == {"current"}
-        assert await rows(stores[0], "SELECT version_num FROM alembic_version") == [("0003",)]
+        assert await rows(stores[0], "SELECT version_num FROM alembic_version") == [("0004",)]
     finally:
         for s in stores:
             await s.close()
@@ -220,7 +222,7 @@ async def test_a_previous_release_database_is_refused_then_migrated_with_its_cal
         with pytest.raises(RecordsSchemaMismatch) as refused:
             await old.ready()
         assert str(refused.value) == (
-            f"records database {mask_url(empty_records_url)} is at revision 0001, this release needs 0003: "
+            f"records database {mask_url(empty_records_url)} is at revision 0001, this release needs 0004: "
             "run `gateway records migrate`"
         )
         out = io.StringIO()
@@ -417,9 +419,9 @@ def test_records_migrate_and_status_commands(tmp_path: Path, capsys: pytest.Capt
     assert cli_main(["records", "status", "--records", url]) == 1
     assert "state: empty" in capsys.readouterr().out
     assert cli_main(["records", "migrate", "--records", url]) == 0
-    assert "migrated empty -> 0003" in capsys.readouterr().out
+    assert "migrated empty -> 0004" in capsys.readouterr().out
     assert cli_main(["records", "migrate", "--records", url]) == 0
-    assert "already at 0003" in capsys.readouterr().out
+    assert "already at 0004" in capsys.readouterr().out
 
     async def fill() -> None:
         s = RecordsStore(url)
@@ -430,7 +432,7 @@ def test_records_migrate_and_status_commands(tmp_path: Path, capsys: pytest.Capt
     assert cli_main(["records", "status", "--records", url]) == 0
     out = capsys.readouterr().out
     assert "state: current" in out
-    assert "revision: 0003" in out
+    assert "revision: 0004" in out
     assert "calls" in out and "2 rows" in out
     assert "days: 2026-01-01 .. 2026-01-02" in out
 
@@ -479,7 +481,7 @@ def test_gateway_and_worker_refuse_a_schema_behind(tmp_path: Path, command: str)
         check=False,
     )
     assert done.returncode == 2, done.stderr
-    assert "is at revision 0001, this release needs 0003: run `gateway records migrate`" in done.stderr
+    assert "is at revision 0001, this release needs 0004: run `gateway records migrate`" in done.stderr
     assert str(tmp_path / "old.sqlite3") in done.stderr
 
 

@@ -36,12 +36,12 @@ from gateway.infra.http import HttpServer
 from gateway.outbox.guard import Admission, Verdict
 from gateway.sim.redisproc import RedisProcess
 from tests.conftest import RULES
+from tests.support.staff import issue_tokens
 
 ENV = {
     "GATEWAY_NUMBER_KEY": "pause-number-key-0123456789",
     "GATEWAY_DATA_KEY": Sealer.new_key_spec(),
     "GATEWAY_INBOUND_SECRET": "inbound-secret",
-    "GATEWAY_API_TOKEN": "staff-token",
     "GATEWAY_AMI_SECRET": "x",
     "GATEWAY_WEBHOOK_SECRET": "w",
 }
@@ -65,6 +65,7 @@ class Site:
     password: str | None
     serial: itertools.count[int]
     thread: str = ""  # the last thread a webhook opened (staff reply to it)
+    token: str = ""  # kim's personal staff-API token
 
     def admin(self) -> redis.Redis:
         return redis.Redis(port=self.server.port, password=self.password, socket_timeout=2)
@@ -91,22 +92,22 @@ class Site:
 
     async def reply(self, session: ClientSession, thread: str) -> tuple[int, dict[str, Any]]:
         """A staff reply to a thread (claim, reply-once marker, then the guard's admit and queue)."""
-        body = {"staff": "kim", "text": f"확인했습니다 ({next(self.serial)})"}
+        body = {"text": f"확인했습니다 ({next(self.serial)})"}
         async with session.post(
-            f"{self.base}/api/threads/{thread}/reply", json=body, headers={"Authorization": "Bearer staff-token"}
+            f"{self.base}/api/threads/{thread}/reply", json=body, headers={"Authorization": f"Bearer {self.token}"}
         ) as resp:
             return resp.status, await resp.json()
 
     async def staff_reads(self, session: ClientSession) -> list[tuple[str, int, Any]]:
         """Every other staff API route: the inbox, a thread, a claim, opt-out status and change.
         Each answers JSON (a 503 while Redis cannot answer, never a plain-text 500)."""
-        auth = {"Authorization": "Bearer staff-token"}
+        auth = {"Authorization": f"Bearer {self.token}"}
         calls = [
             ("GET", "/api/inbox/complaint", None),
             ("GET", f"/api/threads/{self.thread}", None),
-            ("POST", f"/api/threads/{self.thread}/claim", {"staff": "kim"}),
+            ("POST", f"/api/threads/{self.thread}/claim", {}),
             ("GET", "/api/optout/010-5555-0001", None),
-            ("POST", "/api/optout", {"number": "010-5555-0002", "action": "add", "staff": "kim"}),
+            ("POST", "/api/optout", {"number": "010-5555-0002", "action": "add"}),
         ]
         out = []
         for method, path, body in calls:
@@ -136,14 +137,14 @@ def _protect(proc: RedisProcess, password: str | None) -> None:
 
 
 @pytest.fixture(params=[(PASSWORD, 0), (None, 0), (None, 3)], ids=["password", "no_password", "no_password_db3"])
-async def site(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Site]:
+async def site(request: pytest.FixtureRequest, tmp_path: Path, sqlite_records_url: str) -> AsyncIterator[Site]:
     """A gateway on its own redis-server: password-protected, open, or open with a database
     other than 0 (a reconnect then sends SELECT, which a paused Redis leaves unanswered too)."""
     password, db = request.param
     proc = RedisProcess(data_dir=tmp_path).start()
     _protect(proc, password)
     url = f"redis://{f':{password}@' if password else ''}127.0.0.1:{proc.port}/{db}"
-    environ = {**os.environ, **ENV, "REDIS_URL": url}
+    environ = {**os.environ, **ENV, "REDIS_URL": url, "GATEWAY_RECORDS_URL": sqlite_records_url}
     config = replace(load_config(), pbxes=())
     gateway = Gateway(
         config, _Sink(), environ=environ, overrides=Overrides(redis_url=url, rules_dir=RULES, queue_namespace="t-pause")
@@ -152,6 +153,7 @@ async def site(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
     http = HttpServer(make_app(gateway.health, gateway.reports, gateway.http_routes), "127.0.0.1", 0)
     host, port = await http.start()
     s = Site(gateway, http, f"http://{host}:{port}", proc, password, itertools.count(1))
+    s.token = (await issue_tokens(sqlite_records_url, ENV["GATEWAY_NUMBER_KEY"], {"kim": "*"}))["kim"]
     try:
         yield s
     finally:

@@ -135,6 +135,8 @@ async def test_sql_purge_removes_what_is_past_retention_keeps_the_rest_and_the_r
         ("messages", "sql", 1),
         ("thread_events", "sql", 2),
         ("sends", "sql", 1),
+        ("access_log", "sql", 0),  # the access-record chains (tests/staff/test_audit_chain.py)
+        ("accounts_log", "sql", 0),
     ]
     assert await table_counts(store) == before  # a dry run deletes nothing and records nothing
 
@@ -149,30 +151,40 @@ async def test_sql_purge_removes_what_is_past_retention_keeps_the_rest_and_the_r
     assert after["ring_daily"] == before["ring_daily"]
 
     recorded = await purge_rows(store)
-    assert [(r["kind"], r["store"], r["count"], r["cutoff"]) for r in recorded] == [
+    assert [(r["kind"], r["store"], r["count"], r["cutoff"]) for r in recorded][:4] == [
         ("calls", "sql", 3, CUTOFF),
         ("messages", "sql", 1, CUTOFF),
         ("thread_events", "sql", 2, CUTOFF),
         ("sends", "sql", 1, CUTOFF),
     ]
+    assert [(r["kind"], r["count"]) for r in recorded][4:] == [("access_log", 0), ("accounts_log", 0)]
     assert all(time.time() - 60 < r["at"] <= time.time() for r in recorded)  # when it ran, not --now
 
     # Again: nothing more is due, and the run is still recorded (zeros).
     again = await run_purge(store.engine, None, Retention(), NOW)
-    assert [p.count for p in again] == [0, 0, 0, 0]
-    assert len(await purge_rows(store)) == 8
+    assert [p.count for p in again] == [0, 0, 0, 0, 0, 0]
+    assert len(await purge_rows(store)) == 12
 
 
 async def test_each_kind_has_its_own_retention(store: RecordsStore) -> None:
     await store.write([call(1, NOW - 40 * DAY), received(1, NOW - 40 * DAY), send(1, NOW - 40 * DAY)])
     done = await run_purge(store.engine, None, Retention(messages=30, calls=90, sends=365), NOW)
-    assert {p.kind: p.count for p in done} == {"calls": 0, "messages": 1, "thread_events": 1, "sends": 0}
+    assert {p.kind: p.count for p in done} == {
+        "calls": 0,
+        "messages": 1,
+        "thread_events": 1,
+        "sends": 0,
+        "access_log": 0,
+        "accounts_log": 0,
+    }
     cutoffs = plan_purge(Retention(messages=30, calls=90, sends=365), NOW)
     assert {p.kind: p.cutoff for p in done} == {
         "calls": cutoffs.calls,
         "messages": cutoffs.messages,
         "thread_events": cutoffs.messages,
         "sends": cutoffs.sends,
+        "access_log": cutoffs.access,
+        "accounts_log": cutoffs.accounts,
     }
 
 
@@ -365,7 +377,7 @@ async def test_two_purges_at_once_one_runs(redis_url: str, sqlite_store: Records
     ran = [x for x in results if x is not None]
     assert len(ran) == 1 and results.count(None) == 1
     assert a.skipped + b.skipped == 1 and a.runs + b.runs == 1
-    assert len(await purge_rows(sqlite_store)) == 8  # one purge's records (4 SQL + 4 Redis kinds)
+    assert len(await purge_rows(sqlite_store)) == 10  # one purge's records (6 SQL + 4 Redis kinds)
     assert await clients[0].exists(PURGE_LOCK) == 0  # released when done
 
     # A lock held elsewhere (a worker purging now): skipped, and nothing is touched.
@@ -439,7 +451,7 @@ def test_cli_purge_dry_run_then_purge(
     async def check() -> None:
         s = RecordsStore(sqlite_records_url)
         assert (await table_counts(s))["calls"] == 1
-        assert len(await purge_rows(s)) == 8
+        assert len(await purge_rows(s)) == 10
         await s.close()
 
     asyncio.run(check())
@@ -455,7 +467,7 @@ def test_cli_purge_dry_run_then_purge(
     assert main(argv) == 1
     captured = capsys.readouterr()
     assert "calls          sql    2025-12-03            1" in captured.out
-    assert "failed after 4 kind(s): ConnectionError" in captured.err
+    assert "failed after 6 kind(s): ConnectionError" in captured.err
 
     monkeypatch.setenv("REDIS_URL", "")
     monkeypatch.setattr("gateway.infra.config.GatewayConfig.resolved_redis_url", lambda self, environ: "")

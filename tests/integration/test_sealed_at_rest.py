@@ -34,6 +34,7 @@ from gateway.outbox.guard import QueuedMessage
 from gateway.outbox.store import number_hash
 from tests.conftest import RULES
 from tests.integration.test_intake import PUBLIC_URL, Collect, Site, seoul, sms
+from tests.support.staff import issue_tokens
 
 CITIZEN_LOCAL = "010-4827-3916"
 CITIZEN = "+821048273916"
@@ -56,7 +57,6 @@ KEYS = {
     "GATEWAY_NUMBER_KEY": "test-number-key-0123456789",
     "GATEWAY_DATA_KEY": Sealer.new_key_spec(),
     "GATEWAY_INBOUND_SECRET": "inbound-secret",
-    "GATEWAY_API_TOKEN": "staff-token",
     "GATEWAY_AMI_SECRET": "x",
     "GATEWAY_WEBHOOK_SECRET": "w",
 }
@@ -64,8 +64,9 @@ assert PUBLIC_URL  # (the signed webhook URL Site.post signs for)
 
 
 @pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> Iterator[dict[str, str]]:
+def env(monkeypatch: pytest.MonkeyPatch, redis_url: str, sqlite_records_url: str) -> Iterator[dict[str, str]]:
     monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("GATEWAY_RECORDS_URL", sqlite_records_url)  # the staff accounts and access records
     for k, v in KEYS.items():
         monkeypatch.setenv(k, v)
     # The complaint queue's webhook secret is left unset: its notification job is dead-lettered
@@ -189,16 +190,17 @@ async def test_a_staff_answer_is_sealed_queued_and_dead_lettered_and_still_deliv
     texts = (CITIZEN_TEXT, ANSWER, AUTO_REPLY)
     worker = None
     try:
-        site = Site(gateway, http, f"http://{host}:{port}", outbox_sms, worker=None, runtime=None, broker=None)
+        tokens = await issue_tokens(env["GATEWAY_RECORDS_URL"], env["GATEWAY_NUMBER_KEY"])
+        site = Site(
+            gateway, http, f"http://{host}:{port}", outbox_sms, worker=None, runtime=None, broker=None, tokens=tokens
+        )
         async with ClientSession() as session:
             status, body = await site.post(
                 session, sms("z-1", CITIZEN_TEXT, seoul("2026-11-24T10:00:00"), sender=CITIZEN_LOCAL)
             )
             assert status == 200 and body["queue"] == "complaint"
             tid = body["thread"]
-            status, result = await site.api(
-                session, "POST", f"/api/threads/{tid}/reply", {"text": ANSWER, "staff": "kim"}
-            )
+            status, result = await site.api(session, "POST", f"/api/threads/{tid}/reply", {"text": ANSWER})
             assert status == 202 and result["result"] == "queued"
         # 1. queued: the notification job (with its reply) and the answer's SMS job wait in Redis
         ns = "t-sealed"
@@ -254,7 +256,10 @@ async def test_intake_reply_and_automatic_replies_are_sealed(env: dict[str, str]
     host, port = await http.start()
     confirm = "수신거부가 처리"
     try:
-        site = Site(gateway, http, f"http://{host}:{port}", outbox_sms, worker=None, runtime=None, broker=None)
+        tokens = await issue_tokens(env["GATEWAY_RECORDS_URL"], env["GATEWAY_NUMBER_KEY"])
+        site = Site(
+            gateway, http, f"http://{host}:{port}", outbox_sms, worker=None, runtime=None, broker=None, tokens=tokens
+        )
         async with ClientSession() as session:
             _, body = await site.post(
                 session, sms("y-1", CITIZEN_TEXT, seoul("2026-11-24T10:00:00"), sender=CITIZEN_LOCAL)

@@ -40,7 +40,6 @@ ENV = {
     "GATEWAY_NUMBER_KEY": "test-number-key-0123456789",
     "GATEWAY_DATA_KEY": Sealer.new_key_spec(),
     "GATEWAY_INBOUND_SECRET": "inbound-secret",
-    "GATEWAY_API_TOKEN": "staff-token",
     "GATEWAY_AMI_SECRET": "x",
     "GATEWAY_WEBHOOK_SECRET": "w",
 }

@@ -80,7 +80,6 @@ ENV = {
     "GATEWAY_NUMBER_KEY": "fault-number-key-0123456789",
     "GATEWAY_DATA_KEY": Sealer.new_key_spec(),
     "GATEWAY_INBOUND_SECRET": "inbound-secret-for-faults",
-    "GATEWAY_API_TOKEN": "staff-token-for-faults",
     "KT_TOKEN": "kt-token-for-faults",
 }
 
@@ -101,7 +100,6 @@ sms:
   nhn-sms: {{kind: nhn, base_url: "{nhn}", appkey_env: NHN_SMS_APPKEY, secret_env: NHN_SMS_SECRET, deadline_ms: 2000}}
 inbound:
   sandbox-sms: {{kind: generic, signature_env: GATEWAY_INBOUND_SECRET, public_url: "{public_url}"}}
-api: {{token_env: GATEWAY_API_TOKEN}}
 outbox: {{number_key_env: GATEWAY_NUMBER_KEY, data_key_env: GATEWAY_DATA_KEY}}
 worker: {{threads: 2, namespace: {namespace}, heartbeat_timeout_ms: 1500, maintenance_chance: 1000000}}
 log: {{json: true, level: INFO}}

@@ -119,6 +119,7 @@ def test_scripts_are_read_once_at_import() -> None:
         "inbox/lua/accept.lua": lambda: intake._ACCEPT,
         "inbox/lua/claim_thread.lua": lambda: intake._CLAIM,
         "inbox/lua/close_thread.lua": lambda: intake._CLOSE,
+        "inbox/lua/desk.lua": lambda: intake._DESK,
         "messaging/lua/enqueue.lua": lambda: jobs._ENQUEUE,
     }
     assert sorted(loaded) == [p.relative_to(GATEWAY).as_posix() for p in _lua_files()]
