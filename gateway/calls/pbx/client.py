@@ -123,6 +123,7 @@ class PbxClient:
         self._shutdown_seen = False
         self._connected = False
         self._authenticated = False
+        self._authenticated_at: float | None = None  # epoch of the current session's login
         self._last_error: str | None = None
         self._last_error_at: float | None = None
         # Every TCP connection attempt (refused ones included), and successful logins after the
@@ -212,8 +213,13 @@ class PbxClient:
         last = self._counters.last_frame_at
         return {
             "name": self.name,
+            # (the internal listener's /health and the staff console's status page: never the
+            # public listener)
+            "host": self.settings.host,
+            "port": self.settings.port,
             "connected": self._connected,
             "authenticated": self._authenticated,
+            "connected_since": self._authenticated_at if self._authenticated else None,
             "last_error": self._last_error,
             "last_error_at": self._last_error_at,
             # Any frame counts: discarded noise is still proof that the PBX talks to us.
@@ -346,6 +352,7 @@ class PbxClient:
             self._logins += 1
             manager.authenticated = True
             self._authenticated = True
+            self._authenticated_at = time.time()
             self._consecutive_auth_failures = 0
             self._emit(SessionChange(SessionKind.AUTHENTICATED))
             return True
