@@ -38,7 +38,17 @@ def console_deps(gateway: Gateway, console: ConsoleConfig) -> ConsoleDeps:
         extension_pattern=rules.rules.lettering.extension_pattern,
     )
 
+    # directory.yaml read once per rules (re)load, not on every inbox page (3.6 ms with the sample
+    # rules, 19 ms with 4,000 phones: ops/bench console).
+    cached: dict[float, dict[str, str]] = {}
+
     def department_names() -> dict[str, str]:
+        if rules.loaded_at not in cached:
+            cached.clear()
+            cached[rules.loaded_at] = read_department_names()
+        return dict(cached[rules.loaded_at])
+
+    def read_department_names() -> dict[str, str]:
         try:
             doc, _ = read_directory(rules.directory)
         except (OSError, ValueError):

@@ -31,6 +31,7 @@ from gateway.domain.staff import Account
 
 log = logging.getLogger(__name__)
 
+_WIRE = "__sse"  # the encoded form cached in a shared event (see `_encoded`)
 HEARTBEAT_S = 15.0
 RETRY_MS = 5000  # how long EventSource waits before it reconnects after a drop
 
@@ -48,6 +49,17 @@ class Streams:
 
 
 STREAMS: web.AppKey[Streams] = web.AppKey("console_streams", Streams)
+
+
+def _encoded(event: dict[str, Any]) -> bytes:
+    """An event as one SSE message, encoded once: the hub hands the same dict to every page, so
+    the bytes are kept in it under a key that is never sent."""
+    wire = event.get(_WIRE)
+    if not isinstance(wire, bytes):
+        body = {k: v for k, v in event.items() if k != _WIRE}
+        wire = b"data: " + json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+        event[_WIRE] = wire
+    return wire
 
 
 def forwarded(account: Account, event: dict[str, Any]) -> bool:
@@ -115,9 +127,12 @@ async def events(request: web.Request) -> web.StreamResponse:
                 except StopAsyncIteration:  # the hub stopped
                     break
                 pending = None
-                if forwarded(account, event):
-                    data = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
-                    await response.write(f"data: {data}\n\n".encode())
+                # Everything already waiting goes out in one write (a burst of texts: one
+                # wake-up and one send per page, not one per event), each event encoded once
+                # for all the pages that carry it.
+                batch = [e for e in (event, *subscription.ready()) if forwarded(account, e)]
+                if batch:
+                    await response.write(b"".join(_encoded(e) for e in batch))
                 continue
             # A quiet interval: the heartbeat, the session's idle limit, the account's state.
             if time.monotonic() >= ends_at:

@@ -11,6 +11,7 @@ dependencies, staff names, and the Seoul-time filter of the templates.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
@@ -66,9 +67,22 @@ def visible_queues(account: Account, names: Mapping[str, str]) -> list[str]:
     return [q for q in names if account.may_see(q)]
 
 
+# Display names change rarely; every list refresh (one per live event per open page) reading all
+# accounts from SQL did not: kept for a few seconds per app.
+NAMES_TTL_S = 5.0
+_NAMES: web.AppKey[dict[str, Any]] = web.AppKey("console_staff_names", dict)
+
+
 async def staff_names(request: web.Request) -> dict[str, str]:
     """User name -> display name, for "claimed by" and the staff entries of a conversation."""
-    return {a.username: a.display_name for a in await request.app[DEPS].directory.accounts()}
+    cache = request.app.get(_NAMES)
+    now = time.monotonic()
+    if cache is not None and now - cache["at"] < NAMES_TTL_S:
+        return dict(cache["names"])
+    names = {a.username: a.display_name for a in await request.app[DEPS].directory.accounts()}
+    if cache is not None:
+        cache.update(at=now, names=names)
+    return names
 
 
 def seoul_time(epoch: float | None) -> str:
@@ -195,6 +209,7 @@ def install_filters(env: jinja2.Environment) -> None:
 
 def add_routes(app: web.Application) -> None:
     install_filters(app[TEMPLATES])
+    app[_NAMES] = {"at": float("-inf"), "names": {}}
     app.router.add_get("/", inbox_page)
     app.router.add_get("/inbox/list", inbox_list)
     app.router.add_get("/inbox/counts", inbox_counts)

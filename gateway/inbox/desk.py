@@ -514,6 +514,18 @@ class Subscription:
                 self._drain()
             self._queue.put_nowait(_END)
 
+    def ready(self) -> list[dict[str, Any]]:
+        """The events already waiting, without waiting (a stream writes them in one go); the
+        end marker stays queued for the next read."""
+        out: list[dict[str, Any]] = []
+        while not self._queue.empty():
+            event = self._queue.get_nowait()
+            if event is _END:
+                self._queue.put_nowait(_END)
+                break
+            out.append(event)
+        return out
+
     def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         return self
 

@@ -11,7 +11,10 @@ Sections (see ops/bench/README.md for what each figure means):
 * ``records``: the SQL archive over a generated year (15 million calls) on SQLite and PostgreSQL:
   the answer-rate report, write throughput, a day's purge, intake during it, and the lettering
   p99 with records on vs off (`ops.bench.records`). Not in the default run (a full year takes
-  minutes to generate the first time): ask for it with ``--only records``.
+  minutes to generate the first time): ask for it with ``--only records``;
+* ``console``: the staff console's inbox page with 10,000 open threads, a new message reaching 50
+  connected pages, and webhook intake with 50 console sessions open vs without (`ops.bench.console`).
+  Not in the default run either (about a minute and a half more than its 5 minutes): ``--only console``.
 
 Prints one table (every figure beside its goal and its baseline) and writes it, with all the
 raw data as JSON, to ``ops/bench/results/bench-<UTC stamp>.{json,md}`` and ``bench-latest.{json,md}``.
@@ -33,8 +36,8 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SECTIONS = ("ami", "routing", "memory", "inbound", "records")
-DEFAULT_SECTIONS = ("ami", "routing", "memory", "inbound")  # the 5-minute run; records when asked
+SECTIONS = ("ami", "routing", "memory", "inbound", "console", "records")
+DEFAULT_SECTIONS = ("ami", "routing", "memory", "inbound")  # the 5-minute run; console and records when asked
 
 
 def parser() -> argparse.ArgumentParser:
@@ -63,6 +66,13 @@ def parser() -> argparse.ArgumentParser:
     sizes.add_argument("--routing-seconds", type=float, help="length of each routing figure (3, quick 1)")
     sizes.add_argument("--routing-sample", type=int, help="distinct routed messages per mix (5000, quick 2000)")
     sizes.add_argument("--memory-calls", type=int, help="concurrent calls for the memory figure (10000, quick 2000)")
+    sizes.add_argument("--console-threads", type=int, help="open threads in the console's measured queue (10000)")
+    sizes.add_argument("--console-requests", type=int, help="console page requests per page and person (100, quick 30)")
+    sizes.add_argument("--console-clients", type=int, help="connected console pages (50)")
+    sizes.add_argument("--console-messages", type=int, help="messages watched reaching the pages (20, quick 5)")
+    sizes.add_argument(
+        "--console-rounds", type=int, help="interleaved rounds of intake with/without pages (3, quick 1)"
+    )
     sizes.add_argument("--records-calls", type=int, help="calls in the records year (15000000, quick 300000)")
     sizes.add_argument("--records-db", default="sqlite,postgresql", help="records databases (sqlite,postgresql)")
     return p
@@ -129,6 +139,20 @@ def run_inbound(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str
     return section, inbound.figures(section)
 
 
+def run_console(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    from ops.bench import console
+
+    section = console.run(
+        threads=_pick(args.console_threads, 10_000, 10_000, args.quick),
+        requests=_pick(args.console_requests, 100, 30, args.quick),
+        clients=_pick(args.console_clients, 50, 50, args.quick),
+        messages=_pick(args.console_messages, 20, 5, args.quick),
+        seconds=_pick(args.inbound_seconds, 3.0, 2.0, args.quick),
+        rounds=_pick(args.console_rounds, 3, 1, args.quick),
+    )
+    return section, console.figures(section)
+
+
 def run_records(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from ops.bench import records
 
@@ -144,6 +168,7 @@ RUNNERS: dict[str, Callable[[argparse.Namespace], tuple[dict[str, Any], list[dic
     "routing": run_routing,
     "memory": run_memory,
     "inbound": run_inbound,
+    "console": run_console,
     "records": run_records,
 }
 

@@ -275,3 +275,43 @@ def test_records_bench_on_postgresql_agrees_with_sqlite(tmp_path: Path) -> None:
     assert pg["report"]["total"] == sqlite["report"]["total"]
     assert pg["purge"]["deleted"] == sqlite["purge"]["deleted"]
     assert section["counts_ok"] is True
+
+
+def test_console_bench_counts_every_page_event_and_message() -> None:
+    from gateway.console.inbox import PAGE_SIZE
+    from ops.bench import console
+
+    section = console.run(
+        threads=120,
+        baseline_threads=10,
+        requests=2,
+        clients=3,
+        messages=2,
+        concurrency=2,
+        seconds=0.5,
+        warmup=0.2,
+        rounds=1,
+    )
+    assert section["problems"] == [] and section["counts_ok"] is True
+    inbox = section["inbox"]
+    # every text became an open thread of the queue it was meant for, and the first page shows them
+    assert inbox["queue_counts"][console.BIG_QUEUE]["open"] == 120
+    assert inbox["queue_counts"][console.SMALL_QUEUE]["open"] == 10
+    for kind in ("page", "list"):
+        assert inbox["rows_on_first_page"][kind] == {"measured": min(PAGE_SIZE, 120), "baseline": 10}
+        assert inbox[kind]["measured"]["n"] == inbox[kind]["baseline"]["n"] == 2
+    # every stream saw every message, and every page's list, reloaded on the event, showed it
+    for key, clients in (("visible_baseline", 1), ("visible", 3)):
+        v = section[key]
+        assert v["connected"] == clients and v["posted"] == 2 and v["missing"] == 0 and v["not_listed"] == 0
+        assert v["from_2xx"]["n"] == v["listed_from_2xx"]["n"] == clients * 2
+        assert v["reloads"] >= clients * 3 and v["reload_statuses"] == {"200": v["reloads"]}
+    # intake with and without open pages: every accepted webhook stored, the pages refreshed
+    intake = section["intake"]
+    checks = intake["raw"]["checks"]
+    assert [c["mode"] for c in checks] == ["without", "with"]
+    assert all(c["accepted"] > 0 and c["stored"] == c["accepted"] and c["lost"] == 0 for c in checks)
+    (pages,) = intake["raw"]["browsers"]
+    assert pages["connected"] == 3 and pages["events"] > 0 and pages["refreshes"] > 0
+    assert set(pages["statuses"]) == {"200"} and pages["errors"] == {}
+    assert len(console.figures(section)) == 5
