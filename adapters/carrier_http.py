@@ -21,7 +21,11 @@ Behaviour the gateway relies on (the phone is ringing):
   (or after an idle period) pays for TCP/TLS setup;
 - one quick retry happens only when the connection could not be opened (nothing was sent,
   so the carrier cannot have acted on it) and time remains;
-- the token is never logged and phone numbers are logged masked (010-****-5678).
+- the token is never logged and phone numbers are logged masked (010-****-5678);
+- every request carries an idempotency key (`lettering_key`, in the profile's
+  `idempotency_header`), the same from either of two gateways for one call and citizen: a
+  request in flight when its gateway died and the peer's request for the same call are one
+  lettering at a carrier that honours the key (the contract must say it does, and for how long).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import json
 import logging
 import string
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
@@ -139,6 +144,10 @@ class CarrierProfile:
     # request would most likely get the same code: treat it as a refusal unless told otherwise.
     unknown_code: LetteringResult = LetteringResult.REJECTED
     extra_fields: Mapping[str, JsonScalar] = field(default_factory=dict)
+    # The header carrying the request's idempotency key (`lettering_key`): the same for every
+    # request about one call and citizen, from whichever gateway, so a carrier that honours it
+    # letters once when a gateway died mid-request and its peer asked again. "" sends none.
+    idempotency_header: str = "Idempotency-Key"
 
     def __post_init__(self) -> None:
         # Freeze the mappings too, so a shared default profile cannot be changed by accident.
@@ -168,6 +177,8 @@ class CarrierProfile:
             raise CarrierError("code_path must not be empty")
         if not self.auth_header or any(c in self.auth_header for c in "\r\n:"):
             raise CarrierError(f"auth_header is not a valid header name: {self.auth_header!r}")
+        if any(c in self.idempotency_header for c in "\r\n: "):
+            raise CarrierError(f"idempotency_header is not a valid header name: {self.idempotency_header!r}")
         # Building a dummy body detects colliding names ("display" and "display.title").
         self.render_body(
             LetteringRequest(
@@ -242,6 +253,16 @@ class CarrierProfile:
             raise CarrierError(f"overrides: {exc}") from None
 
 
+_KEY_NAMESPACE = uuid.UUID("6f1c1f55-3c59-4a51-9d0e-6b7a2f0c9a10")  # fixed: keys must not change across releases
+
+
+def lettering_key(request: LetteringRequest) -> str:
+    """The per-call carrier reference sent as the idempotency key: a UUID (the form carriers'
+    idempotency keys commonly take) derived from the PBX, the call and the citizen's number,
+    so both gateways following one PBX send the same key for the same lettering."""
+    return str(uuid.uuid5(_KEY_NAMESPACE, f"{request.pbx}\n{request.call_id}\n{request.to}"))
+
+
 def _parse_result(value: object, where: str) -> LetteringResult:
     if isinstance(value, str) and value in LetteringResult.__members__.values():
         return LetteringResult(value)
@@ -306,6 +327,7 @@ PROFILES: dict[str, CarrierProfile] = {
         auth_scheme="",
         token_env="KT_LETTERING_TOKEN",
         number_format="national",
+        idempotency_header="X-KT-Request-Key",
     ),
     # LG U+: bearer token, header/body envelope, national numbers, a fixed service code.
     "lgu": CarrierProfile(
@@ -453,6 +475,8 @@ class HttpCarrier(HttpAdapter):
             "Content-Type": "application/json; charset=utf-8",
             "Accept": "application/json",
         }
+        if self.profile.idempotency_header:
+            headers[self.profile.idempotency_header] = lettering_key(request)
         try:
             status, payload = await post_within_deadline(
                 session,

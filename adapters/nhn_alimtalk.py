@@ -53,6 +53,24 @@ Where the documentation is silent, this adapter assumes (and says so in its answ
   ``resendStatus`` (RSC01-RSC05) / ``resendResultCode``, they are used for
   `fallback_used`; otherwise a failed Alimtalk is reported FAILED and the fallback SMS is
   reported by the SMS product's own webhook under its own request id.
+- After an unknown outcome (the deadline passed, the worker died mid-request), the outbox asks
+  `find_sent` before sending again. NHN's "List messages" ``GET
+  /alimtalk/v2.3/appkeys/{appkey}/messages`` needs ``requestId`` or both
+  ``startRequestDate``/``endRequestDate`` (``yyyy-MM-dd HH:mm``, KST) and filters by
+  ``recipientNo`` and ``recipientGroupingKey`` (our idempotency key, cut to 100); the answer
+  is ``messageSearchResultResponse{messages[]{requestId, recipientSeq, recipientNo,
+  requestDate, messageStatus, resultCode, resendStatus, recipientGroupingKey, ...},
+  totalCount}``. The requestId of a lost answer is unknown, so the date range plus recipient
+  and grouping key is the only handle. What the API allows, and where it does not answer:
+  a message found there was taken (ACCEPTED, or its Kakao failure when it failed for
+  good) and is not sent again; none found means NHN never took the request and it is sent;
+  the lookup failing (HTTP error, unreadable answer, timeout) answers TEMPORARY_ERROR and
+  the outbox then sends as before, protected only by ``X-NC-API-IDEMPOTENCY-KEY`` for its
+  10 minutes. NHN documents no way to ask by idempotency key, keeps the list for a limited
+  period only, and does not say how soon a taken request is listed: a lookup made right
+  after a timeout could miss a request still being processed (within 10 minutes the key then
+  answers -1005, ACCEPTED "duplicate" without a reference). These field names are from the
+  v2.3 guide as read for this adapter, not re-checked against a live account.
 - Only Korean numbers: ``recipientNo``/``resendSendNo`` are national ("01012345678",
   "0221331234", "15881234"); anything else is INVALID_NUMBER without a request.
 """
@@ -65,7 +83,7 @@ import time
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import aiohttp
 
@@ -250,7 +268,81 @@ class NhnAlimtalk(HttpAdapter):
             recipient["buttons"] = [{"ordering": i} for i, _ in enumerate(request.buttons, start=1)]
         return {"senderKey": self._sender_key, "templateCode": request.template_code, "recipientList": [recipient]}
 
+    async def find_sent(self, request: AlimtalkRequest, since: float) -> SendOutcome | None:
+        """Did NHN already take this Alimtalk (an attempt since `since`, epoch seconds)?
+
+        Its state when found (ACCEPTED with the reference, or the final Kakao failure), None
+        when NHN lists no such message (or one that failed temporarily: sending again is
+        right), TEMPORARY_ERROR when NHN cannot tell now (see the module docstring)."""
+        started = time.monotonic()
+        try:
+            body = self.render_body(request)
+        except ValueError:
+            return None  # never sendable, so never sent
+        recipient = body["recipientList"][0]
+        kst = 9 * 3600
+        query = urlencode(
+            {
+                "startRequestDate": time.strftime("%Y-%m-%d %H:%M", time.gmtime(since - 300 + kst)),
+                "endRequestDate": time.strftime("%Y-%m-%d %H:%M", time.gmtime(time.time() + 300 + kst)),
+                "recipientNo": recipient["recipientNo"],
+                "recipientGroupingKey": recipient["recipientGroupingKey"],
+                "pageNum": 1,
+                "pageSize": 10,
+            }
+        )
+        url = self.base_url + MESSAGES_PATH.format(appkey=quote(self._appkey, safe="")) + "?" + query
+        headers = {SECRET_HEADER: self._secret, "Accept": "application/json"}
+        try:
+            status, payload = await post_within_deadline(
+                self._session_for_use(),
+                "GET",
+                url,
+                b"",
+                headers,
+                started=started,
+                deadline_s=self.deadline_s,
+                max_body=NHN_MAX_BODY,
+            )
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            return self._outcome(_R.TEMPORARY_ERROR, detail=f"lookup: {transport_failure(exc, self.deadline_s)}")
+        data = parse_json(payload) if 200 <= status < 300 else None
+        header = data.get("header") if data is not None else None
+        page = data.get("messageSearchResultResponse") if data is not None else None
+        found = page.get("messages") if isinstance(page, dict) else None
+        if not isinstance(header, dict) or header.get("isSuccessful") is not True or not isinstance(found, list):
+            return self._outcome(_R.TEMPORARY_ERROR, detail=f"lookup: http {status}, unreadable answer")
+        for item in found:
+            if not isinstance(item, dict) or item.get("recipientGroupingKey") != recipient["recipientGroupingKey"]:
+                continue
+            outcome = self._found_state(item, has_fallback=request.fallback is not None)
+            if outcome is not None:
+                log.warning(
+                    "alimtalk %s key=%s: already at NHN (%s, %s), not sent again",
+                    self.name,
+                    request.idempotency_key,
+                    outcome.reference,
+                    outcome.result.value,
+                )
+                return outcome
+        return None
+
     # ------------------------------------------------------------------ internals
+
+    def _found_state(self, item: Mapping[str, Any], *, has_fallback: bool) -> SendOutcome | None:
+        """A listed message as an outcome; None when it failed in a way a new send may fix."""
+        seq = as_int(item.get("recipientSeq"))
+        reference = f"{item.get('requestId')}:{seq}" if seq is not None else str(item.get("requestId", ""))
+        state = f"status {item.get('messageStatus')} code {item.get('resultCode')}"
+        if item.get("messageStatus") != "FAILED":
+            return self._outcome(_R.ACCEPTED, reference, f"found at provider after an unknown outcome ({state})")
+        code = as_int(item.get("resultCode"))
+        result = KAKAO_CODES.get(code) if code is not None else None
+        if result is None or result is _R.TEMPORARY_ERROR:
+            return None
+        if has_fallback and result in _FALLBACK_FIXES:
+            return self._outcome(_R.ACCEPTED, reference, f"found at provider ({state}); fallback sent by NHN")
+        return self._outcome(result, reference, f"found at provider ({state})")
 
     @staticmethod
     def _resend(request: AlimtalkRequest) -> dict[str, Any]:

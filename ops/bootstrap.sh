@@ -15,6 +15,9 @@ cd "$(dirname "$0")/.."
 # in a container it only installs the tools: nothing is started).
 packages=()
 command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
+# Debian's redis-sentinel: the Sentinel failover tests (gateway/sim/sentinelproc.py; without it
+# they fall back on `redis-server CONF --sentinel`, the same program) and ops/sentinel.conf's unit.
+command -v redis-sentinel >/dev/null 2>&1 || packages+=(redis-sentinel)
 command -v systemd-analyze >/dev/null 2>&1 || packages+=(systemd)
 # promtool (Debian's prometheus package): tests/system/test_promtool.py lints /metrics and alerts.yml.
 command -v promtool >/dev/null 2>&1 || packages+=(prometheus)

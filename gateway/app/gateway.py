@@ -40,14 +40,16 @@ from gateway.errors import ConfigError, RulesError, StoreUnavailable
 from gateway.inbox.intake import Intake
 from gateway.inbox.smtp import SmtpIntake, settings_from_config
 from gateway.inbox.webhooks import InboundProvider
+from gateway.infra import redisurl
 from gateway.infra.config import ConsoleConfig, GatewayConfig, PbxConfig
 from gateway.infra.metrics import lettering_latency, new_registry
 from gateway.infra.recent import RecentDecisions, Tee
-from gateway.infra.wire import Wire
+from gateway.infra.wire import ReplicaAck, Wire
 from gateway.messaging.backlog import backlog_report
 from gateway.messaging.jobs import Enqueuer, dead_letter_counts, make_broker
 from gateway.messaging.reports import ReportIntake, build_parsers
 from gateway.outbox.guard import Outbox
+from gateway.outbox.liveness import Liveness
 from gateway.outbox.providerstats import read_published
 from gateway.outbox.store import RedisOutboxStore, connect, warm_up
 from gateway.ports import AlimtalkProvider, DecisionSink, LetteringCarrier, RecordSink, SmsProvider
@@ -241,7 +243,16 @@ class Gateway:
         # same 0.25 s command timeout as `connect`.
         slow = self.over.redis_timeout_s or 0.0
         self.wire = Wire.from_url(redis_url, timeout_s=max(0.25, slow), connect_timeout_s=max(1.0, slow))
-        self.store = RedisOutboxStore(self.redis, self.wire)
+        # Durable means replicated when `redis.min_replicas_ack` > 0 (WAIT after the accept,
+        # opt-out and lettering-claim writes); shared, so /metrics counts the timeouts once.
+        self.ack = ReplicaAck(config.min_replicas_ack, config.replica_ack_timeout_ms)
+        # Those writes and their WAITs on a connection of their own: a WAIT holds its connection
+        # (the whole timeout while a replica is missing), and the heartbeats, settlements and
+        # other real-time commands on `wire` must not queue behind it.
+        self.replicated_wire: Wire | None = None
+        if config.min_replicas_ack:
+            self.replicated_wire = Wire.from_url(redis_url, timeout_s=max(0.25, slow), connect_timeout_s=max(1.0, slow))
+        self.store = RedisOutboxStore(self.redis, self.wire, ack=self.ack, replicated_wire=self.replicated_wire)
         # The SQL archive's facts: buffered here, XADDed to `gw:records` by a background task on
         # its own small pool (2 s timeouts: a batch never waits behind, or delays, the real-time
         # path), written to SQL by the worker (`gateway.records.writer`).
@@ -259,8 +270,15 @@ class Gateway:
         for name, carrier in self.over.carriers.items():
             carriers.setdefault(name, carrier)
         self.carriers = carriers
+        # This instance's heartbeat: its lettering leases are taken over by a peer gateway as soon
+        # as it stops beating (killed, stopped), while the phone still rings.
+        self.liveness = Liveness(self.store)
         self.outbox = Outbox(
-            self.store, carriers, hash_key=config.number_key(self.environ), dedupe_ttl_s=config.dedupe_ttl_s
+            self.store,
+            carriers,
+            hash_key=config.number_key(self.environ),
+            dedupe_ttl_s=config.dedupe_ttl_s,
+            liveness=self.liveness,
         )
         self.sealer = config.sealer(self.environ)
         self.broker = make_broker(redis_url, namespace=self.over.queue_namespace or config.queue_namespace)
@@ -279,9 +297,10 @@ class Gateway:
             enqueuer=self.enqueuer,
             sms_provider=sms_provider,
             sink=sink,
-            wire=self.wire,
+            wire=self.replicated_wire or self.wire,
             records=self.records,
             office_hours=parse_window(config.records.office_hours),
+            ack=self.ack,
         )
         self.inbound = {
             name: InboundProvider(
@@ -359,6 +378,8 @@ class Gateway:
             await self.wire.execute("PING")  # connected before the first call needs it
         except (StoreUnavailable, RedisError) as exc:
             log.error("redis not reachable at start (%s); lettering fails closed until it is", exc)
+        await self.liveness.beat()  # beating before the first claim names this instance
+        self.liveness.start()
         if self.emitter is not None:
             self.emitter.start()
         for client in self.clients:
@@ -419,6 +440,7 @@ class Gateway:
             await asyncio.wait_for(self.outbox.flush(), left())
         except TimeoutError:
             log.warning("shutdown: lettering settlements still pending after the drain bound")
+        await self.liveness.stop()  # what is still leased (nothing after the drain) is a peer's at once
         if self.pipeline.status()["in_flight"]:
             log.warning(
                 "shutdown: %d letterings still in flight after the drain bound", self.pipeline.status()["in_flight"]
@@ -438,6 +460,8 @@ class Gateway:
         await self.staff_store.close()
         await self.redis.aclose()
         await self.wire.aclose()
+        if self.replicated_wire is not None:
+            await self.replicated_wire.aclose()
 
     def http_routes(self, app: web.Application, *, metrics: bool = True) -> None:
         """The citizen-facing webhooks, the staff API and (unless `metrics` is False: served on the
@@ -476,6 +500,14 @@ class Gateway:
         except StoreUnavailable as exc:
             redis = {"reachable": False, "error": str(exc)}
         redis["wire"] = dict(self.wire.events)  # the real-time connection (gateway.infra.wire)
+        if redis["reachable"]:
+            # Which node is the primary (the one the real-time connection reached: with
+            # Sentinel, the one it found at its last connect) and how far its replicas lag.
+            try:
+                info = redisurl.parse_info(await self.wire.execute("INFO", "replication"))
+                redis["replication"] = redisurl.replication_report(info, self.wire.address)
+            except RedisError as exc:  # (NOPERM: a user not granted INFO, see ops/redis.conf)
+                redis["replication"] = {"primary": self.wire.address, "error": str(exc)}
         pbx = [c.status() for c in self.clients]
         ready = redis["reachable"] and all(p.get("authenticated") for p in pbx)
         queues: dict[str, Any] = {"enqueued": self.enqueuer.enqueued, "enqueue_failed": self.enqueuer.failed}

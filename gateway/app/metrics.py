@@ -14,11 +14,13 @@ from dramatiq.brokers.redis import RedisBroker
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+from redis.exceptions import RedisError
 
 from gateway.calls.pbx.client import PbxClient
 from gateway.calls.pipeline import CallPipeline
 from gateway.inbox.intake import Intake
 from gateway.inbox.smtp import SmtpIntake
+from gateway.infra import redisurl
 from gateway.infra.metrics import sends_family
 from gateway.infra.wire import Wire
 from gateway.messaging.backlog import queue_families
@@ -89,6 +91,69 @@ def records_families(emitter: Mapping[str, int] | None, writer: Mapping[str, Any
         yield lag
 
 
+def replica_ack_family(timeouts: Mapping[str, int]) -> Metric:
+    """Writes that fewer replicas than `redis.min_replicas_ack` acknowledged in time (answered
+    503 / 451, or a lettering claim failed closed), by what: inbound, optout, claim."""
+    family = CounterMetricFamily(
+        "gateway_redis_replica_ack_timeouts",
+        "durable writes not acknowledged by enough replicas within redis.replica_ack_timeout_ms",
+        labels=["what"],
+    )
+    for what in ("inbound", "optout", "claim"):
+        family.add_metric([what], timeouts.get(what, 0))
+    return family
+
+
+def redis_answered(families: Sequence[Metric]) -> bool:
+    """Whether `queue_families` found Redis answering (its `gateway_redis_up` sample is 1): a
+    scrape then reads INFO too, and does not wait out a second timeout when Redis is gone."""
+    return any(f.name == "gateway_redis_up" and any(s.value == 1 for s in f.samples) for f in families)
+
+
+def replication_families(client: Any) -> Iterator[Metric]:
+    """The primary's `INFO replication`, read at scrape time with the broker's client (bounded by
+    its socket timeout), for the failover, lost-replica and lag alerts (ops/prometheus/alerts.yml):
+    the same figures /health shows under `redis.replication`. Every instance reports the
+    primary it reaches, so the alerts aggregate with max(). Redis down or INFO refused (an ACL
+    without `+info`, see ops/redis.conf): only `gateway_redis_replication_readable 0`."""
+    readable = GaugeMetricFamily(
+        "gateway_redis_replication_readable", "1 when this scrape read INFO replication from the primary"
+    )
+    try:
+        info = client.info("replication")
+    except RedisError:
+        readable.add_metric([], 0.0)
+        yield readable
+        return
+    readable.add_metric([], 1.0)
+    yield readable
+    report = redisurl.replication_report(info, redisurl.client_address(client))
+    primary = GaugeMetricFamily(
+        "gateway_redis_primary_info",
+        "1 for the Redis node this instance uses as its primary (a new address: a failover)",
+        labels=["address", "role"],
+    )
+    primary.add_metric([report["primary"], str(report["role"])], 1.0)
+    replicas = GaugeMetricFamily(
+        "gateway_redis_connected_replicas", "replicas connected to the primary (INFO connected_slaves)"
+    )
+    replicas.add_metric([], report["connected_replicas"])
+    lag = GaugeMetricFamily(
+        "gateway_redis_replication_lag_bytes",
+        "bytes of the primary's replication stream a replica has not acknowledged yet",
+        labels=["replica"],
+    )
+    ack_age = GaugeMetricFamily(
+        "gateway_redis_replication_ack_age_seconds",
+        "seconds since a replica last acknowledged (it does every second while its link is up)",
+        labels=["replica"],
+    )
+    for replica in report["replicas"]:
+        lag.add_metric([replica["address"]], replica["lag_bytes"])
+        ack_age.add_metric([replica["address"]], float(replica["lag_s"] or 0))
+    yield from (primary, replicas, lag, ack_age)
+
+
 class GatewayCollector(Collector):
     def __init__(self, gateway: GatewayState) -> None:
         self.gateway = gateway
@@ -137,9 +202,18 @@ class GatewayCollector(Collector):
             "outbox guard decisions and send results (kind:channel:result)",
             labels=["decision"],
         )
-        for decision, count in gw.outbox.counts.items():
+        # Shown from the start (alerts on a rate): calls taken over from a dead peer gateway, and calls
+        # lost with one (it died holding the claim; the phone stopped ringing before the takeover).
+        for decision, count in {"taken_over": 0, "owner_died": 0, **gw.outbox.counts}.items():
             sends.add_metric([decision], count)
         yield sends
+        if gw.outbox.liveness is not None:
+            beating = GaugeMetricFamily(
+                "gateway_liveness_beating",
+                "1 while this gateway instance's heartbeat is in Redis (its lettering leases are respected)",
+            )
+            beating.add_metric([], 1 if gw.outbox.liveness.beating else 0)
+            yield beating
 
         yield sends_family(gw.outbox.providers.totals())
 
@@ -181,7 +255,10 @@ class GatewayCollector(Collector):
                 smtp.add_metric([command, code], count)
             yield smtp
 
-        yield from queue_families(gw.broker)
+        queues = queue_families(gw.broker)
+        yield from queues
+        if redis_answered(queues):  # else a second wait for a Redis that just timed out
+            yield from replication_families(gw.broker.client)
 
         wire = CounterMetricFamily(
             "gateway_redis_wire_events",
@@ -192,6 +269,7 @@ class GatewayCollector(Collector):
         for event, count in gw.wire.events.items():
             wire.add_metric([event], count)
         yield wire
+        yield replica_ack_family(gw.intake.ack.timeouts)
 
         queued = CounterMetricFamily("gateway_enqueue", "jobs put on the queues", labels=["result"])
         queued.add_metric(["ok"], gw.enqueuer.enqueued)

@@ -29,8 +29,9 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
-from gateway.app.metrics import records_families
+from gateway.app.metrics import records_families, redis_answered, replication_families
 from gateway.app.recordsthread import RecordsThread
+from gateway.infra import redisurl
 from gateway.infra.config import HttpLimits
 from gateway.infra.connlimit import ConnectionGate
 from gateway.infra.metrics import sends_family
@@ -106,7 +107,10 @@ class WorkerCollector(Collector):
         for name, state in rt.provider_report().items():
             circuit.add_metric([name], {"open": 1.0, "half_open": 0.5}.get(state["circuit"], 0.0))
         yield circuit
-        yield from queue_families(self.broker)
+        queues = queue_families(self.broker)
+        yield from queues
+        if redis_answered(queues):
+            yield from replication_families(self.broker.client)
         if self.records is not None:
             st = self.records.status()
             yield from records_families(st["emitter"], st["writer"])
@@ -182,6 +186,15 @@ class WorkerHttp:
             queues["backlog"] = backlog_report(self.broker)  # every worker's, read from Redis
         except RedisError as exc:
             redis = {"reachable": False, "error": str(exc)}
+        if redis["reachable"]:
+            # The primary (with Sentinel: the one the broker's client was last told of) and how far
+            # its replicas lag; not part of readiness (NOPERM: a user not granted INFO).
+            primary = redisurl.client_address(self.broker.client)
+            try:
+                info = self.broker.client.info("replication")
+                redis["replication"] = redisurl.replication_report(info, primary)
+            except RedisError as exc:
+                redis["replication"] = {"primary": primary, "error": str(exc)}
         return {
             "ready": alive and redis["reachable"],
             "threads_alive": alive,

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.calls.pbx.mapping import channel_listed, to_leg_event
@@ -271,18 +271,11 @@ class CallPipeline:
             rate_window_s=policy.rate_limit_window_s,
             lease_s=self.lease_s,
         )
+        tracker = self.tracker(request.pbx)
         try:
-            delivery = await self.outbox.deliver(outgoing)
-            if delivery.verdict is Verdict.LEASED and self.lease_s is not None:
-                # Another gateway is asking the carrier for this call right now. If it dies before
-                # it got an answer, its lease lapses: look again then, while the phone still rings.
-                await asyncio.sleep(self.lease_s + 0.25)
-                if self.tracker(request.pbx).ringing(request.call_id):
-                    delivery = await self.outbox.deliver(outgoing)
-                    if delivery.verdict is Verdict.SENT:
-                        log.warning("call %s lettered after another gateway's lease lapsed", request.call_id)
-                if delivery.verdict is Verdict.LEASED:
-                    delivery = replace(delivery, verdict=Verdict.DUPLICATE)  # the peer is still on it
+            # A peer gateway holding the call's lease is watched while the phone rings: if it
+            # dies, this gateway takes the call over (Outbox.deliver).
+            delivery = await self.outbox.deliver(outgoing, ringing=lambda: tracker.ringing(request.call_id))
         except Exception:  # a bug must not kill the AMI reader; it is logged with its traceback
             log.exception("lettering for call %s failed", request.call_id)
             if (notes := self._noted(request.pbx, request.call_id)) is not None:

@@ -262,6 +262,7 @@ SKIP_REASONS = {
     "known_no_lettering": "미지원 단말(알림톡)",
     "capped": "발송 횟수 제한",
     "leased": "다른 게이트웨이가 처리 중",
+    "owner_died": "처리하던 게이트웨이 중단",
 }
 RESULT_OK = frozenset(
     {"delivered", "sent", "queued", "accepted", "ok", "answered", "connected", "authenticated", "resynced"}

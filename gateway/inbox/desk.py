@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 from gateway.domain.numbers import mask
 from gateway.errors import StoreUnavailable, ThreadNotFound
 from gateway.inbox.intake import CLAIM_TTL_S, CLOSED_KEEP, NOT_MOBILE, InboundRejected, Intake, is_mobile
+from gateway.infra import redisurl
 from gateway.infra.rediskeys import (
     CONSOLE_EVENTS,
     desk_key,
@@ -544,7 +545,8 @@ class EventHub:
 
     def __init__(self, redis: str | aioredis.Redis, *, queue_size: int = 256, retry_s: float = 0.5) -> None:
         if isinstance(redis, str):
-            self._client: Any = aioredis.Redis.from_url(
+            # (`redis+sentinel://`: the subscription is re-made on the primary after a failover.)
+            self._client: Any = redisurl.async_client(
                 redis, socket_connect_timeout=2.0, health_check_interval=15, socket_keepalive=True
             )
             self._own = True

@@ -55,7 +55,7 @@ from gateway.infra.rediskeys import (
     thread_key,
     thread_messages_key,
 )
-from gateway.infra.wire import Wire
+from gateway.infra.wire import ReplicaAck, Wire
 from gateway.messaging.jobs import Enqueuer, inbound_reply
 from gateway.outbox.guard import Outbox, Verdict
 from gateway.outbox.store import number_hash
@@ -142,14 +142,45 @@ class OptOutRegistry:
 
     AUDIT = OPTOUT_AUDIT
 
-    def __init__(self, client: aioredis.Redis, hash_key: bytes) -> None:
+    def __init__(
+        self, client: aioredis.Redis, hash_key: bytes, *, wire: Wire | None = None, ack: ReplicaAck | None = None
+    ) -> None:
         self.client: Any = client
         self.hash_key = hash_key
         self.counts: dict[tuple[str, str], int] = {}  # (opt_out|opt_in, channel) for /metrics
+        # With replica acknowledgements (`ack.replicas` > 0) the change goes over `wire`, where
+        # a WAIT can follow it on the same connection (WAIT covers that connection's writes).
+        self.wire = wire
+        self.ack = ack if ack is not None else ReplicaAck()
 
     async def set(self, e164: str, opted_out: bool, *, channel: str, via: str) -> None:
         h = number_hash(self.hash_key, e164)
         record = json.dumps({"at": round(time.time(), 3), "channel": channel, "via": via})
+        if self.ack.replicas and self.wire is not None:
+            await self._set_replicated(h, opted_out, record, channel=channel, via=via)
+        else:
+            await self._set(h, opted_out, record, channel=channel, via=via)
+        key = ("opt_out" if opted_out else "opt_in", channel)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        log.info("%s %s via %s (%s)", mask(e164), "opted out" if opted_out else "opted in", channel, via)
+
+    async def _set_replicated(self, h: str, opted_out: bool, record: str, *, channel: str, via: str) -> None:
+        """`_set`'s transaction over the wire, then WAIT, in one write (`execute_many` keeps
+        MULTI ... EXEC and the WAIT contiguous on the connection)."""
+        assert self.wire is not None
+        change: tuple[str | bytes, ...] = ("SET", optout_key(h), record) if opted_out else ("DEL", optout_key(h))
+        action = "opt_out" if opted_out else "opt_in"
+        audit: tuple[str, ...] = ("XADD", self.AUDIT, "*", "number", h, "action", action, "channel", channel)
+        audit += ("via", via, "at", f"{time.time():.3f}")
+        try:
+            replies = await self.wire.execute_many(
+                [("MULTI",), change, audit, ("EXEC",), self.ack.command], hold_s=self.ack.hold_s
+            )
+            self.ack.check(replies[-1], "optout")
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+
+    async def _set(self, h: str, opted_out: bool, record: str, *, channel: str, via: str) -> None:
         try:
             async with self.client.pipeline(transaction=True) as pipe:
                 if opted_out:
@@ -169,9 +200,6 @@ class OptOutRegistry:
                 await pipe.execute()
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
-        key = ("opt_out" if opted_out else "opt_in", channel)
-        self.counts[key] = self.counts.get(key, 0) + 1
-        log.info("%s %s via %s (%s)", mask(e164), "opted out" if opted_out else "opted in", channel, via)
 
     async def status(self, e164: str) -> dict[str, Any] | None:
         try:
@@ -197,6 +225,7 @@ class Intake:
         wire: Wire,
         records: RecordSink | None = None,
         office_hours: TimeWindow = OFFICE_HOURS,
+        ack: ReplicaAck | None = None,
     ) -> None:
         # redis-py types every reply as a union of everything; this module reads bytes replies.
         self.client: Any = client
@@ -208,7 +237,9 @@ class Intake:
         self.outbox = outbox
         self.enqueuer = enqueuer
         self.sink = sink
-        self.optouts = OptOutRegistry(client, hash_key)
+        # Replica acknowledgements the accept and opt-outs wait for (none by default).
+        self.ack = ack if ack is not None else ReplicaAck()
+        self.optouts = OptOutRegistry(client, hash_key, wire=wire, ack=self.ack)
         self.replies = Replies(outbox, enqueuer, sealer, sms_provider)
         self.counts: dict[tuple[str, str, str], int] = {}  # (queue, status, keyword) for /metrics
         self._accept = self.wire.register_script(_ACCEPT)
@@ -306,7 +337,10 @@ class Intake:
                     DESK_PREFIX,
                     CONSOLE_EVENTS,
                 ]
-                stored, value = await self._accept(keys=keys, args=args)
+                if self.ack.replicas:  # durable means replicated (redis.min_replicas_ack)
+                    stored, value = await self._accept.call_replicated(self.ack, "inbound", keys=keys, args=args)
+                else:
+                    stored, value = await self._accept(keys=keys, args=args)
                 if int(stored) != 2:
                     break
                 contact = value
@@ -608,10 +642,19 @@ class Intake:
             raise InboundRejected("empty reply")
         await self.claim(tid, staff)
         once = reply_once_key(tid, hashlib.sha256(f"{staff}|{text}".encode()).hexdigest()[:24])
+        action = f"reply:{uuid.uuid4().hex[:12]}"
+        # With replica acknowledgements, an answer answered "store_unavailable" is queued on the
+        # primary all the same (only the replica's acknowledgement was missing): the once-key
+        # keeps its action, and the retry reuses it, so the guard's claim finds it a duplicate
+        # instead of queueing the answer a second time (or queues it if it really was lost).
+        replicated = self.ack.replicas > 0
         try:
             raw = await self.client.hgetall(thread_key(tid))
-            if not await self.client.set(once, "1", nx=True, ex=REPLY_ONCE_S):
-                return "duplicate"
+            if not await self.client.set(once, action if replicated else "1", nx=True, ex=REPLY_ONCE_S):
+                prior = await self.client.get(once) if replicated else None
+                if not prior or not prior.startswith(b"reply:"):
+                    return "duplicate"
+                action = prior.decode()
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
         if not raw:  # (expired between the claim and now)
@@ -619,11 +662,11 @@ class Intake:
         t = {k.decode(): v.decode() for k, v in raw.items()}
         sender = self.sealer.open(t["sender"], tid.encode())
         result = "failed"
-        action = f"reply:{uuid.uuid4().hex[:12]}"
         try:
             result = await self.replies.send(tid, sender, t["to"], text, action, staff=staff)
         finally:
-            if result != "queued":
+            kept = ("queued", Verdict.DUPLICATE.value, Verdict.STORE_UNAVAILABLE.value) if replicated else ("queued",)
+            if result not in kept:
                 # Not sent: the same answer may be posted again at once.
                 with contextlib.suppress(RedisError):
                     await self.client.delete(once)

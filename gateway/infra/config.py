@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from gateway.errors import ConfigError, RulesError
+from gateway.infra import redisurl
 from gateway.infra.crypto import Sealer
 from gateway.infra.tls import TlsFileError, server_context
 from gateway.infra.yamldoc import Lines, file_label, line_of, load_yaml, validate
@@ -61,7 +62,17 @@ SCHEMA: dict[str, Any] = {
         "redis": {
             "type": "object",
             "additionalProperties": False,
-            "properties": {"url": {"type": "string"}, "url_env": _ENV},
+            # sentinel_password_env: the variable holding the sentinels' own password, for a
+            # `redis+sentinel://` URL (gateway.infra.redisurl; default REDIS_SENTINEL_PASSWORD).
+            # min_replicas_ack: durable means acknowledged by this many replicas (Redis WAIT) before
+            # an accept / opt-out / lettering claim succeeds; 0 (default): not waited for.
+            "properties": {
+                "url": {"type": "string"},
+                "url_env": _ENV,
+                "sentinel_password_env": _ENV,
+                "min_replicas_ack": {"type": "integer", "minimum": 0, "maximum": 16},
+                "replica_ack_timeout_ms": {"type": "integer", "minimum": 1, "maximum": 60_000},
+            },
         },
         "http": {
             "type": "object",
@@ -390,14 +401,20 @@ class GatewayConfig:
     http_internal_port: int | None = None
     records: RecordsConfig = field(default_factory=RecordsConfig)
     console: ConsoleConfig | None = None  # None: no console listener
+    sentinel_password_env: str = redisurl.DEFAULT_PASSWORD_ENV
+    # Redis WAIT after the durable writes (gateway.infra.wire.ReplicaAck); 0: not waited for.
+    min_replicas_ack: int = 0
+    replica_ack_timeout_ms: int = 500
 
     def records_url(self, environ: Mapping[str, str]) -> str:
         """The records database's URL: the `records.url_env` variable, else `records.url`."""
         return environ.get(self.records.url_env, "") or self.records.url
 
     def resolved_redis_url(self, environ: Mapping[str, str]) -> str:
-        """The Redis URL from the environment variable, else the file; "" if neither."""
-        return environ.get(self.redis_url_env, "") or self.redis_url
+        """The Redis URL from the environment variable, else the file; "" if neither. A
+        `redis+sentinel://` URL names the sentinels' password variable when it is not the default."""
+        url = environ.get(self.redis_url_env, "") or self.redis_url
+        return redisurl.with_password_env(url, self.sentinel_password_env)
 
     def number_key(self, environ: Mapping[str, str]) -> bytes:
         value = environ.get(self.number_key_env, "")
@@ -485,6 +502,9 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
         ),
         redis_url=redis.get("url", ""),
         redis_url_env=redis.get("url_env", "REDIS_URL"),
+        sentinel_password_env=redis.get("sentinel_password_env", redisurl.DEFAULT_PASSWORD_ENV),
+        min_replicas_ack=int(redis.get("min_replicas_ack", 0)),
+        replica_ack_timeout_ms=int(redis.get("replica_ack_timeout_ms", 500)),
         http_host=http.get("host", "127.0.0.1"),
         http_port=int(http.get("port", 8080)),
         rules_dir=rules_dir,

@@ -94,6 +94,11 @@ def dedupe_key(key: str) -> str:
     return PREFIX + "dedupe:" + key
 
 
+def alive_key(instance: str) -> str:
+    """A gateway instance's liveness heartbeat (`gateway.outbox.liveness`); "" gives the prefix."""
+    return PREFIX + "alive:" + instance
+
+
 def rate_key(recipient_hash: str, bucket: int | str) -> str:
     return f"{PREFIX}rate:{recipient_hash}:{bucket}"
 
@@ -302,7 +307,16 @@ KEY_FAMILIES: tuple[KeyFamily, ...] = (
         "plain",
         "the guard's dedupe TTL (config dedupe_ttl_s; a settle sets it again)",
         "gateway.outbox.store",
-        "claim: '<epoch>', 'lease:<epoch>' or 'settled:<epoch>'; key '<pbx>:<call>:<action>:<hash>'",
+        "claim: '<epoch>', 'lease:<epoch>[:<instance>]' or 'settled:<epoch>'; key '<pbx>:<call>:<action>:<hash>'",
+    ),
+    KeyFamily(
+        "gw:alive:<instance>",
+        alive_key,
+        "string",
+        "plain",
+        "gateway.outbox.liveness TTL_S (0.7 s), renewed every 0.25 s while the gateway runs",
+        "gateway.outbox.liveness",
+        "'<epoch>': this gateway instance is alive; its lettering leases may not be taken over",
     ),
     KeyFamily(
         "gw:rate:<recipient_hash>:<bucket>",

@@ -36,7 +36,7 @@ import asyncio
 import hashlib
 import ssl
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, cast
 
 import hiredis
@@ -44,6 +44,8 @@ from redis.asyncio.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway.infra import redisurl
 
 Arg = str | bytes | int | float
 
@@ -69,6 +71,9 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self._flush_scheduled = False
         self._timer: asyncio.Handle | None = None
+        # A blocking command (WAIT) holds the connection until then: Redis answers the commands
+        # written after it only once it returns, so their deadlines start from there.
+        self._held_until = 0.0
 
     # -------------------------------------------------------------- protocol callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -110,11 +115,15 @@ class _Connection(asyncio.Protocol):
         self.fail(RedisConnectionError(f"redis connection lost: {exc}" if exc else "redis closed the connection"))
 
     # -------------------------------------------------------------- sending
-    def send(self, packed: Sequence[bytes]) -> list[asyncio.Future[Any]]:
-        """Queue commands (already packed) for this iteration's write; one future per command."""
+    def send(self, packed: Sequence[bytes], hold_s: float = 0.0) -> list[asyncio.Future[Any]]:
+        """Queue commands (already packed) for this iteration's write; one future per command.
+        `hold_s`: the last command may block Redis' answers on this connection that long (WAIT)."""
         if self.closed:
             raise RedisConnectionError("redis connection closed")
-        deadline = self.loop.time() + self.timeout_s
+        start = max(self.loop.time(), self._held_until)
+        if hold_s:
+            self._held_until = start + hold_s
+        deadline = start + hold_s + self.timeout_s
         futures = []
         for command in packed:
             future: asyncio.Future[Any] = self.loop.create_future()
@@ -176,6 +185,40 @@ class _Connection(asyncio.Protocol):
         self.fail(RedisConnectionError("redis connection closed"))
 
 
+class ReplicaAckTimeout(RedisTimeoutError):
+    """Fewer replicas than configured acknowledged a write within the timeout: the write is on
+    the primary only, and a failover now could lose it. A `RedisError`, so callers answer it
+    like an unreachable Redis (503 / 451, a lettering fails closed)."""
+
+
+class ReplicaAck:
+    """`redis.min_replicas_ack` / `replica_ack_timeout_ms`: durable means acknowledged by
+    `replicas` replicas (Redis WAIT on the connection that wrote). `replicas` 0: never waited
+    for, and callers keep their plain path (no extra command). `timeouts` counts the waits that
+    fell short, by what was written, for /metrics."""
+
+    def __init__(self, replicas: int = 0, timeout_ms: int = 500) -> None:
+        self.replicas = replicas
+        self.timeout_ms = timeout_ms
+        self.command: tuple[Arg, ...] = ("WAIT", replicas, timeout_ms)
+        self.hold_s = timeout_ms / 1000
+        self.timeouts: dict[str, int] = {}
+
+    def check(self, acked: Any, what: str) -> None:
+        """Raise `ReplicaAckTimeout` (and count it) when `acked` (WAIT's reply) falls short."""
+        if int(acked) < self.replicas:
+            self.timeouts[what] = self.timeouts.get(what, 0) + 1
+            raise ReplicaAckTimeout(
+                f"{what}: {int(acked)} of {self.replicas} replica(s) acknowledged within {self.timeout_ms} ms"
+            )
+
+    async def wait(self, wire: Wire, what: str) -> None:
+        """WAIT on `wire` alone (after writes already sent on it): for writes that are not one
+        script call."""
+        (acked,) = await wire.execute_many([self.command], hold_s=self.hold_s)
+        self.check(acked, what)
+
+
 class Script:
     """A Lua script called by its SHA1 (EVALSHA), sent in full (EVAL) when Redis lacks it
     (after a restart or SCRIPT FLUSH). Called like redis-py's `AsyncScript`."""
@@ -192,6 +235,23 @@ class Script:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
         return await self.wire.execute("EVAL", self.source, len(keys), *keys, *args)
+
+    async def call_replicated(
+        self, ack: ReplicaAck, what: str, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()
+    ) -> Any:
+        """The script's reply once its writes reached `ack.replicas` replicas: the call and a
+        WAIT in one round trip (written together, so WAIT covers this call's writes). Fewer
+        acknowledgements within the timeout raise `ReplicaAckTimeout` (the writes stay: the
+        scripts are idempotent, the caller's retry finds them)."""
+        call = (len(keys), *keys, *args)
+        try:
+            result, acked = await self.wire.execute_many([("EVALSHA", self.sha, *call), ack.command], hold_s=ack.hold_s)
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            result, acked = await self.wire.execute_many([("EVAL", self.source, *call), ack.command], hold_s=ack.hold_s)
+        ack.check(acked, what)
+        return result
 
 
 class Wire:
@@ -210,11 +270,16 @@ class Wire:
         tls: ssl.SSLContext | None = None,
         timeout_s: float = 0.25,
         connect_timeout_s: float = 1.0,
+        resolver: Callable[[], Awaitable[tuple[str, int]]] | None = None,
     ) -> None:
         self.host, self.port, self.path, self.db = host, port, path, db
         self.username, self.password, self.tls = username, password, tls
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
+        # With Sentinel (`redisurl.resolve_master`): asked for the primary's address at each
+        # (re)connect, so a failover is followed by the next command after the old connection
+        # failed; a node that does not answer ROLE with "master" is refused.
+        self.resolver = resolver
         self._conn: _Connection | None = None
         self._connecting: asyncio.Task[_Connection] | None = None  # the connect under way, shared
         # For /health and /metrics: connections made, connects that failed, connections dropped
@@ -230,7 +295,11 @@ class Wire:
     def from_url(cls, url: str, *, timeout_s: float = 0.25, connect_timeout_s: float = 1.0) -> Wire:
         """`redis://[user:password@]host[:port][/db]`, `rediss://...` (with redis-py's `ssl_ca_certs`,
         `ssl_cert_reqs`, `ssl_check_hostname`, `ssl_certfile`, `ssl_keyfile` query options) or
-        `unix:///path?db=N`: the same URL the redis-py clients get."""
+        `unix:///path?db=N`, or `redis+sentinel://...` (`gateway.infra.redisurl`): the same URL
+        the redis-py clients get."""
+        if redisurl.is_sentinel(url):
+            connect_timeout_s = max(connect_timeout_s, timeout_s)
+            return cls.from_sentinel(redisurl.parse(url), timeout_s=timeout_s, connect_timeout_s=connect_timeout_s)
         return cls.from_kwargs(
             parse_url(url),
             tls=url.startswith("rediss://"),
@@ -253,6 +322,26 @@ class Wire:
             connect_timeout_s=connect_timeout_s,
         )
 
+    @classmethod
+    def from_sentinel(cls, parsed: redisurl.SentinelUrl, *, timeout_s: float, connect_timeout_s: float) -> Wire:
+        """A Wire that finds the primary through the sentinels at each connect."""
+        return cls(
+            host="",
+            port=0,
+            db=parsed.db,
+            username=parsed.username,
+            password=parsed.password,
+            timeout_s=timeout_s,
+            connect_timeout_s=connect_timeout_s,
+            # Half the connect's time for the sentinels, the rest for the primary.
+            resolver=redisurl.MasterResolver(parsed, max(0.1, connect_timeout_s / 2)),
+        )
+
+    @property
+    def address(self) -> str:
+        """The node connected to last (with Sentinel: the primary found at the last connect)."""
+        return self._address()
+
     def register_script(self, source: str) -> Script:
         return Script(self, source)
 
@@ -263,15 +352,16 @@ class Wire:
             conn = await self._connect()
         return await conn.send((_pack(args),))[0]
 
-    async def execute_many(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+    async def execute_many(self, commands: Sequence[Sequence[Arg]], *, hold_s: float = 0.0) -> list[Any]:
         """Send commands back to back (one write); their replies in order. The first error
-        reply is raised after every reply has arrived, like redis-py's pipeline."""
+        reply is raised after every reply has arrived, like redis-py's pipeline. `hold_s`: the
+        last command blocks up to that long (WAIT), on top of the command timeout."""
         if not commands:
             return []
         conn = self._conn
         if conn is None or conn.closed:
             conn = await self._connect()
-        futures = conn.send([_pack(c) for c in commands])
+        futures = conn.send([_pack(c) for c in commands], hold_s)
         results = await asyncio.gather(*futures, return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
@@ -332,6 +422,8 @@ class Wire:
         def factory() -> _Connection:
             return _Connection(loop, self.timeout_s, self.events)
 
+        if self.resolver is not None:
+            self.host, self.port = await self.resolver()
         if self.path:
             _, conn = await loop.create_unix_connection(factory, self.path)
         else:
@@ -342,15 +434,36 @@ class Wire:
                 hello.append(("AUTH", self.username, self.password) if self.username else ("AUTH", self.password))
             if self.db:
                 hello.append(("SELECT", self.db))
+            if self.resolver is not None:
+                hello.append(("ROLE",))
             if hello:
-                await asyncio.gather(*conn.send([_pack(c) for c in hello]))
+                replies = await asyncio.gather(*conn.send([_pack(c) for c in hello]), return_exceptions=True)
+                for reply in replies[:-1] if self.resolver is not None else replies:
+                    if isinstance(reply, BaseException):
+                        raise reply
+                if self.resolver is not None:
+                    self._check_role(replies[-1])
         except BaseException:
             conn.close()
             raise
         return conn
 
+    def _check_role(self, reply: Any) -> None:
+        """Refuse a node that says it is not the primary: the sentinels' view is a moment old,
+        and a demoted primary that came back answers as a replica (every write would fail
+        READONLY). ROLE is an @admin command: a user denied it (ops/redis.conf's `gateway` user
+        unless granted `+role`) is taken at the sentinels' word, and a READONLY reply still
+        drops the connection (see `_Connection.data_received`)."""
+        if isinstance(reply, ResponseError) and str(reply).startswith("NOPERM"):
+            return
+        if isinstance(reply, BaseException):
+            raise reply
+        if not reply or reply[0] != b"master":
+            role = reply[0].decode() if reply else "?"
+            raise RedisConnectionError(f"{self._address()} reports role:{role}, not master")
+
     def _address(self) -> str:
-        return self.path or f"{self.host}:{self.port}"
+        return self.path or (f"{self.host}:{self.port}" if self.host else "the primary (not found yet)")
 
     async def aclose(self) -> None:
         task, self._connecting = self._connecting, None
@@ -368,6 +481,10 @@ def wire_like(client: Any, *, timeout_s: float | None = None) -> Wire:
     pool = client.connection_pool
     kw = pool.connection_kwargs
     timeout = timeout_s if timeout_s is not None else float(kw.get("socket_timeout") or 5.0)
+    parsed = getattr(pool, "sentinel_url", None)  # `redisurl.async_client(..., blocking=True)`
+    if parsed is not None:
+        connect_timeout = max(float(kw.get("socket_connect_timeout") or timeout), timeout)
+        return Wire.from_sentinel(parsed, timeout_s=timeout, connect_timeout_s=connect_timeout)
     return Wire.from_kwargs(
         kw,
         tls="SSL" in getattr(pool.connection_class, "__name__", ""),

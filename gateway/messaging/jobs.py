@@ -40,6 +40,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry as SyncRetry
 
 from gateway.domain.models import AlimtalkRequest, Button, SmsRequest
+from gateway.infra import redisurl
 from gateway.infra.crypto import Sealer
 from gateway.infra.rediskeys import (
     dead_letters_key,
@@ -132,7 +133,8 @@ def make_broker(
     ]
     # Our own client: RedisBroker ignores timeouts passed beside a URL, and redis-py's default
     # retries would hold an enqueue (and a shutting-down process) for a minute on a dead Redis.
-    client = redis.Redis.from_url(
+    # (A `redis+sentinel://` URL gives a Sentinel master client: it follows a failover.)
+    client = redisurl.sync_client(
         redis_url,
         socket_timeout=2.0,
         socket_connect_timeout=2.0,

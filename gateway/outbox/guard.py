@@ -9,6 +9,13 @@ dedupe per call and action (`SET NX` with TTL, so two gateways following the sam
 letter each call exactly once) and a per-citizen rate limit; then it calls the adapter
 and records the outcome. Adapters are never called around it.
 
+A lettering claim is first a lease, made final once the carrier answered. With a `Liveness`
+(every `gateway run`) the lease names this gateway instance, whose heartbeat is in Redis: a
+peer finding the lease of an instance whose heartbeat is gone (SIGKILLed, SIGSTOPped) takes
+the call over in the claim's own atomic step and letters it while the phone still rings
+(about 0.7 s after the death); one that cannot before the ringing ends reports `owner_died`,
+never `duplicate`. Both gateways' carrier requests carry the same idempotency key.
+
 If the store cannot be reached the guard fails closed: not sending is always lawful,
 sending to a citizen who opted out is not.
 """
@@ -18,10 +25,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from gateway.domain.models import (
     AlimtalkRequest,
@@ -34,6 +41,7 @@ from gateway.domain.models import (
 )
 from gateway.domain.numbers import mask
 from gateway.errors import StoreUnavailable
+from gateway.outbox.liveness import Liveness
 from gateway.outbox.providerstats import ProviderStats
 from gateway.outbox.store import number_hash
 from gateway.ports import AlimtalkProvider, LetteringCarrier, OutboxStore, QueuePut, SentLookup, SmsProvider
@@ -54,6 +62,17 @@ class Verdict(StrEnum):
     ADMITTED = "admitted"  # a durable message passed the guard and may be queued
     ALREADY_SENT = "already_sent"  # a redelivered job whose message the provider already accepted
     LEASED = "leased"  # a peer's lease holds this call: it is asking the carrier right now (or died)
+    # A peer claimed this call and died (its heartbeat is gone) without settling it, and the phone
+    # stopped ringing before this gateway could take it over: whether it was lettered is unknown.
+    OWNER_DIED = "owner_died"
+
+
+# While a live peer's lease holds a ringing call: how often to look whether the phone still rings,
+# and how long after the peer's heartbeat would lapse to ask again (the peer renews it meanwhile).
+RINGING_CHECK_S = 0.1
+HEARTBEAT_MARGIN_S = 0.03
+LAPSE_POLL_S = 0.25  # a lease naming no instance (an earlier release): only its lapse frees the call
+LEASE_GRACE_S = 0.25  # past the lease's TTL: it has lapsed or been settled
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +138,17 @@ class QueuedMessage:
 FOUND_AT_PROVIDER = "found at provider after an unknown outcome; not sent again"
 
 
+@runtime_checkable
+class AlimtalkLookup(Protocol):
+    """An Alimtalk provider that can be asked whether it already took a message (NHN's
+    "List messages"): `find_sent` as in `SentLookup`, for an `AlimtalkRequest`."""
+
+    async def find_sent(self, request: AlimtalkRequest, since: float) -> SendOutcome | None: ...
+
+
+TAKEN_OVER = "taken_over"  # a claim answer, and its count: a dead peer's lettering lease, now ours
+
+
 class Outbox:
     def __init__(
         self,
@@ -130,8 +160,12 @@ class Outbox:
         alimtalk: Mapping[str, AlimtalkProvider] | None = None,
         sms: Mapping[str, SmsProvider] | None = None,
         device_memory_s: int = 30 * 86400,
+        liveness: Liveness | None = None,
     ) -> None:
         self.store = store
+        # This gateway instance's heartbeat: with it, lettering leases name the instance and a
+        # dead peer's lease is taken over at once (`deliver`); without, a lease is waited out.
+        self.liveness = liveness
         self.carriers = dict(carriers)
         self.alimtalk = dict(alimtalk or {})
         self.sms = dict(sms or {})
@@ -155,8 +189,13 @@ class Outbox:
         return f"{pbx}:{call_id}:{action}:{recipient_hash}"
 
     # ------------------------------------------------------------ real time: lettering
-    async def deliver(self, message: Outgoing) -> Delivery:
-        """Lettering: guard and send at once (the phone is ringing)."""
+    async def deliver(self, message: Outgoing, *, ringing: Callable[[], bool] | None = None) -> Delivery:
+        """Lettering: guard and send at once (the phone is ringing).
+
+        A lease claim (`message.lease_s`) held by a peer answers LEASED at once without
+        `ringing`; with it, the call is watched while the phone rings: the peer settles it
+        (DUPLICATE), or dies and this gateway takes it over and letters it, or the phone stops
+        ringing first (DUPLICATE while the peer lives, OWNER_DIED when it died)."""
         if not message.recipient.startswith("+"):
             self._count(Verdict.INVALID_RECIPIENT)
             return Delivery(Verdict.INVALID_RECIPIENT)
@@ -168,15 +207,9 @@ class Outbox:
         recipient_hash = number_hash(self.hash_key, message.recipient)
         dedupe_key = self.key_for(message.pbx, message.call_id, message.action, message.recipient)
         try:
-            claim = await self.store.claim(
-                dedupe_key=dedupe_key,
-                recipient_hash=recipient_hash,
-                ttl_s=message.lease_s or self.dedupe_ttl_s,
-                rate_limit=message.rate_limit,
-                rate_window_s=message.rate_window_s,
-                check_no_lettering=True,
-                lease=message.lease_s is not None,
-            )
+            claim = await self._claim_lettering(message, dedupe_key, recipient_hash)
+            if claim.startswith(Verdict.LEASED) and ringing is not None:
+                claim = await self._watch_lease(message, dedupe_key, recipient_hash, claim, ringing)
         except StoreUnavailable as exc:
             log.error(
                 "outbox store unavailable, %s to %s for call %s not sent: %s",
@@ -187,11 +220,20 @@ class Outbox:
             )
             self._count(Verdict.STORE_UNAVAILABLE)
             return Delivery(Verdict.STORE_UNAVAILABLE)
+        if claim.startswith(TAKEN_OVER):
+            self._count(TAKEN_OVER)
+            log.warning(
+                "%s to %s for call %s: taken over from a gateway that died holding it",
+                message.action,
+                mask(message.recipient),
+                message.call_id,
+            )
+            claim = "ok" + claim.removeprefix(TAKEN_OVER)  # "ok" or "ok_no_lettering"
         if claim == "ok_no_lettering":
             self._count(Verdict.KNOWN_NO_LETTERING)
             return Delivery(Verdict.KNOWN_NO_LETTERING)
         if claim != "ok":
-            verdict = Verdict(claim)
+            verdict = Verdict(claim.partition(":")[0])  # "leased:<ms>" -> LEASED
             log.info(
                 "%s to %s for call %s not sent: %s", message.action, mask(message.recipient), message.call_id, verdict
             )
@@ -225,6 +267,58 @@ class Outbox:
         else:
             self._settle_soon(dedupe_key, audit)
         return Delivery(Verdict.SENT, outcome, started)
+
+    async def _claim_lettering(
+        self, message: Outgoing, dedupe_key: str, recipient_hash: str, peek: bool = False
+    ) -> str:
+        """One round trip: a lease naming this instance when its heartbeat is on (a dead peer's
+        lease is taken over), else `claim` as before liveness."""
+        if self.liveness is not None and message.lease_s is not None:
+            return await self.liveness.store.claim_lease(
+                dedupe_key=dedupe_key,
+                recipient_hash=recipient_hash,
+                ttl_s=message.lease_s,
+                rate_limit=message.rate_limit,
+                rate_window_s=message.rate_window_s,
+                owner=self.liveness.instance if self.liveness.beating else "",
+                peek=peek,
+            )
+        return await self.store.claim(
+            dedupe_key=dedupe_key,
+            recipient_hash=recipient_hash,
+            ttl_s=message.lease_s or self.dedupe_ttl_s,
+            rate_limit=message.rate_limit,
+            rate_window_s=message.rate_window_s,
+            check_no_lettering=True,
+            lease=message.lease_s is not None,
+        )
+
+    async def _watch_lease(
+        self, message: Outgoing, dedupe_key: str, recipient_hash: str, claim: str, ringing: Callable[[], bool]
+    ) -> str:
+        """A peer's lease holds the ringing call: ask again when its heartbeat would lapse
+        ("leased:<ms>"; a live peer renews it, a dead one's lease is then taken over), until
+        it is settled, taken over, or the phone stops ringing. Bounded by the lease's own TTL
+        (its owner settles it or it lapses by then); a live peer still on it is a duplicate."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (message.lease_s or 0.0) + LEASE_GRACE_S
+        while True:
+            _, _, ms = claim.partition(":")
+            wake = min(loop.time() + (int(ms) / 1000 + HEARTBEAT_MARGIN_S if ms else LAPSE_POLL_S), deadline)
+            while loop.time() < wake:  # the phone may stop ringing meanwhile: looked at often
+                if not ringing():
+                    break
+                await asyncio.sleep(min(RINGING_CHECK_S, max(0.0, wake - loop.time())))
+            if not ringing():
+                if self.liveness is None:
+                    return Verdict.DUPLICATE
+                peek = await self._claim_lettering(message, dedupe_key, recipient_hash, peek=True)
+                return Verdict.OWNER_DIED if peek == Verdict.OWNER_DIED else Verdict.DUPLICATE
+            claim = await self._claim_lettering(message, dedupe_key, recipient_hash)
+            if not claim.startswith(Verdict.LEASED):
+                return claim
+            if loop.time() >= deadline:
+                return Verdict.DUPLICATE  # the peer lives and is still on it (or an old lease)
 
     def _settle_soon(self, dedupe_key: str, audit: Mapping[str, Any]) -> None:
         """Make the lease final and write the audit entry, batched: under a burst of calls the
@@ -315,6 +409,44 @@ class Outbox:
             return SendOutcome(found.result, found.provider, found.reference, FOUND_AT_PROVIDER)
         return found
 
+    async def _alimtalk_already_taken(
+        self, provider: object, request: AlimtalkRequest, message: QueuedMessage
+    ) -> SendOutcome | None:
+        """As `_already_taken`, for an Alimtalk provider that can be asked. Its idempotency key
+        already covers a resend within the provider's window (NHN: 10 minutes), so when the
+        provider cannot tell, the message is sent as before (counted), not held back."""
+        if not isinstance(provider, AlimtalkLookup):
+            return None
+        previous = await self.store.begin_attempt(idempotency_key=message.key)
+        if previous is None:
+            return None
+        found = await provider.find_sent(request, previous)
+        if found is None:
+            log.info(
+                "%s to %s for call %s: earlier attempt not at %s, sending",
+                message.action,
+                mask(message.recipient),
+                message.call_id,
+                message.provider,
+            )
+            return None
+        if found.result is SendResult.TEMPORARY_ERROR:
+            self._count(f"send:{message.action}:lookup_failed")
+            log.warning(
+                "%s to %s for call %s: %s cannot tell whether an earlier attempt was taken (%s); "
+                "sending with the same idempotency key",
+                message.action,
+                mask(message.recipient),
+                message.call_id,
+                message.provider,
+                found.detail,
+            )
+            return None
+        if found.result is SendResult.ACCEPTED:
+            return SendOutcome(found.result, found.provider, found.reference, FOUND_AT_PROVIDER)
+        self._count(f"send:{message.action}:found_at_provider")
+        return found
+
     async def send(self, message: QueuedMessage) -> SendOutcome | Verdict:
         """Hand a queued message to its provider, once: the opt-out is checked again (it may
         have come in while the message waited) and a message the provider already accepted
@@ -335,7 +467,8 @@ class Outbox:
             if provider_a is None:
                 self._count(Verdict.NO_CARRIER)
                 return Verdict.NO_CARRIER
-            outcome = await provider_a.send_alimtalk(message.alimtalk)
+            found = await self._alimtalk_already_taken(provider_a, message.alimtalk, message)
+            outcome = found or await provider_a.send_alimtalk(message.alimtalk)
         elif message.sms is not None:
             provider_s = self.sms.get(message.provider)
             if provider_s is None:

@@ -24,11 +24,12 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.errors import StoreUnavailable
-from gateway.infra import rediskeys
+from gateway.infra import rediskeys, redisurl
 from gateway.infra.crypto import hmac_sha256_hex
 from gateway.infra.rediskeys import (
     AUDIT_STREAM,
     NONE_KEY,
+    alive_key,
     attempt_key,
     contact_key,
     lua_script,
@@ -38,7 +39,7 @@ from gateway.infra.rediskeys import (
     rate_key,
     sent_key,
 )
-from gateway.infra.wire import Wire, wire_like
+from gateway.infra.wire import ReplicaAck, Wire, wire_like
 from gateway.ports import QueuePut
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ AUDIT_MAXLEN = 200_000
 # script of its own could run it inside its atomic step; the claim script calls `claim_then`.
 CLAIM_LUA = lua_script(__package__, "claim.lua")
 _CLAIM = CLAIM_LUA + "return claim_then(KEYS, ARGV)\n"
+_CLAIM_LEASE = CLAIM_LUA + "return claim_lease(KEYS, ARGV)\n"  # lettering: leases tied to liveness
 _REPORT = lua_script(__package__, "report.lua")  # delivery state only moves forward
 
 
@@ -87,8 +89,12 @@ def connect(
     # A connect includes redis-py's handshake (HELLO, CLIENT SETINFO), answered only when the
     # event loop gets to it: on a loop saturated by a burst of AMI events, 0.25 s refused
     # letterings as store_unavailable. New connections are rare (the pool is warmed and kept).
-    pool = aioredis.BlockingConnectionPool.from_url(
+    # A `redis+sentinel://` URL gets a Sentinel pool (`gateway.infra.redisurl`): each new
+    # connection asks the sentinels for the primary, so the client follows a failover.
+    return redisurl.async_client(
         url,
+        blocking=True,
+        sentinel_timeout_s=max(timeout_s, 0.5),
         max_connections=max_connections,
         timeout=pool_wait_s,
         socket_timeout=timeout_s,
@@ -97,8 +103,8 @@ def connect(
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         health_check_interval=0,
         driver_info=DriverInfo(lib_version=redis.__version__),
+        decode_responses=False,
     )
-    return aioredis.Redis(connection_pool=pool, decode_responses=False)
 
 
 async def warm_up(client: aioredis.Redis, connections: int = 16) -> None:
@@ -116,11 +122,29 @@ class RedisOutboxStore:
     multiplexed connection, see `gateway.infra.wire`); the rest over the redis-py `client`. Without
     a `wire`, one to the client's Redis with its timeouts is made, and closed by `aclose`."""
 
-    def __init__(self, client: aioredis.Redis, wire: Wire | None = None) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        wire: Wire | None = None,
+        *,
+        ack: ReplicaAck | None = None,
+        replicated_wire: Wire | None = None,
+    ) -> None:
         self.client = client
+        # `redis.min_replicas_ack`: a claim waits for the replicas (WAIT in the claim's round
+        # trip); too few within the timeout raise StoreUnavailable and the guard fails closed,
+        # as with Redis down: the call is not lettered (the claim stays written, so a later
+        # attempt finds it taken) rather than possibly lettered twice after a failover that lost
+        # the claim. 0 (default): not waited for.
+        self.ack = ack if ack is not None else ReplicaAck()
         self._own_wire = wire is None
         self.wire = wire if wire is not None else wire_like(client)
-        self._claim = self.wire.register_script(_CLAIM)
+        # Claims that wait for replicas go over `replicated_wire` when given: a WAIT holds its
+        # connection until it returns (up to the timeout while a replica is missing), and the
+        # heartbeats and settlements on `wire` must not queue behind it (owned by the caller).
+        claims = replicated_wire if replicated_wire is not None and self.ack.replicas else self.wire
+        self._claim = claims.register_script(_CLAIM)
+        self._claim_lease = claims.register_script(_CLAIM_LEASE)
         self._report = client.register_script(_REPORT)
 
     async def aclose(self) -> None:
@@ -158,10 +182,63 @@ class RedisOutboxStore:
             then=then,
         )
         try:
-            result = await self._claim(keys=keys, args=args)
+            if self.ack.replicas:
+                result = await self._claim.call_replicated(self.ack, "claim", keys=keys, args=args)
+            else:
+                result = await self._claim(keys=keys, args=args)
         except RedisError as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
         return result.decode() if isinstance(result, bytes) else str(result)
+
+    async def claim_lease(
+        self,
+        *,
+        dedupe_key: str,
+        recipient_hash: str,
+        ttl_s: float,
+        rate_limit: int,
+        rate_window_s: int,
+        owner: str,
+        peek: bool = False,
+    ) -> str:
+        """A lettering claim as a lease of gateway instance `owner` (its heartbeat: `heartbeat`),
+        in one round trip like `claim`: `claim`'s answers, or "leased:<ms>" (a live peer holds
+        it; its heartbeat lives <ms> more unless renewed), "taken_over" /
+        "taken_over_no_lettering" (the holder's heartbeat was gone: the lease is now `owner`'s).
+        With `peek` nothing is written: "duplicate", "leased" or "owner_died" (see claim.lua)."""
+        keys, args = self.claim_call(
+            dedupe_key=dedupe_key,
+            recipient_hash=recipient_hash,
+            ttl_s=ttl_s,
+            rate_limit=rate_limit,
+            rate_window_s=rate_window_s,
+            check_no_lettering=True,
+            lease=True,
+            owner=owner,
+        )
+        args += [alive_key(""), "peek" if peek else "claim"]
+        try:
+            if self.ack.replicas and not peek:
+                result = await self._claim_lease.call_replicated(self.ack, "claim", keys=keys, args=args)
+            else:
+                result = await self._claim_lease(keys=keys, args=args)
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+        return result.decode() if isinstance(result, bytes) else str(result)
+
+    async def heartbeat(self, instance: str, ttl_ms: int) -> None:
+        """Say gateway instance `instance` is alive for `ttl_ms` more (its leases are respected)."""
+        try:
+            await self.wire.execute("SET", alive_key(instance), f"{time.time():.3f}", "PX", ttl_ms)
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+
+    async def forget(self, instance: str) -> None:
+        """Remove an instance's heartbeat (a clean stop): a peer takes over what it still holds at once."""
+        try:
+            await self.wire.execute("DEL", alive_key(instance))
+        except RedisError as exc:
+            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
 
     @staticmethod
     def claim_call(
@@ -177,6 +254,7 @@ class RedisOutboxStore:
         ignore_optout: bool = False,
         lease: bool = False,
         then: QueuePut | None = None,
+        owner: str = "",
     ) -> tuple[list[str], list[int | str | bytes]]:
         """The claim's (K, A) for `CLAIM_LUA`'s `claim_then`: what `claim` sends."""
         window = max(1, rate_window_s)
@@ -189,7 +267,9 @@ class RedisOutboxStore:
             no_lettering_key(recipient_hash) if check_no_lettering else NONE_KEY,
             NONE_KEY,
         ]
-        value = f"lease:{time.time():.3f}" if lease else f"{time.time():.3f}"
+        value = f"{time.time():.3f}"
+        if lease:  # 'lease:<epoch>', or 'lease:<epoch>:<instance>' tied to that gateway's heartbeat
+            value = f"lease:{value}:{owner}" if owner else f"lease:{value}"
         args: list[int | str | bytes] = [int(ttl_s * 1000), rate_limit, window, value, max(1, cap_ttl_s) * 1000]
         if then is not None:
             keys += [then.msgs_key, then.queue_key, then.stream_key or NONE_KEY]

@@ -35,7 +35,6 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from sqlalchemy import Column, Table, delete, func, insert, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -44,6 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.domain.records import SEOUL, seoul_day
 from gateway.domain.retention import Cutoffs, PurgeCount, Retention, next_purge_at, plan_purge
 from gateway.errors import GatewayError
+from gateway.infra import redisurl
 from gateway.infra.config import GatewayConfig
 from gateway.infra.rediskeys import PURGE_LOCK
 from gateway.records import auditchain
@@ -338,7 +338,7 @@ async def _purge(
     from gateway.records.store import open_store
 
     store = open_store(url)
-    redis = aioredis.Redis.from_url(redis_url, socket_timeout=10.0, socket_connect_timeout=5.0) if redis_url else None
+    redis = redisurl.async_client(redis_url, socket_timeout=10.0, socket_connect_timeout=5.0) if redis_url else None
     try:
         await store.ready()
         await run_purge(store.engine, redis, retention_of(config), now, dry_run=dry_run, done=done)

@@ -8,6 +8,16 @@ misbehaves: `"slow"` (answers after `slow_s`, beyond any lettering deadline), `"
 (that status, e.g. `"http500"`), `"garbage"` (a 200 with an HTML page) or `"close"` (drops
 the connection without answering).
 
+Idempotency: a request whose key (the profile's `idempotency_header`) was already used within
+`idempotency_window_s` letters nothing again: it is answered at once with the first request's
+result and reference (header `Idempotent-Replayed: true`), also while that first one is still
+being answered slowly. `deliveries` counts the letterings made per key ("" for requests without
+one): a test can tell "lettered exactly once". A key is spent only by a request answered with a
+result code (slow ones included), not by a failure (httpNNN, garbage, close).
+
+`behaviour_for`, when set, may choose the behaviour per request (None: the number's), e.g. to
+hold exactly one call's request while a test kills the gateway that sent it.
+
 Used by the contract tests and meant to be reused by other tests and benchmarks:
 
     async with FakeCarrierServer(PROFILES["kt"], "secret", behaviours={...}) as server:
@@ -24,7 +34,8 @@ import re
 import socket
 import string
 import time
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -59,6 +70,8 @@ class ReceivedRequest:
     peer: tuple[str, int] | None  # client address: the same port twice means a kept-alive connection
     error: str  # "" when the request was valid, else the reason sent back with 400/401
     recipient: str  # E.164 of the recipient as understood by the server ("" when unreadable)
+    idempotency_key: str = ""  # the profile's idempotency header, "" when absent
+    replayed: bool = False  # its key was already spent: answered as the first, nothing lettered
 
 
 def _path_pattern(template: str) -> re.Pattern[str]:
@@ -85,8 +98,13 @@ class FakeCarrierServer:
         behaviours: Mapping[str, Behaviour] | None = None,
         default: Behaviour = LetteringResult.DELIVERED,
         slow_s: float = 5.0,
+        idempotency_window_s: float = 600.0,
     ) -> None:
         self.profile = profile
+        self.idempotency_window_s = idempotency_window_s
+        self.deliveries: Counter[str] = Counter()  # idempotency key -> letterings made
+        self._spent: dict[str, tuple[float, LetteringResult, str]] = {}  # key -> (at, result, reference)
+        self.behaviour_for: Callable[[ReceivedRequest], Behaviour | None] | None = None
         self.token = token
         self.slow_s = slow_s
         self.behaviours: dict[str, Behaviour] = {}
@@ -165,22 +183,38 @@ class FakeCarrierServer:
         status, error = self._validate(request, body)
         recipient = self._recipient(body) if not error else ""
         peer = request.transport.get_extra_info("peername") if request.transport else None
-        self.requests.append(
-            ReceivedRequest(
-                received_at=received_at,
-                method=request.method,
-                path=request.rel_url.raw_path,
-                headers=dict(request.headers),
-                raw=raw,
-                body=body,
-                peer=tuple(peer[:2]) if peer else None,
-                error=error,
-                recipient=recipient,
-            )
+        key = request.headers.get(self.profile.idempotency_header, "") if self.profile.idempotency_header else ""
+        spent = self._spent.get(key) if key else None
+        replayed = not error and spent is not None and received_at - spent[0] < self.idempotency_window_s
+        received = ReceivedRequest(
+            received_at=received_at,
+            method=request.method,
+            path=request.rel_url.raw_path,
+            headers=dict(request.headers),
+            raw=raw,
+            body=body,
+            peer=tuple(peer[:2]) if peer else None,
+            error=error,
+            recipient=recipient,
+            idempotency_key=key,
+            replayed=replayed,
         )
+        self.requests.append(received)
         if error:
             return web.json_response({"reason": error}, status=status)
-        return await self._answer(request, self.behaviours.get(recipient, self.default))
+        if replayed and spent is not None:
+            return self._result_response(spent[1], spent[2], replayed=True)
+        chosen = self.behaviour_for(received) if self.behaviour_for is not None else None
+        behaviour = self.behaviours.get(recipient, self.default) if chosen is None else self._checked(chosen)
+        # What the carrier does is decided now: a lettering (answered at once or slowly) spends the key.
+        result = LetteringResult.DELIVERED if behaviour == "slow" else behaviour
+        if isinstance(result, LetteringResult):
+            self.deliveries[key] += 1
+            reference = self._reference()
+            if key:
+                self._spent[key] = (received_at, result, reference)
+            return await self._answer(request, behaviour, reference)
+        return await self._answer(request, behaviour)
 
     def _validate(self, request: web.Request, body: Any) -> tuple[int, str]:
         """(status, reason) for an invalid request, (200, "") for a valid one."""
@@ -225,12 +259,12 @@ class FakeCarrierServer:
             return "+82" + number[1:]
         return number
 
-    async def _answer(self, request: web.Request, behaviour: Behaviour) -> web.StreamResponse:
+    async def _answer(self, request: web.Request, behaviour: Behaviour, reference: str = "") -> web.StreamResponse:
         if behaviour == "slow":
             # Wait on the stop event rather than sleep, so stop() never hangs on a slow answer.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.slow_s)
-            return self._result_response(LetteringResult.DELIVERED)
+            return self._result_response(LetteringResult.DELIVERED, reference)
         if behaviour == "garbage":
             return web.Response(
                 status=200,
@@ -249,16 +283,19 @@ class FakeCarrierServer:
             # as a second request (on an unknown path) in `requests`.
             headers = {"Location": "/redirected"} if 300 <= code < 400 else None
             return web.Response(status=code, text="configured failure", headers=headers)
-        return self._result_response(LetteringResult(behaviour))
+        return self._result_response(LetteringResult(behaviour), reference)
 
-    def _result_response(self, result: LetteringResult) -> web.Response:
+    def _reference(self) -> str:
+        return f"fake-{next(self._references)}"
+
+    def _result_response(self, result: LetteringResult, reference: str = "", *, replayed: bool = False) -> web.Response:
         answer: dict[str, Any] = {}
         _put(answer, self.profile.code_path, self.code_for(result))
         if self.profile.reference_path:
-            _put(answer, self.profile.reference_path, f"fake-{next(self._references)}")
+            _put(answer, self.profile.reference_path, reference or self._reference())
         if self.profile.message_path:
             _put(answer, self.profile.message_path, result.value)
-        return web.json_response(answer)
+        return web.json_response(answer, headers={"Idempotent-Replayed": "true"} if replayed else None)
 
 
 def _put(data: dict[str, Any], dotted: str, value: Any) -> None:

@@ -18,6 +18,11 @@ HTML). Assumptions where NHN documents no HTTP status: validation errors are HTT
 `isSuccessful: false` and the code; an SMS request with a wrong secret gets HTTP 401.
 
 `requests` holds every request, `deliveries` every message that reached a phone (once).
+Both "List messages" APIs answer from what was taken: SMS by ``senderGroupingKey`` within a
+request-date range, Alimtalk (``GET /alimtalk/v2.3/appkeys/{appkey}/messages``) by
+``recipientNo``/``recipientGroupingKey`` within ``startRequestDate``/``endRequestDate``
+(``yyyy-MM-dd HH:mm``, KST); `lookups` and `alimtalk_lookups` keep their queries, and
+`lookup_fails` makes both answer 500.
 `report_body(...)` and `unsubscribe_body(...)` build webhook bodies in the documented shape.
 """
 
@@ -162,7 +167,9 @@ class FakeNhnServer:
             self._check(behaviour)
         self.requests: list[ReceivedRequest] = []
         self.deliveries: list[FakeDelivery] = []
-        self.lookups: list[dict[str, str]] = []  # "List messages" queries
+        self.lookups: list[dict[str, str]] = []  # SMS "List messages" queries
+        self.alimtalk_lookups: list[dict[str, str]] = []  # Alimtalk "List messages" queries
+        self.alimtalk_messages: list[dict[str, Any]] = []  # what the Alimtalk list answers from
         self.base_url = ""
         self._keys: dict[str, float] = {}
         self._ids = itertools.count(1)
@@ -286,6 +293,8 @@ class FakeNhnServer:
         sms = _SMS_PATH.fullmatch(path)
         if request.method == "GET" and sms is not None:
             return self._list_sms(request, sms["appkey"], sms["kind"])
+        if request.method == "GET" and at is not None:
+            return self._list_alimtalk(request, at["appkey"])
         try:
             _need(request.method == "POST" and (at is not None or sms is not None), -9998, "Not exist API")
             _need(request.content_type == "application/json", -9996, "Only application/json Content-type")
@@ -428,6 +437,7 @@ class FakeNhnServer:
         if any(self.behaviours.get(e164(r["recipientNo"]), self.default) == "opted_out" for r in body["recipientList"]):
             return self._refuse(record, -3301, "The unsubscribed recipient are found.")
         request_id = f"2024050110000{next(self._ids):04d}at"
+        request_date = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() + 9 * 3600))
         results: list[dict[str, Any]] = []
         success = True
         header_code = 0
@@ -449,6 +459,21 @@ class FakeNhnServer:
                 }
             )
             resend = r.get("resendParameter") or {}
+            if code in (0, 3019, 3020):  # taken by NHN: listed from now on
+                fallback = code != 0 and bool(resend.get("isResend"))
+                self.alimtalk_messages.append(
+                    {
+                        "requestId": request_id,
+                        "recipientSeq": seq,
+                        "recipientNo": r["recipientNo"],
+                        "requestDate": request_date,
+                        "messageStatus": "COMPLETED" if code == 0 else "FAILED",
+                        "resultCode": "1000" if code == 0 else str(code),
+                        "resendStatus": "RSC04" if fallback else "RSC01",
+                        "senderGroupingKey": body.get("senderGroupingKey"),
+                        "recipientGroupingKey": r.get("recipientGroupingKey"),
+                    }
+                )
             if code == 0:
                 self.deliveries.append(FakeDelivery("alimtalk", rto, request_id, seq, idempotency_key=key))
             elif code in (3019, 3020) and resend.get("isResend"):
@@ -582,6 +607,30 @@ class FakeNhnServer:
         ]
         answer = _header(True, 0, "SUCCESS")
         answer["body"] = {"pageNum": 1, "pageSize": len(found), "totalCount": len(found), "data": found}
+        return web.json_response(answer)
+
+    def _list_alimtalk(self, request: web.Request, appkey: str) -> web.Response:
+        """Alimtalk "List messages": a requestId or both request dates (minutes, KST) are required;
+        recipientNo and recipientGroupingKey filter. Lists what NHN took (delivered or failed)."""
+        self.alimtalk_lookups.append(dict(request.query))
+        if appkey != self.alimtalk_appkey or request.headers.get("X-Secret-Key") != self.alimtalk_secret:
+            return web.json_response(_header(False, -1001, "Invalid secretKey."), status=401)
+        if self.lookup_fails:
+            return web.json_response(_header(False, -9999, "system error"), status=500)
+        q = request.query
+        start, end = q.get("startRequestDate", ""), q.get("endRequestDate", "")
+        dated = all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d", d) for d in (start, end))
+        if not q.get("requestId") and not dated:
+            return web.json_response(_header(False, -2027, "startRequestDate and endRequestDate are required"))
+        found = [
+            m
+            for m in self.alimtalk_messages
+            if (not q.get("requestId") or m["requestId"] == q["requestId"])
+            and (not dated or start <= m["requestDate"][:16] <= end)
+            and all(m[k] == q[k] for k in ("recipientNo", "recipientGroupingKey") if k in q)
+        ]
+        answer = _header(True, 0, "SUCCESS")
+        answer["messageSearchResultResponse"] = {"messages": found, "totalCount": len(found)}
         return web.json_response(answer)
 
 

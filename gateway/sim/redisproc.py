@@ -11,6 +11,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.errors import StoreUnavailable
@@ -34,6 +35,7 @@ class RedisProcess:
         data_dir: Path | None = None,
         own_session: bool = False,
         appendfsync: str = "everysec",
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.port = port or free_port()
         self.appendonly = appendonly
@@ -46,6 +48,8 @@ class RedisProcess:
         # down in order and then stops it. (A SIGKILLed program leaves it running; its data
         # directory is a temporary one.)
         self.own_session = own_session
+        # More redis-server options, e.g. `--replicaof 127.0.0.1 PORT` (gateway.sim.sentinelproc).
+        self.extra_args = list(extra_args)
         self._own_dir = data_dir is None
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="gw-redis-"))
         self.proc: subprocess.Popen[bytes] | None = None
@@ -78,6 +82,7 @@ class RedisProcess:
             "warning",
             "--protected-mode",
             "yes",
+            *self.extra_args,
         ]
         self.proc = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=self.own_session

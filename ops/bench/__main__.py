@@ -14,7 +14,10 @@ Sections (see ops/bench/README.md for what each figure means):
   minutes to generate the first time): ask for it with ``--only records``;
 * ``console``: the staff console's inbox page with 10,000 open threads, a new message reaching 50
   connected pages, and webhook intake with 50 console sessions open vs without (`ops.bench.console`).
-  Not in the default run either (about a minute and a half more than its 5 minutes): ``--only console``.
+  Not in the default run either (about a minute and a half more than its 5 minutes): ``--only console``;
+* ``replica``: signed SMS webhooks/s and p50/p99 with ``redis.min_replicas_ack: 1`` vs 0 on the same
+  primary + replica, then every message accepted with ack 1 looked for on the replica
+  (`ops.bench.replica_ack`). Not in the default run (about a minute): ``--only replica``.
 
 Prints one table (every figure beside its goal and its baseline) and writes it, with all the
 raw data as JSON, to ``ops/bench/results/bench-<UTC stamp>.{json,md}`` and ``bench-latest.{json,md}``.
@@ -36,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SECTIONS = ("ami", "routing", "memory", "inbound", "console", "records")
+SECTIONS = ("ami", "routing", "memory", "inbound", "console", "records", "replica")
 DEFAULT_SECTIONS = ("ami", "routing", "memory", "inbound")  # the 5-minute run; console and records when asked
 
 
@@ -72,6 +75,10 @@ def parser() -> argparse.ArgumentParser:
     sizes.add_argument("--console-messages", type=int, help="messages watched reaching the pages (20, quick 5)")
     sizes.add_argument(
         "--console-rounds", type=int, help="interleaved rounds of intake with/without pages (3, quick 1)"
+    )
+    sizes.add_argument("--replica-steps", help="webhook concurrency steps with/without replica acks (8,32, quick 32)")
+    sizes.add_argument(
+        "--replica-rounds", type=int, help="interleaved rounds of ack 0 / ack 1; median ratio reported (3, quick 1)"
     )
     sizes.add_argument("--records-calls", type=int, help="calls in the records year (15000000, quick 300000)")
     sizes.add_argument("--records-db", default="sqlite,postgresql", help="records databases (sqlite,postgresql)")
@@ -153,6 +160,19 @@ def run_console(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str
     return section, console.figures(section)
 
 
+def run_replica(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    from ops.bench import replica_ack
+
+    steps = _pick(args.replica_steps, "8,32", "32", args.quick)
+    section = replica_ack.run(
+        steps=[int(s) for s in steps.split(",") if s.strip()],
+        seconds=_pick(args.inbound_seconds, 3.0, 2.0, args.quick),
+        rounds=_pick(args.replica_rounds, 3, 1, args.quick),
+        warmup=_pick(args.inbound_warmup, 0.5, 0.5, args.quick),
+    )
+    return section, replica_ack.figures(section)
+
+
 def run_records(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from ops.bench import records
 
@@ -170,6 +190,7 @@ RUNNERS: dict[str, Callable[[argparse.Namespace], tuple[dict[str, Any], list[dic
     "inbound": run_inbound,
     "console": run_console,
     "records": run_records,
+    "replica": run_replica,
 }
 
 

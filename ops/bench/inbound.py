@@ -143,17 +143,22 @@ async def _run_bare(steps: list[int], seconds: float, warmup: float) -> list[dic
         gc.unfreeze()
 
 
-def bench_gateway(redis_url: str, sink: Any, *, redis_timeout_s: float | None = None) -> Gateway:
+def bench_gateway(
+    redis_url: str, sink: Any, *, redis_timeout_s: float | None = None, min_replicas_ack: int = 0
+) -> Gateway:
     """The gateway the inbound figures measure: the embedded default configuration, ``rules/``,
     the dramatiq broker on `redis_url`, sandbox SMS/Alimtalk providers, no PBX (also what
-    `ops.bench.instructions` counts)."""
+    `ops.bench.instructions` counts). `min_replicas_ack` > 0: durable means acknowledged by that
+    many replicas (`redis.min_replicas_ack`; `ops.bench.replica_ack`)."""
+    import dataclasses
+
     from adapters.sandbox_messaging import SandboxAlimtalk, SandboxSms
     from gateway.app.gateway import Gateway, Overrides
     from gateway.app.replay import demo_environ
     from gateway.infra.config import load_config
     from ops.bench.ami_ingest.runner import RULES_DIR
 
-    config = load_config(None)
+    config = dataclasses.replace(load_config(None), min_replicas_ack=min_replicas_ack)
     over = Overrides(
         redis_url=redis_url,
         rules_dir=RULES_DIR,

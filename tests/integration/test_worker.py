@@ -223,7 +223,8 @@ async def test_worker_sigkill_mid_job_delivers_exactly_once(
     env: dict[str, str], redis_url: str, tmp_path: Path, nhn: FakeNhnServer
 ) -> None:
     """The worker dies while NHN is answering; the job is redelivered to a new worker, which
-    sends it again with the same idempotency key: the citizen gets one message."""
+    asks NHN first (the attempt's outcome is unknown), finds the message and does not send it
+    again: the citizen gets one message."""
     nhn.slow_s = 1.5
     nhn.behave(NUMBER, "slow")
     config_path = tmp_path / "gateway.yaml"
@@ -256,8 +257,8 @@ async def test_worker_sigkill_mid_job_delivers_exactly_once(
                 proc.send_signal(signal.SIGTERM)
                 await asyncio.wait_for(proc.wait(), 30)
         enqueuer.close()
-    assert len(nhn.requests) == 2  # the dead worker's request and the redelivery
-    assert [r.code for r in nhn.requests][1] == -1005  # refused as a repeated idempotency key
+    assert len(nhn.requests) == 1  # the dead worker's request only: the redelivery found it
+    assert len(nhn.alimtalk_lookups) == 1 and nhn.alimtalk_lookups[0]["recipientGroupingKey"] == "kill-1"
     assert len(nhn.deliveries) == 1
 
 

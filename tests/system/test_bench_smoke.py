@@ -315,3 +315,20 @@ def test_console_bench_counts_every_page_event_and_message() -> None:
     assert pages["connected"] == 3 and pages["events"] > 0 and pages["refreshes"] > 0
     assert set(pages["statuses"]) == {"200"} and pages["errors"] == {}
     assert len(console.figures(section)) == 5
+
+
+def test_replica_bench_finds_every_acknowledged_message_on_the_replica() -> None:
+    from ops.bench import replica_ack
+
+    section = replica_ack.run(steps=[2], seconds=0.5, warmup=0.2, rounds=1)
+    checks = section["checks"]
+    # one run of each mode, each from an empty Redis, ack 1 counted on the replica itself
+    assert [(c["min_replicas_ack"], c["counted_on"], c["replicated_wire"]) for c in checks] == [
+        (0, "primary", False),
+        (1, "replica", True),
+    ]
+    assert all(c["accepted_answers"] > 0 and c["stored_messages"] == c["accepted_answers"] for c in checks)
+    assert section["lost_on_replica"] == section["lost_on_primary"] == 0 and section["counts_ok"] is True
+    assert section["accepted_ack1"] == checks[1]["accepted_answers"]
+    assert section["ack_timeouts"] == section["non_2xx"] == 0
+    assert len(replica_ack.figures(section)) == 2

@@ -103,11 +103,11 @@ def test_redis_conf_has_the_settings_the_gateway_relies_on() -> None:
 def test_redis_accepts_the_fragment_and_its_acl_keeps_the_gateway_from_admin_commands(tmp_path: Path) -> None:
     """The fragment as Debian's redis-server reads it, with host paths moved into tmp_path."""
     users = tmp_path / "users.conf"
-    users.write_text(
-        "user default off\n"
-        "user gateway on >gw-secret-0123456789 ~* &* +@all -@admin -@dangerous\n"
-        "user admin on >admin-secret-0123456789 ~* &* +@all\n"
-    )
+    # The gateway's ACL line exactly as ops/redis.conf documents it (its password replaced).
+    documented = re.search(r"^#\s*(user gateway on .*)$", (OPS / "redis.conf").read_text(), flags=re.M)
+    assert documented, "ops/redis.conf documents the gateway's ACL user"
+    gateway_acl = re.sub(r">\S+", ">gw-secret-0123456789", documented.group(1).strip())
+    users.write_text("user default off\n" + gateway_acl + "\n" + "user admin on >admin-secret-0123456789 ~* &* +@all\n")
     sock = tmp_path / "redis.sock"
     text = (OPS / "redis.conf").read_text()
     text = re.sub(r"^bind .*$", "bind 127.0.0.1", text, flags=re.M)
@@ -134,6 +134,7 @@ def test_redis_accepts_the_fragment_and_its_acl_keeps_the_gateway_from_admin_com
             assert admin.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
             assert gateway.ping()
             assert gateway.eval("return redis.call('SET', KEYS[1], ARGV[1])", 1, "k", "v") == b"OK"
+            assert gateway.info("replication")["role"] == "master"  # granted: /health's replication report
             for forbidden in (gateway.flushall, gateway.config_resetstat, lambda: gateway.keys("*")):
                 with pytest.raises(redis.exceptions.NoPermissionError):
                     forbidden()

@@ -39,3 +39,39 @@ local function claim_then(K, A)
   end
   return verdict
 end
+-- A lettering claim tied to the claiming gateway's liveness (RedisOutboxStore.claim_lease):
+-- K as `claim`; A as `claim` (A[4] 'lease:<epoch>:<instance>'), then A[6] the liveness key
+-- prefix (gw:alive:, + instance = that gateway's heartbeat), A[7] 'claim' or 'peek'.
+-- 'claim' answers as `claim`, except on a lease held by another instance: 'leased:<ms>' while
+-- its heartbeat lives (<ms> more unless renewed), or, once the heartbeat is gone (the gateway
+-- died or is stopped), the lease is ours: 'taken_over' / 'taken_over_no_lettering'. The rate
+-- limit is not counted again (the dead owner's claim counted it). A lease with no instance
+-- (an earlier release) stays 'leased' until it lapses.
+-- 'peek' writes nothing: 'duplicate' (settled or final), 'leased' (a live owner's lease) or
+-- 'owner_died' (a lease whose owner's heartbeat is gone, or a lease that lapsed).
+-- The heartbeat key is built here from the owner named in the value, not passed in KEYS:
+-- fine on a single primary (Sentinel), not on Redis Cluster (never supported, see the runbook).
+local function lease_owner(held)
+  if not held then return nil end
+  return string.match(held, '^lease:[^:]*:(.+)$')
+end
+local function claim_lease(K, A)
+  if A[7] == 'peek' then
+    local held = redis.call('GET', K[2])
+    if not held then return 'owner_died' end
+    if string.sub(held, 1, 6) ~= 'lease:' then return 'duplicate' end
+    local owner = lease_owner(held)
+    if owner and redis.call('EXISTS', A[6] .. owner) == 0 then return 'owner_died' end
+    return 'leased'
+  end
+  local verdict = claim(K, A)
+  if verdict ~= 'leased' then return verdict end
+  local owner = lease_owner(redis.call('GET', K[2]))
+  if not owner then return verdict end
+  local ttl = redis.call('PTTL', A[6] .. owner)
+  if ttl == -1 then return 'leased:250' end
+  if ttl >= 0 then return 'leased:' .. ttl end
+  redis.call('SET', K[2], A[4], 'PX', A[1])
+  if K[5] ~= K[6] and redis.call('EXISTS', K[5]) == 1 then return 'taken_over_no_lettering' end
+  return 'taken_over'
+end
