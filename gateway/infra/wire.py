@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ssl
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, cast
@@ -197,20 +198,41 @@ class ReplicaAck:
     for, and callers keep their plain path (no extra command). `timeouts` counts the waits that
     fell short, by what was written, for /metrics."""
 
+    # After a shortfall, for this long, writes wait a fifth of the timeout: a WAIT blocks its
+    # connection for its whole timeout, so with the replica gone every write would queue behind
+    # the one before it (20 at once: the last answered after 10 s). A write acknowledged within
+    # the short wait (the replica is back) ends it at once; else the first write after the
+    # interval waits the full timeout again.
+    DEGRADED_S = 1.0
+
     def __init__(self, replicas: int = 0, timeout_ms: int = 500) -> None:
         self.replicas = replicas
         self.timeout_ms = timeout_ms
-        self.command: tuple[Arg, ...] = ("WAIT", replicas, timeout_ms)
+        self._full: tuple[Arg, ...] = ("WAIT", replicas, timeout_ms)
+        self._short: tuple[Arg, ...] = ("WAIT", replicas, max(10, timeout_ms // 5))
         self.hold_s = timeout_ms / 1000
         self.timeouts: dict[str, int] = {}
+        self._degraded_until = 0.0
+
+    @property
+    def degraded(self) -> bool:
+        """Whether writes now wait only a fifth of the timeout (a recent shortfall)."""
+        return time.monotonic() < self._degraded_until
+
+    @property
+    def command(self) -> tuple[Arg, ...]:
+        """The WAIT to send with the next write: the full timeout, or the short one while degraded."""
+        return self._short if self.degraded else self._full
 
     def check(self, acked: Any, what: str) -> None:
         """Raise `ReplicaAckTimeout` (and count it) when `acked` (WAIT's reply) falls short."""
         if int(acked) < self.replicas:
             self.timeouts[what] = self.timeouts.get(what, 0) + 1
+            self._degraded_until = time.monotonic() + self.DEGRADED_S
             raise ReplicaAckTimeout(
                 f"{what}: {int(acked)} of {self.replicas} replica(s) acknowledged within {self.timeout_ms} ms"
             )
+        self._degraded_until = 0.0
 
     async def wait(self, wire: Wire, what: str) -> None:
         """WAIT on `wire` alone (after writes already sent on it): for writes that are not one

@@ -270,9 +270,17 @@ async def test_a_claim_fails_closed_without_the_replica(pair: Pair) -> None:
         with pytest.raises(StoreUnavailable):
             await store.claim(dedupe_key="call-2", **call)  # type: ignore[arg-type]
         assert ack.timeouts == {"claim": 1}
+        # Writes right after a shortfall wait a fifth of the timeout, not the whole of it (else
+        # they would queue one behind another on the connection while the replica is away) ...
+        assert ack.degraded and ack.command == ("WAIT", 1, TIMEOUT_MS // 5)
+        with pytest.raises(StoreUnavailable):
+            await store.claim(dedupe_key="call-3", **call)  # type: ignore[arg-type]
+        assert ack.timeouts == {"claim": 2}
         pair.resume()
         # The claim stayed written: a later attempt finds it taken (never lettered twice).
         assert await store.claim(dedupe_key="call-2", **call) == "duplicate"  # type: ignore[arg-type]
+        # ... and an acknowledged write ends that at once.
+        assert not ack.degraded and ack.command == ("WAIT", 1, TIMEOUT_MS)
     finally:
         await store.aclose()
 
