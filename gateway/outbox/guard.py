@@ -384,18 +384,16 @@ class Outbox:
             "then": then,
         }
 
-    async def _already_taken(self, provider: object, request: SmsRequest, message: QueuedMessage) -> SendOutcome | None:
-        """For a provider without idempotency keys: was an earlier attempt taken after all?
-
-        An attempt marker with no sent marker means the outcome was never learnt (worker
-        killed mid-request, answer after the deadline). If the provider can be asked, ask it:
-        found -> the earlier send is the send; cannot tell -> temporary error (retry later)."""
-        if not isinstance(provider, SentLookup):
-            return None  # idempotent at the provider, or nothing to ask: no marker to keep
+    async def _earlier_attempt(
+        self, lookup: SentLookup | AlimtalkLookup, request: Any, message: QueuedMessage
+    ) -> SendOutcome | None:
+        """What the provider says of an earlier attempt whose outcome was never learnt (an
+        attempt marker already set: worker killed mid-request, answer after the deadline); None
+        when this is the first attempt or the provider has no such message."""
         previous = await self.store.begin_attempt(idempotency_key=message.key)
         if previous is None:
             return None
-        found = await provider.find_sent(request, previous)
+        found: SendOutcome | None = await lookup.find_sent(request, previous)
         if found is None:
             log.info(
                 "%s to %s for call %s: earlier attempt not at %s, sending",
@@ -404,6 +402,18 @@ class Outbox:
                 message.call_id,
                 message.provider,
             )
+        return found
+
+    async def _already_taken(self, provider: object, request: SmsRequest, message: QueuedMessage) -> SendOutcome | None:
+        """For a provider without idempotency keys: was an earlier attempt taken after all?
+
+        An attempt marker with no sent marker means the outcome was never learnt (worker
+        killed mid-request, answer after the deadline). If the provider can be asked, ask it:
+        found -> the earlier send is the send; cannot tell -> temporary error (retry later)."""
+        if not isinstance(provider, SentLookup):
+            return None  # idempotent at the provider, or nothing to ask: no marker to keep
+        found = await self._earlier_attempt(provider, request, message)
+        if found is None:
             return None
         if found.result is SendResult.ACCEPTED:
             return SendOutcome(found.result, found.provider, found.reference, FOUND_AT_PROVIDER)
@@ -417,18 +427,8 @@ class Outbox:
         provider cannot tell, the message is sent as before (counted), not held back."""
         if not isinstance(provider, AlimtalkLookup):
             return None
-        previous = await self.store.begin_attempt(idempotency_key=message.key)
-        if previous is None:
-            return None
-        found = await provider.find_sent(request, previous)
+        found = await self._earlier_attempt(provider, request, message)
         if found is None:
-            log.info(
-                "%s to %s for call %s: earlier attempt not at %s, sending",
-                message.action,
-                mask(message.recipient),
-                message.call_id,
-                message.provider,
-            )
             return None
         if found.result is SendResult.TEMPORARY_ERROR:
             self._count(f"send:{message.action}:lookup_failed")
